@@ -1,14 +1,464 @@
-"""Bulkhead lanes (stub: settings only; the actor is being written)."""
+"""Bulkhead lanes: named concurrency limits, each with a bounded FIFO queue and a max wait.
+
+Card
+- owns: one ``LaneBook`` per lane (holders, the FIFO of waiters, counters, a hold-time average).
+- receives: ``_Enter`` (ask: a slot; the message itself is the caller's ticket), ``_Leave``
+  (fire-and-forget: release a slot or withdraw from the queue, with the outcome to count),
+  ``_Refused`` (fire-and-forget: a fast-path rejection to count), ``_Reconfigure`` (ask).
+- replies: ``_Enter`` -> None when the slot is the caller's (at once, or when a holder leaves and
+  the caller is the oldest live waiter), or ``LaneFull`` / ``BadRequest``.
+- sends to: nobody.
+- publishes: ``Lanes.views``, a ``Mapping[str, LaneView]`` replaced wholesale after every batch;
+  a full lane is refused from it without an ask.
+- on cancellation / on failure: the inbox closes; queued callers and unanswered asks fail with
+  ``ActorStopped``; later asks raise it at once; releases to a stopped actor are no-ops.
+
+Waiting is timed by the caller, not the actor: a queued caller waits on its reply slot until
+min(queued_at + max_wait, deadline), then withdraws (``_Leave``) and raises ``LaneFull`` or
+``CallTimeout``. The actor skips waiters whose time is up when it hands a slot on, and a
+withdrawal that crosses a grant releases the granted slot, so no slot is ever lost.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, Literal, cast
+
 import attrs
+import structlog
+import trio
+from claykiln.actors.errors import BadRequest, CallTimeout, KilnError, LaneFull
+from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
+
+__all__ = [
+    "DEFAULT_LANES",
+    "LANES_INBOX_SIZE",
+    "LEAVE_GRACE",
+    "LaneBook",
+    "LanePolicy",
+    "LaneSlot",
+    "LaneView",
+    "Lanes",
+    "retry_hint",
+]
+
+log = structlog.get_logger("claykiln.lanes")
+
+LANES_INBOX_SIZE = 4096
+"""Bound of the lanes actor's inbox."""
+
+LEAVE_GRACE = 1.0
+"""Seconds a release may wait (shielded) for room in a full inbox before it is counted lost."""
+
+MIN_RETRY_HINT = 0.05
+HOLD_SMOOTHING = 0.2  # weight of the newest hold time in the moving average
 
 
 @attrs.frozen
 class LanePolicy:
     """One lane: ``concurrency`` callers at once, ``queue`` waiting, each at most ``max_wait`` s."""
 
-    concurrency: int = 5
-    queue: int = 50
-    max_wait: float = 5.0
+    concurrency: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    queue: int = attrs.field(default=50, validator=attrs.validators.ge(0))
+    max_wait: float = attrs.field(default=5.0, validator=attrs.validators.gt(0.0))
+
+
+DEFAULT_LANES: Mapping[str, LanePolicy] = MappingProxyType(
+    {
+        "critical": LanePolicy(concurrency=10),
+        "normal": LanePolicy(concurrency=5),
+        "bulk": LanePolicy(concurrency=2),
+    }
+)
+
+
+def retry_hint(hold: float | None, queued: int, policy: LanePolicy) -> float:
+    """A ``retry_after`` hint: the time for the queue ahead to drain at the observed hold time."""
+    typical = policy.max_wait if hold is None else hold
+    return min(policy.max_wait, max(MIN_RETRY_HINT, typical * (queued + 1) / policy.concurrency))
+
+
+class LaneBook:
+    """One lane's admission state. Pure: no awaits, time comes in as ``now``; tickets are opaque."""
+
+    def __init__(self, policy: LanePolicy) -> None:
+        self.policy = policy
+        self.retired = False  # removed by reconfigure: no new entries, in-flight ones finish
+        self.holders: dict[Hashable, float] = {}  # ticket -> time granted
+        self.waiters: OrderedDict[Hashable, float] = OrderedDict()  # ticket -> expires at
+        self.admitted = 0
+        self.rejected = 0  # queue_full + max_wait
+        self.timeouts = 0
+        self.cancelled = 0
+        self.hold: float | None = None  # moving average of slot hold time
+
+    def enter(
+        self, ticket: Hashable, expires_at: float, now: float
+    ) -> Literal["granted", "queued", "full"]:
+        """Grant a free slot (only if nobody waits: FIFO), else queue until ``expires_at``."""
+        if len(self.holders) < self.policy.concurrency and not self.waiters:
+            self._grant(ticket, now)
+            return "granted"
+        if len(self.waiters) < self.policy.queue:
+            self.waiters[ticket] = expires_at
+            return "queued"
+        self.rejected += 1
+        return "full"
+
+    def leave(self, ticket: Hashable, outcome: str, now: float) -> list[Hashable]:
+        """Release a slot or withdraw from the queue; returns the waiters granted as a result."""
+        if outcome == "timeout":
+            self.timeouts += 1
+        elif outcome == "max_wait":
+            self.rejected += 1
+        elif outcome == "cancelled":
+            self.cancelled += 1
+        granted_at = self.holders.pop(ticket, None)
+        if granted_at is not None:
+            held = now - granted_at
+            self.hold = (
+                held if self.hold is None else self.hold + HOLD_SMOOTHING * (held - self.hold)
+            )
+            return self.hand_on(now)
+        self.waiters.pop(ticket, None)
+        return []
+
+    def hand_on(self, now: float) -> list[Hashable]:
+        """Grant free slots to the oldest waiters whose time is not up (FIFO)."""
+        granted = []
+        while self.waiters and len(self.holders) < self.policy.concurrency:
+            ticket, expires_at = self.waiters.popitem(last=False)
+            if expires_at > now:  # at or past it, its caller is already leaving
+                self._grant(ticket, now)
+                granted.append(ticket)
+        return granted
+
+    def _grant(self, ticket: Hashable, now: float) -> None:
+        self.holders[ticket] = now
+        self.admitted += 1
+
+    def view(self, name: str) -> LaneView:
+        """An immutable copy for the snapshot."""
+        return LaneView(
+            name=name,
+            policy=self.policy,
+            active=len(self.holders),
+            queued=len(self.waiters),
+            admitted=self.admitted,
+            rejected=self.rejected,
+            timeouts=self.timeouts,
+            cancelled=self.cancelled,
+            hold=self.hold,
+            retired=self.retired,
+        )
+
+
+@attrs.frozen
+class LaneView:
+    """One lane as published to the request path."""
+
+    name: str
+    policy: LanePolicy
+    active: int
+    queued: int
+    admitted: int
+    rejected: int
+    timeouts: int
+    cancelled: int
+    hold: float | None
+    retired: bool
+
+    @property
+    def full(self) -> bool:
+        """No free slot and no queue place."""
+        return self.active >= self.policy.concurrency and self.queued >= self.policy.queue
+
+    @property
+    def saturation(self) -> float:
+        """Holders over concurrency (above 1.0 briefly after a shrink)."""
+        return self.active / self.policy.concurrency
+
+    def stats(self) -> dict[str, Any]:
+        """Plain msgpack-able values for the ``status`` RPC."""
+        return {
+            "active": self.active,
+            "queued": self.queued,
+            "concurrency": self.policy.concurrency,
+            "queue": self.policy.queue,
+            "max_wait": self.policy.max_wait,
+            "saturation": round(self.saturation, 3),
+            "admitted": self.admitted,
+            "rejected": self.rejected,
+            "timeouts": self.timeouts,
+            "cancelled": self.cancelled,
+            "retired": self.retired,
+        }
+
+
+@attrs.frozen(eq=False)
+class _Enter:
+    lane: str
+    expires_at: float
+    reply: Reply[None]
+
+
+@attrs.frozen
+class _Leave:
+    ticket: _Enter
+    outcome: str  # released | cancelled | max_wait | timeout
+
+
+@attrs.frozen
+class _Refused:
+    lane: str
+
+
+@attrs.frozen(eq=False)
+class _Reconfigure:
+    policies: Mapping[str, LanePolicy]
+    reply: Reply[None]
+
+
+_Message = _Enter | _Leave | _Refused | _Reconfigure
+
+
+def _lane_full(name: str, reason: str, hint: float) -> LaneFull:
+    if reason == "queue_full":
+        msg = f"lane {name!r} is full (every slot busy, queue full); retry in {hint:.3f} s"
+    else:
+        msg = f"lane {name!r} had no free slot within its max wait; retry in {hint:.3f} s"
+    return LaneFull(msg, retry_after=hint, details={"lane": name, "reason": reason})
+
+
+def _unknown_lane(name: str, live: list[str]) -> BadRequest:
+    names = ", ".join(sorted(live)) or "(none)"
+    msg = f"unknown lane {name!r}; configured lanes: {names}"
+    return BadRequest(msg, details={"lane": name, "lanes": sorted(live)})
+
+
+class LaneSlot:
+    """``async with lanes.slot(name, deadline):`` holds one slot of the lane for the body.
+
+    Enter raises ``LaneFull`` (queue full: at once; no slot within max_wait), ``CallTimeout``
+    (details.stage = "lane": the deadline passed first), ``BadRequest`` (unknown lane) or
+    ``ActorStopped``. Cancelled while queued, it withdraws; exit always releases the slot.
+    """
+
+    __slots__ = ("_deadline", "_lanes", "_name", "_ticket")
+
+    def __init__(self, lanes: Lanes, name: str, deadline: float | None) -> None:
+        self._lanes, self._name, self._deadline = lanes, name, deadline
+        self._ticket: _Enter | None = None
+
+    async def __aenter__(self) -> None:
+        self._ticket = await self._lanes._enter(self._name, self._deadline)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            await self._lanes._leave(ticket, "released")
+
+
+class Lanes:
+    """The bulkheads. Start with ``await nursery.start(lanes.run)``; enter with ``slot``."""
+
+    def __init__(self, policies: Mapping[str, LanePolicy] = DEFAULT_LANES) -> None:
+        self._policies = dict(policies)  # read by run() at start only
+        self._send, self._receive = trio.open_memory_channel[_Message](LANES_INBOX_SIZE)
+        self._views: Mapping[str, LaneView] = {}
+        self.dropped = 0  # refusal notices dropped on a full inbox (written by senders only)
+        self.lost_releases = 0  # releases that found no room within LEAVE_GRACE (should stay 0)
+
+    @property
+    def views(self) -> Mapping[str, LaneView]:
+        """The latest snapshot, one view per lane (retired lanes until their last caller left)."""
+        return self._views
+
+    def slot(self, name: str, deadline: float | None) -> LaneSlot:
+        """An async context manager holding one slot of lane ``name`` (see ``LaneSlot``)."""
+        return LaneSlot(self, name, deadline)
+
+    async def reconfigure(self, policies: Mapping[str, LanePolicy]) -> None:
+        """Replace the lanes; returns once applied.
+
+        A lane that grows admits waiters at once; one that shrinks lets its holders finish and
+        admits again when below the new limit; a removed lane refuses new entries while its
+        holders and waiters finish.
+        """
+        reply: Reply[None] = Reply()
+        await self._ask(_Reconfigure(dict(policies), reply))
+        await reply.wait()
+
+    def stats(self) -> dict[str, Any]:
+        """Plain values for the ``status`` RPC, read from the snapshot."""
+        return {
+            "lanes": {name: view.stats() for name, view in self._views.items()},
+            "dropped_notices": self.dropped,
+            "lost_releases": self.lost_releases,
+        }
+
+    async def _enter(self, name: str, deadline: float | None) -> _Enter:
+        now = trio.current_time()
+        view = self._views.get(name)
+        if view is None or view.retired:
+            raise _unknown_lane(name, [n for n, v in self._views.items() if not v.retired])
+        if view.full:
+            self._notify(_Refused(name))
+            raise _lane_full(name, "queue_full", retry_hint(view.hold, view.queued, view.policy))
+        wait_until = now + view.policy.max_wait
+        timed_out_reason = "max_wait"
+        if deadline is not None and deadline < wait_until:
+            wait_until, timed_out_reason = deadline, "timeout"
+        ticket = _Enter(name, wait_until, Reply())
+        await self._ask(ticket)
+        try:
+            with trio.move_on_at(wait_until) as scope:
+                await ticket.reply.wait()
+        except (KilnError, ActorStopped):
+            raise  # refused by the actor: nothing to give back
+        except BaseException:
+            await self._leave(ticket, "cancelled")
+            raise
+        if scope.cancelled_caught:
+            if ticket.reply.done:  # granted just as the wait ran out
+                ticket.reply.result()
+                return ticket
+            await self._leave(ticket, timed_out_reason)
+            if timed_out_reason == "timeout":
+                msg = f"the call's deadline passed while queued for lane {name!r}"
+                raise CallTimeout(msg, details={"stage": "lane", "lane": name})
+            latest = self._views.get(name, view)
+            raise _lane_full(name, "max_wait", retry_hint(latest.hold, latest.queued, view.policy))
+        return ticket
+
+    async def _leave(self, ticket: _Enter, outcome: str) -> None:
+        """Release or withdraw; never dropped: on a full inbox wait (shielded) up to LEAVE_GRACE."""
+        message = _Leave(ticket, outcome)
+        try:
+            self._send.send_nowait(message)
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the actor stopped: nothing left to release
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + LEAVE_GRACE) as scope:
+            try:
+                await self._send.send(message)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        if scope.cancelled_caught:
+            self.lost_releases += 1
+            log.error("lane.release_lost", alert=True, severity="critical", lane=ticket.lane)
+
+    async def _ask(self, message: _Enter | _Reconfigure) -> None:
+        try:
+            await self._send.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            msg = "the lanes actor is not running"
+            raise ActorStopped(msg) from None
+
+    def _notify(self, message: _Message) -> None:
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            self.dropped += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The actor loop: publish, then serve until cancelled."""
+        state = _LanesState(self._policies)
+        self._views = {name: book.view(name) for name, book in state.books.items()}
+        task_status.started()
+        batch: list[_Message] = []
+        try:
+            while True:
+                batch = await drain(self._receive)
+                now = trio.current_time()
+                changed = {state.handle(msg, now) for msg in batch}
+                if state.drop_finished() or None in changed:
+                    self._views = {name: b.view(name) for name, b in state.books.items()}
+                else:
+                    fresh = {n: state.books[n].view(n) for n in changed if n in state.books}
+                    self._views = {**self._views, **fresh}
+        finally:
+            self._stop(batch, state)
+
+    def _stop(self, batch: list[_Message], state: _LanesState) -> None:
+        """Fail every ask and waiter left unanswered, then close the inbox."""
+        leftover: list[Any] = list(batch)
+        while True:
+            try:
+                leftover.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._receive.close()
+        for book in state.books.values():
+            leftover.extend(book.waiters)
+        replies: list[Reply[Any]] = [
+            m.reply for m in leftover if isinstance(m, _Enter | _Reconfigure)
+        ]
+        fail_pending(replies, "lanes")
+
+
+class _LanesState:
+    """Everything the lanes task owns; only that task touches it (no awaits here)."""
+
+    def __init__(self, policies: Mapping[str, LanePolicy]) -> None:
+        self.books = {name: LaneBook(policy) for name, policy in policies.items()}
+
+    def drop_finished(self) -> bool:
+        """Forget retired lanes nobody holds or waits in any more; True if any went."""
+        done = [n for n, b in self.books.items() if b.retired and not (b.holders or b.waiters)]
+        for name in done:
+            del self.books[name]
+        return bool(done)
+
+    def handle(self, msg: _Message, now: float) -> str | None:
+        """Apply one message; the lane whose view changed (None: every lane)."""
+        if isinstance(msg, _Enter):
+            book = self.books.get(msg.lane)
+            if book is None or book.retired:
+                live = [n for n, b in self.books.items() if not b.retired]
+                msg.reply.fail(_unknown_lane(msg.lane, live))
+                return None
+            decision = book.enter(msg, msg.expires_at, now)
+            if decision == "granted":
+                msg.reply.set(None)
+            elif decision == "full":
+                hint = retry_hint(book.hold, len(book.waiters), book.policy)
+                msg.reply.fail(_lane_full(msg.lane, "queue_full", hint))
+                log.debug("lane.rejected", lane=msg.lane, reason="queue_full")
+            return msg.lane
+        if isinstance(msg, _Leave):
+            book = self.books.get(msg.ticket.lane)
+            if book is not None:
+                _grant(book.leave(msg.ticket, msg.outcome, now))
+            if msg.outcome in ("max_wait", "timeout"):
+                log.debug("lane.rejected", lane=msg.ticket.lane, reason=msg.outcome)
+            return msg.ticket.lane
+        if isinstance(msg, _Refused):
+            if msg.lane in self.books:
+                self.books[msg.lane].rejected += 1
+            log.debug("lane.rejected", lane=msg.lane, reason="queue_full")
+            return msg.lane
+        for name, book in self.books.items():
+            book.retired = name not in msg.policies
+        for name, policy in msg.policies.items():
+            book = self.books.setdefault(name, LaneBook(policy))
+            book.policy = policy
+            _grant(book.hand_on(now))
+        msg.reply.set(None)
+        return None
+
+
+def _grant(tickets: list[Hashable]) -> None:
+    for ticket in tickets:
+        cast(_Enter, ticket).reply.set(None)

@@ -1,8 +1,116 @@
-"""Upstream executor (stub: settings only; the actor is being written)."""
+"""Upstream executor: the only module that speaks HTTP (httpx), one connection per concurrent call.
+
+Card
+- owns: the single-connection ``httpx.AsyncClient`` objects of one upstream (a LIFO free list,
+  a FIFO ``trio.Semaphore`` of ``max_connections`` slots) and their lifecycle.
+- receives: no inbox; ``execute`` runs in the CALLER's task, so a caller's timeout or
+  cancellation really cancels the socket. Free list and counters change only between awaits.
+- replies: ``HttpResponse`` for any HTTP status (the pipeline judges statuses), or raises a
+  ``claykiln.actors.errors`` error (mapping below); never an httpx exception.
+- sends to: nobody (the pipeline reports outcomes to the breaker and gate).
+- on cancellation: the client of an interrupted call is closed (shielded, bounded) and dropped,
+  never reused; ``run`` closes the idle clients when it stops and later check-ins close theirs.
+- on failure: same as cancellation; the slot is freed and the next call opens a fresh client.
+
+Why one client per call in flight (notes/measurements.md): httpcore 1.0.9's shared pool collapses
+at 64 trio tasks (206 vs 1,914 req/s) and leaks slots after a storm of cancelled requests
+(encode/httpcore#1093). All clients share one SSL context (an AsyncClient builds its own in ~21 ms
+otherwise; with a shared one construction takes ~30 us).
+
+Error mapping: ``UpstreamTimeout`` (a CallTimeout) and ``UpstreamFailure`` (an UpstreamError)
+carry ``retryable`` and ``sent`` as attributes and in ``details`` (with ``upstream``); ``sent`` is
+False only when the request provably never left:
+    no free client before the end         CallTimeout  stage=request|deadline, phase=pool, sent=F
+    httpx.ConnectTimeout                  CallTimeout  stage=connect, sent=False
+    our cancel scope expired mid-call     CallTimeout  stage=request|deadline ("deadline" when the
+                                                       caller's deadline came before the timeout)
+    httpx.ConnectError                    UpstreamError kind=connect, sent=False, retryable
+    httpx.ReadError / WriteError / other
+        network errors (resets)           UpstreamError kind=reset, retryable
+    httpx.RemoteProtocolError and other
+        protocol or decoding errors       UpstreamError kind=protocol, retryable
+    body over MAX_BODY_BYTES              UpstreamError kind=too_large, not retryable
+Credentials never reach a log line, a repr or an exception message.
+"""
 
 from __future__ import annotations
 
+import collections
+import email.utils
+import json as jsonlib
+import re
+import time
+import urllib.parse
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
 import attrs
+import httpx
+import structlog
+import trio
+from claykiln.actors.errors import (
+    BadRequest,
+    CallTimeout,
+    InternalError,
+    ShuttingDown,
+    UpstreamError,
+)
+
+__all__ = [
+    "MAX_BODY_BYTES",
+    "NO_JSON",
+    "HttpRequest",
+    "HttpResponse",
+    "TimeoutClasses",
+    "UpstreamFailure",
+    "UpstreamPool",
+    "UpstreamSettings",
+    "UpstreamTimeout",
+    "join_url",
+    "render_path",
+]
+
+log = structlog.get_logger("claykiln.upstream")
+
+MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+CLOSE_GRACE: Final = 1.0  # seconds a suspect client gets to close (shielded)
+SHUTDOWN_GRACE: Final = 5.0  # seconds all idle clients get to close when the pool stops
+IDLE_SWEEP_INTERVAL: Final = 30.0
+IDLE_CLOSE_AFTER: Final = 60.0  # an idle client unused this long is closed by the sweep
+USER_AGENT: Final = "claykiln"
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+DELAY_SECONDS = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,9})?")
+
+
+class _NoJson:
+    def __repr__(self) -> str:
+        return "NO_JSON"
+
+
+NO_JSON: Final[Any] = _NoJson()
+
+
+def _frozen_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return MappingProxyType(dict(value or {}))
+
+
+class UpstreamTimeout(CallTimeout):
+    """A CallTimeout raised by the executor; ``retryable`` and ``sent`` mirror ``details``."""
+
+    def __init__(self, message: str, *, details: dict[str, Any]) -> None:
+        super().__init__(message, details=details)
+        self.retryable: bool = details["retryable"]
+        self.sent: bool = details["sent"]
+
+
+class UpstreamFailure(UpstreamError):
+    """A transport failure (``details.kind``); ``retryable`` and ``sent`` mirror ``details``."""
+
+    def __init__(self, message: str, *, details: dict[str, Any]) -> None:
+        super().__init__(message, details=details)
+        self.retryable: bool = details["retryable"]
+        self.sent: bool = details["sent"]
 
 
 @attrs.frozen
@@ -13,3 +121,411 @@ class TimeoutClasses:
     request: float = 30.0
     upload: float = 120.0
     long_poll: float = 300.0
+
+
+def _check_base_url(_inst: object, _attr: object, value: str) -> None:
+    url = httpx.URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        msg = f"upstream base_url must be an http(s) URL with a host, got {value!r}"
+        raise ValueError(msg)
+    if url.query or url.fragment or url.userinfo:
+        msg = f"upstream base_url must not carry a query, fragment or user info: {url.host!r}"
+        raise ValueError(msg)
+
+
+@attrs.frozen
+class UpstreamSettings:
+    """One upstream: where it lives and how to authenticate. ``credential`` is the secret value
+    injected as the ``auth_header``; it is never logged and left out of the repr."""
+
+    name: str
+    base_url: str = attrs.field(validator=_check_base_url)
+    auth_header: str | None = None
+    credential: str | None = attrs.field(default=None, repr=False)
+    timeouts: TimeoutClasses = attrs.field(factory=TimeoutClasses)
+    max_connections: int = 64
+    default_headers: Mapping[str, str] = attrs.field(
+        factory=dict, converter=_frozen_headers, hash=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if (self.auth_header is None) != (self.credential is None):
+            msg = f"upstream {self.name}: set both auth_header and its credential, or neither"
+            raise ValueError(msg)
+        if self.credential is not None and ("\r" in self.credential or "\n" in self.credential):
+            msg = f"upstream {self.name}: the credential contains a line break; fix the secret file"
+            raise ValueError(msg)
+        if self.max_connections < 1:
+            msg = f"upstream {self.name}: max_connections must be >= 1"
+            raise ValueError(msg)
+
+
+@attrs.frozen
+class HttpRequest:
+    """A request relative to the upstream's base_url; ``path`` is rendered (see render_path).
+    ``json`` (any JSON value, ``None`` included) and ``content`` are mutually exclusive."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_headers, hash=False)
+    json: Any = NO_JSON
+    content: bytes | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.json is not NO_JSON and self.content is not None:
+            msg = "give a request json or content, not both"
+            raise BadRequest(msg)
+
+
+@attrs.frozen
+class HttpResponse:
+    """A fully read response: ``headers`` has lower-case names (repeats joined by ", ")."""
+
+    status: int
+    headers: dict[str, str] = attrs.field(hash=False)
+    body: bytes
+    duration: float
+
+    def retry_after(self, now: float | None = None) -> float | None:
+        """Seconds from Retry-After (delay-seconds or an HTTP date, against wall time ``now``,
+        default ``time.time()``); negative values become 0; absent or unparseable -> None."""
+        raw = self.headers.get("retry-after")
+        if raw is None:
+            return None
+        raw = raw.strip()
+        if DELAY_SECONDS.fullmatch(raw):
+            seconds = float(raw)
+        else:
+            try:
+                when = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                return None
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+
+    def json(self) -> Any:
+        """The body decoded as JSON (raises ValueError when it is not)."""
+        return jsonlib.loads(self.body)
+
+
+def render_path(template: str, params: Mapping[str, Any]) -> str:
+    """Fill ``{name}`` placeholders with percent-encoded values (``quote(str(v), safe="")``), so
+    no value can add a path segment, a query, a fragment, user info or another host.
+
+    Raises BadRequest naming the parameter when one is missing, unused, empty, ``None``, ``.``
+    or ``..``, and when the template has a stray brace.
+    """
+    names = PLACEHOLDER.findall(template)
+    rest = PLACEHOLDER.sub("", template)
+    if "{" in rest or "}" in rest:
+        msg = f"path template {template!r} has a brace that is not a {{name}} placeholder"
+        raise BadRequest(msg)
+    unused = sorted(set(params) - set(names))
+    if unused:
+        msg = f"unexpected path parameter(s) {', '.join(unused)} for {template!r}"
+        raise BadRequest(msg, details={"params": unused})
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in params:
+            msg = f"missing path parameter {name!r} for {template!r}"
+            raise BadRequest(msg, details={"param": name})
+        value = params[name]
+        text = "" if value is None else str(value)
+        if text in ("", ".", ".."):
+            msg = f"path parameter {name!r} must not be empty, '.' or '..'"
+            raise BadRequest(msg, details={"param": name})
+        try:
+            return urllib.parse.quote(text, safe="")
+        except UnicodeEncodeError:
+            msg = f"path parameter {name!r} is not valid Unicode text"
+            raise BadRequest(msg, details={"param": name}) from None
+
+    return PLACEHOLDER.sub(fill, template)
+
+
+def join_url(base_url: str, path: str) -> httpx.URL:
+    """``base_url`` + ``path`` as one URL, checked to keep the base's scheme, host, port and path
+    prefix and to hold no dot segment (encoded or not); BadRequest otherwise."""
+    base = httpx.URL(base_url)
+    url = httpx.URL(base_url.rstrip("/") + "/" + path.lstrip("/"))
+    prefix = base.raw_path.rstrip(b"/") + b"/"
+    raw_path = url.raw_path.partition(b"?")[0]
+    same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
+    if not same_origin or not raw_path.startswith(prefix) or _has_dot_segment(raw_path):
+        msg = f"path {path!r} would leave the upstream's base URL"
+        raise BadRequest(msg)
+    return url
+
+
+def _has_dot_segment(raw_path: bytes) -> bool:
+    if b"%2e" not in raw_path.lower() and b"/." not in raw_path:
+        return False
+    return any(urllib.parse.unquote_to_bytes(seg) in (b".", b"..") for seg in raw_path.split(b"/"))
+
+
+@attrs.define
+class _PoolState:
+    """Only the pool touches this; changes happen between awaits."""
+
+    free: collections.deque[tuple[httpx.AsyncClient, float]] = attrs.field(
+        factory=collections.deque
+    )
+    phase: str = "new"  # new | running | stopped
+    in_use: int = 0
+    created: int = 0
+    closed_after_error: int = 0
+    closed_idle: int = 0
+    requests: int = 0
+
+
+class UpstreamPool:
+    """Single-connection clients for one upstream, checked out per call (see the module card)."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self._state = _PoolState()
+        self._slots = trio.Semaphore(settings.max_connections)
+        # One SSL context for every client (building one per client costs ~21 ms).
+        self._ssl = httpx.create_ssl_context(trust_env=False)
+        self._base_timeout = httpx.Timeout(
+            settings.timeouts.request, connect=settings.timeouts.connect
+        )
+        headers = httpx.Headers({"user-agent": USER_AGENT})
+        headers.update(dict(settings.default_headers))
+        self._base_headers = headers
+
+    def __repr__(self) -> str:
+        return f"<UpstreamPool {self.settings.name} {self.settings.base_url}>"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the ``status`` RPC (plain msgpack-able values)."""
+        s = self._state
+        return {
+            "upstream": self.settings.name,
+            "phase": s.phase,
+            "in_use": s.in_use,
+            "idle": len(s.free),
+            "created": s.created,
+            "closed_after_error": s.closed_after_error,
+            "closed_idle": s.closed_idle,
+            "requests": s.requests,
+            "max_connections": self.settings.max_connections,
+        }
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled: sweep long-idle clients; on exit refuse new calls and close
+        the idle clients (shielded, within SHUTDOWN_GRACE)."""
+        self._state.phase = "running"
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(IDLE_SWEEP_INTERVAL)
+                await self._close_idle(trio.current_time() - IDLE_CLOSE_AFTER)
+        finally:
+            self._state.phase = "stopped"
+            free, self._state.free = self._state.free, collections.deque()
+            with trio.move_on_after(SHUTDOWN_GRACE, shield=True):
+                for client, _ in free:
+                    await client.aclose()
+            log.info("upstream.pool_stopped", upstream=self.settings.name, closed=len(free))
+
+    async def _close_idle(self, older_than: float) -> None:
+        free = self._state.free
+        while free and free[0][1] < older_than:
+            client, _ = free.popleft()
+            self._state.closed_idle += 1
+            with trio.move_on_after(CLOSE_GRACE, shield=True):
+                await client.aclose()
+
+    # The timeout is a budget reported in CallTimeout.details (and told apart from the caller's
+    # deadline), not just a cancel scope a caller could wrap around us.
+    async def execute(
+        self,
+        request: HttpRequest,
+        *,
+        timeout: float,  # noqa: ASYNC109
+        stage_deadline: float | None = None,
+    ) -> HttpResponse:
+        """Send ``request`` and read the whole body, within ``min(now + timeout,
+        stage_deadline)`` (trio time); waiting for a free client counts against it.
+
+        Raises CallTimeout, UpstreamError, BadRequest (a path leaving the base URL) or
+        ShuttingDown (pool not running). Cancellation propagates after the call's client is
+        closed.
+        """
+        state = self._state
+        if state.phase != "running":
+            if state.phase == "new":
+                msg = f"upstream pool {self.settings.name} used before run() started"
+                raise InternalError(msg)
+            msg = f"upstream {self.settings.name} is shutting down"
+            raise ShuttingDown(msg)
+        state.requests += 1
+        start = trio.current_time()
+        limit = start + timeout
+        end = limit if stage_deadline is None else min(limit, stage_deadline)
+        url = join_url(self.settings.base_url, request.path)
+        payload = self._payload(request)
+        if start >= end:
+            raise self._timeout(end, limit, timeout, sent=False)
+        client = await self._checkout(end, limit, timeout)
+        response: HttpResponse | None = None
+        try:
+            with trio.move_on_at(end):
+                try:
+                    response = await self._send(client, request, url, payload, end, start)
+                except httpx.HTTPError as exc:
+                    raise self._translate(exc, timeout) from None
+        finally:
+            await self._checkin(client, healthy=response is not None)
+        if response is None:
+            raise self._timeout(end, limit, timeout, sent=True)
+        return response
+
+    async def _checkout(self, end: float, limit: float, budget: float) -> httpx.AsyncClient:
+        try:
+            self._slots.acquire_nowait()  # no scheduler pass when a slot is free
+        except trio.WouldBlock:
+            # FIFO: trio.Semaphore hands a released slot to the longest waiter.
+            with trio.move_on_at(end):
+                await self._slots.acquire()
+                if trio.current_time() < end:
+                    return self._take_client()
+                # Handed a slot as the time ran out: give it on rather than open a doomed call.
+                self._slots.release()
+            raise self._timeout(end, limit, budget, sent=False, phase="pool")
+        return self._take_client()
+
+    def _take_client(self) -> httpx.AsyncClient:
+        state = self._state
+        state.in_use += 1
+        if state.free:
+            return state.free.pop()[0]
+        state.created += 1
+        return httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            base_url=self.settings.base_url,
+            timeout=self._base_timeout,
+            headers=self._base_headers,
+            verify=self._ssl,
+            trust_env=False,
+        )
+
+    async def _checkin(self, client: httpx.AsyncClient, *, healthy: bool) -> None:
+        state = self._state
+        try:
+            if healthy and state.phase == "running":
+                state.free.append((client, trio.current_time()))
+                return
+            if not healthy:
+                state.closed_after_error += 1
+            with trio.move_on_after(CLOSE_GRACE, shield=True):
+                await client.aclose()
+        finally:
+            state.in_use -= 1
+            self._slots.release()
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        request: HttpRequest,
+        url: httpx.URL,
+        payload: tuple[httpx.Headers, bytes | None],
+        end: float,
+        start: float,
+    ) -> HttpResponse:
+        headers, content = payload
+        # Our cancel scope bounds the whole call; httpx only times the connect when its class
+        # is shorter than what is left (so a timeout is never reported as two different stages).
+        remaining = end - trio.current_time()
+        connect = self.settings.timeouts.connect
+        per_call = httpx.Timeout(None, connect=connect if connect < remaining else None)
+        async with client.stream(
+            request.method,
+            url,
+            params=request.query,
+            headers=headers,
+            content=content,
+            timeout=per_call,
+        ) as resp:
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                raise self._too_large(declared)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise self._too_large(f"more than {size}")
+                chunks.append(chunk)
+            names: dict[str, str] = {}
+            for key, value in resp.headers.multi_items():
+                name = key.lower()
+                names[name] = f"{names[name]}, {value}" if name in names else value
+            return HttpResponse(
+                status=resp.status_code,
+                headers=names,
+                body=b"".join(chunks),
+                duration=trio.current_time() - start,
+            )
+
+    def _payload(self, request: HttpRequest) -> tuple[httpx.Headers, bytes | None]:
+        """Headers (credential injected last, so a caller cannot forge it) and body bytes."""
+        try:
+            headers = httpx.Headers(dict(request.headers))
+            content = request.content
+            if request.json is not NO_JSON:
+                content = jsonlib.dumps(request.json, separators=(",", ":")).encode()
+                headers.setdefault("content-type", "application/json")
+        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+            msg = f"request to {self.settings.name} cannot be encoded: {type(exc).__name__}"
+            raise BadRequest(msg) from None
+        if self.settings.auth_header is not None and self.settings.credential is not None:
+            headers[self.settings.auth_header] = self.settings.credential
+        return headers, content
+
+    def _details(self, **extra: Any) -> dict[str, Any]:
+        return {"upstream": self.settings.name, **extra}
+
+    def _timeout(
+        self, end: float, limit: float, timeout: float, *, sent: bool, phase: str | None = None
+    ) -> UpstreamTimeout:
+        stage = "request" if end >= limit else "deadline"
+        details = self._details(stage=stage, timeout=timeout, retryable=True, sent=sent)
+        what = "the caller's deadline passed" if stage == "deadline" else f"no answer in {timeout}s"
+        if phase is not None:
+            details["phase"] = phase
+            what += " waiting for a free connection"
+        log.debug("upstream.timeout", upstream=self.settings.name, stage=stage, phase=phase)
+        return UpstreamTimeout(f"upstream {self.settings.name}: {what}", details=details)
+
+    def _too_large(self, size: str) -> UpstreamFailure:
+        msg = f"upstream {self.settings.name}: response body {size} bytes > {MAX_BODY_BYTES}"
+        details = self._details(kind="too_large", retryable=False, sent=True)
+        return UpstreamFailure(msg, details=details)
+
+    def _translate(self, exc: httpx.HTTPError, timeout: float) -> UpstreamTimeout | UpstreamFailure:
+        name = self.settings.name
+        text = self._scrub(f"{type(exc).__name__}: {exc}")
+        log.debug("upstream.transport_error", upstream=name, error=text)
+        if isinstance(exc, httpx.TimeoutException):
+            connect = isinstance(exc, httpx.ConnectTimeout)
+            stage = "connect" if connect else "request"
+            details = self._details(stage=stage, timeout=timeout, retryable=True, sent=not connect)
+            return UpstreamTimeout(f"upstream {name}: {stage} timed out ({text})", details=details)
+        if isinstance(exc, httpx.ConnectError):
+            kind, sent, what = "connect", False, "could not connect"
+        elif isinstance(exc, httpx.NetworkError):
+            kind, sent, what = "reset", True, "connection reset"
+        else:
+            kind, sent, what = "protocol", True, "protocol error"
+        details = self._details(kind=kind, retryable=True, sent=sent)
+        return UpstreamFailure(f"upstream {name}: {what} ({text})", details=details)
+
+    def _scrub(self, text: str) -> str:
+        credential = self.settings.credential
+        return text.replace(credential, "[REDACTED]") if credential else text

@@ -1,1 +1,88 @@
-"""claykiln."""
+"""claykiln: a per-host reliability daemon for calls to Clay and other HTTP APIs.
+
+The client library (wire protocol: docs/protocol.md)::
+
+    from claykiln.daemon import Client, KilnError
+    with Client() as kiln:
+        kiln.call("clay.webhook", path_params={"webhook": "w1"}, json={"name": "Ada"})
+
+``Client`` is blocking; ``TrioClient`` and ``AsyncioClient`` pipeline many calls on one
+connection. Importing this package loads only the sync client, the protocol core and msgpack:
+``TrioClient`` / ``AsyncioClient`` import trio / asyncio on first access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .client_sync import Client
+from .errors import (
+    BadRequest,
+    BreakerOpen,
+    ConnectionLost,
+    DaemonUnavailable,
+    Forbidden,
+    FrameTooLarge,
+    IdempotencyInFlight,
+    IdempotencyMismatch,
+    InternalError,
+    KilnError,
+    KilnTimeout,
+    LaneFull,
+    ProtocolViolation,
+    RateLimited,
+    ShuttingDown,
+    StorageFull,
+    UnknownMethod,
+    UnknownOperation,
+    UpstreamError,
+    error_from_wire,
+)
+
+if TYPE_CHECKING:
+    from .client_asyncio import AsyncioClient
+    from .client_trio import TrioClient
+
+__all__ = [
+    "AsyncioClient",
+    "BadRequest",
+    "BreakerOpen",
+    "Client",
+    "ConnectionLost",
+    "DaemonUnavailable",
+    "Forbidden",
+    "FrameTooLarge",
+    "IdempotencyInFlight",
+    "IdempotencyMismatch",
+    "InternalError",
+    "KilnError",
+    "KilnTimeout",
+    "LaneFull",
+    "ProtocolViolation",
+    "RateLimited",
+    "ShuttingDown",
+    "StorageFull",
+    "TrioClient",
+    "UnknownMethod",
+    "UnknownOperation",
+    "UpstreamError",
+    "error_from_wire",
+]
+
+_LAZY = {"TrioClient": ".client_trio", "AsyncioClient": ".client_asyncio"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the async flavors on first access, so sync users never load trio or asyncio."""
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

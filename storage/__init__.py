@@ -1,1 +1,42 @@
-"""claykiln."""
+"""claykiln.storage: the LMDB environment, its tables and codecs, and the group-commit writer.
+
+The only package that imports lmdb; nothing lmdb-typed leaves it (see storage/errors.py).
+"""
+
+from claykiln.storage.codec import join_key, pack, text_key, uint_key, unpack
+from claykiln.storage.env import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_MAP_SIZE,
+    TABLES,
+    StorageUsage,
+    Store,
+)
+from claykiln.storage.errors import SchemaError, StorageClosed, StorageError, StorageFull
+from claykiln.storage.ops import Delete, Op, Put
+from claykiln.storage.schema import SCHEMA_VERSION, StoreMeta
+from claykiln.storage.writer import WRITER_INBOX, Writer, WriterStats
+
+__all__ = [
+    "DEFAULT_MAP_SIZE",
+    "DEFAULT_MAX_MAP_SIZE",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "WRITER_INBOX",
+    "Delete",
+    "Op",
+    "Put",
+    "SchemaError",
+    "StorageClosed",
+    "StorageError",
+    "StorageFull",
+    "StorageUsage",
+    "Store",
+    "StoreMeta",
+    "Writer",
+    "WriterStats",
+    "join_key",
+    "pack",
+    "text_key",
+    "uint_key",
+    "unpack",
+]

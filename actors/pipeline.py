@@ -1,0 +1,320 @@
+"""The call path: one request walks lane -> breaker -> gate -> upstream, with retries.
+
+Card:
+- owns: nothing but the routing tables (operations, upstream routes); it is a coordinator, not
+  an actor, and runs in the caller's task (a timeout or a vanished caller cancels it cleanly).
+- asks: lanes (a slot), breaker board (a ticket), gate (a token), the upstream pool (the HTTP
+  exchange); tells: breaker outcomes and gate closures, fire-and-forget.
+- replies: a ``CallResult`` for every final upstream answer below 500 (the app sees Clay's own
+  status and body; 408 and 429 are retried or gated first); raises a ``KilnError`` for 5xx left
+  after the retries (``upstream_error``), timeouts (``timeout`` with the stage), connection
+  failures (``upstream_error`` with kind), and the fast refusals ``breaker_open`` / ``lane_full``
+  / ``rate_limited`` carrying ``retry_after``.
+- on cancellation: the lane slot is released, an outstanding breaker ticket is recorded as
+  IGNORED (a probe slot is never leaked), the HTTP connection is closed by the pool.
+
+HTTP-aware outcomes for the breaker: 5xx, timeouts and connection errors are FAILURE; 429 goes
+to the gate (IGNORED for health); 401/403 raise a credentials alert and count as SUCCESS (the
+upstream is up; our key is wrong); other 4xx are the caller's fault: SUCCESS.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+import structlog
+import trio
+
+from .breaker import BreakerBoard
+from .breaker_types import Outcome, Ticket
+from .errors import BadRequest, CallTimeout, KilnError, UnknownOperation, UpstreamError
+from .gate import GateBoard
+from .lanes import Lanes
+from .retry import RetryPolicy, backoff_delay, is_retryable_status, may_retry
+from .upstream import NO_JSON, HttpRequest, HttpResponse, UpstreamPool, render_path
+
+__all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRoute"]
+
+log = structlog.get_logger()
+
+BODY_EXCERPT: Final = 512
+DEFAULT_GATE_CLOSURE: Final = 1.0  # a 429 without Retry-After closes the gate this long
+
+
+@attrs.frozen
+class Operation:
+    """A named call the daemon may make (from ``[operations.NAME]``); hosts come from config only."""
+
+    name: str
+    upstream: str
+    method: str
+    path: str
+    lane: str
+    timeout: float
+    timeout_class: str = "request"
+    repeat_safe: bool = False
+    idempotent: bool = False
+    cacheable: bool = False
+    on_failure: str = "error"
+    breaker_scope: str = "upstream"
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    auth_header: str | None = None
+    credential: str | None = attrs.field(default=None, repr=False)
+
+    @property
+    def breaker_key(self) -> str:
+        return f"{self.upstream}/{self.name}" if self.breaker_scope == "operation" else self.upstream
+
+
+@attrs.frozen
+class UpstreamRoute:
+    pool: UpstreamPool
+    retry: RetryPolicy
+
+
+@attrs.frozen
+class CallRequest:
+    """A validated ``call``: ``deadline`` is absolute trio time (None: only the class timeout)."""
+
+    operation: str
+    path_params: Mapping[str, Any] = attrs.field(factory=dict)
+    query: Mapping[str, str] | None = None
+    json: Any = NO_JSON
+    body: bytes | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    lane: str | None = None
+    deadline: float | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class CallResult:
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+    attempts: int
+    duration_ms: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "headers": dict(self.headers),
+            "body": self.body,
+            "attempts": self.attempts,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+def decode_body(response: HttpResponse) -> Any:
+    """JSON bodies decoded; text as str; anything else as bytes."""
+    ctype = response.headers.get("content-type", "").lower()
+    if "json" in ctype:
+        try:
+            return json.loads(response.body)
+        except ValueError:
+            pass
+    if ctype.startswith("text/") or "json" in ctype:
+        return response.body.decode("utf-8", "replace")
+    return response.body
+
+
+def health_outcome(status: int) -> Outcome:
+    """What an HTTP status means for the upstream's health (the breaker's view)."""
+    if status >= 500 or status == 408:
+        return Outcome.FAILURE
+    if status == 429:
+        return Outcome.IGNORED
+    return Outcome.SUCCESS
+
+
+def _excerpt(body: bytes) -> str:
+    text = body[:BODY_EXCERPT].decode("utf-8", "replace")
+    return text + ("..." if len(body) > BODY_EXCERPT else "")
+
+
+class CallPipeline:
+    """Runs ``call`` requests through lanes, breaker, gate and upstream with retries."""
+
+    def __init__(
+        self,
+        operations: Mapping[str, Operation],
+        routes: Mapping[str, UpstreamRoute],
+        *,
+        lanes: Lanes,
+        breakers: BreakerBoard,
+        gate: GateBoard,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.operations = dict(operations)
+        self.routes = dict(routes)
+        self.lanes = lanes
+        self.breakers = breakers
+        self.gate = gate
+        self.rng = rng or random.Random()
+
+    def reconfigure(self, operations: Mapping[str, Operation]) -> None:
+        self.operations = dict(operations)
+
+    def operation(self, name: str) -> Operation:
+        op = self.operations.get(name)
+        if op is None:
+            known = ", ".join(sorted(self.operations)) or "(none)"
+            msg = f"unknown operation {name!r}; configured operations: {known}"
+            raise UnknownOperation(msg)
+        return op
+
+    def fail_fast(self, request: CallRequest) -> None:
+        """Refuse at once from published snapshots (no task, no ask): breaker open."""
+        op = self.operation(request.operation)
+        self.breakers.check(op.breaker_key)
+
+    def _http_request(self, op: Operation, request: CallRequest) -> HttpRequest:
+        headers = dict(op.headers)
+        for name, value in request.headers.items():
+            if op.auth_header and name.lower() == op.auth_header.lower():
+                msg = f"header {name!r} is the operation's credential; the daemon sets it"
+                raise BadRequest(msg)
+            headers[name] = value
+        if op.auth_header and op.credential:
+            headers[op.auth_header] = op.credential
+        if request.idempotency_key and op.idempotent:
+            headers["Idempotency-Key"] = request.idempotency_key
+        return HttpRequest(
+            method=op.method,
+            path=render_path(op.path, request.path_params),
+            query=request.query,
+            headers=headers,
+            json=request.json,
+            content=request.body,
+        )
+
+    async def call(self, request: CallRequest) -> CallResult:
+        op = self.operation(request.operation)
+        route = self.routes.get(op.upstream)
+        if route is None:
+            msg = f"operation {op.name!r} names upstream {op.upstream!r}, which is not configured"
+            raise UnknownOperation(msg)
+        http = self._http_request(op, request)
+        started = trio.current_time()
+        async with self.lanes.slot(request.lane or op.lane, request.deadline):
+            return await self._attempts(op, route, http, request.deadline, started)
+
+    async def _attempts(
+        self,
+        op: Operation,
+        route: UpstreamRoute,
+        http: HttpRequest,
+        deadline: float | None,
+        started: float,
+    ) -> CallResult:
+        attempt = 0
+        while True:
+            attempt += 1
+            response, error = await self._one_attempt(op, route, http, deadline)
+            now = trio.current_time()
+            if response is not None:
+                status = response.status
+                retryable = is_retryable_status(status)
+                sent = True
+                retry_after = response.retry_after()
+            else:
+                assert error is not None
+                retryable = bool(getattr(error, "retryable", True))
+                sent = bool(getattr(error, "sent", True))
+                retry_after = None
+            delay: float | None = None
+            if (
+                retryable
+                and attempt < route.retry.attempts
+                and may_retry(method=op.method, repeat_safe=op.repeat_safe, sent=sent)
+            ):
+                delay = backoff_delay(route.retry, attempt, rng=self.rng, retry_after=retry_after)
+                if deadline is not None and now + delay >= deadline:
+                    delay = None
+            if delay is None:
+                return self._final(op, response, error, attempt, now - started)
+            log.info(
+                "call.retry",
+                operation=op.name,
+                attempt=attempt,
+                delay=round(delay, 3),
+                status=response.status if response is not None else None,
+                error=error.code if error is not None else None,
+            )
+            await trio.sleep(delay)
+
+    def _final(
+        self,
+        op: Operation,
+        response: HttpResponse | None,
+        error: KilnError | None,
+        attempts: int,
+        elapsed: float,
+    ) -> CallResult:
+        if response is not None and response.status < 500:
+            return CallResult(
+                status=response.status,
+                headers=response.headers,
+                body=decode_body(response),
+                attempts=attempts,
+                duration_ms=elapsed * 1000,
+            )
+        if response is not None:
+            msg = f"{op.upstream} answered {response.status} to {op.name} after {attempts} attempt(s)"
+            raise UpstreamError(
+                msg,
+                details={
+                    "status": response.status,
+                    "body": _excerpt(response.body),
+                    "attempts": attempts,
+                    "upstream": op.upstream,
+                },
+            )
+        assert error is not None
+        details = dict(error.details or {})
+        details["attempts"] = attempts
+        error.details = details
+        raise error
+
+    async def _one_attempt(
+        self, op: Operation, route: UpstreamRoute, http: HttpRequest, deadline: float | None
+    ) -> tuple[HttpResponse | None, KilnError | None]:
+        """One try: breaker ticket, gate token, HTTP exchange; the outcome is always recorded."""
+        ticket: Ticket = await self.breakers.acquire(op.breaker_key)
+        outcome = Outcome.IGNORED
+        started = trio.current_time()
+        try:
+            await self.gate.acquire(op.upstream, deadline)
+            started = trio.current_time()
+            try:
+                response = await route.pool.execute(http, timeout=op.timeout, stage_deadline=deadline)
+            except (CallTimeout, UpstreamError) as exc:
+                outcome = Outcome.FAILURE
+                return None, exc
+            outcome = health_outcome(response.status)
+            self._learn(op, response)
+            return response, None
+        finally:
+            self.breakers.record(ticket, outcome, trio.current_time() - started)
+
+    def _learn(self, op: Operation, response: HttpResponse) -> None:
+        status = response.status
+        if status in (429, 503):
+            retry_after = response.retry_after()
+            if status == 429 or retry_after is not None:
+                seconds = retry_after if retry_after is not None else DEFAULT_GATE_CLOSURE
+                self.gate.close_until(op.upstream, seconds, f"{status} from {op.name}")
+        elif status in (401, 403):
+            log.critical(
+                "upstream.credentials_rejected",
+                alert=True,
+                severity="critical",
+                upstream=op.upstream,
+                operation=op.name,
+                status=status,
+                body=_excerpt(response.body),
+            )

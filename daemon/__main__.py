@@ -1,0 +1,5 @@
+"""``python -m claykiln.daemon`` is ``kiln``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,450 @@
+"""The daemon's lifecycle: one root nursery, actors in dependency order, signals, drain.
+
+Start (in order): logging -> storage (reader_check, schema check) -> writer -> breakers, gate,
+lanes -> upstream pools -> call pipeline -> server on the Unix socket -> READY=1.
+
+Stop (SIGTERM / SIGINT): STOPPING=1; the server stops accepting and answers new requests with
+``shutting_down``; in-flight requests get ``grace_period`` seconds; the writer flushes everything
+queued; the environment is closed; exit 0. A second SIGTERM/SIGINT during the drain cuts the
+grace period short.
+
+Reload (SIGHUP): read the config again; a bad one keeps the old config and logs
+``config.reload_failed`` (an alert). A good one applies lanes, thresholds, rate policies,
+operations, credentials and the log level without dropping in-flight work; keys that need a
+restart are logged (``config.restart_required``) and keep their old values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import time
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from claykiln.actors.breaker import BreakerBoard
+from claykiln.actors.breaker_types import BreakerPolicy
+from claykiln.actors.gate import GateBoard
+from claykiln.actors.lanes import Lanes
+from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
+from claykiln.actors.upstream import UpstreamPool
+from claykiln.actors.errors import StorageFullError
+from claykiln.storage import Put, Store, StorageError, StorageFull, Writer, text_key
+
+from . import sdnotify, wiring
+from .config import ConfigError, load_config, restart_required
+from .config_types import KilnConfig
+from .credentials import CredentialError, CredentialStore
+from .listener import PeerCred, SocketInUse, adopt_listener, bind_unix_listener
+from .logs import alert, configure_logging, get_logger, set_secrets
+from .methods import build_methods
+from .protocol import Limits
+from .server import Server, ServerLimits
+
+__all__ = ["Daemon", "kiln_version", "run_daemon"]
+
+log = get_logger("claykiln.daemon")
+
+STORE_DIRNAME: Final = "store"
+LOCK_NAME: Final = "kiln.lock"
+STUCK_WRITER_SECONDS: Final = 30.0
+
+
+def kiln_version() -> str:
+    try:
+        return version("claykiln")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+def _server_limits(config: KilnConfig) -> ServerLimits:
+    lim = config.daemon.limits
+    return ServerLimits(
+        protocol=Limits(
+            max_frame=lim.max_frame,
+            max_array_len=lim.max_array_len,
+            max_map_len=lim.max_map_len,
+            max_depth=lim.max_depth,
+        ),
+        max_connections=lim.max_connections,
+        max_in_flight=lim.max_in_flight,
+        idle_timeout=lim.idle_timeout,
+    )
+
+
+class StateDirBusy(Exception):
+    """Another daemon holds the state directory's lock."""
+
+
+class Daemon:
+    """One running claykiln process. ``run`` returns when it has stopped cleanly."""
+
+    def __init__(
+        self,
+        config: KilnConfig,
+        *,
+        config_path: Path | None = None,
+        overrides: dict[str, Path | None] | None = None,
+        listener: trio.socket.SocketType | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.version = kiln_version()
+        self._listener = listener
+        self._bound_socket: Path | None = None
+        self._lock_fd: int | None = None
+        self.started_at = time.monotonic()
+        self.actors: dict[str, str] = {}
+        self.creds = CredentialStore.load((), config.daemon.credentials_dir)
+
+    # -- views used by methods ---------------------------------------------------------------
+    def limits_view(self) -> dict[str, Any]:
+        lim = self.config.daemon.limits
+        return {
+            "max_frame": lim.max_frame,
+            "max_array_len": lim.max_array_len,
+            "max_map_len": lim.max_map_len,
+            "max_depth": lim.max_depth,
+            "max_connections": lim.max_connections,
+            "max_in_flight": lim.max_in_flight,
+            "idle_timeout": lim.idle_timeout,
+        }
+
+    def breaker_keys(self) -> set[str]:
+        return set(wiring.breaker_policies(self.config)) | set(self.breakers.snapshot)
+
+    def breaker_view(self, name: str, view: Any) -> dict[str, Any]:
+        for item in self.breakers.views():
+            if item.get("key") == name:
+                return item
+        return {"key": name, "state": getattr(getattr(view, "state", None), "value", str(view))}
+
+    async def durable_flush(self) -> None:
+        """Wait until everything queued for storage so far is committed."""
+        try:
+            await self.writer.write([])
+        except StorageFull as exc:
+            raise StorageFullError(str(exc)) from exc
+
+    def health(self) -> str:
+        usage = self.store.usage()
+        if any(state != "running" for state in self.actors.values()):
+            return "unhealthy"
+        if usage.ratio >= 0.95:
+            return "unhealthy"
+        if self.breakers.stats().get("open", 0) or usage.ratio >= 0.8:
+            return "degraded"
+        return "healthy"
+
+    def status(self) -> dict[str, Any]:
+        usage = self.store.usage()
+        writer = self.writer.stats()
+        return {
+            "version": self.version,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "health": self.health(),
+            "config": self.config.source,
+            "socket": str(self.config.daemon.socket),
+            "server": self.server.stats(),
+            "storage": {
+                "path": str(self.store.path),
+                "map_size": usage.map_size,
+                "max_map_size": usage.max_map_size,
+                "used_bytes": usage.used_bytes,
+                "ratio": round(usage.ratio, 4),
+                "entries": dict(usage.entries),
+                "transactions": writer.transactions,
+                "writes": writer.asks,
+                "failed": writer.failed,
+                "map_grows": writer.map_grows,
+            },
+            "actors": dict(self.actors),
+            "breakers": self.breakers.stats(),
+            "gate": self.gate.stats(),
+            "lanes": self.lanes.stats(),
+            "upstreams": {name: pool.stats() for name, pool in self.pools.items()},
+        }
+
+    # -- peers --------------------------------------------------------------------------------
+    def is_allowed(self, peer: PeerCred) -> bool:
+        d = self.config.daemon
+        if not d.allowed_uids and not d.allowed_gids:
+            return True
+        return peer.uid in (0, os.geteuid()) or peer.uid in d.allowed_uids or peer.gid in d.allowed_gids
+
+    def is_admin(self, peer: PeerCred) -> bool:
+        d = self.config.daemon
+        if peer.uid in (0, os.geteuid()):
+            return True
+        return peer.uid in d.admin_uids or peer.gid in d.admin_gids
+
+    # -- persistence adapters for actors --------------------------------------------------------
+    def _persister(self, table: str) -> Any:
+        def persist(key: str, record: dict[str, Any], /) -> None:
+            self.writer.write_nowait([Put(table, text_key(key), record)])
+
+        return persist
+
+    def _loader(self, table: str) -> Any:
+        def load(key: str, /) -> dict[str, Any] | None:
+            value = self.store.get(table, text_key(key))
+            return value if isinstance(value, dict) else None
+
+        return load
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def _actor(self, name: str, nursery: trio.Nursery, run: Any) -> None:
+        self.actors[name] = "starting"
+        await nursery.start(self._supervised, name, run)
+        self.actors[name] = "running"
+
+    async def _supervised(
+        self, name: str, run: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await run(task_status=task_status)
+        finally:
+            self.actors[name] = "stopped"
+
+    def _load_credentials(self, config: KilnConfig) -> CredentialStore:
+        creds = CredentialStore.load(wiring.credential_names(config), config.daemon.credentials_dir)
+        for name in sorted(wiring.credential_names(config)):
+            if creds.get(name) is None:
+                log.warning(
+                    "upstream.credentials_missing",
+                    name=name,
+                    directory=str(config.daemon.credentials_dir),
+                    hint="calls using it go out without auth and will likely get 401",
+                )
+        set_secrets([*config.daemon.secrets, *creds.secrets()])
+        return creds
+
+    def _open_listener(self) -> trio.socket.SocketType:
+        if self._listener is not None:
+            return self._listener
+        inherited = sdnotify.listen_fds()
+        if inherited:
+            log.info("daemon.socket_activated", fds=len(inherited))
+            return adopt_listener(inherited[0])
+        path = self.config.daemon.socket
+        listener = bind_unix_listener(path, self.config.daemon.socket_mode)
+        self._bound_socket = path
+        return listener
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        d = config.daemon
+        self.creds = self._load_credentials(config)
+        d.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_state_dir(d.state_dir)
+        self.store = await trio.to_thread.run_sync(
+            partial(
+                Store.open,
+                d.state_dir / STORE_DIRNAME,
+                map_size=d.storage.map_size,
+                max_map_size=d.storage.max_map_size,
+                sync=d.storage.sync,
+            )
+        )
+        log.info(
+            "daemon.started",
+            version=self.version,
+            pid=os.getpid(),
+            config=config.source,
+            state_dir=str(d.state_dir),
+            boot=self.store.meta.boot_count,
+        )
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async with trio.open_nursery() as root:
+                    await self._start(root)
+                    task_status.started()
+                    sdnotify.ready(status=f"serving on {d.socket}")
+                    log.info("daemon.ready", socket=str(d.socket))
+                    root.start_soon(self._watchdog)
+                    await self._wait_for_stop(sigs)
+                    await self._stop(root, sigs)
+        finally:
+            self.store.close()
+            self._remove_socket()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            log.info("daemon.stopped")
+
+    async def _start(self, root: trio.Nursery) -> None:
+        config = self.config
+        self.writer = Writer(self.store)
+        await self._actor("writer", root, self.writer.run)
+        self.breakers = BreakerBoard(
+            wiring.breaker_policies(config),
+            BreakerPolicy(),
+            persist=self._persister("breakers"),
+            load=self._loader("breakers"),
+        )
+        await self._actor("breakers", root, self.breakers.run)
+        self.gate = GateBoard(
+            wiring.rate_policies(config),
+            persist=self._persister("gate"),
+            load=self._loader("gate"),
+        )
+        await self._actor("gate", root, self.gate.run)
+        self.lanes = Lanes(wiring.lane_policies(config))
+        await self._actor("lanes", root, self.lanes.run)
+        self.pools: dict[str, UpstreamPool] = {}
+        for name, settings in wiring.upstream_settings(config, self.creds).items():
+            pool = UpstreamPool(settings)
+            await self._actor(f"upstream.{name}", root, pool.run)
+            self.pools[name] = pool
+        self.pipeline = CallPipeline(
+            wiring.operations(config, self.creds),
+            {
+                name: UpstreamRoute(pool, config.upstreams[name].retry)
+                for name, pool in self.pools.items()
+            },
+            lanes=self.lanes,
+            breakers=self.breakers,
+            gate=self.gate,
+        )
+        self.server = Server(
+            build_methods(self),
+            _server_limits(config),
+            is_admin=self.is_admin,
+            is_allowed=self.is_allowed,
+        )
+        listener = self._open_listener()
+        await root.start(self.server.serve, listener)
+
+    async def _wait_for_stop(self, sigs: Any) -> None:
+        async for signum in sigs:
+            if signum == signal.SIGHUP:
+                await self.reload()
+                continue
+            log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            return
+
+    async def _stop(self, root: trio.Nursery, sigs: Any) -> None:
+        sdnotify.stopping()
+        grace = self.config.daemon.grace_period
+        async with trio.open_nursery() as stopper:
+            # A second SIGTERM/SIGINT during the drain cuts the grace period short.
+            async def hurry() -> None:
+                async for signum in sigs:
+                    if signum != signal.SIGHUP:
+                        log.warning("daemon.drain_cut_short", signal=signal.Signals(signum).name)
+                        self.server._conn_scope.cancel()
+                        return
+
+            stopper.start_soon(hurry)
+            drained = await self.server.drain(grace)
+            stopper.cancel_scope.cancel()
+        log.info("daemon.drained", complete=drained, grace_period=grace)
+        with trio.move_on_after(max(grace, 10.0)) as flush:
+            flush.shield = True
+            await self.writer.aclose()
+        if flush.cancelled_caught:
+            log.error("daemon.flush_timeout")
+        root.cancel_scope.cancel()
+
+    def _lock_state_dir(self, state_dir: Path) -> None:
+        """One daemon per state directory: a second one would be a second LMDB writer."""
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            msg = (
+                f"another kiln daemon is using the state directory {state_dir}; stop it first "
+                "or give this one another --state-dir"
+            )
+            raise StateDirBusy(msg) from None
+        self._lock_fd = fd  # held (and released by the kernel) for the life of the process
+
+    def _remove_socket(self) -> None:
+        if self._bound_socket is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._bound_socket.unlink()
+
+    async def _watchdog(self) -> None:
+        """Ping WATCHDOG=1 only while the loop turns, every actor runs and the writer moves."""
+        interval = sdnotify.watchdog_interval()
+        period = interval / 2 if interval else 5.0
+        last_txn, last_progress = -1, trio.current_time()
+        while True:
+            await trio.sleep(period)
+            stats = self.writer.stats()
+            now = trio.current_time()
+            if stats.transactions != last_txn or self.writer.queued == 0:
+                last_txn, last_progress = stats.transactions, now
+            stuck = now - last_progress > STUCK_WRITER_SECONDS
+            dead = [name for name, state in self.actors.items() if state != "running"]
+            if dead or stuck:
+                log.error("watchdog.missed", alert=True, severity="critical", dead=dead, stuck_writer=stuck)
+                continue
+            if interval:
+                sdnotify.watchdog()
+            sdnotify.status(f"{self.health()}; {self.server.connections} connection(s)")
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply a new config, or keep the old one and say why. True when applied."""
+        sdnotify.reloading()
+        try:
+            new = load_config(self.config_path, **self.overrides)  # type: ignore[arg-type]
+            creds = self._load_credentials(new)
+        except (ConfigError, CredentialError) as exc:
+            alert(log, "config.reload_failed", severity="warning", error=str(exc), config=self.config.source)
+            sdnotify.ready()
+            return False
+        needs_restart = restart_required(self.config, new)
+        if needs_restart:
+            log.warning("config.restart_required", keys=list(needs_restart))
+        self.creds = creds
+        self.breakers.reconfigure(wiring.breaker_policies(new), BreakerPolicy())
+        await self.gate.reconfigure(wiring.rate_policies(new))
+        await self.lanes.reconfigure(wiring.lane_policies(new))
+        self.pipeline.reconfigure(wiring.operations(new, creds))
+        configure_logging(
+            fmt=new.daemon.log_format,
+            level=new.daemon.log_level,
+            secrets=[*new.daemon.secrets, *creds.secrets()],
+        )
+        self.config = new
+        log.info("config.reloaded", config=new.source, restart_required=list(needs_restart))
+        sdnotify.ready()
+        return True
+
+
+def run_daemon(
+    config: KilnConfig, *, config_path: Path | None, overrides: dict[str, Path | None]
+) -> int:
+    """Entry point for ``kiln serve``: configure logging, run until stopped, return the exit code."""
+    d = config.daemon
+    configure_logging(fmt=d.log_format, level=d.log_level, secrets=d.secrets)
+    daemon = Daemon(config, config_path=config_path, overrides=overrides)
+    try:
+        trio.run(daemon.run)
+    except BaseException as exc:
+        leaf = _leaf(exc)
+        if isinstance(leaf, StorageError):
+            alert(log, "storage.open_failed", severity="critical", error=str(leaf))
+            return 1
+        if isinstance(leaf, StateDirBusy | SocketInUse | ConfigError):
+            log.error("daemon.start_failed", error=str(leaf))
+            return 1
+        raise
+    return 0
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (trio wraps nursery errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

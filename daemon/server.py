@@ -1,0 +1,376 @@
+"""The Unix-socket msgpack-rpc server: connections, pipelining, limits, graceful drain.
+
+Promises:
+- Many requests may be in flight on one connection; each reply goes out as soon as it is ready
+  (out of order). Replies are written by one writer task per connection, which batches whatever
+  is queued into one ``send_all``.
+- A method registered ``inline`` is answered on the reader without spawning a task; a method's
+  ``precheck`` may refuse at once (a fail-fast rejection) before a task is spawned. Everything
+  else runs in a task per request inside the connection's nursery.
+- Per-connection in-flight limit: when reached, the reader stops reading that connection until
+  replies drain (backpressure; nothing is dropped). Max connections: the next connection gets a
+  ``protocol_error`` notification (``too_many_connections``) and is closed.
+- Idle timeout: a connection with nothing in flight and nothing received for ``idle_timeout``
+  seconds is closed.
+- Hostile input: a violation with a readable msgid gets an error reply and the connection stays;
+  without one, the peer gets a ``protocol_error`` notification and that connection alone closes.
+- A peer that goes away cancels its in-flight requests (their lane slots and probes are freed).
+- ``drain(grace)``: stop accepting connections, answer new requests with ``shutting_down``, wait
+  up to ``grace`` seconds for in-flight requests, then cancel what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import attrs
+import structlog
+import trio
+
+from claykiln.actors.errors import Forbidden, InternalError, KilnError, ShuttingDown
+
+from .logs import get_logger
+from .listener import PeerCred, peer_credentials
+from .protocol import (
+    FrameParser,
+    Limits,
+    Request,
+    Violation,
+    encode_notification,
+    encode_response,
+    error_map,
+)
+
+__all__ = ["Method", "RequestContext", "Server", "ServerLimits"]
+
+log = get_logger("claykiln.server")
+
+RECV_SIZE: Final = 65536
+OUTBOX_SLACK: Final = 16  # room for violation replies beyond the in-flight limit
+WRITER_FLUSH_TIMEOUT: Final = 5.0  # a peer that stops reading gets this long to take its replies
+
+
+@attrs.frozen
+class ServerLimits:
+    protocol: Limits = Limits()
+    max_connections: int = 256
+    max_in_flight: int = 128
+    idle_timeout: float = 300.0
+
+
+@attrs.frozen
+class RequestContext:
+    """Who asked, on which connection, with which msgid; handlers read it, never keep it."""
+
+    peer: PeerCred
+    conn_id: int
+    msgid: int
+    admin: bool
+
+
+Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+InlineHandler = Callable[[RequestContext, Any], Any]
+
+
+@attrs.frozen
+class Method:
+    """One RPC method. Exactly one of ``handler`` (async, own task) or ``inline`` (sync) is set.
+
+    ``precheck`` (sync) validates on the reader and may raise a ``KilnError`` to refuse before a
+    task is spawned; when set, the handler receives what it returns instead of the raw args.
+    ``admin`` methods are refused with ``forbidden`` for peers outside the admin set.
+    """
+
+    name: str
+    handler: Handler | None = None
+    inline: InlineHandler | None = None
+    precheck: InlineHandler | None = None
+    admin: bool = False
+
+
+def _pack_reply(msgid: int, result: Any) -> bytes:
+    try:
+        return encode_response(msgid, None, result)
+    except (TypeError, ValueError, OverflowError) as exc:
+        log.error("server.unpackable_result", msgid=msgid, error=str(exc))
+        msg = "the result could not be encoded as msgpack"
+        return encode_response(msgid, error_map("internal", msg), None)
+
+
+class _Connection:
+    """One client connection: reader loop, writer task, in-flight bookkeeping."""
+
+    def __init__(self, server: Server, stream: trio.SocketStream, conn_id: int, peer: PeerCred):
+        self.server = server
+        self.stream = stream
+        self.conn_id = conn_id
+        self.peer = peer
+        self.admin = server.is_admin(peer)
+        self.parser = FrameParser(server.limits.protocol)
+        cap = server.limits.max_in_flight + OUTBOX_SLACK
+        self.out_send, self.out_recv = trio.open_memory_channel[bytes](cap)
+        self.in_flight = 0
+        self.room = trio.Event()
+        self.closing = False
+        self.flushed = trio.Event()
+
+    def send(self, frame: bytes) -> None:
+        try:
+            self.out_send.send_nowait(frame)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # Cannot happen within the in-flight bound; a dead connection drops its replies.
+            self.closing = True
+
+    async def writer(self) -> None:
+        try:
+            async for first in self.out_recv:
+                batch = [first]
+                while True:
+                    try:
+                        batch.append(self.out_recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self.stream.send_all(b"".join(batch) if len(batch) > 1 else first)
+                self.room.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closing = True
+            self.room.set()
+        finally:
+            self.flushed.set()
+
+    def _backlog(self) -> int:
+        return self.in_flight + self.out_send.statistics().current_buffer_used
+
+    async def run(self) -> None:
+        limits = self.server.limits
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self.writer)
+            async with trio.open_nursery() as requests:
+                await self._read_loop(requests, limits)
+                # The peer is gone or broke the protocol: its in-flight work is cancelled (lane
+                # slots and probes are freed), what is already queued is still flushed.
+                requests.cancel_scope.cancel()
+            self.out_send.close()
+            outer.cancel_scope.deadline = trio.current_time() + WRITER_FLUSH_TIMEOUT
+
+    async def _read_loop(self, nursery: trio.Nursery, limits: ServerLimits) -> None:
+        while not self.closing:
+            while self._backlog() >= limits.max_in_flight and not self.closing:
+                self.room = trio.Event()
+                await self.room.wait()
+            with trio.move_on_after(limits.idle_timeout) as idle:
+                try:
+                    data = await self.stream.receive_some(RECV_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            if idle.cancelled_caught:
+                if self._backlog() == 0:
+                    log.info("conn.idle_closed", idle_timeout=limits.idle_timeout)
+                    return
+                continue
+            if not data:
+                return
+            for event in self.parser.feed(data):
+                if isinstance(event, Request):
+                    self._dispatch(nursery, event)
+                elif isinstance(event, Violation):
+                    if self._violation(event):
+                        return
+                # Responses and notifications from a client are ignored.
+
+    def _violation(self, v: Violation) -> bool:
+        """Answer a violation; True when the connection must close."""
+        self.server.stats_violations += 1
+        log.warning("conn.protocol_error", code=v.code, detail=v.message, msgid=v.msgid)
+        if v.msgid is not None and not v.fatal:
+            self.send(encode_response(v.msgid, error_map(v.code, v.message), None))
+            return False
+        if v.msgid is not None:
+            self.send(encode_response(v.msgid, error_map(v.code, v.message), None))
+        self.send(encode_notification("protocol_error", {"code": v.code, "message": v.message}))
+        self.closing = True
+        return True
+
+    def _dispatch(self, nursery: trio.Nursery, req: Request) -> None:
+        server = self.server
+        server.stats_requests += 1
+        method = server.methods.get(req.method)
+        if method is None:
+            known = ", ".join(sorted(server.methods))
+            msg = f"unknown method {req.method!r}; this server knows: {known}"
+            self.send(encode_response(req.msgid, error_map("unknown_method", msg), None))
+            return
+        ctx = RequestContext(self.peer, self.conn_id, req.msgid, self.admin)
+        try:
+            if server.draining:
+                raise ShuttingDown("the daemon is shutting down; retry against the new instance")
+            if method.admin and not self.admin:
+                msg = f"{req.method} is an admin method; peer uid {self.peer.uid} is not an admin"
+                raise Forbidden(msg)
+            if method.inline is not None:
+                self.send(_pack_reply(req.msgid, method.inline(ctx, req.args)))
+                return
+            prepared: Any = req.args
+            if method.precheck is not None:
+                prepared = method.precheck(ctx, req.args)
+        except KilnError as exc:
+            self.send(encode_response(req.msgid, exc.to_wire(), None))
+            return
+        except Exception:
+            log.exception("server.handler_crashed", method=req.method, msgid=req.msgid)
+            wire = InternalError("internal error; see the daemon log").to_wire()
+            self.send(encode_response(req.msgid, wire, None))
+            return
+        assert method.handler is not None
+        self.in_flight += 1
+        server.begin_request()
+        nursery.start_soon(self._run_request, method.handler, ctx, req, prepared)
+
+    async def _run_request(
+        self, handler: Handler, ctx: RequestContext, req: Request, prepared: Any
+    ) -> None:
+        structlog.contextvars.bind_contextvars(msgid=req.msgid, method=req.method)
+        try:
+            result = await handler(ctx, prepared)
+        except KilnError as exc:
+            self.send(encode_response(req.msgid, exc.to_wire(), None))
+        except Exception:
+            log.exception("server.handler_crashed")
+            wire = InternalError("internal error; see the daemon log").to_wire()
+            self.send(encode_response(req.msgid, wire, None))
+        else:
+            self.send(_pack_reply(req.msgid, result))
+        finally:
+            self.in_flight -= 1
+            self.room.set()
+            self.server.end_request()
+
+
+class Server:
+    """Accepts connections on a listening socket and runs the registered methods."""
+
+    def __init__(
+        self,
+        methods: Mapping[str, Method],
+        limits: ServerLimits | None = None,
+        *,
+        is_admin: Callable[[PeerCred], bool] = lambda peer: True,
+        is_allowed: Callable[[PeerCred], bool] = lambda peer: True,
+    ) -> None:
+        self.methods = dict(methods)
+        self.limits = limits or ServerLimits()
+        self.is_admin = is_admin
+        self.is_allowed = is_allowed
+        self.draining = False
+        self.connections = 0
+        self.stats_connections_total = 0
+        self.stats_requests = 0
+        self.stats_violations = 0
+        self.in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._ids = itertools.count(1)
+        self._accept_scope: trio.CancelScope | None = None
+        self._conn_scope = trio.CancelScope()
+        self._live: set[_Connection] = set()
+
+    # -- bookkeeping shared with connections -------------------------------------------------
+    def begin_request(self) -> None:
+        self.in_flight += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def end_request(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": self.connections,
+            "connections_total": self.stats_connections_total,
+            "requests": self.stats_requests,
+            "in_flight": self.in_flight,
+            "protocol_errors": self.stats_violations,
+            "draining": self.draining,
+        }
+
+    # -- serving -------------------------------------------------------------------------------
+    async def serve(
+        self,
+        listener: trio.socket.SocketType,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept until drained or cancelled; connections live in their own nursery."""
+        with self._conn_scope:
+            async with trio.open_nursery() as conns:
+                with trio.CancelScope() as accept_scope:
+                    self._accept_scope = accept_scope
+                    task_status.started()
+                    while True:
+                        try:
+                            sock, _ = await listener.accept()
+                        except OSError as exc:
+                            # EMFILE and friends: back off instead of spinning.
+                            log.warning("server.accept_failed", error=str(exc))
+                            await trio.sleep(0.1)
+                            continue
+                        conns.start_soon(self._handle, sock)
+                listener.close()
+                # Draining: the nursery waits for connections to finish on their own or until
+                # drain() cancels _conn_scope at the end of the grace period.
+
+    async def _handle(self, sock: trio.socket.SocketType) -> None:
+        stream = trio.SocketStream(sock)
+        peer = peer_credentials(sock)
+        conn_id = next(self._ids)
+        structlog.contextvars.bind_contextvars(conn_id=conn_id, peer_pid=peer.pid, peer_uid=peer.uid)
+        try:
+            if not self.is_allowed(peer):
+                log.warning("conn.refused", reason="peer not in allowed uids/gids", gid=peer.gid)
+                msg = f"uid {peer.uid} / gid {peer.gid} is not allowed to use this daemon"
+                await self._refuse(stream, "forbidden", msg)
+                return
+            if self.connections >= self.limits.max_connections:
+                log.warning("conn.refused", reason="too many connections")
+                msg = f"the daemon already serves {self.limits.max_connections} connections"
+                await self._refuse(stream, "too_many_connections", msg)
+                return
+            self.connections += 1
+            self.stats_connections_total += 1
+            conn = _Connection(self, stream, conn_id, peer)
+            self._live.add(conn)
+            try:
+                await conn.run()
+            finally:
+                self.connections -= 1
+                self._live.discard(conn)
+        finally:
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await stream.aclose()
+
+    async def _refuse(self, stream: trio.SocketStream, code: str, message: str) -> None:
+        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+            await stream.send_all(encode_notification("protocol_error", error_map(code, message)))
+
+    async def drain(self, grace: float) -> bool:
+        """Stop accepting; wait up to ``grace`` s for in-flight requests. True if all finished."""
+        self.draining = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        finished = self.in_flight == 0
+        # Let every writer put its last replies on the wire before the connections go.
+        for conn in list(self._live):
+            conn.out_send.close()
+        with trio.move_on_after(WRITER_FLUSH_TIMEOUT):
+            for conn in list(self._live):
+                await conn.flushed.wait()
+        self._conn_scope.cancel()
+        return finished

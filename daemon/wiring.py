@@ -1,0 +1,84 @@
+"""Turning a ``KilnConfig`` into the actors' own settings (actors never import daemon/)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from claykiln.actors.breaker_types import BreakerPolicy
+from claykiln.actors.gate import RatePolicy
+from claykiln.actors.pipeline import Operation
+from claykiln.actors.upstream import UpstreamSettings
+from claykiln.actors.lanes import LanePolicy
+
+from .config_types import KilnConfig
+from .credentials import CredentialStore
+
+__all__ = [
+    "breaker_policies",
+    "credential_names",
+    "lane_policies",
+    "operations",
+    "rate_policies",
+    "upstream_settings",
+]
+
+
+def credential_names(config: KilnConfig) -> set[str]:
+    names = {u.auth.credential for u in config.upstreams.values() if u.auth}
+    names |= {o.auth.credential for o in config.operations.values() if o.auth}
+    return names
+
+
+def upstream_settings(config: KilnConfig, creds: CredentialStore) -> dict[str, UpstreamSettings]:
+    """Pool settings per upstream. Auth is injected per operation (see ``operations``)."""
+    return {
+        name: UpstreamSettings(
+            name=name,
+            base_url=up.base_url,
+            timeouts=up.timeouts,
+            max_connections=up.max_connections,
+            default_headers=up.headers,
+        )
+        for name, up in config.upstreams.items()
+    }
+
+
+def operations(config: KilnConfig, creds: CredentialStore) -> dict[str, Operation]:
+    out: dict[str, Operation] = {}
+    for name, op in config.operations.items():
+        auth = op.auth or config.upstreams[op.upstream].auth
+        out[name] = Operation(
+            name=name,
+            upstream=op.upstream,
+            method=op.method,
+            path=op.path,
+            lane=op.lane,
+            timeout=op.timeout,
+            timeout_class=op.timeout_class,
+            repeat_safe=op.repeat_safe,
+            idempotent=op.idempotent,
+            cacheable=op.cacheable,
+            on_failure=op.on_failure,
+            breaker_scope=op.breaker,
+            headers=dict(op.headers),
+            auth_header=auth.header if auth else None,
+            credential=creds.get(auth.credential) if auth else None,
+        )
+    return out
+
+
+def breaker_policies(config: KilnConfig) -> dict[str, BreakerPolicy]:
+    """Per breaker key: the upstream's policy, also for per-operation breakers."""
+    out = {name: up.breaker for name, up in config.upstreams.items()}
+    for name, op in config.operations.items():
+        if op.breaker == "operation":
+            out[f"{op.upstream}/{name}"] = config.upstreams[op.upstream].breaker
+    return out
+
+
+def rate_policies(config: KilnConfig) -> dict[str, RatePolicy]:
+    return {name: up.rate for name, up in config.upstreams.items() if up.rate is not None}
+
+
+def lane_policies(config: KilnConfig) -> Mapping[str, LanePolicy]:
+    return dict(config.lanes)

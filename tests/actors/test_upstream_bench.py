@@ -1,0 +1,35 @@
+"""The direct-httpx benchmark baseline, run briefly against a real local server."""
+
+from __future__ import annotations
+
+import trio
+from claykiln.actors.bench_http import _percentile, direct_httpx
+from http_fixture import http_server, refused_port
+
+
+async def test_bench_counts_and_bounds_requests() -> None:
+    """The baseline stops at max_requests and reports rates, percentiles and statuses."""
+    with trio.fail_after(10):
+        async with http_server() as server:
+            result = await direct_httpx(
+                server.base_url + "/json", concurrency=4, seconds=5.0, max_requests=40
+            )
+    assert (result["requests"], result["errors"], result["statuses"]) == (40, 0, {200: 40})
+    assert result["rps"] > 0
+    assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+
+async def test_bench_counts_failures() -> None:
+    """Transport failures are counted, not raised."""
+    with trio.fail_after(10):
+        result = await direct_httpx(
+            f"http://127.0.0.1:{refused_port()}/", concurrency=2, seconds=5.0, max_requests=10
+        )
+    assert (result["requests"], result["errors"]) == (0, 10)
+
+
+def test_percentile_nearest_rank() -> None:
+    """Nearest-rank percentiles of a sorted list."""
+    values = [float(n) for n in range(1, 101)]
+    assert [_percentile(values, p) for p in (0.5, 0.9, 0.99, 1.0)] == [50.0, 90.0, 99.0, 100.0]
+    assert _percentile([], 0.5) == 0.0
