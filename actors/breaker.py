@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import attrs
 import structlog
 import trio
+
 from claykiln.actors.breaker_state import BreakerMachine, restore_from_record, to_record
 from claykiln.actors.breaker_types import (
     BreakerPolicy,

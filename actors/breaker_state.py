@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+
 from claykiln.actors.breaker_types import (
     COUNTING_STATES,
     FORCED_STATES,

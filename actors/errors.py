@@ -6,7 +6,7 @@
     ├── BreakerOpen           breaker_open        retry_after = seconds until a probe may pass
     ├── LaneFull              lane_full           retry_after = a hint for the caller
     ├── RateLimited           rate_limited        retry_after = seconds until a token / gate opens
-    ├── CallTimeout           timeout             details.stage = connect | request | deadline | lane | gate
+    ├── CallTimeout           timeout             details.stage: connect|request|deadline|lane
     ├── UpstreamError         upstream_error      details.status, details.body (excerpt)
     ├── StorageFullError      storage_full
     ├── Forbidden             forbidden

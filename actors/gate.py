@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import attrs
 import structlog
 import trio
+
 from claykiln.actors.errors import RateLimited
 from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
 

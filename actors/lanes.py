@@ -29,6 +29,7 @@ from typing import Any, Literal, cast
 import attrs
 import structlog
 import trio
+
 from claykiln.actors.errors import BadRequest, CallTimeout, KilnError, LaneFull
 from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
 

@@ -34,7 +34,8 @@ from .breaker_types import Outcome, Ticket
 from .errors import BadRequest, CallTimeout, KilnError, UnknownOperation, UpstreamError
 from .gate import GateBoard
 from .lanes import Lanes
-from .retry import RetryPolicy, backoff_delay, is_retryable_status, may_retry
+from .retry import Outcome as RetryOutcome
+from .retry import RetryPolicy, plan_retry
 from .upstream import NO_JSON, HttpRequest, HttpResponse, UpstreamPool, render_path
 
 __all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRoute"]
@@ -47,7 +48,7 @@ DEFAULT_GATE_CLOSURE: Final = 1.0  # a 429 without Retry-After closes the gate t
 
 @attrs.frozen
 class Operation:
-    """A named call the daemon may make (from ``[operations.NAME]``); hosts come from config only."""
+    """A named call the daemon may make (``[operations.NAME]``); hosts come from config only."""
 
     name: str
     upstream: str
@@ -67,7 +68,9 @@ class Operation:
 
     @property
     def breaker_key(self) -> str:
-        return f"{self.upstream}/{self.name}" if self.breaker_scope == "operation" else self.upstream
+        return (
+            f"{self.upstream}/{self.name}" if self.breaker_scope == "operation" else self.upstream
+        )
 
 
 @attrs.frozen
@@ -217,26 +220,25 @@ class CallPipeline:
             response, error = await self._one_attempt(op, route, http, deadline)
             now = trio.current_time()
             if response is not None:
-                status = response.status
-                retryable = is_retryable_status(status)
-                sent = True
-                retry_after = response.retry_after()
+                outcome = RetryOutcome.from_status(
+                    response.status, retry_after=response.retry_after()
+                )
             else:
                 assert error is not None
-                retryable = bool(getattr(error, "retryable", True))
-                sent = bool(getattr(error, "sent", True))
-                retry_after = None
-            delay: float | None = None
-            if (
-                retryable
-                and attempt < route.retry.attempts
-                and may_retry(method=op.method, repeat_safe=op.repeat_safe, sent=sent)
-            ):
-                delay = backoff_delay(route.retry, attempt, rng=self.rng, retry_after=retry_after)
-                if deadline is not None and now + delay >= deadline:
-                    delay = None
-            if delay is None:
+                outcome = RetryOutcome.from_error(error)
+            plan = plan_retry(
+                route.retry,
+                attempt=attempt,
+                outcome=outcome,
+                method=op.method,
+                repeat_safe=op.repeat_safe,
+                now=now,
+                deadline=deadline,
+                rng=self.rng,
+            )
+            if not plan.retry:
                 return self._final(op, response, error, attempt, now - started)
+            delay = plan.delay
             log.info(
                 "call.retry",
                 operation=op.name,
@@ -264,7 +266,9 @@ class CallPipeline:
                 duration_ms=elapsed * 1000,
             )
         if response is not None:
-            msg = f"{op.upstream} answered {response.status} to {op.name} after {attempts} attempt(s)"
+            msg = (
+                f"{op.upstream} answered {response.status} to {op.name} after {attempts} attempt(s)"
+            )
             raise UpstreamError(
                 msg,
                 details={
@@ -291,7 +295,9 @@ class CallPipeline:
             await self.gate.acquire(op.upstream, deadline)
             started = trio.current_time()
             try:
-                response = await route.pool.execute(http, timeout=op.timeout, stage_deadline=deadline)
+                response = await route.pool.execute(
+                    http, timeout=op.timeout, stage_deadline=deadline
+                )
             except (CallTimeout, UpstreamError) as exc:
                 outcome = Outcome.FAILURE
                 return None, exc

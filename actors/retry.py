@@ -23,6 +23,7 @@ import random
 from typing import Any, Literal
 
 import attrs
+
 from claykiln.actors.errors import CallTimeout, KilnError, UpstreamError
 
 __all__ = [

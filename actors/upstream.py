@@ -49,6 +49,7 @@ import attrs
 import httpx
 import structlog
 import trio
+
 from claykiln.actors.errors import (
     BadRequest,
     CallTimeout,

@@ -4,7 +4,7 @@ The client library (wire protocol: docs/protocol.md)::
 
     from claykiln.daemon import Client, KilnError
     with Client() as kiln:
-        kiln.call("clay.webhook", path_params={"webhook": "w1"}, json={"name": "Ada"})
+        kiln.call("push_row", path_params={"webhook_id": "w1"}, json={"name": "Ada"})
 
 ``Client`` is blocking; ``TrioClient`` and ``AsyncioClient`` pipeline many calls on one
 connection. Importing this package loads only the sync client, the protocol core and msgpack:

@@ -30,12 +30,12 @@ import trio
 
 from claykiln.actors.breaker import BreakerBoard
 from claykiln.actors.breaker_types import BreakerPolicy
+from claykiln.actors.errors import StorageFullError
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.lanes import Lanes
 from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
 from claykiln.actors.upstream import UpstreamPool
-from claykiln.actors.errors import StorageFullError
-from claykiln.storage import Put, Store, StorageError, StorageFull, Writer, text_key
+from claykiln.storage import Put, StorageError, StorageFull, Store, Writer, text_key
 
 from . import sdnotify, wiring
 from .config import ConfigError, load_config, restart_required
@@ -178,7 +178,11 @@ class Daemon:
         d = self.config.daemon
         if not d.allowed_uids and not d.allowed_gids:
             return True
-        return peer.uid in (0, os.geteuid()) or peer.uid in d.allowed_uids or peer.gid in d.allowed_gids
+        return (
+            peer.uid in (0, os.geteuid())
+            or peer.uid in d.allowed_uids
+            or peer.gid in d.allowed_gids
+        )
 
     def is_admin(self, peer: PeerCred) -> bool:
         d = self.config.daemon
@@ -189,7 +193,9 @@ class Daemon:
     # -- persistence adapters for actors --------------------------------------------------------
     def _persister(self, table: str) -> Any:
         def persist(key: str, record: dict[str, Any], /) -> None:
-            self.writer.write_nowait([Put(table, text_key(key), record)])
+            if not self.writer.write_nowait([Put(table, text_key(key), record)]):
+                msg = f"the storage writer's inbox is full; {table}/{key} not persisted"
+                raise StorageError(msg)
 
         return persist
 
@@ -387,7 +393,13 @@ class Daemon:
             stuck = now - last_progress > STUCK_WRITER_SECONDS
             dead = [name for name, state in self.actors.items() if state != "running"]
             if dead or stuck:
-                log.error("watchdog.missed", alert=True, severity="critical", dead=dead, stuck_writer=stuck)
+                log.error(
+                    "watchdog.missed",
+                    alert=True,
+                    severity="critical",
+                    dead=dead,
+                    stuck_writer=stuck,
+                )
                 continue
             if interval:
                 sdnotify.watchdog()
@@ -400,7 +412,13 @@ class Daemon:
             new = load_config(self.config_path, **self.overrides)  # type: ignore[arg-type]
             creds = self._load_credentials(new)
         except (ConfigError, CredentialError) as exc:
-            alert(log, "config.reload_failed", severity="warning", error=str(exc), config=self.config.source)
+            alert(
+                log,
+                "config.reload_failed",
+                severity="warning",
+                error=str(exc),
+                config=self.config.source,
+            )
             sdnotify.ready()
             return False
         needs_restart = restart_required(self.config, new)
@@ -425,7 +443,7 @@ class Daemon:
 def run_daemon(
     config: KilnConfig, *, config_path: Path | None, overrides: dict[str, Path | None]
 ) -> int:
-    """Entry point for ``kiln serve``: configure logging, run until stopped, return the exit code."""
+    """``kiln serve``: configure logging, run until stopped, return the exit code."""
     d = config.daemon
     configure_logging(fmt=d.log_format, level=d.log_level, secrets=d.secrets)
     daemon = Daemon(config, config_path=config_path, overrides=overrides)

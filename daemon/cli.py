@@ -32,11 +32,13 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _load_config(path: Path | None, **overrides: Path | None) -> Any:
+def _load_config(
+    path: Path | None, socket: Path | None = None, state_dir: Path | None = None
+) -> Any:
     from .config import ConfigError, load_config
 
     try:
-        return load_config(path, **overrides)
+        return load_config(path, socket=socket, state_dir=state_dir)
     except ConfigError as exc:
         _fail(f"configuration error:\n{exc}", EXIT_USAGE)
 
@@ -116,7 +118,7 @@ def serve(
     config_path = config_path or ctx.obj["config"]
     socket_path = socket_path or ctx.obj["socket"]
     overrides = {"socket": socket_path, "state_dir": state_dir}
-    config = _load_config(config_path, **overrides)
+    config = _load_config(config_path, socket_path, state_dir)
     sys.exit(run_daemon(config, config_path=config_path, overrides=overrides))
 
 

@@ -1,7 +1,7 @@
 """The asyncio client: one connection, many calls in flight, replies matched by msgid.
 
     async with AsyncioClient() as kiln:
-        reply = await kiln.call("clay.webhook", json={"a": 1})
+        reply = await kiln.call("me")
 
     kiln = await AsyncioClient.connect()
     ...
@@ -254,7 +254,7 @@ class AsyncioClient:
     # -- the typed methods -----------------------------------------------------------------
 
     async def hello(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``hello``: ``{protocol, server, limits}``."""
+        """``hello``: ``{protocol, server, limits, admin}``."""
         result: dict[str, Any] = await self.request("hello", None, timeout=timeout)
         return result
 
@@ -298,12 +298,18 @@ class AsyncioClient:
         )
         return result
 
-    async def breaker_list(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``breaker.list``: ``{breakers: [...]}``."""
-        result: dict[str, Any] = await self.request("breaker.list", None, timeout=timeout)
+    async def breaker_list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """``breaker.list``: one map per breaker (``key``, ``state``, ``retry_after``, ...)."""
+        result: list[dict[str, Any]] = await self.request("breaker.list", None, timeout=timeout)
         return result
 
-    async def breaker_force(self, name: str, state: str, *, timeout: float | None = None) -> Any:
-        """``breaker.force``: set a breaker ``open``, ``closed``, ``disabled`` or ``reset``."""
+    async def breaker_force(
+        self, name: str, state: str, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``breaker.force`` (admin): ``open``, ``closed``, ``disabled`` or ``reset``.
+
+        Returns the breaker's new view (as in ``breaker_list``).
+        """
         args = breaker_force_args(name, state)
-        return await self.request("breaker.force", args, timeout=timeout)
+        result: dict[str, Any] = await self.request("breaker.force", args, timeout=timeout)
+        return result

@@ -1,7 +1,7 @@
 """The blocking client: one plain Unix socket, one call at a time, safe to share between threads.
 
     with Client() as kiln:                       # socket: argument, $KILN_SOCKET, default
-        reply = kiln.call("clay.webhook", path_params={"webhook": "w1"}, json={"a": 1})
+        reply = kiln.call("push_row", path_params={"webhook_id": "w1"}, json={"a": 1})
 
 Contract (the same for ``TrioClient`` and ``AsyncioClient``):
 
@@ -228,7 +228,7 @@ class Client:
     # -- the typed methods -----------------------------------------------------------------
 
     def hello(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``hello``: ``{protocol, server, limits}``."""
+        """``hello``: ``{protocol, server, limits, admin}``."""
         result: dict[str, Any] = self.request("hello", None, timeout=timeout)
         return result
 
@@ -272,14 +272,21 @@ class Client:
         )
         return result
 
-    def breaker_list(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``breaker.list``: ``{breakers: [...]}``."""
-        result: dict[str, Any] = self.request("breaker.list", None, timeout=timeout)
+    def breaker_list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """``breaker.list``: one map per breaker (``key``, ``state``, ``retry_after``, ...)."""
+        result: list[dict[str, Any]] = self.request("breaker.list", None, timeout=timeout)
         return result
 
-    def breaker_force(self, name: str, state: str, *, timeout: float | None = None) -> Any:
-        """``breaker.force``: set a breaker ``open``, ``closed``, ``disabled`` or ``reset``."""
-        return self.request("breaker.force", breaker_force_args(name, state), timeout=timeout)
+    def breaker_force(
+        self, name: str, state: str, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``breaker.force`` (admin): ``open``, ``closed``, ``disabled`` or ``reset``.
+
+        Returns the breaker's new view (as in ``breaker_list``).
+        """
+        args = breaker_force_args(name, state)
+        result: dict[str, Any] = self.request("breaker.force", args, timeout=timeout)
+        return result
 
 
 def _remaining(deadline: float) -> float | None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import attrs
 from attrs import AttrsInstance
+
 from claykiln.daemon.units import UnitError, format_size, parse_duration, parse_size
 
 __all__ = [

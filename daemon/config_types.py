@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import attrs
+
 from claykiln.actors.breaker import BreakerPolicy
 from claykiln.actors.gate import RatePolicy
 from claykiln.actors.lanes import LanePolicy

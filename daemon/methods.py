@@ -43,7 +43,8 @@ FORCE_STATES: Final = ("open", "closed", "disabled", "reset")
 def _check_names(method: str, args: Mapping[str, Any], allowed: frozenset[str]) -> None:
     unknown = sorted(set(args) - allowed)
     if unknown:
-        msg = f"{method}: unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        allowed_text = ", ".join(sorted(allowed)) or "(none)"
+        msg = f"{method}: unknown argument(s) {', '.join(unknown)}; allowed: {allowed_text}"
         raise BadRequest(msg)
 
 

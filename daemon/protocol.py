@@ -262,10 +262,7 @@ class FrameParser:
             except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
                 # ValueError covers msgpack's length limits ("exceeds max_array_len").
                 msg = f"undecodable msgpack ({type(exc).__name__}): {exc}"
-                if "exceeds max" in str(exc):
-                    code = "frame_too_large"
-                else:
-                    code = "bad_request"
+                code = "frame_too_large" if "exceeds max" in str(exc) else "bad_request"
                 events.extend(self._fatal(code, msg))
                 return events
             except Exception as exc:  # a hostile frame must never escape as a crash

@@ -30,10 +30,17 @@ import attrs
 import structlog
 import trio
 
-from claykiln.actors.errors import Forbidden, InternalError, KilnError, ShuttingDown
+from claykiln.actors.errors import (
+    Forbidden,
+    InternalError,
+    KilnError,
+    ShuttingDown,
+    StorageFullError,
+)
+from claykiln.storage import StorageFull
 
-from .logs import get_logger
 from .listener import PeerCred, peer_credentials
+from .logs import get_logger
 from .protocol import (
     FrameParser,
     Limits,
@@ -55,7 +62,7 @@ WRITER_FLUSH_TIMEOUT: Final = 5.0  # a peer that stops reading gets this long to
 
 @attrs.frozen
 class ServerLimits:
-    protocol: Limits = Limits()
+    protocol: Limits = attrs.field(factory=Limits)
     max_connections: int = 256
     max_in_flight: int = 128
     idle_timeout: float = 300.0
@@ -176,9 +183,8 @@ class _Connection:
             for event in self.parser.feed(data):
                 if isinstance(event, Request):
                     self._dispatch(nursery, event)
-                elif isinstance(event, Violation):
-                    if self._violation(event):
-                        return
+                elif isinstance(event, Violation) and self._violation(event):
+                    return
                 # Responses and notifications from a client are ignored.
 
     def _violation(self, v: Violation) -> bool:
@@ -237,6 +243,9 @@ class _Connection:
             result = await handler(ctx, prepared)
         except KilnError as exc:
             self.send(encode_response(req.msgid, exc.to_wire(), None))
+        except StorageFull as exc:
+            wire = StorageFullError(f"storage is full: {exc}").to_wire()
+            self.send(encode_response(req.msgid, wire, None))
         except Exception:
             log.exception("server.handler_crashed")
             wire = InternalError("internal error; see the daemon log").to_wire()
@@ -328,7 +337,9 @@ class Server:
         stream = trio.SocketStream(sock)
         peer = peer_credentials(sock)
         conn_id = next(self._ids)
-        structlog.contextvars.bind_contextvars(conn_id=conn_id, peer_pid=peer.pid, peer_uid=peer.uid)
+        structlog.contextvars.bind_contextvars(
+            conn_id=conn_id, peer_pid=peer.pid, peer_uid=peer.uid
+        )
         try:
             if not self.is_allowed(peer):
                 log.warning("conn.refused", reason="peer not in allowed uids/gids", gid=peer.gid)

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 from claykiln.actors.breaker_types import BreakerPolicy
 from claykiln.actors.gate import RatePolicy
+from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.pipeline import Operation
 from claykiln.actors.upstream import UpstreamSettings
-from claykiln.actors.lanes import LanePolicy
 
 from .config_types import KilnConfig
 from .credentials import CredentialStore

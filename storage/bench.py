@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from claykiln.storage.codec import text_key
 from claykiln.storage.env import Store
 from claykiln.storage.ops import Put

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+
 from claykiln.storage.errors import StorageError
 
 __all__ = ["join_key", "pack", "text_key", "uint_key", "unpack"]

@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 import lmdb
+
 from claykiln.storage.codec import pack, unpack
 from claykiln.storage.errors import StorageClosed, StorageError, StorageFull
 from claykiln.storage.ops import Delete, Op, PreparedOp, Put

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import attrs
 import lmdb
+
 from claykiln.storage.codec import pack, unpack
 from claykiln.storage.errors import SchemaError
 

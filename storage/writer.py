@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import attrs
 import structlog
 import trio
+
 from claykiln.storage.env import Store
 from claykiln.storage.errors import StorageClosed, StorageError, StorageFull
 from claykiln.storage.ops import Op, PreparedOp

@@ -25,9 +25,10 @@ from urllib.parse import parse_qs
 
 import attrs
 import trio
-from claykiln.actors.upstream import UpstreamPool, UpstreamSettings
 from hypercorn.config import Config
 from hypercorn.trio import serve
+
+from claykiln.actors.upstream import UpstreamPool, UpstreamSettings
 
 Scope = dict[str, Any]
 Receive = Any

@@ -11,6 +11,7 @@ import pytest
 import structlog
 import trio
 import trio.testing
+
 from claykiln.actors.breaker import BreakerBoard, BreakerPolicy, BreakerState, Outcome, Ticket
 from claykiln.actors.errors import BadRequest, BreakerOpen
 from claykiln.actors.mailbox import ActorStopped

@@ -8,6 +8,8 @@ from typing import Any
 import hypothesis.strategies as st
 import msgpack
 import pytest
+from hypothesis import given, settings
+
 from claykiln.actors.breaker_state import (
     BreakerMachine,
     RollingWindow,
@@ -24,7 +26,6 @@ from claykiln.actors.breaker_types import (
     policy_for,
     view_to_wire,
 )
-from hypothesis import given, settings
 
 S, F, I = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED  # noqa: E741
 

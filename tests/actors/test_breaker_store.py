@@ -7,6 +7,7 @@ from typing import Any
 
 import trio
 import trio.testing
+
 from claykiln.actors.breaker import BreakerBoard, BreakerPolicy, BreakerState, Outcome
 from claykiln.storage import Put, Store, Writer, text_key
 

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
+
 from claykiln.actors.errors import RateLimited
 from claykiln.actors.gate import GATE_INBOX_SIZE, GateBoard, RatePolicy
 from claykiln.actors.mailbox import ActorStopped
-from structlog.testing import capture_logs
 
 CLAY = {"clay": RatePolicy(per_second=10.0, burst=20)}
 

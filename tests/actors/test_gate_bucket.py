@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import attrs
 import pytest
-from claykiln.actors.gate import Bucket, RatePolicy, Refusal, earliest_admission
 from hypothesis import given
 from hypothesis import strategies as st
+
+from claykiln.actors.gate import Bucket, RatePolicy, Refusal, earliest_admission
 
 POLICY = RatePolicy(per_second=10.0, burst=20)
 

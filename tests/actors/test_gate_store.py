@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+
 from claykiln.actors.errors import RateLimited
 from claykiln.actors.gate import GateBoard, RatePolicy
 from claykiln.storage import Put, Store, Writer, text_key

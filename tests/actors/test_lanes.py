@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import trio.testing
+
 from claykiln.actors.errors import BadRequest, CallTimeout, LaneFull
 from claykiln.actors.lanes import LANES_INBOX_SIZE, LanePolicy, Lanes
 from claykiln.actors.mailbox import ActorStopped

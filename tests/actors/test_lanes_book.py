@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from claykiln.actors.lanes import DEFAULT_LANES, LaneBook, LanePolicy, retry_hint
 from hypothesis import given
 from hypothesis import strategies as st
+
+from claykiln.actors.lanes import DEFAULT_LANES, LaneBook, LanePolicy, retry_hint
 
 INF = float("inf")
 

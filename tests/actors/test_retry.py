@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from claykiln.actors.errors import BadRequest, CallTimeout, UpstreamError
 from claykiln.actors.retry import (
     Outcome,
@@ -15,8 +18,6 @@ from claykiln.actors.retry import (
     may_retry,
     plan_retry,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 POLICY = RetryPolicy(attempts=5, base=0.25, cap=10.0)
 policies = st.builds(

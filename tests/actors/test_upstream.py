@@ -8,6 +8,15 @@ from typing import Any
 
 import pytest
 import trio
+from http_fixture import (
+    http_server,
+    raw_server,
+    refused_port,
+    running_pool,
+    unaccepting_port,
+)
+from structlog.testing import capture_logs
+
 from claykiln.actors import upstream
 from claykiln.actors.errors import (
     BadRequest,
@@ -25,14 +34,6 @@ from claykiln.actors.upstream import (
     UpstreamSettings,
     UpstreamTimeout,
 )
-from http_fixture import (
-    http_server,
-    raw_server,
-    refused_port,
-    running_pool,
-    unaccepting_port,
-)
-from structlog.testing import capture_logs
 
 SECRET = "sk-live-THE-SECRET-7f3a"
 AUTH = "x-clay-webhook-auth"

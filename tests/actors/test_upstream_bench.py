@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import trio
-from claykiln.actors.bench_http import _percentile, direct_httpx
 from http_fixture import http_server, refused_port
+
+from claykiln.actors.bench_http import _percentile, direct_httpx
 
 
 async def test_bench_counts_and_bounds_requests() -> None:

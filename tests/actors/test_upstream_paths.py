@@ -6,6 +6,9 @@ import email.utils
 import urllib.parse
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from claykiln.actors.errors import BadRequest
 from claykiln.actors.upstream import (
     HttpRequest,
@@ -14,8 +17,6 @@ from claykiln.actors.upstream import (
     join_url,
     render_path,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 BASE = "https://api.clay.com/v3"
 ATTACKS = [

@@ -3,7 +3,8 @@
 The fixture server (``FixtureServer``) speaks the protocol through ``daemon/protocol.py`` and
 answers a handful of test methods:
 
-- ``echo`` -> its args; ``hello`` / ``status`` / ``breaker.*`` / ``call`` -> ``{method, args}``
+- ``echo`` -> its args; ``hello`` -> a fixed ``HELLO``; ``status`` / ``breaker.*`` / ``call``
+  -> ``{method, args}``
 - ``slow`` ``{delay, value}`` -> ``value`` after ``delay`` seconds (trio time)
 - ``held`` ``{tag}`` -> ``tag`` once the test calls ``release(tag)`` (deterministic reordering)
 - ``fail`` ``{code, message, ...}`` -> that error map
@@ -19,6 +20,9 @@ on the real clock and never assert on timing.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +30,7 @@ from typing import Any, TypeVar
 import pytest
 import trio
 import trio.testing
+
 from claykiln.daemon import (
     AsyncioClient,
     Client,
@@ -48,7 +53,8 @@ from claykiln.daemon.protocol import (
 
 T = TypeVar("T")
 TEST_TIMEOUT = 10.0
-ECHO_METHODS = frozenset({"hello", "status", "breaker.list", "breaker.force", "call"})
+ECHO_METHODS = frozenset({"status", "breaker.list", "breaker.force", "call"})
+HELLO = {"protocol": 1, "server": "claykiln fixture", "limits": {"max_frame": 1048576}}
 
 
 class FixtureServer:
@@ -132,6 +138,8 @@ class FixtureServer:
         args, error, result, tag = req.args, None, None, None
         if req.method == "echo":
             result = args
+        elif req.method == "hello":
+            result = HELLO
         elif req.method in ECHO_METHODS:
             result = {"method": req.method, "args": args}
         elif req.method == "slow":
@@ -200,7 +208,7 @@ async def test_trio_round_trip_and_typed_methods(server: FixtureServer) -> None:
     with trio.fail_after(TEST_TIMEOUT):
         async with TrioClient(server.path) as kiln:
             assert await kiln.request("echo", {"x": [1, "two", b"3"]}) == {"x": [1, "two", b"3"]}
-            assert await kiln.hello() == {"method": "hello", "args": {}}
+            assert await kiln.hello() == HELLO
             assert await kiln.status() == {"method": "status", "args": {}}
             assert (await kiln.breaker_list())["method"] == "breaker.list"
             forced = await kiln.breaker_force("clay", "open")
@@ -621,3 +629,29 @@ async def test_sync_close_from_another_thread_fails_the_blocked_call(server: Fix
     assert len(outcome) == 1
     with pytest.raises(RuntimeError, match="closed"):
         kiln.request("echo")
+
+
+# -- docs/protocol.md --------------------------------------------------------------------------
+
+PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+
+def _documented_minimal_client() -> str:
+    section = PROTOCOL_DOC.read_text().split("## A minimal client in Python", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match is not None, "the minimal client's code block is missing"
+    return match.group(1)
+
+
+async def test_documented_minimal_client_runs(server: FixtureServer) -> None:
+    """The stand-alone client in docs/protocol.md (<= 25 lines) really talks to a server."""
+    code = _documented_minimal_client()
+    assert len(code.strip().splitlines()) <= 25
+    env = {**os.environ, "KILN_SOCKET": str(server.path)}
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-c", code], env=env, capture_stdout=True, check=False
+        )
+    assert done.returncode == 0
+    assert done.stdout.decode().splitlines()[0] == HELLO["server"]
+    assert [req.method for req in server.received] == ["hello", "status"]

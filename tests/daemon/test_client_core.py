@@ -8,6 +8,9 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from claykiln.daemon import ConnectionLost, KilnError, ProtocolViolation, RateLimited
 from claykiln.daemon._client_core import (
     CALL_TIMEOUT_MARGIN,
@@ -20,8 +23,6 @@ from claykiln.daemon._client_core import (
     resolve_timeout,
 )
 from claykiln.daemon.protocol import encode_notification, encode_response
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _start(ledger: CallLedger, method: str = "m") -> tuple[PendingCall, list[int]]:

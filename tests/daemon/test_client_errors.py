@@ -5,8 +5,11 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-import claykiln.daemon as kiln
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import claykiln.daemon as kiln
 from claykiln.daemon import (
     ConnectionLost,
     DaemonUnavailable,
@@ -15,8 +18,6 @@ from claykiln.daemon import (
     UpstreamError,
     error_from_wire,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 WIRE_CODES = {
     "bad_request": kiln.BadRequest,

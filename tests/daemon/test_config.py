@@ -9,6 +9,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+
 from claykiln.actors.breaker import BreakerPolicy
 from claykiln.actors.gate import RatePolicy
 from claykiln.actors.lanes import LanePolicy

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from claykiln.daemon.config import load_config
 from claykiln.daemon.credentials import (
     MAX_CREDENTIAL_BYTES,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+
 from claykiln.daemon.config import ConfigError, load_config
 from claykiln.daemon.config_schema import Problems, Table, build_policy, number
 

@@ -13,6 +13,9 @@ import pytest
 import structlog
 import trio
 import trio.lowlevel
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from claykiln.daemon import logs
 from claykiln.daemon.logs import (
     REDACTED,
@@ -23,8 +26,6 @@ from claykiln.daemon.logs import (
     get_logger,
     set_secrets,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 SECRET = "sk-live-9f8e7d6c5b4a"
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from claykiln.daemon import sdnotify
 from structlog.testing import capture_logs
+
+from claykiln.daemon import sdnotify
 
 RECV_TIMEOUT = 5.0  # seconds; a lost datagram fails the test instead of hanging it
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")

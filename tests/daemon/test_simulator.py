@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+
 from claykiln.daemon.simulator import (
     DEFAULT_API_KEY,
     Faults,

@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from claykiln.daemon.simulator import (
     Faults,
     SimSettings,
@@ -14,8 +17,6 @@ from claykiln.daemon.simulator import (
     TokenBucket,
     WebhookConfig,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 JSON = {"content-type": "application/json"}
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from claykiln.daemon.units import (
     UnitError,
     format_duration,
@@ -12,8 +15,6 @@ from claykiln.daemon.units import (
     parse_duration,
     parse_size,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from kiln_harness import API_KEY, KilnProcess
 
 from claykiln.daemon.simulator import RunningSimulator, open_simulator

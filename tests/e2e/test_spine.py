@@ -137,8 +137,25 @@ def _collect_replies(path: str, payload: bytes, count: int) -> list[Any]:
 HOSTILE: list[tuple[str, bytes, str, bool]] = [
     # (name, bytes, expected code, connection stays usable)
     ("random bytes", b"\xc1\xc1\xc1\xff\x00garbage", "bad_request", False),
-    ("frame over the limit", msgpack.packb([0, 1, "hello", [{"x": "y" * 2_000_000}]]), "frame_too_large", False),
-    ("deep nesting", msgpack.packb([0, 7, "hello", [{"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}]]), "bad_request", True),
+    (
+        "frame over the limit",
+        msgpack.packb([0, 1, "hello", [{"x": "y" * 2_000_000}]]),
+        "frame_too_large",
+        False,
+    ),
+    (
+        "deep nesting",
+        msgpack.packb(
+            [
+                0,
+                7,
+                "hello",
+                [{"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}],
+            ]
+        ),
+        "bad_request",
+        True,
+    ),
     ("huge declared array", b"\xdd\xff\xff\xff\xff", "frame_too_large", False),
     ("not an array", msgpack.packb({"hello": 1}), "bad_request", False),
     ("wrong request length", msgpack.packb([0, 7, "hello"]), "bad_request", True),
@@ -161,12 +178,16 @@ async def test_hostile_input_never_kills_the_daemon(
             follow_up = msgpack.packb([0, 99, "hello", [{}]]) if keeps else b""
             with trio.fail_after(15):
                 frames = await trio.to_thread.run_sync(
-                    lambda p=payload, f=follow_up: _raw_exchange(path, p + f, read_until_close=False)
-                    if f
-                    else _raw_exchange(path, p)
+                    lambda p=payload, f=follow_up: (
+                        _raw_exchange(path, p + f, read_until_close=False)
+                        if f
+                        else _raw_exchange(path, p)
+                    )
                 )
                 if keeps and len(frames) < 2:
-                    frames += await trio.to_thread.run_sync(_raw_exchange, path, payload + follow_up)
+                    frames += await trio.to_thread.run_sync(
+                        _raw_exchange, path, payload + follow_up
+                    )
             assert frames, name
             first = frames[0]
             if first[0] == 1:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from claykiln.storage import Store, Writer
 
 

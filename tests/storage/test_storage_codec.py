@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from claykiln.storage import StorageError, join_key, pack, text_key, uint_key, unpack
 from hypothesis import given
 from hypothesis import strategies as st
+
+from claykiln.storage import StorageError, join_key, pack, text_key, uint_key, unpack
 
 
 @given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=2**64 - 1))

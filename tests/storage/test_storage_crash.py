@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from claykiln.storage import Store
 
 # A child process: 8 tasks make acknowledged writes and print each key after its ack.

@@ -7,6 +7,7 @@ from pathlib import Path
 import lmdb
 import pytest
 import trio
+
 from claykiln.storage import (
     SCHEMA_VERSION,
     TABLES,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import trio
 import trio.testing
+
 from claykiln.storage import Delete, Put, StorageFull, Store, Writer, text_key
 
 KIB = 1024

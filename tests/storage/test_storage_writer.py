@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+
 from claykiln.storage import Put, StorageClosed, StorageError, Store, Writer, text_key
 
 
