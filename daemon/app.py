@@ -126,12 +126,27 @@ class Daemon:
                 return item
         return {"key": name, "state": getattr(getattr(view, "state", None), "value", str(view))}
 
-    async def durable_flush(self) -> None:
-        """Wait until everything queued for storage so far is committed."""
+    def storage_mark(self) -> int:
+        """A mark to pass to ``durable_flush``: fire-and-forget failures so far."""
+        return self.writer.stats().nowait_failed
+
+    async def durable_flush(self, mark: int) -> None:
+        """Wait until everything queued for storage so far is committed.
+
+        Raises ``StorageFullError`` when a fire-and-forget write failed since ``mark`` (the map
+        is at its ceiling): the caller must not report "saved".
+        """
         try:
             await self.writer.write([])
         except StorageFull as exc:
             raise StorageFullError(str(exc)) from exc
+        if self.writer.stats().nowait_failed > mark:
+            usage = self.store.usage()
+            msg = (
+                f"storage is full ({usage.used_bytes} of {usage.max_map_size} bytes): the change "
+                "is in effect but was not saved; raise [daemon.storage].max_map_size"
+            )
+            raise StorageFullError(msg)
 
     def health(self) -> str:
         usage = self.store.usage()

@@ -111,6 +111,7 @@ def build_methods(daemon: Daemon) -> dict[str, Method]:
     """The method table the server dispatches on."""
 
     def hello(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+        _check_names("hello", args, frozenset())
         return {
             "protocol": PROTOCOL_VERSION,
             "server": f"claykiln {daemon.version}",
@@ -119,6 +120,7 @@ def build_methods(daemon: Daemon) -> dict[str, Method]:
         }
 
     def status(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+        _check_names("status", args, frozenset())
         return daemon.status()
 
     def call_precheck(ctx: RequestContext, args: dict[str, Any]) -> CallRequest:
@@ -146,10 +148,11 @@ def build_methods(daemon: Daemon) -> dict[str, Method]:
         if name not in known:
             msg = f"breaker.force: no breaker {name!r}; known: {', '.join(sorted(known))}"
             raise BadRequest(msg)
+        mark = daemon.storage_mark()
         view = await daemon.breakers.force(name, state)
         # The board persists the transition with write_nowait; an empty write is a flush
         # barrier, so the reply means "on disk" (a kill -9 right after it keeps the state).
-        await daemon.durable_flush()
+        await daemon.durable_flush(mark)
         return daemon.breaker_view(name, view)
 
     return {

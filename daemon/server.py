@@ -163,11 +163,14 @@ class _Connection:
             self.out_send.close()
             outer.cancel_scope.deadline = trio.current_time() + WRITER_FLUSH_TIMEOUT
 
+    async def _wait_for_room(self, limit: int) -> None:
+        while self._backlog() >= limit and not self.closing:
+            self.room = trio.Event()
+            await self.room.wait()
+
     async def _read_loop(self, nursery: trio.Nursery, limits: ServerLimits) -> None:
         while not self.closing:
-            while self._backlog() >= limits.max_in_flight and not self.closing:
-                self.room = trio.Event()
-                await self.room.wait()
+            await self._wait_for_room(limits.max_in_flight)
             with trio.move_on_after(limits.idle_timeout) as idle:
                 try:
                     data = await self.stream.receive_some(RECV_SIZE)
@@ -181,6 +184,11 @@ class _Connection:
             if not data:
                 return
             for event in self.parser.feed(data):
+                # One chunk can hold thousands of small frames: apply the in-flight limit per
+                # request, so the reply outbox never overflows (backpressure, nothing dropped).
+                await self._wait_for_room(limits.max_in_flight)
+                if self.closing:
+                    return
                 if isinstance(event, Request):
                     self._dispatch(nursery, event)
                 elif isinstance(event, Violation) and self._violation(event):

@@ -329,3 +329,16 @@ async def test_second_daemon_refuses_a_live_socket(
     with Client(str(first.socket)) as client:
         assert client.hello()["protocol"] == 1
     assert await first.stop() == 0
+
+
+async def test_a_burst_beyond_the_in_flight_limit_is_paced_not_dropped(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """1,000 inline requests in one write (far above max_in_flight 128) all get their reply."""
+    proc = await _started(kiln, simulator)
+    frames = b"".join(msgpack.packb([0, i, "hello", [{}]]) for i in range(1000))
+    with trio.fail_after(30):
+        replies = await trio.to_thread.run_sync(_collect_replies, str(proc.socket), frames, 1000)
+    assert sorted(r[1] for r in replies) == list(range(1000))
+    assert all(r[2] is None for r in replies)
+    assert await proc.stop() == 0
