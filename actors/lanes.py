@@ -305,6 +305,16 @@ class Lanes:
             "lost_releases": self.lost_releases,
         }
 
+    def check(self, name: str) -> None:
+        """Refuse at once when the snapshot shows the lane's queue full (no ask, no await).
+
+        For the request path's fail-fast precheck; ``slot`` re-checks on entry anyway.
+        """
+        view = self._views.get(name)
+        if view is not None and not view.retired and view.full:
+            self._notify(_Refused(name))
+            raise _lane_full(name, "queue_full", retry_hint(view.hold, view.queued, view.policy))
+
     async def _enter(self, name: str, deadline: float | None) -> _Enter:
         now = trio.current_time()
         view = self._views.get(name)

@@ -171,9 +171,10 @@ class CallPipeline:
         return op
 
     def fail_fast(self, request: CallRequest) -> None:
-        """Refuse at once from published snapshots (no task, no ask): breaker open."""
+        """Refuse at once from published snapshots (no task, no ask): breaker open, lane full."""
         op = self.operation(request.operation)
         self.breakers.check(op.breaker_key)
+        self.lanes.check(request.lane or op.lane)
 
     def _http_request(self, op: Operation, request: CallRequest) -> HttpRequest:
         headers = dict(op.headers)

@@ -282,3 +282,20 @@ async def test_stopped_actor_fails_waiters_and_new_asks(
         with pytest.raises(ActorStopped):
             async with lanes.slot("one", None):
                 pass
+
+
+async def test_check_refuses_a_full_lane_without_awaiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """check() (the precheck) passes while there is room and raises LaneFull once full."""
+    async with running() as (lanes, nursery):
+        release = trio.Event()
+        lanes.check("bulk")  # room: no error
+        for _ in range(2 + 3):
+            nursery.start_soon(hold, lanes, "bulk", release)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(LaneFull) as info:
+            lanes.check("bulk")
+        assert info.value.details == {"lane": "bulk", "reason": "queue_full"}
+        lanes.check("critical")  # other lanes unaffected
+        release.set()

@@ -134,7 +134,7 @@ async def test_half_open_admits_exactly_the_probes_then_closes_or_reopens(
 
             # Open again; this time the probe fails and the breaker re-opens at once.
             sim.set_faults(FAILING)
-            await _fail_times(client, 4)
+            await _fail_times(client, 3)  # 3 successes + 3 failures in the window: 50 %
             await _wait_state(client, "open")
             await _wait_state(client, "half_open")
             seen = sim.stats.clay_requests

@@ -12,7 +12,8 @@ from kiln_harness import KilnProcess, clay_config
 
 from claykiln.daemon import BreakerOpen, StorageFull, TrioClient
 from claykiln.daemon.simulator import RunningSimulator
-from claykiln.storage import Put, Store, StorageFull as StoreFull, Writer
+from claykiln.storage import Put, Store, Writer
+from claykiln.storage import StorageFull as StoreFull
 
 PINNING_READER = """
 import sys, lmdb

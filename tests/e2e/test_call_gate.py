@@ -1,0 +1,161 @@
+"""The rate gate end to end: pacing to Clay's webhook limit and the host-wide Retry-After closure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from kiln_harness import KilnProcess, clay_config
+
+from claykiln.daemon import RateLimited, TrioClient
+from claykiln.daemon.simulator import RunningSimulator
+
+Factory = Callable[..., KilnProcess]
+
+CALLERS = 100
+CONNECTIONS = 4
+RATE, BURST = 10, 20
+
+
+async def _started(kiln: Factory, simulator: RunningSimulator, **kw: Any) -> KilnProcess:
+    proc = kiln(clay_config(simulator.url, **kw))
+    await proc.start()
+    return proc
+
+
+def _push(webhook_id: str, n: int) -> dict[str, Any]:
+    return {"path_params": {"webhook_id": webhook_id}, "json": {"n": n}}
+
+
+async def test_hundred_concurrent_pushes_are_paced_to_clays_limit(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """100 concurrent pushes at 10/s burst 20: all 200, no 429, and the arrivals are paced."""
+    sim = simulator.sim
+    sim.update_settings(attrs.evolve(sim.settings, webhook_rate=RATE, webhook_burst=BURST))
+    proc = await _started(kiln, simulator, rate=RATE, burst=BURST)
+    results: list[dict[str, Any]] = []
+
+    async def caller(client: TrioClient, n: int) -> None:
+        results.append(await client.call("push_row", deadline_ms=60_000, **_push("paced", n)))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            clients = []
+            for _ in range(CONNECTIONS):
+                client = await TrioClient.connect(str(proc.socket), nursery=nursery)
+                clients.append(client)
+            async with trio.open_nursery() as callers:
+                for n in range(CALLERS):
+                    callers.start_soon(caller, clients[n % CONNECTIONS], n)
+            for client in clients:
+                await client.aclose()
+    assert [r["status"] for r in results] == [200] * CALLERS
+    assert sim.stats.received["webhook"] == CALLERS
+    assert sim.stats.responses["webhook", 429] == 0
+    assert sim.row_count("paced") == CALLERS
+    assert sorted(row.body["n"] for row in sim.rows("paced")) == list(range(CALLERS))
+    arrivals = sorted(row.received_at for row in sim.rows("paced"))
+    for i, start in enumerate(arrivals):
+        for j in range(i, len(arrivals)):
+            window = arrivals[j] - start
+            assert j - i + 1 <= BURST + RATE * window + 1, (i, j, window)
+    assert await proc.stop() == 0
+
+
+async def test_a_429_closes_the_gate_for_every_caller_until_retry_after(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """After Clay's 429 (Retry-After: 1) callers are refused or held; Clay sees nothing meanwhile."""
+    sim = simulator.sim
+    sim.update_settings(attrs.evolve(sim.settings, webhook_rate=1.0, webhook_burst=1))
+    proc = await _started(kiln, simulator)
+    refused: list[RateLimited] = []
+    held: list[dict[str, Any]] = []
+    with trio.fail_after(30):
+        async with TrioClient(str(proc.socket)) as client:
+            assert (await client.call("push_row", **_push("w1", 0)))["status"] == 200
+            before_429 = trio.current_time()  # the simulator clock is this process's clock
+            limited = await client.call("push_row", **_push("w1", 1))
+            assert limited["status"] == 429
+            assert limited["headers"]["retry-after"] == "1"
+            assert limited["attempts"] == 1  # a POST push is never repeated blindly
+            # Clay has room again; only the daemon's closure can hold the callers now.
+            sim.update_settings(attrs.evolve(sim.settings, webhook_rate=1000.0, webhook_burst=1000))
+
+            async def short(n: int) -> None:
+                try:
+                    await client.call("push_row", deadline_ms=300, **_push("w1", n))
+                except RateLimited as exc:
+                    refused.append(exc)
+
+            async def patient(n: int) -> None:
+                held.append(await client.call("push_row", deadline_ms=10_000, **_push("w1", n)))
+
+            async with trio.open_nursery() as nursery:
+                for n in range(2, 5):
+                    nursery.start_soon(short, n)
+                    nursery.start_soon(patient, n + 10)
+                while len(refused) < 3:
+                    await trio.sleep(0.01)
+                assert sim.stats.received["webhook"] == 2  # the closure held everyone
+            status = await client.status()
+    assert len(refused) == 3
+    for exc in refused:
+        assert exc.retry_after is not None and 0 < exc.retry_after <= 1.0
+        assert exc.details["reason"] == "closed"
+    assert [r["status"] for r in held] == [200] * 3
+    assert sim.stats.received["webhook"] == 2 + 3
+    assert sim.stats.responses["webhook", 429] == 1
+    late = [row.received_at for row in sim.rows("w1") if row.body["n"] >= 10]
+    assert len(late) == 3
+    assert min(late) >= before_429 + 1.0 - 0.01  # no request before Retry-After passed
+    assert status["gate"]["upstreams"]["clay"]["limited"] >= 3
+    closed = proc.events("gate.closed")
+    assert len(closed) == 1
+    assert closed[0]["alert"] is True
+    assert closed[0]["retry_after"] == 1.0
+    assert "429" in closed[0]["reason"]
+    assert await proc.stop() == 0
+
+
+async def test_gate_closure_survives_a_restart(kiln: Factory, simulator: RunningSimulator) -> None:
+    """A long Retry-After persists: after a restart calls are refused with the time remaining."""
+    sim = simulator.sim
+    # The public API's bucket answers Retry-After = the seconds until its next token: 100 s.
+    sim.update_settings(attrs.evolve(sim.settings, public_rate=0.01, public_burst=1))
+    proc = await _started(kiln, simulator)
+    with trio.fail_after(40):
+        async with TrioClient(str(proc.socket)) as client:
+            assert (await client.call("me"))["status"] == 200
+            limited = await client.call("me")
+            assert limited["status"] == 429
+            retry_after = int(limited["headers"]["retry-after"])
+            assert 90 <= retry_after <= 100
+            closed_at = trio.current_time()
+            status = await client.status()
+            assert status["gate"]["upstreams"]["clay"]["closed"] is True
+        assert await proc.stop() == 0
+        seen = sim.stats.clay_requests
+        await proc.start()
+        async with TrioClient(str(proc.socket)) as client:
+            refusals = []
+            # Another operation on the same upstream is held too: the closure is host-wide.
+            for op, params in (("me", {}), ("push_row", _push("w1", 1))):
+                with pytest.raises(RateLimited) as info:
+                    await client.call(op, deadline_ms=2_000, **params)
+                refusals.append(info.value)
+            elapsed = trio.current_time() - closed_at
+            status = await client.status()
+    assert sim.stats.clay_requests == seen
+    for exc in refusals:
+        assert exc.retry_after is not None
+        assert retry_after - elapsed - 1.0 <= exc.retry_after <= retry_after + 0.5
+        assert exc.details["reason"] == "closed"
+    assert status["gate"]["upstreams"]["clay"]["closed"] is True
+    restored = [e for e in proc.events("gate.closed") if e.get("restored")]
+    assert len(restored) == 1
+    assert await proc.stop() == 0
