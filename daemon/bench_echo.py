@@ -59,9 +59,10 @@ async def serve_echo(
     await sock.bind(str(path))
     sock.listen(LISTEN_BACKLOG)
     try:
-        await trio.serve_listeners(
-            partial(_echo, result), [trio.SocketListener(sock)], task_status=task_status
-        )
+        async with trio.open_nursery() as nursery:
+            listeners = [trio.SocketListener(sock)]
+            await nursery.start(trio.serve_listeners, partial(_echo, result), listeners)
+            task_status.started()
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

