@@ -13,9 +13,11 @@ Card:
 - on cancellation: the lane slot is released, an outstanding breaker ticket is recorded as
   IGNORED (a probe slot is never leaked), the HTTP connection is closed by the pool.
 
-HTTP-aware outcomes for the breaker: 5xx, timeouts and connection errors are FAILURE; 429 goes
-to the gate (IGNORED for health); 401/403 raise a credentials alert and count as SUCCESS (the
-upstream is up; our key is wrong); other 4xx are the caller's fault: SUCCESS.
+HTTP-aware outcomes for the breaker: 5xx, 408, class timeouts and connection errors are FAILURE;
+a timeout cut short by the caller's own deadline (or spent waiting for a free connection) is
+IGNORED (one app's tight deadline must not open the breaker every app shares); 429 goes to the
+gate (IGNORED for health); 401/403 raise a credentials alert and count as SUCCESS (the upstream
+is up; our key is wrong); other 4xx are the caller's fault: SUCCESS.
 """
 
 from __future__ import annotations
@@ -132,6 +134,21 @@ def health_outcome(status: int) -> Outcome:
     if status == 429:
         return Outcome.IGNORED
     return Outcome.SUCCESS
+
+
+def error_outcome(error: KilnError) -> Outcome:
+    """What a transport error means for health.
+
+    A timeout cut short by the caller's own deadline, or spent waiting for a free connection,
+    says nothing about the upstream: one app with tight deadlines must not open the breaker
+    that every app on the host shares. Class timeouts, connect failures and resets do count.
+    """
+    details = error.details or {}
+    if isinstance(error, CallTimeout) and (
+        details.get("stage") == "deadline" or details.get("phase") == "pool"
+    ):
+        return Outcome.IGNORED
+    return Outcome.FAILURE
 
 
 def _excerpt(body: bytes) -> str:
@@ -300,7 +317,7 @@ class CallPipeline:
                     http, timeout=op.timeout, stage_deadline=deadline
                 )
             except (CallTimeout, UpstreamError) as exc:
-                outcome = Outcome.FAILURE
+                outcome = error_outcome(exc)
                 return None, exc
             outcome = health_outcome(response.status)
             self._learn(op, response)

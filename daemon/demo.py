@@ -14,8 +14,8 @@ Exit status: 0 when every check passed; 1 when a check failed or the demo could 
 from __future__ import annotations
 
 import json
-from functools import partial
 import sys
+from functools import partial
 from typing import Any, Final
 
 import click
@@ -27,15 +27,13 @@ EXIT_FAILED: Final = 1
 EXIT_INTERRUPTED: Final = 130
 
 
-def _find_demo_error(exc: BaseException) -> BaseException | None:
-    """The ``DemoError`` inside ``exc`` (trio wraps errors from nurseries in groups)."""
-    from .demo_model import DemoError
-
-    if isinstance(exc, DemoError):
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` inside ``exc`` (trio wraps errors from nurseries in groups)."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _find_demo_error(inner)
+            found = _find(inner, kind)
             if found is not None:
                 return found
     return None
@@ -45,7 +43,7 @@ def run(duration: float, *, as_json: bool = False, keep: bool = False) -> int:
     """Run the demo in a fresh trio run; print the summary; return the exit status."""
     import trio
 
-    from .demo_model import DemoPlan
+    from .demo_model import DemoError, DemoPlan
     from .demo_render import DemoView, QuietView, RichView
     from .demo_run import run_demo
 
@@ -53,11 +51,13 @@ def run(duration: float, *, as_json: bool = False, keep: bool = False) -> int:
     view: DemoView = QuietView() if as_json else RichView()
     try:
         summary = trio.run(partial(run_demo, plan, view, keep=keep))
-    except KeyboardInterrupt:
-        click.echo("kiln demo: interrupted; the daemon was stopped", err=True)
-        return EXIT_INTERRUPTED
     except BaseException as exc:
-        found = _find_demo_error(exc)
+        if _find(exc, KeyboardInterrupt) is not None:
+            click.echo(
+                "kiln demo: interrupted; the daemon and the simulator were stopped", err=True
+            )
+            return EXIT_INTERRUPTED
+        found = _find(exc, DemoError)
         if found is None:
             raise
         click.echo(f"kiln demo: {found}", err=True)

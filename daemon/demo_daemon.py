@@ -144,11 +144,11 @@ class DemoDaemon:
             str(self.state_dir),
         ]
 
-    async def start(self, timeout: float = READY_TIMEOUT) -> None:
+    async def start(self) -> None:
         """Start the process and return once it said READY=1.
 
         Raises ``DemoError`` (with the log's tail) if it exits first or is not ready within
-        ``timeout``; the process is killed before the error is raised.
+        ``READY_TIMEOUT`` s; the process is killed before the error is raised.
         """
         env = {k: v for k, v in os.environ.items() if k not in INHERITED_VARS}
         env["NOTIFY_SOCKET"] = str(self.notify_path)
@@ -160,7 +160,7 @@ class DemoDaemon:
                 self.proc = await trio.lowlevel.open_process(
                     self.command(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
                 )
-            await self._await_ready(notify, timeout)
+            await self._await_ready(notify)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.kill()
@@ -168,9 +168,9 @@ class DemoDaemon:
         finally:
             notify.close()
 
-    async def _await_ready(self, notify: trio.socket.SocketType, timeout: float) -> None:
+    async def _await_ready(self, notify: trio.socket.SocketType) -> None:
         assert self.proc is not None
-        with trio.move_on_after(timeout):
+        with trio.move_on_after(READY_TIMEOUT):
             while True:
                 if self.proc.poll() is not None:
                     msg = (
@@ -182,14 +182,18 @@ class DemoDaemon:
                     datagram = await notify.recv(NOTIFY_DATAGRAM)
                     if b"READY=1" in datagram.split(b"\n"):
                         return
-        msg = f"the daemon was not ready within {timeout:g} s; its log ends with:\n{self.log_tail()}"
+        msg = (
+            f"the daemon was not ready within {READY_TIMEOUT:g} s; its log ends with:\n"
+            f"{self.log_tail()}"
+        )
         raise DemoError(msg)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    async def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """SIGTERM, wait up to ``timeout`` s, then kill; the exit status (None: never started).
+    async def stop(self) -> int | None:
+        """SIGTERM, wait up to ``STOP_TIMEOUT`` s, then kill; the exit status (None: never
+        started).
 
         Shielded from cancellation: the process is always reaped.
         """
@@ -199,7 +203,7 @@ class DemoDaemon:
         with trio.CancelScope(shield=True):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                with trio.move_on_after(timeout):
+                with trio.move_on_after(STOP_TIMEOUT):
                     await proc.wait()
             if proc.poll() is None:
                 await self.kill()

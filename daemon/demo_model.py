@@ -7,6 +7,7 @@ from what really happened: client results, simulator counters and rows, daemon s
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -282,7 +283,7 @@ def pacing_figures(arrivals: Sequence[float], rate: float) -> dict[str, Any]:
     if not times:
         return out
     out["span_s"] = round(times[-1] - times[0], 3)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     burst = next((i + 1 for i, gap in enumerate(gaps) if gap >= 0.5 / rate), len(times))
     out["burst_rows"] = burst
     steady = sorted(gaps[burst:])

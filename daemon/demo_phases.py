@@ -1,7 +1,7 @@
 """The four phases of ``kiln demo``: pacing, a 429, an outage, a flooded lane.
 
 Each phase drives real traffic through the client library into the daemon process, steers the
-in-process Clay simulator (settings, faults), and fills its ``Phase`` with what it counted:
+Clay simulator process (settings, faults), and fills its ``Phase`` with what it counted:
 tallies of the app's calls by stage, figures from the simulator's counters and rows, from the
 daemon's status and log, and the checks those figures must pass. Every phase restores the
 simulator's settings and clears its faults on the way out, whatever happened.
@@ -13,27 +13,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import attrs
 import trio
 
-from .demo_daemon import DemoDaemon, event_time
-from .demo_model import DemoPlan, Phase, SimCounters, pacing_figures
-from .demo_sim import DemoSimulator
-from .demo_watch import Watch
+from .demo_context import BULK_TABLE, TABLE, DemoContext
+from .demo_model import Phase, SimCounters, pacing_figures
+from .demo_watch import stuck_after
 
 __all__ = [
-    "BULK_TABLE",
     "PHASES",
-    "TABLE",
-    "DemoContext",
+    "PhaseFn",
     "lanes",
     "outage",
     "pacing",
     "rate_limit",
 ]
 
-TABLE: Final = "wh_demo_signups"
-BULK_TABLE: Final = "wh_demo_backfill"
 WEBHOOK_PATHS: Final = "/v3/sources/webhook/"
 PUBLIC_PATHS: Final = "/public/"
 CLOSURE_MARGIN: Final = 0.25
@@ -43,45 +37,6 @@ WAIT_SLACK: Final = 10.0
 """Seconds added to every wait for a state the daemon should reach (a loaded machine is slow)."""
 RECOVERY_TAIL: Final = 0.5
 """Seconds the callers keep calling after the breaker closed, to show calls passing again."""
-
-
-@attrs.frozen
-class DemoContext:
-    """What every phase works with; ``t0`` is the trio time the demo started."""
-
-    plan: DemoPlan
-    sim: DemoSimulator
-    daemon: DemoDaemon
-    app: Any  # TrioClient: the "application" making calls
-    watch: Watch
-    t0: float
-
-    def push(self, table: str, n: int, **kw: Any) -> Awaitable[dict[str, Any]]:
-        """Push row ``n`` into a table's webhook through the daemon (operation push_row)."""
-        row = {"email": f"lead{n:04d}@example.com", "n": n, "source": "kiln demo"}
-        call: Awaitable[dict[str, Any]] = self.app.call(
-            "push_row", path_params={"webhook_id": table}, json=row, **kw
-        )
-        return call
-
-    def me(self, **kw: Any) -> Awaitable[dict[str, Any]]:
-        """Ask Clay's public API who we are through the daemon (operation me)."""
-        call: Awaitable[dict[str, Any]] = self.app.call("me", **kw)
-        return call
-
-    async def since(self, phase: Phase) -> SimCounters:
-        """What the simulator counted since ``phase`` began."""
-        assert phase.before is not None
-        return (await self.sim.counters()).minus(phase.before)
-
-    def breaker_events(self, after: float) -> list[dict[str, Any]]:
-        """The clay breaker's transitions logged at or after wall time ``after``."""
-        names = ("breaker.opened", "breaker.half_open", "breaker.closed")
-        return [
-            e
-            for e in self.daemon.events(names)
-            if e.get("key") == "clay" and (event_time(e) or 0.0) >= after
-        ]
 
 
 async def pacing(ctx: DemoContext, phase: Phase) -> None:
@@ -163,11 +118,8 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
                         retried.append(result)
 
             nursery.start_soon(refresh_dashboard)
-            await ctx.watch.wait_for(
-                lambda w: bool(w.gate().get("closed")),
-                plan.closure + WAIT_SLACK,
-                "the gate to close after Clay's 429",
-            )
+            with stuck_after(plan.closure + WAIT_SLACK, "the gate to close after Clay's 429"):
+                await ctx.watch.wait_for(lambda w: bool(w.gate().get("closed")))
             seen_at = trio.current_time()
             closed_for = float(ctx.watch.gate().get("closed_for", 0.0))
             before = (await sim.counters()).requests
@@ -180,6 +132,7 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
             during = (await sim.counters()).requests - before
             await ctx.watch.poll()
             waiting_now = int(ctx.watch.gate().get("waiting", 0))
+            queued_now = int(ctx.watch.lane("bulk").get("queued", 0))
     finally:
         with trio.CancelScope(shield=True):
             await sim.update_settings(
@@ -193,6 +146,7 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
         gate_closed_for_s=round(closed_for, 3),
         gate_sighting=sighting,
         callers_waiting_at_the_gate=waiting_now,
+        pushes_queued_in_the_bulk_lane=queued_now,
         clay_requests_during_closure=during,
         closure_window_s=round(window, 3),
         clay_429=clay.answered(429),
@@ -235,6 +189,7 @@ async def outage(ctx: DemoContext, phase: Phase) -> None:
     stop = trio.Event()
     marks: dict[str, SimCounters] = {}
     wall_start = time.time()
+    states_from = max(0, len(ctx.watch.breaker_states) - 1)
 
     def live() -> dict[str, str]:
         return {"stage": stage[0]}
@@ -255,23 +210,18 @@ async def outage(ctx: DemoContext, phase: Phase) -> None:
             marks["outage"] = await sim.counters()
             stage[0] = "during the outage"
             await sim.set_faults(outage="unavailable", path_prefix=PUBLIC_PATHS)
-            await ctx.watch.wait_for(
-                lambda w: w.breaker_state() == "open", WAIT_SLACK, "the breaker to open"
-            )
+            with stuck_after(WAIT_SLACK, "the breaker to open"):
+                await ctx.watch.wait_for(lambda w: w.breaker_state() == "open")
             if plan.failed_probe:
-                await ctx.watch.wait_for(
-                    lambda w: _opened(ctx, wall_start) >= 2,
-                    plan.reset_timeout + WAIT_SLACK,
-                    "a half-open probe to fail and reopen the breaker",
-                )
+                probe = "a half-open probe to fail and reopen the breaker"
+                with stuck_after(plan.reset_timeout + WAIT_SLACK, probe):
+                    await ctx.watch.wait_for(lambda w: _opened(ctx, wall_start) >= 2)
             await sim.clear_faults()
             marks["healed"] = await sim.counters()
             stage[0] = "after healing"
-            await ctx.watch.wait_for(
-                lambda w: w.breaker_state() == "closed",
-                plan.reset_timeout + WAIT_SLACK,
-                "the breaker to close again after healing",
-            )
+            healed = "the breaker to close again after healing"
+            with stuck_after(plan.reset_timeout + WAIT_SLACK, healed):
+                await ctx.watch.wait_for(lambda w: w.breaker_state() == "closed")
             await trio.sleep(RECOVERY_TAIL)
             stop.set()
     finally:
@@ -293,7 +243,7 @@ async def outage(ctx: DemoContext, phase: Phase) -> None:
         clay_requests_during_outage=during.requests,
         clay_503=during.answered(503),
         breaker_transitions=transitions,
-        breaker_states_seen=_compact(ctx.watch.breaker_states),
+        breaker_states_polled=ctx.watch.breaker_states[states_from:],
         breaker_state_at_end=ctx.watch.breaker_state(),
     )
     phase.check(
@@ -332,9 +282,9 @@ async def lanes(ctx: DemoContext, phase: Phase) -> None:
         async with trio.open_nursery() as nursery:
             for n in range(plan.lane_burst):
                 nursery.start_soon(bulk.run, ctx.push(BULK_TABLE, 2000 + n))
-            await ctx.watch.wait_for(
-                lambda w: bulk.errors["lane_full"] > 0, WAIT_SLACK, "the bulk lane to overflow"
-            )
+            with stuck_after(WAIT_SLACK, "the bulk lane to overflow"):
+                await ctx.watch.wait_for(lambda w: bulk.errors["lane_full"] > 0)
+            meanwhile = {k: ctx.watch.lane("bulk").get(k, 0) for k in ("active", "queued")}
             for _ in range(plan.critical_calls):
                 await critical.run(ctx.me(deadline_ms=plan.caller_deadline_ms))
     finally:
@@ -355,6 +305,7 @@ async def lanes(ctx: DemoContext, phase: Phase) -> None:
         bulk_ok=bulk.ok,
         rows_stored_by_clay=stored,
         clay_latency_s=plan.lane_latency,
+        bulk_lane_during_critical_calls=meanwhile,
         critical_ok=critical.ok,
         critical_max_ms=round(max(critical.durations_ms, default=0.0), 1),
     )
@@ -371,17 +322,13 @@ async def lanes(ctx: DemoContext, phase: Phase) -> None:
     phase.check(
         "lanes: critical calls unaffected",
         critical.ok == plan.critical_calls,
-        f"{critical.ok} of {plan.critical_calls} ok while the bulk lane was full",
+        f"{critical.ok} of {plan.critical_calls} ok while the bulk lane had "
+        f"{meanwhile['active']} busy and {meanwhile['queued']} queued",
     )
 
 
 def _opened(ctx: DemoContext, after: float) -> int:
     return sum(1 for e in ctx.breaker_events(after) if e.get("event") == "breaker.opened")
-
-
-def _compact(states: list[str]) -> list[str]:
-    """The last dozen states seen (older ones are from earlier phases)."""
-    return states[-12:]
 
 
 PhaseFn = Callable[[DemoContext, Phase], Awaitable[None]]

@@ -7,6 +7,7 @@ simulator's counters, the daemon's last status) and the final summary from the s
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from rich.console import Console
@@ -20,6 +21,8 @@ from .demo_watch import Watch
 
 __all__ = ["DemoView", "QuietView", "RichView", "explain"]
 
+REFRESH_INTERVAL = 0.25
+"""Seconds between two renders of the live panel (the watch polls more often)."""
 STATE_STYLE = {"closed": "green", "half_open": "yellow", "open": "red", "forced_open": "red"}
 
 
@@ -62,8 +65,11 @@ class QuietView:
 
 def _tally_line(tally: Tally) -> str:
     parts = [f"{tally.calls} calls", f"[green]{tally.ok} ok[/]"]
-    parts += [f"[yellow]{n}x {status}[/]" for status, n in sorted(tally.statuses.items())
-              if not 200 <= status < 300]
+    parts += [
+        f"[yellow]{n}x {status}[/]"
+        for status, n in sorted(tally.statuses.items())
+        if not 200 <= status < 300
+    ]
     parts += [f"[red]{n}x {code}[/]" for code, n in sorted(tally.errors.items())]
     return " · ".join(parts)
 
@@ -85,6 +91,7 @@ class RichView:
         self._watch: Watch | None = None
         self._live: Live | None = None
         self._phase: Phase | None = None
+        self._rendered_at = 0.0
 
     def attach(self, watch: Watch) -> None:
         self._watch = watch
@@ -101,11 +108,14 @@ class RichView:
         self._live.start()
 
     def refresh(self) -> None:
-        if self._live is not None:
+        now = time.monotonic()
+        if self._live is not None and now - self._rendered_at >= REFRESH_INTERVAL:
+            self._rendered_at = now
             self._live.update(self._panel(), refresh=True)
 
     def end(self, phase: Phase) -> None:
-        self.refresh()
+        if self._live is not None:
+            self._live.update(self._panel(), refresh=True)
         self.close()
         for check in phase.checks:
             mark = "[green]✓[/]" if check.ok else "[red]✗[/]"

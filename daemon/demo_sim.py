@@ -83,7 +83,8 @@ class DemoSimulator:
             with trio.move_on_after(READY_TIMEOUT):
                 while not self.port_file.exists():
                     if self.proc.poll() is not None:
-                        msg = f"the simulator exited with status {self.proc.returncode}: {self._tail()}"
+                        status = self.proc.returncode
+                        msg = f"the simulator exited with status {status}: {self._tail()}"
                         raise DemoError(msg)
                     await trio.sleep(READY_POLL)
                 self.url = f"http://{HOST}:{int(self.port_file.read_text())}"

@@ -10,8 +10,9 @@ simulator that stops answering raises ``DemoError``.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import attrs
@@ -21,7 +22,7 @@ from .demo_model import DemoError, SimCounters
 from .demo_sim import DemoSimulator
 from .errors import KilnError
 
-__all__ = ["POLL_INTERVAL", "GateSighting", "PhaseStuck", "Watch"]
+__all__ = ["POLL_INTERVAL", "GateSighting", "PhaseStuck", "Watch", "stuck_after"]
 
 POLL_INTERVAL: Final = 0.1
 """Seconds between two background polls (the live view's refresh rate)."""
@@ -37,6 +38,17 @@ HISTORY_SIZE: Final = 64
 
 class PhaseStuck(Exception):
     """A state a phase waits for did not come within its bound; the message says which."""
+
+
+@contextlib.contextmanager
+def stuck_after(seconds: float, what: str) -> Iterator[None]:
+    """Bound the block to ``seconds``; past it, raise ``PhaseStuck`` saying ``what`` was awaited."""
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        msg = f"waited {seconds:g} s for {what}; it did not happen"
+        raise PhaseStuck(msg) from None
 
 
 @attrs.define
@@ -118,16 +130,13 @@ class Watch:
         total = latest.get(webhook_id, 0)
         return total, total - earlier.get(webhook_id, 0)
 
-    async def wait_for(self, predicate: Callable[[Watch], bool], timeout: float, what: str) -> None:
-        """Poll until ``predicate(self)`` holds; ``PhaseStuck`` naming ``what`` after ``timeout``."""
-        with trio.move_on_after(timeout):
-            while True:
-                await self.poll()
-                if predicate(self):
-                    return
-                await trio.sleep(FAST_POLL)
-        msg = f"waited {timeout:g} s for {what}; it did not happen"
-        raise PhaseStuck(msg)
+    async def wait_for(self, predicate: Callable[[Watch], bool]) -> None:
+        """Poll the daemon until ``predicate(self)`` holds (bound it with ``stuck_after``)."""
+        while True:
+            await self.poll()
+            if predicate(self):
+                return
+            await trio.sleep(FAST_POLL)
 
     # -- views of the latest poll ---------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -217,7 +218,7 @@ def _kiln_cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "claykiln.daemon"]
 
 
-async def _cli(socket: Path, *args: str) -> trio.CompletedProcess[bytes]:
+async def _cli(socket: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ, KILN_SOCKET=str(socket))
     with trio.fail_after(30):
         return await trio.run_process(

@@ -221,20 +221,26 @@ async def test_a_closed_gate_refuses_a_short_deadline_at_once_even_behind_a_full
 ) -> None:
     """A call that cannot outlast the gate's closure gets rate_limited, not a lane timeout."""
     sim = simulator.sim
-    sim.update_settings(attrs.evolve(sim.settings, webhook_rate=1.0, webhook_burst=1))
+    # A 100 s closure from the public API's 429 (same upstream, so the same gate).
+    sim.update_settings(attrs.evolve(sim.settings, public_rate=0.01, public_burst=1))
     proc = await _started(kiln, simulator)
     with trio.fail_after(30):
         async with TrioClient(str(proc.socket)) as client:
-            assert (await client.call("push_row", **_push("w1", 0)))["status"] == 200
-            assert (await client.call("push_row", **_push("w1", 1)))["status"] == 429
-            sim.update_settings(attrs.evolve(sim.settings, webhook_rate=1000.0, webhook_burst=1000))
+            assert (await client.call("me"))["status"] == 200
+            assert (await client.call("me"))["status"] == 429
+
+            async def patient(n: int) -> None:
+                await client.call("push_row", deadline_ms=120_000, **_push("w1", n))
+
             async with trio.open_nursery() as nursery:
                 for n in range(2):  # the bulk lane has 2 slots: both wait in the gate
-                    nursery.start_soon(
-                        lambda n=n: client.call("push_row", deadline_ms=10_000, **_push("w1", n))
-                    )
+                    nursery.start_soon(patient, n)
                 while (await client.status())["lanes"]["lanes"]["bulk"]["active"] < 2:
                     await trio.sleep(0.01)
-                with pytest.raises(RateLimited):
-                    await client.call("push_row", deadline_ms=300, **_push("w1", 9))
+                try:
+                    with pytest.raises(RateLimited):
+                        await client.call("push_row", deadline_ms=300, **_push("w1", 9))
+                finally:
+                    nursery.cancel_scope.cancel()
+    assert sim.stats.received["webhook"] == 0
     assert await proc.stop() == 0

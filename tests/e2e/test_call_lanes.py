@@ -9,6 +9,7 @@ beat, not a speed claim).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -102,12 +103,20 @@ class Callers:
 
 async def _fill_critical(callers: Callers, client: TrioClient, simulator: RunningSimulator) -> None:
     """Holders h0, h1 (both hanging in the simulator), then q2, q3, q4 queued in that order."""
-    for i, name in enumerate(["h0", "h1"]):
+    for hanging, name in enumerate(["h0", "h1"], start=1):
         await callers.start(name, "me")
-        await _sim_when(simulator, lambda s, n=i + 1: s.stats.hanging == n)
-    for i, name in enumerate(["q2", "q3", "q4"]):
+        await _sim_when(simulator, partial(_hanging_is, hanging))
+    for queued, name in enumerate(["q2", "q3", "q4"], start=1):
         await callers.start(name, "me")
-        await _lane_when(client, "critical", lambda v, n=i + 1: v["queued"] == n)
+        await _lane_when(client, "critical", partial(_queued_is, queued))
+
+
+def _hanging_is(count: int, sim: Any) -> bool:
+    return bool(sim.stats.hanging == count)
+
+
+def _queued_is(count: int, view: dict[str, Any]) -> bool:
+    return bool(view["queued"] == count)
 
 
 async def test_lane_admits_n_queues_q_and_refuses_the_next_at_once(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ CLI_TIMEOUT = 60.0  # one CLI run on a busy 2-core machine (interpreter start in
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
-async def kiln_cli(socket: Path | None, *args: str) -> trio.CompletedProcess[bytes]:
+async def kiln_cli(socket: Path | None, *args: str) -> subprocess.CompletedProcess[bytes]:
     """Run ``kiln ARGS`` with ``KILN_SOCKET=socket`` (unset when None); never raises on exit."""
     env = dict(os.environ)
     env.pop("KILN_SOCKET", None)
@@ -43,13 +44,14 @@ async def kiln_cli(socket: Path | None, *args: str) -> trio.CompletedProcess[byt
         )
 
 
-def _json(done: trio.CompletedProcess[bytes]) -> Any:
+def _json(done: subprocess.CompletedProcess[bytes]) -> Any:
     assert done.returncode == EXIT_OK, done.stderr.decode()
     return json.loads(done.stdout)
 
 
-def _err(done: trio.CompletedProcess[bytes]) -> str:
-    return done.stderr.decode()
+def _err(done: subprocess.CompletedProcess[bytes]) -> str:
+    stderr: bytes = done.stderr
+    return stderr.decode()
 
 
 async def _daemon(kiln: Factory, simulator: RunningSimulator) -> KilnProcess:
