@@ -66,6 +66,11 @@ class RatePolicy:
     per_second: float = attrs.field(default=10.0, validator=attrs.validators.gt(0.0))
     burst: int = attrs.field(default=20, validator=attrs.validators.ge(1))
     max_retry_after: float = attrs.field(default=600.0, validator=attrs.validators.gt(0.0))
+    # Arrival jitter allowance: the upstream's bucket starts counting at the first *arrival*,
+    # which can lag its admission (a cold connection: ~60 ms measured). Pacing exactly at the
+    # upstream's limit then overshoots by a token; keeping `margin` seconds of tokens in hand
+    # (1.5 calls at 10/s) never does.
+    margin: float = attrs.field(default=0.15, validator=attrs.validators.ge(0.0))
 
     @property
     def interval(self) -> float:
@@ -74,8 +79,9 @@ class RatePolicy:
 
     @property
     def tolerance(self) -> float:
-        """GCRA tolerance: how far ahead of ``tat`` a call may go (burst - 1 intervals)."""
-        return (self.burst - 1) * self.interval
+        """GCRA tolerance: how far ahead of ``tat`` a call may go (burst - 1 intervals, less
+        the arrival-jitter margin)."""
+        return max(0.0, (self.burst - 1) * self.interval - self.margin)
 
 
 DEFAULT_POLICY = RatePolicy()
@@ -315,6 +321,20 @@ class GateBoard:
             # A closure that arrived after the reservation overrides it: reserve again.
             if not self._closed(key):
                 return
+
+    def check(self, key: str, deadline: float | None) -> None:
+        """Refuse at once (no ask, no await) when the published snapshot already shows that the
+        next admission lies past ``deadline``: the request path's fail-fast precheck."""
+        if deadline is None:
+            return
+        view = self._views.get(key)
+        if view is None:
+            return
+        now = trio.current_time()
+        at = view.earliest(now)
+        if at > deadline:
+            self._notify(_Refused(key))
+            raise _rate_limited(key, at - now, _reason(view.closed_until, now))
 
     def close_until(self, key: str, seconds: float, reason: str) -> None:
         """Close ``key`` for ``seconds`` (a Retry-After), fire-and-forget.

@@ -136,6 +136,51 @@ def health_outcome(status: int) -> Outcome:
     return Outcome.SUCCESS
 
 
+# Headers a caller may not set: the host, the message framing and hop-by-hop headers belong to
+# the daemon's HTTP client (a caller's Host could steer the request, conflicting framing is a
+# request-smuggling risk at a proxy).
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "expect",
+    }
+)
+_TOKEN_CHARS: Final = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+MAX_HEADERS: Final = 64
+MAX_HEADER_VALUE: Final = 8192
+
+
+def _check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse reserved names, names that are not HTTP tokens and values with control bytes."""
+    if len(headers) > MAX_HEADERS:
+        msg = f"call: at most {MAX_HEADERS} headers, got {len(headers)}"
+        raise BadRequest(msg)
+    for name, value in headers.items():
+        if not name or not set(name) <= _TOKEN_CHARS:
+            msg = f"call: header name {name!r} is not a valid HTTP token"
+            raise BadRequest(msg)
+        if name.lower() in RESERVED_HEADERS:
+            msg = f"call: header {name!r} is set by the daemon and cannot be given by a caller"
+            raise BadRequest(msg)
+        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\x00"):
+            msg = (
+                f"call: header {name!r}: values may not hold CR, LF or NUL "
+                f"or exceed {MAX_HEADER_VALUE} characters"
+            )
+            raise BadRequest(msg)
+
+
 def error_outcome(error: KilnError) -> Outcome:
     """What a transport error means for health.
 
@@ -188,12 +233,16 @@ class CallPipeline:
         return op
 
     def fail_fast(self, request: CallRequest) -> None:
-        """Refuse at once from published snapshots (no task, no ask): breaker open, lane full."""
+        """Refuse at once from published snapshots (no task, no ask): breaker open, gate closed
+        past the deadline, lane full. Also validates the request's headers."""
+        _check_headers(request.headers)
         op = self.operation(request.operation)
         self.breakers.check(op.breaker_key)
+        self.gate.check(op.upstream, request.deadline)
         self.lanes.check(request.lane or op.lane)
 
     def _http_request(self, op: Operation, request: CallRequest) -> HttpRequest:
+        _check_headers(request.headers)
         headers = dict(op.headers)
         for name, value in request.headers.items():
             if op.auth_header and name.lower() == op.auth_header.lower():

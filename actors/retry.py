@@ -91,8 +91,12 @@ class Outcome:
 
     @classmethod
     def from_status(cls, status: int, *, retry_after: float | None = None) -> Outcome:
-        """An attempt that got an HTTP response."""
-        return cls(status=status, retry_after=retry_after)
+        """An attempt that got an HTTP response.
+
+        A 429 means the upstream refused the request without processing it (Clay: "rejected
+        records are dropped"), so it counts as not sent: even a POST may be tried again.
+        """
+        return cls(status=status, retry_after=retry_after, sent=status != 429)
 
     @classmethod
     def from_error(cls, error: KilnError) -> Outcome:

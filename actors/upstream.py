@@ -509,10 +509,16 @@ class UpstreamPool:
         details = self._details(kind="too_large", retryable=False, sent=True)
         return UpstreamFailure(msg, details=details)
 
-    def _translate(self, exc: httpx.HTTPError, timeout: float) -> UpstreamTimeout | UpstreamFailure:
+    def _translate(
+        self, exc: httpx.HTTPError, timeout: float
+    ) -> UpstreamTimeout | UpstreamFailure | BadRequest:
         name = self.settings.name
         text = self._scrub(f"{type(exc).__name__}: {exc}")
         log.debug("upstream.transport_error", upstream=name, error=text)
+        if isinstance(exc, httpx.LocalProtocolError):
+            # Our side could not even frame the request (a bad header): the caller's fault,
+            # not the upstream's -- never retried, never counted against its health.
+            return BadRequest(f"the request could not be sent to {name}: {text}")
         if isinstance(exc, httpx.TimeoutException):
             connect = isinstance(exc, httpx.ConnectTimeout)
             stage = "connect" if connect else "request"

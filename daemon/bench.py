@@ -120,22 +120,28 @@ def _render(report: dict[str, Any]) -> None:
         f"duration {report['options']['duration']:g}s  "
         f"concurrency {report['options']['concurrency']}"
     )
-    table = Table("scenario", "figure", "value", "target", "ratio", "met", show_lines=True)
+    table = Table("scenario", "figure", "value", "target", "ratio", "met")
     for item in report["results"]:
         name = item["scenario"]
         if "error" in item:
-            table.add_row(name, "[red]error[/]", item["error"], "", "", "")
+            table.add_row(name, "[red]error[/]", item["error"], "", "", "", end_section=True)
             continue
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[item["meets_target"]]
         ratio = "-" if item["ratio"] is None else f"{item['ratio']:.2f}"
-        labels = "\n".join(str(label) for label, _ in item["headline"])
-        values = "\n".join(str(value) for _, value in item["headline"])
-        for note in item["notes"]:
-            labels += "\nnote"
-            values += f"\n{note}"
-        labels += "\nload average"
-        values += "\n{} -> {}".format(*item["load_average"])
-        table.add_row(name, labels, values, item["target"], ratio, met)
+        rows = [(str(label), str(value)) for label, value in item["headline"]]
+        rows += [("note", str(note)) for note in item["notes"]]
+        rows.append(("load average", "{} -> {}".format(*item["load_average"])))
+        for index, (label, value) in enumerate(rows):
+            first = index == 0
+            table.add_row(
+                name if first else "",
+                label,
+                value,
+                item["target"] if first else "",
+                ratio if first else "",
+                met if first else "",
+                end_section=index == len(rows) - 1,
+            )
     console.print(table)
 
 

@@ -107,6 +107,8 @@ class _Process:
         """SIGTERM, then SIGKILL after ``STOP_TIMEOUT``; the exit status (None if never started)."""
         if self.proc is None:
             return None
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

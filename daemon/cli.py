@@ -89,7 +89,28 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _KilnGroup(click.Group):
+    """Loads the heavy commands (demo, bench) only when they are asked for."""
+
+    lazy: dict[str, tuple[str, str]] = {
+        "bench": ("claykiln.daemon.bench", "bench_command"),
+        "demo": ("claykiln.daemon.demo", "demo_command"),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, factory = self.lazy[cmd_name]
+            command: click.Command = getattr(importlib.import_module(module), factory)()
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", type=click.Path(path_type=Path), help="Daemon socket (client commands).")
 @click.option("--config", type=click.Path(path_type=Path), help="Config file (TOML).")
 @click.version_option(package_name="claykiln", prog_name="kiln")

@@ -122,6 +122,7 @@ class DemoDaemon:
         self.config_path.write_text(config_text)
         self.proc: trio.Process | None = None
         self.exit_code: int | None = None
+        self._notify: trio.socket.SocketType | None = None
         self._events: list[dict[str, Any]] = []
         self._log_offset = 0
         self._partial = b""
@@ -153,7 +154,9 @@ class DemoDaemon:
         env = {k: v for k, v in os.environ.items() if k not in INHERITED_VARS}
         env["NOTIFY_SOCKET"] = str(self.notify_path)
         env["CREDENTIALS_DIRECTORY"] = str(self.creds_dir)
-        notify = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+        # Kept open while the daemon runs: its later STATUS=/STOPPING=1 datagrams land here
+        # instead of failing (the daemon would log every failed notification).
+        self._notify = notify = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
         try:
             await notify.bind(str(self.notify_path))
             with self.log_path.open("ab") as log:
@@ -165,8 +168,6 @@ class DemoDaemon:
             with trio.CancelScope(shield=True):
                 await self.kill()
             raise
-        finally:
-            notify.close()
 
     async def _await_ready(self, notify: trio.socket.SocketType) -> None:
         assert self.proc is not None
@@ -209,19 +210,25 @@ class DemoDaemon:
                 await self.kill()
             else:
                 self.exit_code = proc.returncode
+        self._close_notify()
         return self.exit_code
 
     async def kill(self) -> None:
         """Kill the process (if running) and reap it; shielded, bounded."""
         proc = self.proc
-        if proc is None:
-            return
-        with trio.CancelScope(shield=True):
-            if proc.poll() is None:
-                proc.kill()
-                with trio.move_on_after(KILL_TIMEOUT):
-                    await proc.wait()
-            self.exit_code = proc.poll()
+        if proc is not None:
+            with trio.CancelScope(shield=True):
+                if proc.poll() is None:
+                    proc.kill()
+                    with trio.move_on_after(KILL_TIMEOUT):
+                        await proc.wait()
+                self.exit_code = proc.poll()
+        self._close_notify()
+
+    def _close_notify(self) -> None:
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
 
     # -- the daemon's log ------------------------------------------------------------------
 

@@ -34,8 +34,6 @@ MAX_BUDGET: Final = 50.0
 """Seconds: the hard cap; with the bounded shutdown the demo ends under a minute."""
 FULL_PROFILE_BUDGET: Final = 40.0
 """From this budget on, the 429 closure and the breaker's reset timeout last 3 s, not 2 s."""
-FAILED_PROBE_BUDGET: Final = 28.0
-"""From this budget on, the outage outlasts one half-open probe (which fails and reopens)."""
 
 
 class DemoError(Exception):
@@ -67,7 +65,6 @@ class DemoPlan:
     reset_timeout: float = 2.0
     volume_threshold: int = 5
     breaker_window: float = 2.0
-    failed_probe: bool = True
     callers: int = 4
     caller_pause: float = 0.1
     caller_deadline_ms: int = 2000
@@ -88,7 +85,6 @@ class DemoPlan:
             budget=budget,
             closure=3 if full else 2,
             reset_timeout=3.0 if full else 2.0,
-            failed_probe=budget >= FAILED_PROBE_BUDGET,
         )
 
     def phase_bounds(self) -> dict[str, float]:

@@ -212,10 +212,11 @@ async def outage(ctx: DemoContext, phase: Phase) -> None:
             await sim.set_faults(outage="unavailable", path_prefix=PUBLIC_PATHS)
             with stuck_after(WAIT_SLACK, "the breaker to open"):
                 await ctx.watch.wait_for(lambda w: w.breaker_state() == "open")
-            if plan.failed_probe:
-                probe = "a half-open probe to fail and reopen the breaker"
-                with stuck_after(plan.reset_timeout + WAIT_SLACK, probe):
-                    await ctx.watch.wait_for(lambda w: _opened(ctx, wall_start) >= 2)
+            # Clay stays down past the reset timeout: a half-open probe fails and the
+            # breaker opens again, while the callers keep failing fast.
+            probe = "a half-open probe to fail and reopen the breaker"
+            with stuck_after(plan.reset_timeout + WAIT_SLACK, probe):
+                await ctx.watch.wait_for(lambda w: _opened(ctx, wall_start) >= 2)
             await sim.clear_faults()
             marks["healed"] = await sim.counters()
             stage[0] = "after healing"

@@ -298,10 +298,10 @@ def explain(summary: dict[str, Any]) -> list[str]:
     if outage:
         out.append(
             f"Outage: while Clay was down the app made {outage.get('app_calls_during_outage')} "
-            f"calls; {outage.get('refused_breaker_open')} were refused at once with breaker_open "
-            f"and only {outage.get('clay_requests_during_outage')} requests reached Clay. After "
-            f"the reset timeout a single half-open probe checked on Clay; once Clay healed the "
-            f"probe succeeded and the breaker closed."
+            f"calls; the open breaker refused {outage.get('refused_breaker_open')} of them at "
+            f"once, and only {outage.get('clay_requests_during_outage')} requests reached Clay. "
+            f"After each reset timeout one half-open probe checked on Clay: it failed while Clay "
+            f"was down (the breaker opened again) and succeeded once Clay healed, closing it."
         )
     lanes = phases.get("lanes", {}).get("facts", {})
     if lanes:

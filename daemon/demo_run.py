@@ -94,6 +94,7 @@ async def run_demo(plan: DemoPlan, view: DemoView, *, keep: bool = False) -> dic
         kept = root if keep else None
         summary = _summary(plan, phases, daemon, watch, exit_code, totals, server, t0, wall0, kept)
         summary["warmup"] = warmup
+        summary["simulator"] = {"pid": sim.pid, "url": sim.url}
         summary["temp_dir"] = str(root)
         return summary
     finally:

@@ -14,7 +14,7 @@ from claykiln.actors.errors import RateLimited
 from claykiln.actors.gate import GATE_INBOX_SIZE, GateBoard, RatePolicy
 from claykiln.actors.mailbox import ActorStopped
 
-CLAY = {"clay": RatePolicy(per_second=10.0, burst=20)}
+CLAY = {"clay": RatePolicy(per_second=10.0, burst=20, margin=0.0)}
 
 
 class Records:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from claykiln.actors.gate import Bucket, RatePolicy, Refusal, earliest_admission
 
-POLICY = RatePolicy(per_second=10.0, burst=20)
+POLICY = RatePolicy(per_second=10.0, burst=20, margin=0.0)
 
 
 def test_full_bucket_admits_burst_at_once_then_paces() -> None:
@@ -75,7 +75,7 @@ def test_unlimited_bucket_only_obeys_closures() -> None:
 
 def test_view_counts_waiting_and_tokens() -> None:
     """The view reports tokens left and callers holding a future admission time."""
-    bucket = Bucket(RatePolicy(per_second=1.0, burst=2), now=0.0)
+    bucket = Bucket(RatePolicy(per_second=1.0, burst=2, margin=0.0), now=0.0)
     for _ in range(4):
         bucket.reserve(0.0, None)
     view = bucket.view("clay", 0.0)
@@ -93,7 +93,7 @@ def test_view_counts_waiting_and_tokens() -> None:
 )
 def test_admissions_never_exceed_the_bucket(rate: float, burst: int, arrivals: list[float]) -> None:
     """Any arrivals: admissions are FIFO and any w-second window admits <= burst + rate*w."""
-    policy = RatePolicy(per_second=rate, burst=burst)
+    policy = RatePolicy(per_second=rate, burst=burst, margin=0.0)
     bucket = Bucket(policy, now=0.0)
     admitted = []
     for now in sorted(arrivals):
@@ -132,3 +132,31 @@ def test_closure_only_grows() -> None:
     assert not bucket.close(10.0, "429")
     assert bucket.close(10.5, "503")
     assert bucket.closed_until == 10.5
+
+
+@given(lag=st.floats(min_value=0.0, max_value=0.149), n=st.integers(min_value=21, max_value=80))
+def test_margin_keeps_clay_happy_when_the_first_arrival_lags(lag: float, n: int) -> None:
+    """With the default margin, Clay's own bucket (counting from the first *arrival*) never
+    refuses our admissions while the burst's cold connections arrive less than 150 ms late."""
+    from claykiln.daemon.simulator import TokenBucket
+
+    policy = RatePolicy(per_second=10.0, burst=20)  # default margin 0.15 s
+    bucket = Bucket(policy, now=0.0)
+    admitted = [bucket.reserve(0.0, None) for _ in range(n)]
+    assert all(isinstance(t, float) for t in admitted)
+    # The burst goes out on fresh connections (late by `lag`); later calls reuse warm ones.
+    arrivals = sorted(t + lag if i < 20 else t for i, t in enumerate(admitted))
+    clay = TokenBucket(rate=10.0, burst=20)
+    # Clay starts counting at the first arrival it sees.
+    assert all(clay.try_take(t) for t in arrivals)
+
+
+def test_without_margin_a_late_first_arrival_overshoots() -> None:
+    """The failure the margin exists for: exact pacing + a burst 60 ms late -> a 429."""
+    from claykiln.daemon.simulator import TokenBucket
+
+    bucket = Bucket(RatePolicy(per_second=10.0, burst=20, margin=0.0), now=0.0)
+    admitted = [bucket.reserve(0.0, None) for _ in range(21)]
+    arrivals = sorted(t + 0.06 if i < 20 else t for i, t in enumerate(admitted))
+    clay = TokenBucket(rate=10.0, burst=20)
+    assert not all(clay.try_take(t) for t in arrivals)

@@ -171,15 +171,6 @@ async def test_a_retry_that_cannot_finish_before_the_deadline_is_not_made(
     assert await proc.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a 429 on a non-repeat-safe POST (push_row) is not retried although Clay rejected "
-        "it unprocessed (no row stored): plan_retry treats every HTTP answer as sent=True, so "
-        "the caller gets the 429 back with attempts left in its deadline and the row is lost; "
-        "pipeline.py docstring says 429s are 'retried or gated first'"
-    ),
-)
 async def test_a_429_on_a_push_is_retried_after_retry_after(
     kiln: Factory, simulator: RunningSimulator
 ) -> None:

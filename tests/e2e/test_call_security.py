@@ -68,7 +68,7 @@ async def test_credentials_never_reach_the_log_or_a_reply(
                 client, "push_row", headers={"X-Clay-Webhook-Auth": "forged"}, **_push("w1")
             )
             await attempt(client, "me", headers={"clay-api-key": "forged"})
-            # Today this crashes the handler (a traceback in the log; see the xfail below).
+            # A framing header is the daemon's: refused with bad_request.
             await attempt(client, "push_row", headers={"content-length": "0"}, **_push("w1"))
             sim.set_faults(Faults(burst=2, error_status=503))
             await attempt(client, "me")
@@ -167,16 +167,6 @@ async def test_the_credential_header_cannot_be_overridden(
 
 
 @pytest.mark.parametrize("header", ["host", "content-length", "transfer-encoding"])
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (security): caller headers are forwarded unfiltered (CallPipeline._http_request only "
-        "refuses the credential header): `host` is sent as given, with the credential attached "
-        "(virtual-host steering on a shared front); `transfer-encoding` is sent next to httpx's "
-        "content-length (conflicting framing, smuggling at a proxy); `content-length` makes h11 "
-        "raise LocalProtocolError out of UpstreamPool.execute -> `internal` error"
-    ),
-)
 async def test_framing_and_host_headers_are_refused(
     kiln: Factory, simulator: RunningSimulator, header: str
 ) -> None:
@@ -192,16 +182,6 @@ async def test_framing_and_host_headers_are_refused(
     assert await proc.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a header with CR/LF (or an illegal name) fails inside h11, is mapped to "
-        "upstream_error kind=protocol retryable=True, retried, and counted as an upstream "
-        "FAILURE: one bad caller opens the breaker for every caller although nothing reached "
-        "Clay. Validate header names/values at the edge (bad_request); map httpx "
-        "LocalProtocolError to BadRequest in UpstreamPool._translate"
-    ),
-)
 async def test_a_malformed_header_is_a_bad_request_and_never_trips_the_breaker(
     kiln: Factory, simulator: RunningSimulator
 ) -> None:
