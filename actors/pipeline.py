@@ -221,8 +221,12 @@ class CallPipeline:
         self.gate = gate
         self.rng = rng or random.Random()
 
-    def reconfigure(self, operations: Mapping[str, Operation]) -> None:
+    def reconfigure(
+        self, operations: Mapping[str, Operation], routes: Mapping[str, UpstreamRoute]
+    ) -> None:
+        """SIGHUP: new operations and retry policies; calls in flight keep what they had."""
         self.operations = dict(operations)
+        self.routes = dict(routes)
 
     def operation(self, name: str) -> Operation:
         op = self.operations.get(name)

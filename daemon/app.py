@@ -26,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
 import trio
 
 from claykiln.actors.breaker import BreakerBoard
@@ -54,6 +55,8 @@ log = get_logger("claykiln.daemon")
 STORE_DIRNAME: Final = "store"
 LOCK_NAME: Final = "kiln.lock"
 STUCK_WRITER_SECONDS: Final = 30.0
+# Worst-case stop: grace_period (20 s) + reply flush (5 s) + this, inside TimeoutStopSec=45s.
+STORAGE_FLUSH_TIMEOUT: Final = 10.0
 
 
 def kiln_version() -> str:
@@ -99,6 +102,7 @@ class Daemon:
         self.version = kiln_version()
         self._listener = listener
         self._bound_socket: Path | None = None
+        self.serving_socket = config.daemon.socket
         self._lock_fd: int | None = None
         self.started_at = time.monotonic()
         self.actors: dict[str, str] = {}
@@ -167,7 +171,7 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "health": self.health(),
             "config": self.config.source,
-            "socket": str(self.config.daemon.socket),
+            "socket": str(self.serving_socket),
             "server": self.server.stats(),
             "storage": {
                 "path": str(self.store.path),
@@ -196,14 +200,14 @@ class Daemon:
         return (
             peer.uid in (0, os.geteuid())
             or peer.uid in d.allowed_uids
-            or peer.gid in d.allowed_gids
+            or peer.in_groups(d.allowed_gids)
         )
 
     def is_admin(self, peer: PeerCred) -> bool:
         d = self.config.daemon
         if peer.uid in (0, os.geteuid()):
             return True
-        return peer.uid in d.admin_uids or peer.gid in d.admin_gids
+        return peer.uid in d.admin_uids or peer.in_groups(d.admin_gids)
 
     # -- persistence adapters for actors --------------------------------------------------------
     def _persister(self, table: str) -> Any:
@@ -248,12 +252,30 @@ class Daemon:
         set_secrets([*config.daemon.secrets, *creds.secrets()])
         return creds
 
+    async def _start_pools(self, config: KilnConfig) -> None:
+        """One pool per upstream not running yet (at start, and for upstreams a reload adds)."""
+        for name, settings in wiring.upstream_settings(config, self.creds).items():
+            if name not in self.pools:
+                pool = UpstreamPool(settings)
+                await self._actor(f"upstream.{name}", self._root, pool.run)
+                self.pools[name] = pool
+
+    def _routes(self, config: KilnConfig) -> dict[str, UpstreamRoute]:
+        return {
+            name: UpstreamRoute(self.pools[name], up.retry)
+            for name, up in config.upstreams.items()
+            if name in self.pools
+        }
+
     def _open_listener(self) -> trio.socket.SocketType:
         if self._listener is not None:
             return self._listener
         inherited = sdnotify.listen_fds()
         if inherited:
-            log.info("daemon.socket_activated", fds=len(inherited))
+            name = inherited[0].getsockname()
+            if isinstance(name, str) and name:
+                self.serving_socket = Path(name)
+            log.info("daemon.socket_activated", fds=len(inherited), socket=str(self.serving_socket))
             return adopt_listener(inherited[0])
         path = self.config.daemon.socket
         listener = bind_unix_listener(path, self.config.daemon.socket_mode)
@@ -288,8 +310,8 @@ class Daemon:
                 async with trio.open_nursery() as root:
                     await self._start(root)
                     task_status.started()
-                    sdnotify.ready(status=f"serving on {d.socket}")
-                    log.info("daemon.ready", socket=str(d.socket))
+                    sdnotify.ready(status=f"serving on {self.serving_socket}")
+                    log.info("daemon.ready", socket=str(self.serving_socket))
                     root.start_soon(self._watchdog)
                     await self._wait_for_stop(sigs)
                     await self._stop(root, sigs)
@@ -320,17 +342,12 @@ class Daemon:
         await self._actor("gate", root, self.gate.run)
         self.lanes = Lanes(wiring.lane_policies(config))
         await self._actor("lanes", root, self.lanes.run)
+        self._root = root
         self.pools: dict[str, UpstreamPool] = {}
-        for name, settings in wiring.upstream_settings(config, self.creds).items():
-            pool = UpstreamPool(settings)
-            await self._actor(f"upstream.{name}", root, pool.run)
-            self.pools[name] = pool
+        await self._start_pools(config)
         self.pipeline = CallPipeline(
             wiring.operations(config, self.creds),
-            {
-                name: UpstreamRoute(pool, config.upstreams[name].retry)
-                for name, pool in self.pools.items()
-            },
+            self._routes(config),
             lanes=self.lanes,
             breakers=self.breakers,
             gate=self.gate,
@@ -368,7 +385,7 @@ class Daemon:
             drained = await self.server.drain(grace)
             stopper.cancel_scope.cancel()
         log.info("daemon.drained", complete=drained, grace_period=grace)
-        with trio.move_on_after(max(grace, 10.0)) as flush:
+        with trio.move_on_after(STORAGE_FLUSH_TIMEOUT) as flush:
             flush.shield = True
             await self.writer.aclose()
         if flush.cancelled_caught:
@@ -436,21 +453,36 @@ class Daemon:
             )
             sdnotify.ready()
             return False
-        needs_restart = restart_required(self.config, new)
+        old = self.config
+        needs_restart = [*restart_required(old, new), *_pool_changes(old, new)]
+        # Keys that need a restart keep their running values, so status and hello stay true.
+        new = attrs.evolve(
+            new,
+            daemon=attrs.evolve(
+                new.daemon,
+                socket=old.daemon.socket,
+                state_dir=old.daemon.state_dir,
+                socket_mode=old.daemon.socket_mode,
+                log_format=old.daemon.log_format,
+                limits=old.daemon.limits,
+                storage=old.daemon.storage,
+            ),
+        )
         if needs_restart:
-            log.warning("config.restart_required", keys=list(needs_restart))
+            log.warning("config.restart_required", keys=needs_restart)
         self.creds = creds
+        await self._start_pools(new)  # an upstream the reload adds gets its pool now
         self.breakers.reconfigure(wiring.breaker_policies(new), BreakerPolicy())
         await self.gate.reconfigure(wiring.rate_policies(new))
         await self.lanes.reconfigure(wiring.lane_policies(new))
-        self.pipeline.reconfigure(wiring.operations(new, creds))
+        self.pipeline.reconfigure(wiring.operations(new, creds), self._routes(new))
         configure_logging(
-            fmt=new.daemon.log_format,
+            fmt=old.daemon.log_format,
             level=new.daemon.log_level,
             secrets=[*new.daemon.secrets, *creds.secrets()],
         )
         self.config = new
-        log.info("config.reloaded", config=new.source, restart_required=list(needs_restart))
+        log.info("config.reloaded", config=new.source, restart_required=needs_restart)
         sdnotify.ready()
         return True
 
@@ -469,11 +501,24 @@ def run_daemon(
         if isinstance(leaf, StorageError):
             alert(log, "storage.open_failed", severity="critical", error=str(leaf))
             return 1
-        if isinstance(leaf, StateDirBusy | SocketInUse | ConfigError):
+        if isinstance(leaf, StateDirBusy | SocketInUse | ConfigError | CredentialError):
             log.error("daemon.start_failed", error=str(leaf))
             return 1
         raise
     return 0
+
+
+def _pool_changes(old: KilnConfig, new: KilnConfig) -> list[str]:
+    """Connection settings of running upstream pools that a reload cannot change in place."""
+    out = []
+    for name, up in new.upstreams.items():
+        before = old.upstreams.get(name)
+        if before is None:
+            continue  # a new upstream: its pool starts on reload
+        for key in ("base_url", "timeouts", "max_connections", "headers"):
+            if getattr(before, key) != getattr(up, key):
+                out.append(f"upstreams.{name}.{key}")
+    return out
 
 
 def _leaf(exc: BaseException) -> BaseException:

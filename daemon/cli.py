@@ -50,9 +50,9 @@ def _client_socket(socket: Path | None, config: Path | None) -> Path:
         return Path(os.environ[SOCKET_ENV])
     if config is not None:
         return Path(_load_config(config).daemon.socket)
-    from .paths import default_socket_path
+    from .paths import client_socket_path
 
-    return default_socket_path()
+    return client_socket_path()
 
 
 def _request(ctx: click.Context, method: str, args: dict[str, Any], timeout: float = 30.0) -> Any:

@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import attrs
@@ -33,9 +34,31 @@ class SocketInUse(Exception):
 
 @attrs.frozen
 class PeerCred:
+    """Who is on the other end: SO_PEERCRED's pid/uid/primary gid, plus supplementary groups."""
+
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] = frozenset()
+
+    def in_groups(self, gids: Iterable[int]) -> bool:
+        """True when the peer's primary or any supplementary group is one of ``gids``."""
+        return any(g == self.gid or g in self.groups for g in gids)
+
+
+def peer_groups(pid: int, proc: Path = Path("/proc")) -> frozenset[int]:
+    """Supplementary groups of process ``pid`` from /proc (SO_PEERCRED has only the primary).
+
+    Empty when /proc cannot tell (the process is gone, or /proc is hidden).
+    """
+    try:
+        text = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("Groups:"):
+            return frozenset(int(g) for g in line.split()[1:] if g.isdigit())
+    return frozenset()
 
 
 def peer_credentials(sock: trio.socket.SocketType) -> PeerCred:
@@ -45,7 +68,7 @@ def peer_credentials(sock: trio.socket.SocketType) -> PeerCred:
     except OSError:
         return PeerCred(-1, -1, -1)
     pid, uid, gid = struct.unpack("3i", raw)
-    return PeerCred(pid, uid, gid)
+    return PeerCred(pid, uid, gid, peer_groups(pid) if pid > 0 else frozenset())
 
 
 def _probe_live(path: Path) -> bool:

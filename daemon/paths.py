@@ -16,7 +16,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["SOCKET_ENV", "client_socket_path", "default_socket_path", "default_state_dir"]
+__all__ = [
+    "SOCKET_ENV",
+    "SYSTEM_SOCKET",
+    "client_socket_path",
+    "default_socket_path",
+    "default_state_dir",
+]
 
 SOCKET_ENV = "KILN_SOCKET"
 SOCKET_NAME = "kiln.sock"
@@ -49,10 +55,21 @@ def default_socket_path(
     return (state_dir or default_state_dir(env)) / SOCKET_NAME
 
 
+SYSTEM_SOCKET = Path("/run/claykiln") / SOCKET_NAME
+
+
 def client_socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The socket a client connects to: the argument, then ``$KILN_SOCKET``, then the default."""
+    """The socket a client connects to: the argument, then ``$KILN_SOCKET``, then the default.
+
+    The default is this user's own daemon (``default_socket_path()``) when that socket exists,
+    else the system service's ``/run/claykiln/kiln.sock`` when that exists (a non-root app on a
+    host running kiln.service needs no configuration), else the user default.
+    """
     if explicit:
         return Path(explicit)
     if os.environ.get(SOCKET_ENV):
         return Path(os.environ[SOCKET_ENV])
-    return default_socket_path()
+    own = default_socket_path()
+    if not own.exists() and SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    return own

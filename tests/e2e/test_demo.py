@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -162,11 +163,16 @@ async def test_demo_rich_output_tells_the_story_and_keep_keeps_the_files() -> No
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except FileNotFoundError:
-        return []
-    return [int(p) for p in text.split()]
+    """Live child processes of ``pid`` (trio spawns from a worker thread: scan every ppid)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -176,9 +182,19 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
+def _webhook_requests(root: Path) -> int:
+    """Webhook requests the demo's simulator has seen so far (0 while it is not up yet)."""
+    try:
+        port = int((root / "sim.port").read_text())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sim/stats", timeout=5) as answer:
+            return int(json.loads(answer.read())["received"].get("webhook", 0))
+    except (FileNotFoundError, ValueError, OSError):
+        return 0
+
+
 async def test_interrupted_demo_stops_both_processes_and_cleans_up() -> None:
-    """Ctrl-C (SIGINT to the demo only) mid-run: exit 130, the daemon and the simulator are
-    reaped and the temp dir is removed."""
+    """Ctrl-C (SIGINT to the demo only) in the middle of phase 1: exit 130, the daemon and the
+    simulator are reaped and the temp dir is removed."""
     proc = await trio.lowlevel.open_process(
         _demo_command("--json", "--duration", SHORT_DURATION),
         stdout=subprocess.DEVNULL,
@@ -187,12 +203,13 @@ async def test_interrupted_demo_stops_both_processes_and_cleans_up() -> None:
     )
     try:
         with trio.fail_after(CHILD_WAIT):
-            while True:  # the simulator, then the daemon, once it is serving
+            while True:  # both children up, and the app's pushes reaching Clay
                 kids = _children(proc.pid)
                 serving = [k for k in kids if "serve" in _cmdline(k)]
                 if len(kids) == 2 and serving:
-                    config = Path(_cmdline(serving[0])[_cmdline(serving[0]).index("--config") + 1])
-                    if (config.parent / "kiln.sock").exists():
+                    args = _cmdline(serving[0])
+                    root = Path(args[args.index("--config") + 1]).parent
+                    if await trio.to_thread.run_sync(_webhook_requests, root) > 0:
                         break
                 await trio.sleep(0.05)
         proc.send_signal(signal.SIGINT)
@@ -204,7 +221,7 @@ async def test_interrupted_demo_stops_both_processes_and_cleans_up() -> None:
             await proc.wait()
     assert code == 130
     assert all(_gone(kid) for kid in kids)
-    assert not config.parent.exists()
+    assert not root.exists()
 
 
 async def test_a_daemon_that_cannot_start_is_a_demo_error(tmp_path: Path) -> None:

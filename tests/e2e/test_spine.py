@@ -342,3 +342,49 @@ async def test_a_burst_beyond_the_in_flight_limit_is_paced_not_dropped(
     assert sorted(r[1] for r in replies) == list(range(1000))
     assert all(r[2] is None for r in replies)
     assert await proc.stop() == 0
+
+
+async def test_reload_adds_an_upstream_and_names_what_needs_a_restart(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """A reload starts a pool for a new upstream; a changed base_url is reported, not applied."""
+    proc = await _started(kiln, simulator)
+    added = f"""
+[upstreams.mirror]
+base_url = "{simulator.url}"
+auth = {{ header = "clay-api-key", credential = "clay-api-key" }}
+[operations.mirror_me]
+upstream = "mirror"
+method = "GET"
+path = "/public/v0/me"
+lane = "critical"
+[operations.clay_me]
+upstream = "clay"
+method = "GET"
+path = "/public/v0/me"
+lane = "critical"
+"""
+    base = clay_config(simulator.url)
+    proc.write_config(base + added)
+    proc.signal(signal.SIGHUP)
+    async with TrioClient(str(proc.socket)) as client:
+        with trio.fail_after(15):
+            while not proc.events("config.reloaded"):
+                await trio.sleep(0.02)
+        assert (await client.call("mirror_me"))["status"] == 200
+        status = await client.status()
+        assert status["actors"]["upstream.mirror"] == "running"
+        # Now point clay elsewhere and change a restart-only key: both reported, neither applied.
+        moved = base.replace(simulator.url, "http://127.0.0.1:9") + added
+        moved = moved.replace('log_level = "info"', 'log_level = "info"\nsocket_mode = "0600"')
+        proc.write_config(moved)
+        proc.signal(signal.SIGHUP)
+        with trio.fail_after(15):
+            while len(proc.events("config.reloaded")) < 2:
+                await trio.sleep(0.02)
+        keys = proc.events("config.restart_required")[-1]["keys"]
+        assert "upstreams.clay.base_url" in keys
+        assert "daemon.socket_mode" in keys
+        assert (await client.call("clay_me"))["status"] == 200  # still the running pool
+        assert oct(proc.socket.stat().st_mode & 0o777) == "0o660"
+    assert await proc.stop() == 0
