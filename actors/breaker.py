@@ -69,7 +69,9 @@ __all__ = [
 
 BREAKER_INBOX_SIZE = 1024
 _COMMANDS = ("open", "closed", "disabled", "reset")
-log = structlog.get_logger("claykiln.breaker")
+# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
+# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
+log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.breaker"})
 
 
 class PersistFn(Protocol):

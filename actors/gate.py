@@ -49,7 +49,9 @@ __all__ = [
     "earliest_admission",
 ]
 
-log = structlog.get_logger("claykiln.gate")
+# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
+# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
+log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.gate"})
 
 GATE_INBOX_SIZE = 4096
 """Bound of the gate's inbox; close/refusal notices beyond it are dropped and counted."""

@@ -45,7 +45,9 @@ __all__ = [
     "retry_hint",
 ]
 
-log = structlog.get_logger("claykiln.lanes")
+# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
+# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
+log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.lanes"})
 
 LANES_INBOX_SIZE = 4096
 """Bound of the lanes actor's inbox."""

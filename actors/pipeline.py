@@ -42,7 +42,9 @@ from .upstream import NO_JSON, HttpRequest, HttpResponse, UpstreamPool, render_p
 
 __all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRoute"]
 
-log = structlog.get_logger()
+# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
+# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
+log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.pipeline"})
 
 BODY_EXCERPT: Final = 512
 DEFAULT_GATE_CLOSURE: Final = 1.0  # a 429 without Retry-After closes the gate this long

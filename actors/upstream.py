@@ -72,7 +72,9 @@ __all__ = [
     "render_path",
 ]
 
-log = structlog.get_logger("claykiln.upstream")
+# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
+# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
+log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.upstream"})
 
 MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 CLOSE_GRACE: Final = 1.0  # seconds a suspect client gets to close (shielded)

@@ -1,9 +1,9 @@
 """``kiln demo``: the daemon at work against a local Clay simulator, in under a minute.
 
-Needs no Clay account, no config and no network beyond loopback. It serves the Clay simulator
-in this process, starts a real daemon process on temporary paths, drives realistic traffic
-through the client library in four phases (pacing, a 429, an outage, a flooded lane), and ends
-with a summary whose every figure was counted during the run. The daemon is always stopped and
+Needs no Clay account, no config and no network beyond loopback. It starts the Clay simulator
+and a real daemon as two processes on temporary paths, drives realistic traffic through the
+client library in four phases (pacing, a 429, an outage, a flooded lane), and ends with a
+summary whose every figure was counted during the run. Both processes are always stopped and
 the temporary directory removed (``--keep`` keeps it for inspection).
 
 Exit status: 0 when every check passed; 1 when a check failed or the demo could not run;

@@ -38,8 +38,8 @@ __all__ = [
 DEMO_API_KEY: Final = "demo-clay-api-key-not-a-secret"
 DEMO_WEBHOOK_TOKEN: Final = "demo-webhook-token-not-a-secret"
 READY_TIMEOUT: Final = 30.0
-STOP_TIMEOUT: Final = 8.0
-KILL_TIMEOUT: Final = 5.0
+STOP_TIMEOUT: Final = 5.0
+KILL_TIMEOUT: Final = 3.0
 READY_POLL: Final = 0.05
 NOTIFY_DATAGRAM: Final = 4096
 LOG_TAIL_CHARS: Final = 3000
@@ -188,9 +188,6 @@ class DemoDaemon:
             f"{self.log_tail()}"
         )
         raise DemoError(msg)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     async def stop(self) -> int | None:
         """SIGTERM, wait up to ``STOP_TIMEOUT`` s, then kill; the exit status (None: never

@@ -270,6 +270,10 @@ def _checks_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def _times(n: Any) -> str:
+    return "never" if n == 0 else "once" if n == 1 else f"{n} times"
+
+
 def explain(summary: dict[str, Any]) -> list[str]:
     """A few paragraphs on what happened, quoting the summary's figures."""
     phases = summary.get("phases", {})
@@ -278,11 +282,12 @@ def explain(summary: dict[str, Any]) -> list[str]:
     if pacing:
         arrivals = pacing.get("arrivals", {})
         out.append(
-            f"Pacing: the app pushed {pacing.get('rows_pushed')} rows as fast as it could; the "
-            f"daemon let a burst of {arrivals.get('burst_rows')} through at once and paced the "
-            f"rest to {arrivals.get('steady_rows_per_s')} rows/s, so Clay answered 429 "
-            f"{pacing.get('clay_429')} times and stored {pacing.get('rows_stored_by_clay')} rows "
-            f"for {pacing.get('rows_acknowledged')} acknowledged pushes."
+            f"Pacing: the app pushed {pacing.get('rows_pushed')} rows as fast as it could. Clay "
+            f"saw the first {arrivals.get('burst_rows')} arrive back to back (the burst its "
+            f"bucket allows), then {arrivals.get('steady_rows_per_s')} rows/s: the daemon's gate "
+            f"held the rest until Clay had room. Clay answered 429 {_times(pacing.get('clay_429'))}"
+            f" and stored {pacing.get('rows_stored_by_clay')} rows for "
+            f"{pacing.get('rows_acknowledged')} acknowledged pushes."
         )
     limit = phases.get("rate_limit", {}).get("facts", {})
     if limit:

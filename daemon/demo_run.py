@@ -57,8 +57,8 @@ def _temp_root() -> Path:
 async def run_demo(plan: DemoPlan, view: DemoView, *, keep: bool = False) -> dict[str, Any]:
     """Run every phase within ``plan.budget`` seconds and return the summary map.
 
-    Raises ``DemoError`` when the daemon cannot start or stops answering. The daemon process is
-    always stopped and reaped before this returns or raises.
+    Raises ``DemoError`` when the simulator or the daemon cannot start or stops answering. Both
+    processes are always stopped and reaped before this returns or raises.
     """
     from .client_trio import TrioClient
 

@@ -30,7 +30,7 @@ __all__ = ["CONTROL_TIMEOUT", "DemoSimulator"]
 
 READY_TIMEOUT: Final = 20.0
 READY_POLL: Final = 0.02
-STOP_TIMEOUT: Final = 5.0
+STOP_TIMEOUT: Final = 3.0
 CONTROL_TIMEOUT: Final = 5.0
 HOST: Final = "127.0.0.1"
 
