@@ -185,7 +185,7 @@ def _intro(
         f"{server} daemon, pid {daemon.pid}, socket {daemon.socket}",
         f"config {daemon.config_path} (the default operations; upstream clay -> the simulator)",
         f"Clay's webhook limit {plan.rate:g}/s burst {plan.clay_burst}; the daemon's gate "
-        f"{plan.rate:g}/s burst {plan.gate_burst} (one token of headroom for network jitter)",
+        f"{plan.rate:g}/s burst {plan.gate_burst} (with a 150 ms margin for network jitter)",
         f"breaker reset {plan.reset_timeout:g} s; "
         f"bulk lane {plan.bulk_concurrency} + {plan.bulk_queue} queued",
         f"budget {plan.budget:g} s; temp dir {root}"
