@@ -417,4 +417,5 @@ def _log_transition(t: Transition, machine: BreakerMachine) -> None:
     elif t.after is BreakerState.HALF_OPEN:
         log.info("breaker.half_open", **fields)
     elif t.after is BreakerState.CLOSED:
-        log.info("breaker.closed", **fields)
+        # An alert (the all-clear for breaker.opened) so it passes any log level.
+        log.info("breaker.closed", alert=True, severity="info", **fields)

@@ -104,14 +104,18 @@ class Daemon:
         self._bound_socket: Path | None = None
         self.serving_socket = config.daemon.socket
         self._lock_fd: int | None = None
+        self._limits_view: dict[str, Any] | None = None
         self.started_at = time.monotonic()
         self.actors: dict[str, str] = {}
         self.creds = CredentialStore.load((), config.daemon.credentials_dir)
 
     # -- views used by methods ---------------------------------------------------------------
     def limits_view(self) -> dict[str, Any]:
+        """The running limits (restart-only, so computed once; callers must not mutate it)."""
+        if self._limits_view is not None:
+            return self._limits_view
         lim = self.config.daemon.limits
-        return {
+        self._limits_view = {
             "max_frame": lim.max_frame,
             "max_array_len": lim.max_array_len,
             "max_map_len": lim.max_map_len,
@@ -120,6 +124,7 @@ class Daemon:
             "max_in_flight": lim.max_in_flight,
             "idle_timeout": lim.idle_timeout,
         }
+        return self._limits_view
 
     def breaker_keys(self) -> set[str]:
         return set(wiring.breaker_policies(self.config)) | set(self.breakers.snapshot)

@@ -109,13 +109,15 @@ def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
 
 def build_methods(daemon: Daemon) -> dict[str, Method]:
     """The method table the server dispatches on."""
+    server_name = f"claykiln {daemon.version}"
 
     def hello(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-        _check_names("hello", args, frozenset())
+        if args:
+            _check_names("hello", args, frozenset())
         return {
             "protocol": PROTOCOL_VERSION,
-            "server": f"claykiln {daemon.version}",
-            "limits": daemon.limits_view(),
+            "server": server_name,
+            "limits": daemon.limits_view(),  # cached by the daemon; rebuilt on reload
             "admin": ctx.admin,
         }
 

@@ -17,7 +17,7 @@ what it can and closes that connection only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import attrs
@@ -121,6 +121,12 @@ def _too_deep(obj: Any, limit: int) -> bool:
 
     (Container map keys never get here: msgpack refuses them as unhashable while decoding.)
     """
+    if (
+        limit >= 2
+        and isinstance(obj, dict)
+        and not any(isinstance(v, list | dict) for v in obj.values())
+    ):
+        return False  # the common case: a flat map of scalars
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
@@ -232,12 +238,15 @@ class FrameParser:
         if self.dead:
             return []
         events: list[Event] = []
-        view = memoryview(data)
         # Feed in slices, draining after each: the buffer holds at most one partial frame (no
         # more than max_frame, enforced below) plus one slice.
         step = self._step
-        for start in range(0, len(view), step) if view else ():
-            chunk = view[start : start + step]
+        if len(data) <= step:
+            chunks: Iterable[bytes | memoryview] = (data,) if data else ()
+        else:
+            view = memoryview(data)
+            chunks = (view[start : start + step] for start in range(0, len(view), step))
+        for chunk in chunks:
             try:
                 self._unpacker.feed(chunk)
             except msgpack.BufferFull:

@@ -136,6 +136,7 @@ class _Connection:
         self.parser = FrameParser(server.limits.protocol)
         self.pending: list[bytes] = []
         self.writing = False
+        self.in_chunk = False  # the reader is dispatching a chunk and will flush after it
         self.output_closed = False
         self.wake = trio.Event()
         self.in_flight = 0
@@ -151,8 +152,8 @@ class _Connection:
         if self.output_closed:
             return  # the connection is going away; its late replies have nowhere to go
         self.pending.append(frame)
-        if not self.writing:
-            self.wake.set()
+        if not self.writing and not self.in_chunk:
+            self.wake.set()  # the reader flushes its own chunk's replies; wake the writer else
 
     async def flush(self) -> None:
         """Send everything pending, unless another task is already doing it."""
@@ -239,18 +240,22 @@ class _Connection:
             if not data:
                 return
             self.last_active = trio.current_time()
-            for event in self.parser.feed(data):
-                # One chunk can hold thousands of small frames: apply the in-flight limit per
-                # request, so replies never pile up (backpressure, nothing dropped).
-                if self._backlog() >= limits.max_in_flight:
-                    await self._wait_for_room(limits.max_in_flight)
-                if self.closing:
-                    return
-                if isinstance(event, Request):
-                    self._dispatch(nursery, event)
-                elif isinstance(event, Violation) and self._violation(event):
-                    return
-                # Responses and notifications from a client are ignored.
+            self.in_chunk = True
+            try:
+                for event in self.parser.feed(data):
+                    # One chunk can hold thousands of small frames: apply the in-flight limit
+                    # per request, so replies never pile up (backpressure, nothing dropped).
+                    if self._backlog() >= limits.max_in_flight:
+                        await self._wait_for_room(limits.max_in_flight)
+                    if self.closing:
+                        return
+                    if isinstance(event, Request):
+                        self._dispatch(nursery, event)
+                    elif isinstance(event, Violation) and self._violation(event):
+                        return
+                    # Responses and notifications from a client are ignored.
+            finally:
+                self.in_chunk = False
             if self.pending:
                 await self.flush()  # inline replies leave now, without waking the writer
 

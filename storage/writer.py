@@ -41,7 +41,10 @@ __all__ = ["WRITER_INBOX", "Writer", "WriterStats"]
 WRITER_INBOX = 4096
 """Asks the writer's inbox holds; ``write`` waits for room, ``write_nowait`` reports no room."""
 
-_log = structlog.get_logger("claykiln.storage.writer")
+# Bound like daemon/logs.get_logger (storage may not import daemon/): lines carry `logger`.
+_log = structlog._config.BoundLoggerLazyProxy(
+    None, initial_values={"logger": "claykiln.storage.writer"}
+)
 
 
 @attrs.define(eq=False)
