@@ -269,33 +269,29 @@ class FrameParser:
         yield Violation(code, message, fatal=True)
 
     def _drain(self) -> list[Event]:
+        """Every complete frame in the buffer (iteration: no exception per call at the end)."""
         events: list[Event] = []
-        while True:
-            try:
-                frame = self._unpacker.unpack()
-            except msgpack.OutOfData:
-                return events
-            except msgpack.BufferFull:
-                events.extend(self._fatal("frame_too_large", self._too_large_message()))
-                return events
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-                # ValueError covers msgpack's length limits ("exceeds max_array_len").
+        unpacker = self._unpacker
+        limits = self.limits
+        try:
+            for frame in unpacker:
+                end = unpacker.tell()
+                if end - self._frame_start > limits.max_frame:
+                    events.extend(self._fatal("frame_too_large", self._too_large_message()))
+                    return events
+                self._frame_start = end
+                events.append(classify(frame, limits))
+        except msgpack.BufferFull:
+            events.extend(self._fatal("frame_too_large", self._too_large_message()))
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            # ValueError covers msgpack's length limits ("exceeds max_array_len").
+            text = str(exc)
+            if "exceeds max" in text and "max_ext_len" not in text:
+                limit = self._too_large_message()
+                events.extend(self._fatal("frame_too_large", f"{limit} or a length limit ({text})"))
+            else:
                 msg = f"undecodable msgpack ({type(exc).__name__}): {exc}"
-                text = str(exc)
-                if "exceeds max" in text and "max_ext_len" not in text:
-                    limit = self._too_large_message()
-                    events.extend(
-                        self._fatal("frame_too_large", f"{limit} or a length limit ({text})")
-                    )
-                else:
-                    events.extend(self._fatal("bad_request", msg))
-                return events
-            except Exception as exc:  # a hostile frame must never escape as a crash
-                events.extend(self._fatal("bad_request", f"undecodable msgpack: {exc!r}"))
-                return events
-            end = self._unpacker.tell()
-            if end - self._frame_start > self.limits.max_frame:
-                events.extend(self._fatal("frame_too_large", self._too_large_message()))
-                return events
-            self._frame_start = end
-            events.append(classify(frame, self.limits))
+                events.extend(self._fatal("bad_request", msg))
+        except Exception as exc:  # a hostile frame must never escape as a crash
+            events.extend(self._fatal("bad_request", f"undecodable msgpack: {exc!r}"))
+        return events
