@@ -48,12 +48,7 @@ def notify(state: str) -> bool:
         return False
     keys = [line.partition("=")[0] for line in state.splitlines()]
     if address[0] not in "@/":
-        _log.warning(
-            "sdnotify.send_failed",
-            notify_socket=address,
-            keys=keys,
-            error="unsupported NOTIFY_SOCKET address (only paths and @abstract)",
-        )
+        _failed(address, keys, "unsupported NOTIFY_SOCKET address (only paths and @abstract)")
         return False
     target = "\0" + address[1:] if address[0] == "@" else address
     try:
@@ -61,9 +56,22 @@ def notify(state: str) -> bool:
             sock.setblocking(False)
             sock.sendto(state.encode(), target)
     except OSError as exc:
-        _log.warning("sdnotify.send_failed", notify_socket=address, keys=keys, error=str(exc))
+        _failed(address, keys, str(exc))
         return False
+    _last_failure.clear()
     return True
+
+
+# The last failure logged: a receiver that went away would otherwise cost a warning every
+# watchdog period; the same error is logged once until a send succeeds again.
+_last_failure: dict[str, str] = {}
+
+
+def _failed(address: str, keys: list[str], error: str) -> None:
+    if _last_failure.get(address) == error:
+        return
+    _last_failure[address] = error
+    _log.warning("sdnotify.send_failed", notify_socket=address, keys=keys, error=error)
 
 
 def ready(status: str | None = None) -> bool:

@@ -29,6 +29,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         monkeypatch.delenv(name, raising=False)
+    sdnotify._last_failure.clear()
 
 
 @pytest.fixture
@@ -112,6 +113,24 @@ def test_missing_socket_is_a_logged_warning(
     assert entry["log_level"] == "warning"
     assert entry["keys"] == ["READY", "STATUS"]
     assert "No such file" in entry["error"]
+
+
+def test_a_repeated_failure_is_logged_once_until_a_send_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that went away costs one warning, not one per watchdog period."""
+    path = tmp_path / "notify.sock"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    with capture_logs() as captured:
+        assert [sdnotify.watchdog() for _ in range(5)] == [False] * 5
+    assert [e["event"] for e in captured] == ["sdnotify.send_failed"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        assert sdnotify.watchdog() is True
+    path.unlink()
+    with capture_logs() as captured:
+        assert sdnotify.watchdog() is False  # a new outage after a success is reported again
+    assert [e["event"] for e in captured] == ["sdnotify.send_failed"]
 
 
 def test_unsupported_address_is_a_logged_warning(monkeypatch: pytest.MonkeyPatch) -> None:
