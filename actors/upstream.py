@@ -1,4 +1,4 @@
-"""Upstream executor: the only module that speaks HTTP (httpx), one connection per concurrent call.
+"""Upstream executor: speaks HTTP (httpx) to one upstream, one connection per concurrent call.
 
 Card
 - owns: the single-connection ``httpx.AsyncClient`` objects of one upstream (a LIFO free list,
@@ -31,18 +31,17 @@ False only when the request provably never left:
         protocol or decoding errors       UpstreamError kind=protocol, retryable
     body over MAX_BODY_BYTES              UpstreamError kind=too_large, not retryable
 Credentials never reach a log line, a repr or an exception message.
+
+The value types and URL guards (``TimeoutClasses``, ``UpstreamSettings``, ``HttpRequest``,
+``HttpResponse``, ``NO_JSON``, ``render_path``, ``join_url``, ``MAX_BODY_BYTES``) live in
+``claykiln.actors.upstream_http`` and are re-exported here; the two are the only modules that
+import httpx.
 """
 
 from __future__ import annotations
 
 import collections
-import email.utils
 import json as jsonlib
-import re
-import time
-import urllib.parse
-from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any, Final
 
 import attrs
@@ -57,10 +56,24 @@ from claykiln.actors.errors import (
     ShuttingDown,
     UpstreamError,
 )
+from claykiln.actors.upstream_http import (
+    DELAY_SECONDS,
+    MAX_BODY_BYTES,
+    NO_JSON,
+    PLACEHOLDER,
+    HttpRequest,
+    HttpResponse,
+    TimeoutClasses,
+    UpstreamSettings,
+    join_url,
+    render_path,
+)
 
 __all__ = [
+    "DELAY_SECONDS",
     "MAX_BODY_BYTES",
     "NO_JSON",
+    "PLACEHOLDER",
     "HttpRequest",
     "HttpResponse",
     "TimeoutClasses",
@@ -76,26 +89,11 @@ __all__ = [
 # this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
 log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.upstream"})
 
-MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 CLOSE_GRACE: Final = 1.0  # seconds a suspect client gets to close (shielded)
 SHUTDOWN_GRACE: Final = 5.0  # seconds all idle clients get to close when the pool stops
 IDLE_SWEEP_INTERVAL: Final = 30.0
 IDLE_CLOSE_AFTER: Final = 60.0  # an idle client unused this long is closed by the sweep
 USER_AGENT: Final = "claykiln"
-PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-DELAY_SECONDS = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,9})?")
-
-
-class _NoJson:
-    def __repr__(self) -> str:
-        return "NO_JSON"
-
-
-NO_JSON: Final[Any] = _NoJson()
-
-
-def _frozen_headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    return MappingProxyType(dict(value or {}))
 
 
 class UpstreamTimeout(CallTimeout):
@@ -114,160 +112,6 @@ class UpstreamFailure(UpstreamError):
         super().__init__(message, details=details)
         self.retryable: bool = details["retryable"]
         self.sent: bool = details["sent"]
-
-
-@attrs.frozen
-class TimeoutClasses:
-    """The timeout hierarchy in seconds: an operation names one class (or gives seconds)."""
-
-    connect: float = 5.0
-    request: float = 30.0
-    upload: float = 120.0
-    long_poll: float = 300.0
-
-
-def _check_base_url(_inst: object, _attr: object, value: str) -> None:
-    url = httpx.URL(value)
-    if url.scheme not in ("http", "https") or not url.host:
-        msg = f"upstream base_url must be an http(s) URL with a host, got {value!r}"
-        raise ValueError(msg)
-    if url.query or url.fragment or url.userinfo:
-        msg = f"upstream base_url must not carry a query, fragment or user info: {url.host!r}"
-        raise ValueError(msg)
-
-
-@attrs.frozen
-class UpstreamSettings:
-    """One upstream: where it lives and how to authenticate. ``credential`` is the secret value
-    injected as the ``auth_header``; it is never logged and left out of the repr."""
-
-    name: str
-    base_url: str = attrs.field(validator=_check_base_url)
-    auth_header: str | None = None
-    credential: str | None = attrs.field(default=None, repr=False)
-    timeouts: TimeoutClasses = attrs.field(factory=TimeoutClasses)
-    max_connections: int = 64
-    default_headers: Mapping[str, str] = attrs.field(
-        factory=dict, converter=_frozen_headers, hash=False
-    )
-
-    def __attrs_post_init__(self) -> None:
-        if (self.auth_header is None) != (self.credential is None):
-            msg = f"upstream {self.name}: set both auth_header and its credential, or neither"
-            raise ValueError(msg)
-        if self.credential is not None and ("\r" in self.credential or "\n" in self.credential):
-            msg = f"upstream {self.name}: the credential contains a line break; fix the secret file"
-            raise ValueError(msg)
-        if self.max_connections < 1:
-            msg = f"upstream {self.name}: max_connections must be >= 1"
-            raise ValueError(msg)
-
-
-@attrs.frozen
-class HttpRequest:
-    """A request relative to the upstream's base_url; ``path`` is rendered (see render_path).
-    ``json`` (any JSON value, ``None`` included) and ``content`` are mutually exclusive."""
-
-    method: str
-    path: str
-    query: Mapping[str, str] | None = None
-    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_headers, hash=False)
-    json: Any = NO_JSON
-    content: bytes | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if self.json is not NO_JSON and self.content is not None:
-            msg = "give a request json or content, not both"
-            raise BadRequest(msg)
-
-
-@attrs.frozen
-class HttpResponse:
-    """A fully read response: ``headers`` has lower-case names (repeats joined by ", ")."""
-
-    status: int
-    headers: dict[str, str] = attrs.field(hash=False)
-    body: bytes
-    duration: float
-
-    def retry_after(self, now: float | None = None) -> float | None:
-        """Seconds from Retry-After (delay-seconds or an HTTP date, against wall time ``now``,
-        default ``time.time()``); negative values become 0; absent or unparseable -> None."""
-        raw = self.headers.get("retry-after")
-        if raw is None:
-            return None
-        raw = raw.strip()
-        if DELAY_SECONDS.fullmatch(raw):
-            seconds = float(raw)
-        else:
-            try:
-                when = email.utils.parsedate_to_datetime(raw)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when.tzinfo is None:
-                return None
-            seconds = when.timestamp() - (time.time() if now is None else now)
-        return max(0.0, seconds)
-
-    def json(self) -> Any:
-        """The body decoded as JSON (raises ValueError when it is not)."""
-        return jsonlib.loads(self.body)
-
-
-def render_path(template: str, params: Mapping[str, Any]) -> str:
-    """Fill ``{name}`` placeholders with percent-encoded values (``quote(str(v), safe="")``), so
-    no value can add a path segment, a query, a fragment, user info or another host.
-
-    Raises BadRequest naming the parameter when one is missing, unused, empty, ``None``, ``.``
-    or ``..``, and when the template has a stray brace.
-    """
-    names = PLACEHOLDER.findall(template)
-    rest = PLACEHOLDER.sub("", template)
-    if "{" in rest or "}" in rest:
-        msg = f"path template {template!r} has a brace that is not a {{name}} placeholder"
-        raise BadRequest(msg)
-    unused = sorted(set(params) - set(names))
-    if unused:
-        msg = f"unexpected path parameter(s) {', '.join(unused)} for {template!r}"
-        raise BadRequest(msg, details={"params": unused})
-
-    def fill(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in params:
-            msg = f"missing path parameter {name!r} for {template!r}"
-            raise BadRequest(msg, details={"param": name})
-        value = params[name]
-        text = "" if value is None else str(value)
-        if text in ("", ".", ".."):
-            msg = f"path parameter {name!r} must not be empty, '.' or '..'"
-            raise BadRequest(msg, details={"param": name})
-        try:
-            return urllib.parse.quote(text, safe="")
-        except UnicodeEncodeError:
-            msg = f"path parameter {name!r} is not valid Unicode text"
-            raise BadRequest(msg, details={"param": name}) from None
-
-    return PLACEHOLDER.sub(fill, template)
-
-
-def join_url(base_url: str, path: str) -> httpx.URL:
-    """``base_url`` + ``path`` as one URL, checked to keep the base's scheme, host, port and path
-    prefix and to hold no dot segment (encoded or not); BadRequest otherwise."""
-    base = httpx.URL(base_url)
-    url = httpx.URL(base_url.rstrip("/") + "/" + path.lstrip("/"))
-    prefix = base.raw_path.rstrip(b"/") + b"/"
-    raw_path = url.raw_path.partition(b"?")[0]
-    same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
-    if not same_origin or not raw_path.startswith(prefix) or _has_dot_segment(raw_path):
-        msg = f"path {path!r} would leave the upstream's base URL"
-        raise BadRequest(msg)
-    return url
-
-
-def _has_dot_segment(raw_path: bytes) -> bool:
-    if b"%2e" not in raw_path.lower() and b"/." not in raw_path:
-        return False
-    return any(urllib.parse.unquote_to_bytes(seg) in (b".", b"..") for seg in raw_path.split(b"/"))
 
 
 @attrs.define

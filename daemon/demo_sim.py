@@ -4,7 +4,7 @@ A separate process keeps the simulator's clock honest: its bucket and its rows' 
 are stamped when a request really arrives, whatever the demo's own process (rendering, polling)
 is busy with. ``DemoSimulator`` starts ``python -m claykiln.daemon.simulator --port 0
 --port-file F`` on 127.0.0.1, waits for the port file, and talks to the control plane with the
-standard library's ``urllib`` in a worker thread (only actors/upstream.py imports httpx).
+standard library's ``urllib`` in a worker thread (only actors/upstream*.py import httpx).
 
 Stopping: ``stop`` sends SIGTERM, waits up to ``STOP_TIMEOUT`` s, then kills; always reaped.
 A control request that fails raises ``DemoError``.
