@@ -3,8 +3,8 @@
 Card:
 - owns: nothing but the routing tables (operations, upstream routes); it is a coordinator, not
   an actor, and runs in the caller's task (a timeout or a vanished caller cancels it cleanly).
-- asks: lanes (a slot), breaker board (a ticket), gate (a token), the upstream pool (the HTTP
-  exchange); tells: breaker outcomes and gate closures, fire-and-forget.
+- asks: lanes (a slot), breaker board (a ticket), gate (a token under ``Operation.gate``), the
+  upstream pool (the HTTP exchange); tells: breaker outcomes and gate closures, fire-and-forget.
 - replies: a ``CallResult`` for every final upstream answer below 500 (the app sees Clay's own
   status and body; 408 and 429 are retried or gated first); raises a ``KilnError`` for 5xx left
   after the retries (``upstream_error``), timeouts (``timeout`` with the stage), connection
@@ -52,7 +52,11 @@ DEFAULT_GATE_CLOSURE: Final = 1.0  # a 429 without Retry-After closes the gate t
 
 @attrs.frozen
 class Operation:
-    """A named call the daemon may make (``[operations.NAME]``); hosts come from config only."""
+    """A named call the daemon may make (``[operations.NAME]``); hosts come from config only.
+
+    ``gate``: the rate gate key that paces the call and that its 429/503 Retry-After closes
+    (default: the upstream's name, one gate shared by every operation of the upstream).
+    """
 
     name: str
     upstream: str
@@ -69,6 +73,11 @@ class Operation:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     auth_header: str | None = None
     credential: str | None = attrs.field(default=None, repr=False)
+    gate: str = attrs.field()
+
+    @gate.default
+    def _gate_default(self) -> str:
+        return self.upstream
 
     @property
     def breaker_key(self) -> str:
@@ -244,7 +253,7 @@ class CallPipeline:
         _check_headers(request.headers)
         op = self.operation(request.operation)
         self.breakers.check(op.breaker_key)
-        self.gate.check(op.upstream, request.deadline)
+        self.gate.check(op.gate, request.deadline)
         self.lanes.check(request.lane or op.lane)
 
     def _http_request(self, op: Operation, request: CallRequest) -> HttpRequest:
@@ -365,7 +374,7 @@ class CallPipeline:
         outcome = Outcome.IGNORED
         started = trio.current_time()
         try:
-            await self.gate.acquire(op.upstream, deadline)
+            await self.gate.acquire(op.gate, deadline)
             started = trio.current_time()
             try:
                 response = await route.pool.execute(
@@ -386,7 +395,7 @@ class CallPipeline:
             retry_after = response.retry_after()
             if status == 429 or retry_after is not None:
                 seconds = retry_after if retry_after is not None else DEFAULT_GATE_CLOSURE
-                self.gate.close_until(op.upstream, seconds, f"{status} from {op.name}")
+                self.gate.close_until(op.gate, seconds, f"{status} from {op.name}")
         elif status in (401, 403):
             log.critical(
                 "upstream.credentials_rejected",

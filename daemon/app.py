@@ -8,10 +8,13 @@ Stop (SIGTERM / SIGINT): STOPPING=1; the server stops accepting and answers new 
 queued; the environment is closed; exit 0. A second SIGTERM/SIGINT during the drain cuts the
 grace period short.
 
-Reload (SIGHUP): read the config again; a bad one keeps the old config and logs
-``config.reload_failed`` (an alert). A good one applies lanes, thresholds, rate policies,
-operations, credentials and the log level without dropping in-flight work; keys that need a
-restart are logged (``config.restart_required``) and keep their old values.
+Reload (SIGHUP): handled in ``reload.py`` (a bad config keeps the old one; a good one applies
+without dropping in-flight work). The read-side views the RPC methods and the server call
+(status, health, limits, breaker views, durable flush, peer checks) are in ``app_views.py``.
+
+Also here: one daemon per state directory (an ``flock`` on ``kiln.lock``), the listening socket
+(systemd's if socket-activated, else bound and removed on exit), and the watchdog, which pings
+``WATCHDOG=1`` only while every actor runs and the storage writer makes progress.
 """
 
 from __future__ import annotations
@@ -26,26 +29,26 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Final
 
-import attrs
 import trio
 
 from claykiln.actors.breaker import BreakerBoard
 from claykiln.actors.breaker_types import BreakerPolicy
-from claykiln.actors.errors import StorageFullError
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.lanes import Lanes
 from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
 from claykiln.actors.upstream import UpstreamPool
-from claykiln.storage import Put, StorageError, StorageFull, Store, Writer, text_key
+from claykiln.storage import Put, StorageError, Store, Writer, text_key
 
 from . import sdnotify, wiring
-from .config import ConfigError, load_config, restart_required
+from .app_views import DaemonViews
+from .config import ConfigError
 from .config_types import KilnConfig
 from .credentials import CredentialError, CredentialStore
-from .listener import PeerCred, SocketInUse, adopt_listener, bind_unix_listener
+from .listener import SocketInUse, adopt_listener, bind_unix_listener
 from .logs import alert, configure_logging, get_logger, set_secrets
 from .methods import build_methods
 from .protocol import Limits
+from .reload import reload_daemon
 from .server import Server, ServerLimits
 
 __all__ = ["Daemon", "kiln_version", "run_daemon"]
@@ -85,7 +88,7 @@ class StateDirBusy(Exception):
     """Another daemon holds the state directory's lock."""
 
 
-class Daemon:
+class Daemon(DaemonViews):
     """One running claykiln process. ``run`` returns when it has stopped cleanly."""
 
     def __init__(
@@ -108,111 +111,6 @@ class Daemon:
         self.started_at = time.monotonic()
         self.actors: dict[str, str] = {}
         self.creds = CredentialStore.load((), config.daemon.credentials_dir)
-
-    # -- views used by methods ---------------------------------------------------------------
-    def limits_view(self) -> dict[str, Any]:
-        """The running limits (restart-only, so computed once; callers must not mutate it)."""
-        if self._limits_view is not None:
-            return self._limits_view
-        lim = self.config.daemon.limits
-        self._limits_view = {
-            "max_frame": lim.max_frame,
-            "max_array_len": lim.max_array_len,
-            "max_map_len": lim.max_map_len,
-            "max_depth": lim.max_depth,
-            "max_connections": lim.max_connections,
-            "max_in_flight": lim.max_in_flight,
-            "idle_timeout": lim.idle_timeout,
-        }
-        return self._limits_view
-
-    def breaker_keys(self) -> set[str]:
-        return set(wiring.breaker_policies(self.config)) | set(self.breakers.snapshot)
-
-    def breaker_view(self, name: str, view: Any) -> dict[str, Any]:
-        for item in self.breakers.views():
-            if item.get("key") == name:
-                return item
-        return {"key": name, "state": getattr(getattr(view, "state", None), "value", str(view))}
-
-    def storage_mark(self) -> int:
-        """A mark to pass to ``durable_flush``: fire-and-forget failures so far."""
-        return self.writer.stats().nowait_failed
-
-    async def durable_flush(self, mark: int) -> None:
-        """Wait until everything queued for storage so far is committed.
-
-        Raises ``StorageFullError`` when a fire-and-forget write failed since ``mark`` (the map
-        is at its ceiling): the caller must not report "saved".
-        """
-        try:
-            await self.writer.write([])
-        except StorageFull as exc:
-            raise StorageFullError(str(exc)) from exc
-        if self.writer.stats().nowait_failed > mark:
-            usage = self.store.usage()
-            msg = (
-                f"storage is full ({usage.used_bytes} of {usage.max_map_size} bytes): the change "
-                "is in effect but was not saved; raise [daemon.storage].max_map_size"
-            )
-            raise StorageFullError(msg)
-
-    def health(self) -> str:
-        usage = self.store.usage()
-        if any(state != "running" for state in self.actors.values()):
-            return "unhealthy"
-        if usage.ratio >= 0.95:
-            return "unhealthy"
-        if self.breakers.stats().get("open", 0) or usage.ratio >= 0.8:
-            return "degraded"
-        return "healthy"
-
-    def status(self) -> dict[str, Any]:
-        usage = self.store.usage()
-        writer = self.writer.stats()
-        return {
-            "version": self.version,
-            "pid": os.getpid(),
-            "uptime_s": round(time.monotonic() - self.started_at, 3),
-            "health": self.health(),
-            "config": self.config.source,
-            "socket": str(self.serving_socket),
-            "server": self.server.stats(),
-            "storage": {
-                "path": str(self.store.path),
-                "map_size": usage.map_size,
-                "max_map_size": usage.max_map_size,
-                "used_bytes": usage.used_bytes,
-                "ratio": round(usage.ratio, 4),
-                "entries": dict(usage.entries),
-                "transactions": writer.transactions,
-                "writes": writer.asks,
-                "failed": writer.failed,
-                "map_grows": writer.map_grows,
-            },
-            "actors": dict(self.actors),
-            "breakers": self.breakers.stats(),
-            "gate": self.gate.stats(),
-            "lanes": self.lanes.stats(),
-            "upstreams": {name: pool.stats() for name, pool in self.pools.items()},
-        }
-
-    # -- peers --------------------------------------------------------------------------------
-    def is_allowed(self, peer: PeerCred) -> bool:
-        d = self.config.daemon
-        if not d.allowed_uids and not d.allowed_gids:
-            return True
-        return (
-            peer.uid in (0, os.geteuid())
-            or peer.uid in d.allowed_uids
-            or peer.in_groups(d.allowed_gids)
-        )
-
-    def is_admin(self, peer: PeerCred) -> bool:
-        d = self.config.daemon
-        if peer.uid in (0, os.geteuid()):
-            return True
-        return peer.uid in d.admin_uids or peer.in_groups(d.admin_gids)
 
     # -- persistence adapters for actors --------------------------------------------------------
     def _persister(self, table: str) -> Any:
@@ -244,7 +142,9 @@ class Daemon:
         finally:
             self.actors[name] = "stopped"
 
-    def _load_credentials(self, config: KilnConfig) -> CredentialStore:
+    def load_credentials(self, config: KilnConfig) -> CredentialStore:
+        """The credentials ``config`` names (at start and on reload); also updates the redaction
+        list. Missing files are logged; an unreadable one raises ``CredentialError``."""
         creds = CredentialStore.load(wiring.credential_names(config), config.daemon.credentials_dir)
         for name in sorted(wiring.credential_names(config)):
             if creds.get(name) is None:
@@ -257,7 +157,7 @@ class Daemon:
         set_secrets([*config.daemon.secrets, *creds.secrets()])
         return creds
 
-    async def _start_pools(self, config: KilnConfig) -> None:
+    async def start_pools(self, config: KilnConfig) -> None:
         """One pool per upstream not running yet (at start, and for upstreams a reload adds)."""
         for name, settings in wiring.upstream_settings(config, self.creds).items():
             if name not in self.pools:
@@ -265,7 +165,8 @@ class Daemon:
                 await self._actor(f"upstream.{name}", self._root, pool.run)
                 self.pools[name] = pool
 
-    def _routes(self, config: KilnConfig) -> dict[str, UpstreamRoute]:
+    def routes(self, config: KilnConfig) -> dict[str, UpstreamRoute]:
+        """The pipeline's routes for ``config``: upstreams whose pool is running."""
         return {
             name: UpstreamRoute(self.pools[name], up.retry)
             for name, up in config.upstreams.items()
@@ -290,7 +191,7 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         d = config.daemon
-        self.creds = self._load_credentials(config)
+        self.creds = self.load_credentials(config)
         d.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_state_dir(d.state_dir)
         self.store = await trio.to_thread.run_sync(
@@ -349,10 +250,10 @@ class Daemon:
         await self._actor("lanes", root, self.lanes.run)
         self._root = root
         self.pools: dict[str, UpstreamPool] = {}
-        await self._start_pools(config)
+        await self.start_pools(config)
         self.pipeline = CallPipeline(
             wiring.operations(config, self.creds),
-            self._routes(config),
+            self.routes(config),
             lanes=self.lanes,
             breakers=self.breakers,
             gate=self.gate,
@@ -383,7 +284,7 @@ class Daemon:
                 async for signum in sigs:
                     if signum != signal.SIGHUP:
                         log.warning("daemon.drain_cut_short", signal=signal.Signals(signum).name)
-                        self.server._conn_scope.cancel()
+                        self.server.cut_drain_short()
                         return
 
             stopper.start_soon(hurry)
@@ -444,52 +345,7 @@ class Daemon:
 
     async def reload(self) -> bool:
         """SIGHUP: apply a new config, or keep the old one and say why. True when applied."""
-        sdnotify.reloading()
-        try:
-            new = load_config(self.config_path, **self.overrides)  # type: ignore[arg-type]
-            creds = self._load_credentials(new)
-        except (ConfigError, CredentialError) as exc:
-            alert(
-                log,
-                "config.reload_failed",
-                severity="warning",
-                error=str(exc),
-                config=self.config.source,
-            )
-            sdnotify.ready()
-            return False
-        old = self.config
-        needs_restart = [*restart_required(old, new), *_pool_changes(old, new)]
-        # Keys that need a restart keep their running values, so status and hello stay true.
-        new = attrs.evolve(
-            new,
-            daemon=attrs.evolve(
-                new.daemon,
-                socket=old.daemon.socket,
-                state_dir=old.daemon.state_dir,
-                socket_mode=old.daemon.socket_mode,
-                log_format=old.daemon.log_format,
-                limits=old.daemon.limits,
-                storage=old.daemon.storage,
-            ),
-        )
-        if needs_restart:
-            log.warning("config.restart_required", keys=needs_restart)
-        self.creds = creds
-        await self._start_pools(new)  # an upstream the reload adds gets its pool now
-        self.breakers.reconfigure(wiring.breaker_policies(new), BreakerPolicy())
-        await self.gate.reconfigure(wiring.rate_policies(new))
-        await self.lanes.reconfigure(wiring.lane_policies(new))
-        self.pipeline.reconfigure(wiring.operations(new, creds), self._routes(new))
-        configure_logging(
-            fmt=old.daemon.log_format,
-            level=new.daemon.log_level,
-            secrets=[*new.daemon.secrets, *creds.secrets()],
-        )
-        self.config = new
-        log.info("config.reloaded", config=new.source, restart_required=needs_restart)
-        sdnotify.ready()
-        return True
+        return await reload_daemon(self)
 
 
 def run_daemon(
@@ -511,19 +367,6 @@ def run_daemon(
             return 1
         raise
     return 0
-
-
-def _pool_changes(old: KilnConfig, new: KilnConfig) -> list[str]:
-    """Connection settings of running upstream pools that a reload cannot change in place."""
-    out = []
-    for name, up in new.upstreams.items():
-        before = old.upstreams.get(name)
-        if before is None:
-            continue  # a new upstream: its pool starts on reload
-        for key in ("base_url", "timeouts", "max_connections", "headers"):
-            if getattr(before, key) != getattr(up, key):
-                out.append(f"upstreams.{name}.{key}")
-    return out
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from claykiln.actors.gate import RatePolicy
 from claykiln.daemon.config_build import METHODS, build_config
 from claykiln.daemon.config_schema import ConfigError
 from claykiln.daemon.config_types import (
@@ -138,7 +139,8 @@ def _parse(text: str, source: str) -> dict[str, Any]:
 
 
 def describe(config: KilnConfig) -> str:
-    """A short human summary for ``kiln check-config``: paths, upstreams, lanes, operations."""
+    """A short human summary for ``kiln check-config``: paths, upstreams, gates, lanes,
+    operations (each with the gate that paces it)."""
     d = config.daemon
     out = [
         f"config {config.source}: OK",
@@ -152,14 +154,17 @@ def describe(config: KilnConfig) -> str:
     ]
     for up in config.upstreams.values():
         auth = f"{up.auth.header} <- {up.auth.credential}" if up.auth else "none"
-        rate = f"{up.rate.per_second:g}/s burst {up.rate.burst}" if up.rate else "unpaced"
         b, r = up.breaker, up.retry
         out.append(
-            f"  {up.name}: {up.base_url}  auth {auth}  rate {rate}  breaker "
+            f"  {up.name}: {up.base_url}  auth {auth}  rate {_pacing(up.rate)}  breaker "
             f"{b.error_threshold:.0%} of >={b.volume_threshold} in {format_duration(b.window)}"
             f", reset {format_duration(b.reset_timeout)}  retry {r.attempts}x "
             f"{format_duration(r.base)}..{format_duration(r.cap)}"
         )
+    if config.gates:
+        out.append(f"gates ({len(config.gates)}, besides one per upstream):")
+        for name, policy in config.gates.items():
+            out.append(f"  {name}: {_pacing(policy)}")
     out.append(f"lanes ({len(config.lanes)}):")
     for name, lane in config.lanes.items():
         out.append(
@@ -171,11 +176,22 @@ def describe(config: KilnConfig) -> str:
         flags = [f for f in ("repeat_safe", "idempotent", "cacheable") if getattr(op, f)]
         op_auth = config.auth_for(op)
         out.append(
-            f"  {op.name}: {op.method} {op.upstream}{op.path}  lane {op.lane}  timeout "
+            f"  {op.name}: {op.method} {op.upstream}{op.path}  lane {op.lane}  gate {op.gate}"
+            f"  timeout "
             f"{op.timeout_class} ({format_duration(op.timeout)})  auth "
             f"{op_auth.header if op_auth else 'none'}" + (f"  {' '.join(flags)}" if flags else "")
         )
     return "\n".join(out)
+
+
+def _pacing(policy: RatePolicy | None) -> str:
+    if policy is None:
+        return "unpaced (Retry-After closures only)"
+    return (
+        f"{policy.per_second:g}/s burst {policy.burst}, margin {format_duration(policy.margin)}"
+        if policy.margin
+        else f"{policy.per_second:g}/s burst {policy.burst}"
+    )
 
 
 def restart_required(old: KilnConfig, new: KilnConfig) -> tuple[str, ...]:

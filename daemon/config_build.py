@@ -1,8 +1,8 @@
 """From parsed TOML to a :class:`KilnConfig`: every section, every cross-check, all problems.
 
-Sections absent from a file take the embedded default's (``[upstreams]``, ``[lanes]``,
-``[operations]``); a section present replaces the default one whole, except that a lane named
-like a built-in lane takes the built-in values for the keys it leaves out.
+Sections absent from a file take the embedded default's (``[upstreams]``, ``[gates]``,
+``[lanes]``, ``[operations]``); a section present replaces the default one whole, except that a
+lane named like a built-in lane takes the built-in values for the keys it leaves out.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ RATE_RULES: Mapping[str, Parser[Any]] = {
     "per_second": number(0, example=10),
     "burst": integer(1, example=20),
     "max_retry_after": duration(example="10m"),
+    "margin": duration(example="150ms", allow_zero=True),
 }
 RETRY_RULES: Mapping[str, Parser[Any]] = {
     "attempts": integer(1, example=3),
@@ -117,6 +118,14 @@ def build_config(
     }
     up_table.finish()
 
+    gates_table = root.table("gates")
+    gates_note = ""
+    if gates_table is None:
+        gates_table = Table(embedded.get("gates", {}), "gates", problems)
+        gates_note = " (the embedded default gates apply: the file has no [gates])"
+    gates, declared_gates = _gates(gates_table, upstreams, gates_note)
+    gate_names = dict.fromkeys([*upstreams, *declared_gates])
+
     note = ""
     ops_table = root.table("operations")
     if ops_table is None:
@@ -124,7 +133,7 @@ def build_config(
         note = " (the embedded default operations apply: the file has no [operations])"
     operations: dict[str, OperationConfig] = {}
     for name, t in ops_table.named_tables():
-        op = _operation(name, t, upstreams, lanes, note)
+        op = _operation(name, t, upstreams, lanes, gate_names, note)
         if op is not None:
             operations[name] = op
     ops_table.finish()
@@ -138,6 +147,7 @@ def build_config(
         lanes={k: v for k, v in lanes.items() if v is not None},
         operations=operations,
         source=source,
+        gates=gates,
     )
 
 
@@ -238,6 +248,31 @@ def _lanes(t: Table, builtin: Mapping[str, LanePolicy]) -> dict[str, LanePolicy 
     return lanes
 
 
+# ---- [gates.NAME] ------------------------------------------------------------------------
+
+
+def _gates(
+    t: Table, upstreams: Mapping[str, UpstreamConfig | None], note: str
+) -> tuple[dict[str, RatePolicy | None], frozenset[str]]:
+    """The valid gates (pacing, or None for an empty table: Retry-After closures only) and
+    every declared name (operations may name a gate whose own problems were reported)."""
+    gates: dict[str, RatePolicy | None] = {}
+    declared: set[str] = set()
+    for name, gate_t in t.named_tables():
+        declared.add(name)
+        clash = name in upstreams
+        if clash:
+            t.problems.add(
+                f"{gate_t.path}: a gate may not be named like an upstream (upstream {name} "
+                f"has its own gate, paced by upstreams.{name}.rate); rename the gate{note}"
+            )
+        policy = build_policy(RatePolicy, gate_t, RATE_RULES) if gate_t.data else None
+        if not clash and not (gate_t.data and policy is None):
+            gates[name] = policy
+    t.finish()
+    return gates, frozenset(declared)
+
+
 # ---- [operations.NAME] -------------------------------------------------------------------
 
 
@@ -289,6 +324,7 @@ def _operation(
     t: Table,
     upstreams: Mapping[str, UpstreamConfig | None],
     lanes: Mapping[str, LanePolicy | None],
+    gates: Mapping[str, object],
     note: str,
 ) -> OperationConfig | None:
     upstream = t.require("upstream", string(example="clay"), '"clay"')
@@ -302,6 +338,7 @@ def _operation(
     idempotent = t.get("idempotent", boolean, False)
     cacheable = t.get("cacheable", boolean, False)
     breaker = t.get("breaker", choice("upstream", "operation"), "upstream")
+    gate = t.get("gate", string(example="clay-public"), None)
     headers: dict[str, str] = t.get("headers", _headers, {})
     auth_t = t.table("auth")
     auth = _auth(auth_t)
@@ -320,6 +357,10 @@ def _operation(
                 f"defined; set lane to one of: {known}{note}"
             )
         t.invalid.add("lane")
+    # A gate named like the operation's own (unknown) upstream was just reported as such.
+    if gate is not None and gate not in gates and gate != upstream:
+        t.problems.bad_value(t.sub_path("gate"), gate, f"unknown gate{_known(gate, gates)}{note}")
+        t.invalid.add("gate")
     up = upstreams.get(upstream) if upstream is not None else None
     if up is None or method is None or path is None or t.invalid or (auth_t and auth is None):
         return None
@@ -341,4 +382,5 @@ def _operation(
         headers=headers,
         auth=auth,
         path_params=tuple(dict.fromkeys(_PLACEHOLDER.findall(path))),
+        gate=up.name if gate is None else gate,
     )

@@ -2,8 +2,8 @@
 
 Built only by :func:`claykiln.daemon.config.load_config`, which has already checked every value
 and cross-reference, so consumers can trust them: durations are float seconds, sizes int bytes,
-every operation's upstream and lane exist, its timeout is resolved. Mappings are plain dicts
-typed read-only; treat a config as an immutable snapshot (a reload builds a new one).
+every operation's upstream, lane and gate exist, its timeout and gate are resolved. Mappings are
+plain dicts typed read-only; treat a config as an immutable snapshot (a reload builds a new one).
 The actor settings (BreakerPolicy, RatePolicy, LanePolicy, RetryPolicy, TimeoutClasses) are the
 actors' own classes, built by keyword from TOML keys of the same name.
 """
@@ -122,6 +122,8 @@ class OperationConfig:
     ``{placeholders}`` of ``path`` in order of first appearance. ``auth`` None means the
     upstream's auth (see :meth:`KilnConfig.auth_for`); ``headers`` add to (and override) the
     upstream's. ``repeat_safe``: may the call be retried after it may have reached the upstream.
+    ``gate``: the rate gate that paces the call and that its 429/503 Retry-After closes, an
+    upstream name (that upstream's ``rate``) or a ``[gates]`` name; the upstream's by default.
     """
 
     name: str
@@ -139,17 +141,35 @@ class OperationConfig:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     auth: AuthConfig | None = None
     path_params: tuple[str, ...] = ()
+    gate: str = attrs.field()
+
+    @gate.default
+    def _gate_default(self) -> str:
+        return self.upstream
 
 
 @attrs.frozen
 class KilnConfig:
-    """The whole configuration; ``source`` is the file path or ``"<embedded default>"``."""
+    """The whole configuration; ``source`` is the file path or ``"<embedded default>"``.
+
+    ``gates`` holds the ``[gates]`` section: a rate gate per name, ``None`` for one that only
+    honours Retry-After closures (no pacing). The gate named after an upstream is that
+    upstream's ``rate``, which is never repeated here (a gate may not share an upstream's name).
+    """
 
     daemon: DaemonConfig
     upstreams: Mapping[str, UpstreamConfig]
     lanes: Mapping[str, LanePolicy]
     operations: Mapping[str, OperationConfig]
     source: str
+    gates: Mapping[str, RatePolicy | None] = attrs.field(factory=dict)
+
+    def gate_policy(self, gate: str) -> RatePolicy | None:
+        """The pacing of gate ``gate`` (an upstream's ``rate`` or a ``[gates]`` entry); None:
+        closures only, or no such gate."""
+        if gate in self.upstreams:
+            return self.upstreams[gate].rate
+        return self.gates.get(gate)
 
     def auth_for(self, operation: OperationConfig) -> AuthConfig | None:
         """The auth an operation uses: its own override, else its upstream's (None: no auth)."""

@@ -16,7 +16,7 @@ from claykiln.actors.pipeline import CallRequest
 from claykiln.actors.upstream import NO_JSON
 
 from .protocol import PROTOCOL_VERSION
-from .server import Method, RequestContext
+from .rpc_types import Method, RequestContext
 
 if TYPE_CHECKING:
     from .app import Daemon
@@ -117,7 +117,7 @@ def build_methods(daemon: Daemon) -> dict[str, Method]:
         return {
             "protocol": PROTOCOL_VERSION,
             "server": server_name,
-            "limits": daemon.limits_view(),  # cached by the daemon; rebuilt on reload
+            "limits": daemon.limits_view(),  # cached: the limits change only on a restart
             "admin": ctx.admin,
         }
 

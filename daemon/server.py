@@ -1,340 +1,40 @@
-"""The Unix-socket msgpack-rpc server: connections, pipelining, limits, graceful drain.
+"""The Unix-socket msgpack-rpc server: accept loop, connection limits, idle sweep, drain.
 
 Promises:
-- Many requests may be in flight on one connection; each reply goes out as soon as it is ready
-  (out of order). Replies are written by one writer task per connection, which batches whatever
-  is queued into one ``send_all``.
-- A method registered ``inline`` is answered on the reader without spawning a task; a method's
-  ``precheck`` may refuse at once (a fail-fast rejection) before a task is spawned. Everything
-  else runs in a task per request inside the connection's nursery.
-- Per-connection in-flight limit: when reached, the reader stops reading that connection until
-  replies drain (backpressure; nothing is dropped). Max connections: the next connection gets a
-  ``protocol_error`` notification (``too_many_connections``) and is closed.
+- Max connections: the next connection gets a ``protocol_error`` notification
+  (``too_many_connections``) and is closed; a peer outside the allowed uids/gids gets
+  ``forbidden`` the same way. A failed ``accept()`` (e.g. out of file descriptors) is logged
+  and retried after 0.1 s.
 - Idle timeout: a connection with nothing in flight and nothing received for ``idle_timeout``
-  seconds is closed.
-- Hostile input: a violation with a readable msgid gets an error reply and the connection stays;
-  without one, the peer gets a ``protocol_error`` notification and that connection alone closes.
-- A peer that goes away cancels its in-flight requests (their lane slots and probes are freed).
+  seconds is closed (one sweeper task, not a timeout around every receive).
 - ``drain(grace)``: stop accepting connections, answer new requests with ``shutting_down``, wait
   up to ``grace`` seconds for in-flight requests, then cancel what is left.
+
+What happens on one connection (pipelining, batched replies, inline methods and prechecks,
+per-connection backpressure, hostile input, hangups) is promised by ``connection.py``. The value
+types ``ServerLimits``, ``RequestContext`` and ``Method`` live in ``rpc_types.py`` and are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import socket
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import attrs
 import structlog
 import trio
 
-from claykiln.actors.errors import (
-    Forbidden,
-    InternalError,
-    KilnError,
-    ShuttingDown,
-    StorageFullError,
-)
-from claykiln.storage import StorageFull
-
+from .connection import WRITER_FLUSH_TIMEOUT, Connection
 from .listener import PeerCred, peer_credentials
 from .logs import get_logger
-from .protocol import (
-    FrameParser,
-    Limits,
-    Request,
-    Violation,
-    encode_notification,
-    encode_response,
-    error_map,
-)
+from .protocol import encode_notification, error_map
+from .rpc_types import Method, RequestContext, ServerLimits
 
 __all__ = ["Method", "RequestContext", "Server", "ServerLimits"]
 
 log = get_logger("claykiln.server")
-
-RECV_SIZE: Final = 65536
-WRITER_FLUSH_TIMEOUT: Final = 5.0  # a peer that stops reading gets this long to take its replies
-
-
-@attrs.frozen
-class ServerLimits:
-    protocol: Limits = attrs.field(factory=Limits)
-    max_connections: int = 256
-    max_in_flight: int = 128
-    idle_timeout: float = 300.0
-
-
-@attrs.frozen
-class RequestContext:
-    """Who asked, on which connection, with which msgid; handlers read it, never keep it."""
-
-    peer: PeerCred
-    conn_id: int
-    msgid: int
-    admin: bool
-
-
-Handler = Callable[[RequestContext, Any], Awaitable[Any]]
-InlineHandler = Callable[[RequestContext, Any], Any]
-
-
-@attrs.frozen
-class Method:
-    """One RPC method. Exactly one of ``handler`` (async, own task) or ``inline`` (sync) is set.
-
-    ``precheck`` (sync) validates on the reader and may raise a ``KilnError`` to refuse before a
-    task is spawned; when set, the handler receives what it returns instead of the raw args.
-    ``admin`` methods are refused with ``forbidden`` for peers outside the admin set.
-    """
-
-    name: str
-    handler: Handler | None = None
-    inline: InlineHandler | None = None
-    precheck: InlineHandler | None = None
-    admin: bool = False
-
-
-def _pack_error(msgid: int, wire: dict[str, Any]) -> bytes:
-    """An error reply; an error map msgpack cannot encode degrades to a plain ``internal``."""
-    try:
-        return encode_response(msgid, wire, None)
-    except (TypeError, ValueError, OverflowError) as exc:
-        log.error("server.unpackable_error", msgid=msgid, code=wire.get("code"), error=str(exc))
-        code = wire.get("code") if isinstance(wire.get("code"), str) else "internal"
-        msg = "the error details could not be encoded as msgpack; see the daemon log"
-        return encode_response(msgid, error_map(str(code), msg), None)
-
-
-def _pack_reply(msgid: int, result: Any) -> bytes:
-    try:
-        return encode_response(msgid, None, result)
-    except (TypeError, ValueError, OverflowError) as exc:
-        log.error("server.unpackable_result", msgid=msgid, error=str(exc))
-        msg = "the result could not be encoded as msgpack"
-        return encode_response(msgid, error_map("internal", msg), None)
-
-
-class _Connection:
-    """One client connection: reader loop, reply flushing, in-flight bookkeeping.
-
-    Replies go into ``pending``; whoever finds it non-empty and nobody writing flushes it in one
-    ``send_all``: the reader right after a chunk (inline replies and fail-fast refusals leave
-    without a task hop), the writer task for replies that finish later. ``writing`` keeps the
-    two from sending at once.
-    """
-
-    def __init__(self, server: Server, stream: trio.SocketStream, conn_id: int, peer: PeerCred):
-        self.server = server
-        self.stream = stream
-        self.conn_id = conn_id
-        self.peer = peer
-        self.admin = server.is_admin(peer)
-        self.parser = FrameParser(server.limits.protocol)
-        self.pending: list[bytes] = []
-        self.writing = False
-        self.in_chunk = False  # the reader is dispatching a chunk and will flush after it
-        self.output_closed = False
-        self.wake = trio.Event()
-        self.in_flight = 0
-        self.room = trio.Event()
-        self.closing = False
-        self.broken = False
-        self.flushed = trio.Event()
-        self.last_active = trio.current_time()
-        self.scope = trio.CancelScope()
-
-    def send(self, frame: bytes) -> None:
-        """Queue a reply (never blocks: the in-flight limit bounds what can queue)."""
-        if self.output_closed:
-            return  # the connection is going away; its late replies have nowhere to go
-        self.pending.append(frame)
-        if not self.writing and not self.in_chunk:
-            self.wake.set()  # the reader flushes its own chunk's replies; wake the writer else
-
-    async def flush(self) -> None:
-        """Send everything pending, unless another task is already doing it."""
-        if self.writing:
-            return
-        self.writing = True
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                await self.stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
-                self.room.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.closing = self.broken = True
-            self.pending.clear()
-            self.room.set()
-        finally:
-            self.writing = False
-
-    async def writer(self) -> None:
-        try:
-            while not self.broken and not (self.output_closed and not self.pending):
-                await self.wake.wait()
-                self.wake = trio.Event()
-                await self.flush()
-        finally:
-            self.flushed.set()
-
-    def close_output(self) -> None:
-        """No more replies will be queued: the writer flushes what is pending and stops."""
-        self.output_closed = True
-        self.wake.set()
-
-    def _backlog(self) -> int:
-        return self.in_flight + len(self.pending)
-
-    async def run(self) -> None:
-        limits = self.server.limits
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self.writer)
-            async with trio.open_nursery() as requests:
-                with self.scope:
-                    await self._read_loop(requests, limits)
-                # The peer is gone, idle, or broke the protocol: its in-flight work is
-                # cancelled (lane slots and probes are freed), what is queued is still flushed.
-                requests.cancel_scope.cancel()
-            self.close_output()
-            outer.cancel_scope.deadline = trio.current_time() + WRITER_FLUSH_TIMEOUT
-
-    async def _wait_for_room(self, limit: int) -> None:
-        """Backpressure: wait until the backlog drops below ``limit``.
-
-        Meanwhile watch the socket without reading it: a peer that hangs up (EOF with nothing
-        unread) is noticed at once, so its in-flight work is cancelled and its lane slots freed.
-        (A peer that pipelined more requests before hanging up is noticed when room frees.)
-        """
-        while self._backlog() >= limit and not self.closing:
-            if self.pending:
-                await self.flush()
-                continue
-            self.room = trio.Event()
-            async with trio.open_nursery() as watch:
-                watch.start_soon(self._watch_hangup, watch.cancel_scope)
-                await self.room.wait()
-                watch.cancel_scope.cancel()
-
-    async def _watch_hangup(self, scope: trio.CancelScope) -> None:
-        sock = self.stream.socket
-        try:
-            peek = await sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            peek = b""
-        if peek:
-            await trio.sleep_forever()  # requests are waiting: only room lets us read on
-        self.closing = True
-        scope.cancel()
-
-    async def _read_loop(self, nursery: trio.Nursery, limits: ServerLimits) -> None:
-        while not self.closing:
-            await self._wait_for_room(limits.max_in_flight)
-            try:
-                data = await self.stream.receive_some(RECV_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            if not data:
-                return
-            self.last_active = trio.current_time()
-            self.in_chunk = True
-            try:
-                for event in self.parser.feed(data):
-                    # One chunk can hold thousands of small frames: apply the in-flight limit
-                    # per request, so replies never pile up (backpressure, nothing dropped).
-                    if self._backlog() >= limits.max_in_flight:
-                        await self._wait_for_room(limits.max_in_flight)
-                    if self.closing:
-                        return
-                    if isinstance(event, Request):
-                        self._dispatch(nursery, event)
-                    elif isinstance(event, Violation) and self._violation(event):
-                        return
-                    # Responses and notifications from a client are ignored.
-            finally:
-                self.in_chunk = False
-            if self.pending:
-                await self.flush()  # inline replies leave now, without waking the writer
-
-    def idle_for(self, now: float) -> float:
-        """Seconds with nothing received and nothing in flight (0 while busy)."""
-        if self._backlog() or self.writing:
-            return 0.0
-        return now - self.last_active
-
-    def _violation(self, v: Violation) -> bool:
-        """Answer a violation; True when the connection must close."""
-        self.server.stats_violations += 1
-        log.warning("conn.protocol_error", code=v.code, detail=v.message, msgid=v.msgid)
-        if v.msgid is not None and not v.fatal:
-            self.send(encode_response(v.msgid, error_map(v.code, v.message), None))
-            return False
-        if v.msgid is not None:
-            self.send(encode_response(v.msgid, error_map(v.code, v.message), None))
-        self.send(encode_notification("protocol_error", {"code": v.code, "message": v.message}))
-        self.closing = True
-        return True
-
-    def _dispatch(self, nursery: trio.Nursery, req: Request) -> None:
-        server = self.server
-        server.stats_requests += 1
-        method = server.methods.get(req.method)
-        if method is None:
-            known = ", ".join(sorted(server.methods))
-            msg = f"unknown method {req.method!r}; this server knows: {known}"
-            self.send(encode_response(req.msgid, error_map("unknown_method", msg), None))
-            return
-        ctx = RequestContext(self.peer, self.conn_id, req.msgid, self.admin)
-        try:
-            if server.draining:
-                raise ShuttingDown("the daemon is shutting down; retry against the new instance")
-            if method.admin and not self.admin:
-                msg = f"{req.method} is an admin method; peer uid {self.peer.uid} is not an admin"
-                raise Forbidden(msg)
-            if method.inline is not None:
-                self.send(_pack_reply(req.msgid, method.inline(ctx, req.args)))
-                return
-            prepared: Any = req.args
-            if method.precheck is not None:
-                prepared = method.precheck(ctx, req.args)
-        except KilnError as exc:
-            self.send(_pack_error(req.msgid, exc.to_wire()))
-            return
-        except Exception:
-            log.exception("server.handler_crashed", method=req.method, msgid=req.msgid)
-            wire = InternalError("internal error; see the daemon log").to_wire()
-            self.send(_pack_error(req.msgid, wire))
-            return
-        assert method.handler is not None
-        self.in_flight += 1
-        server.begin_request()
-        nursery.start_soon(self._run_request, method.handler, ctx, req, prepared)
-
-    async def _run_request(
-        self, handler: Handler, ctx: RequestContext, req: Request, prepared: Any
-    ) -> None:
-        structlog.contextvars.bind_contextvars(msgid=req.msgid, method=req.method)
-        try:
-            result = await handler(ctx, prepared)
-        except KilnError as exc:
-            self.send(_pack_error(req.msgid, exc.to_wire()))
-        except StorageFull as exc:
-            wire = StorageFullError(f"storage is full: {exc}").to_wire()
-            self.send(_pack_error(req.msgid, wire))
-        except Exception:
-            log.exception("server.handler_crashed")
-            wire = InternalError("internal error; see the daemon log").to_wire()
-            self.send(_pack_error(req.msgid, wire))
-        else:
-            self.send(_pack_reply(req.msgid, result))
-        finally:
-            self.in_flight -= 1
-            self.last_active = trio.current_time()
-            self.room.set()
-            self.server.end_request()
 
 
 class Server:
@@ -363,7 +63,7 @@ class Server:
         self._ids = itertools.count(1)
         self._accept_scope: trio.CancelScope | None = None
         self._conn_scope = trio.CancelScope()
-        self._live: set[_Connection] = set()
+        self._live: set[Connection] = set()
 
     # -- bookkeeping shared with connections -------------------------------------------------
     def begin_request(self) -> None:
@@ -447,7 +147,7 @@ class Server:
                 return
             self.connections += 1
             self.stats_connections_total += 1
-            conn = _Connection(self, stream, conn_id, peer)
+            conn = Connection(self, stream, conn_id, peer)
             self._live.add(conn)
             try:
                 await conn.run()
@@ -479,3 +179,7 @@ class Server:
                 await conn.flushed.wait()
         self._conn_scope.cancel()
         return finished
+
+    def cut_drain_short(self) -> None:
+        """Cancel every connection now (a second SIGTERM during the drain)."""
+        self._conn_scope.cancel()

@@ -63,6 +63,7 @@ def operations(config: KilnConfig, creds: CredentialStore) -> dict[str, Operatio
             headers=dict(op.headers),
             auth_header=auth.header if auth else None,
             credential=creds.get(auth.credential) if auth else None,
+            gate=op.gate,
         )
     return out
 
@@ -77,7 +78,12 @@ def breaker_policies(config: KilnConfig) -> dict[str, BreakerPolicy]:
 
 
 def rate_policies(config: KilnConfig) -> dict[str, RatePolicy]:
-    return {name: up.rate for name, up in config.upstreams.items() if up.rate is not None}
+    """Per gate key, the pacing of every gate that paces: each upstream's ``rate`` under the
+    upstream's name, each ``[gates]`` entry with a rate under its own. A gate left out (no
+    pacing) still honours Retry-After closures: GateBoard treats an unknown key as unpaced."""
+    out = {name: up.rate for name, up in config.upstreams.items() if up.rate is not None}
+    out.update({name: rate for name, rate in config.gates.items() if rate is not None})
+    return out
 
 
 def lane_policies(config: KilnConfig) -> Mapping[str, LanePolicy]:

@@ -71,3 +71,19 @@ def test_breaker_key_follows_the_scope() -> None:
         name="p", upstream="u", method="GET", path="/", lane="l", timeout=1, credential="s3cret"
     )
     assert "s3cret" not in repr(secret)
+
+
+def test_gate_key_defaults_to_the_upstream() -> None:
+    """Without gate, an operation is paced and closed under its upstream's name; with one, its."""
+    op = Operation(name="me", upstream="clay", method="GET", path="/me", lane="critical", timeout=1)
+    assert op.gate == "clay"
+    public = Operation(
+        name="me",
+        upstream="clay",
+        method="GET",
+        path="/me",
+        lane="critical",
+        timeout=1,
+        gate="clay-public",
+    )
+    assert (public.gate, public.upstream, public.breaker_key) == ("clay-public", "clay", "clay")

@@ -301,13 +301,14 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
 
 
 def test_sections_left_out_come_from_the_embedded_default(tmp_path: Path) -> None:
-    """A daemon-only file keeps the embedded upstreams, lanes and operations."""
+    """A daemon-only file keeps the embedded upstreams, gates, lanes and operations."""
     path = write(tmp_path, '[daemon]\nlog_level = "warning"\n')
     config = load_config(path, env={})
     default = load_config(None, env={})
     assert config.daemon.log_level == "warning"
-    assert (config.upstreams, config.lanes, config.operations) == (
+    assert (config.upstreams, config.gates, config.lanes, config.operations) == (
         default.upstreams,
+        default.gates,
         default.lanes,
         default.operations,
     )
@@ -407,5 +408,10 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     example = re.sub(r"(_gids = )\[[^\]]*\]", r"\g<1>[0]", example)
     config = load_config(write(tmp_path, example), env={})
     assert set(config.operations) == {"push_row", "me"}
+    assert (config.operations["push_row"].gate, config.operations["me"].gate) == (
+        "clay",
+        "clay-public",
+    )
+    assert config.gates == {"clay-public": None}
     assert config.daemon.allowed_gids == (0,)
     assert config.daemon.storage.max_map_size == 8 << 30

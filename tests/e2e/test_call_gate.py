@@ -151,14 +151,15 @@ async def test_gate_closure_survives_a_restart(kiln: Factory, simulator: Running
             assert 90 <= retry_after <= 100
             closed_at = trio.current_time()
             status = await client.status()
-            assert status["gate"]["upstreams"]["clay"]["closed"] is True
+            assert status["gate"]["upstreams"]["clay-public"]["closed"] is True
         assert await proc.stop() == 0
         seen = sim.stats.clay_requests
         await proc.start()
         async with TrioClient(str(proc.socket)) as client:
             refusals = []
-            # Another operation on the same upstream is held too: the closure is host-wide.
-            for op, params in (("me", {}), ("push_row", _push("w1", 1))):
+            # Another operation on the same gate (clay-public) is held too: the closure is
+            # host-wide. (push_row is paced by the webhook's gate "clay": test_call_gates_split.)
+            for op, params in (("me", {}), ("start_routine", {"path_params": {"routine_id": "r"}})):
                 with pytest.raises(RateLimited) as info:
                     await client.call(op, deadline_ms=2_000, **params)
                 refusals.append(info.value)
@@ -169,7 +170,7 @@ async def test_gate_closure_survives_a_restart(kiln: Factory, simulator: Running
         assert exc.retry_after is not None
         assert retry_after - elapsed - 1.0 <= exc.retry_after <= retry_after + 0.5
         assert exc.details["reason"] == "closed"
-    assert status["gate"]["upstreams"]["clay"]["closed"] is True
+    assert status["gate"]["upstreams"]["clay-public"]["closed"] is True
     restored = [e for e in proc.events("gate.closed") if e.get("restored")]
     assert len(restored) == 1
     assert await proc.stop() == 0
@@ -180,26 +181,27 @@ async def test_a_closed_gate_refuses_a_short_deadline_at_once_even_behind_a_full
 ) -> None:
     """A call that cannot outlast the gate's closure gets rate_limited, not a lane timeout."""
     sim = simulator.sim
-    # A 100 s closure from the public API's 429 (same upstream, so the same gate).
+    # A 100 s closure of gate clay-public from the public API's 429.
     sim.update_settings(attrs.evolve(sim.settings, public_rate=0.01, public_burst=1))
     proc = await _started(kiln, simulator)
+    poll = {"path_params": {"routine_id": "r1", "run_id": "x1"}}
     with trio.fail_after(30):
         async with TrioClient(str(proc.socket)) as client:
             assert (await client.call("me"))["status"] == 200
             assert (await client.call("me"))["status"] == 429
 
-            async def patient(n: int) -> None:
-                await client.call("push_row", deadline_ms=120_000, **_push("w1", n))
+            async def patient() -> None:
+                await client.call("poll_routine", deadline_ms=120_000, **poll)
 
             async with trio.open_nursery() as nursery:
-                for n in range(2):  # the bulk lane has 2 slots: both wait in the gate
-                    nursery.start_soon(patient, n)
-                while (await client.status())["lanes"]["lanes"]["bulk"]["active"] < 2:
+                for _ in range(5):  # the normal lane has 5 slots: all wait in the gate
+                    nursery.start_soon(patient)
+                while (await client.status())["lanes"]["lanes"]["normal"]["active"] < 5:
                     await trio.sleep(0.01)
                 try:
                     with pytest.raises(RateLimited):
-                        await client.call("push_row", deadline_ms=300, **_push("w1", 9))
+                        await client.call("poll_routine", deadline_ms=300, **poll)
                 finally:
                     nursery.cancel_scope.cancel()
-    assert sim.stats.received["webhook"] == 0
+    assert sim.stats.received["public"] == 2
     assert await proc.stop() == 0

@@ -1,0 +1,107 @@
+"""Reload (SIGHUP): apply a new config to a running daemon without dropping in-flight work.
+
+Promises:
+- The config file is read again (with the same command-line overrides). A bad one, or an
+  unreadable credential file, keeps the old config in force and logs ``config.reload_failed``
+  (an alert); nothing changes.
+- A good one applies lanes, breaker thresholds, rate policies, operations, credentials and the
+  log level in place; an upstream the reload adds gets its pool started now.
+- Keys that need a restart (socket, state dir, socket mode, log format, limits, storage, and the
+  connection settings of running upstream pools) are logged (``config.restart_required``) and
+  keep their running values, so ``status`` and ``hello`` keep telling the truth.
+- systemd sees ``RELOADING=1`` and then ``READY=1`` whichever way it ends.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from claykiln.actors.breaker_types import BreakerPolicy
+
+from . import sdnotify, wiring
+from .config import ConfigError, load_config, restart_required
+from .credentials import CredentialError
+from .logs import alert, configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from .app import Daemon
+    from .config_types import KilnConfig
+
+__all__ = ["keep_restart_only", "pool_changes", "reload_daemon"]
+
+log = get_logger("claykiln.daemon")  # reload events are the daemon's events
+
+POOL_RESTART_KEYS: Final = ("base_url", "timeouts", "max_connections", "headers")
+
+
+def pool_changes(old: KilnConfig, new: KilnConfig) -> list[str]:
+    """Connection settings of running upstream pools that a reload cannot change in place."""
+    out = []
+    for name, up in new.upstreams.items():
+        before = old.upstreams.get(name)
+        if before is None:
+            continue  # a new upstream: its pool starts on reload
+        for key in POOL_RESTART_KEYS:
+            if getattr(before, key) != getattr(up, key):
+                out.append(f"upstreams.{name}.{key}")
+    return out
+
+
+def keep_restart_only(old: KilnConfig, new: KilnConfig) -> KilnConfig:
+    """``new`` with the restart-only ``[daemon]`` keys put back to their running values."""
+    return attrs.evolve(
+        new,
+        daemon=attrs.evolve(
+            new.daemon,
+            socket=old.daemon.socket,
+            state_dir=old.daemon.state_dir,
+            socket_mode=old.daemon.socket_mode,
+            log_format=old.daemon.log_format,
+            limits=old.daemon.limits,
+            storage=old.daemon.storage,
+        ),
+    )
+
+
+async def reload_daemon(daemon: Daemon) -> bool:
+    """Apply a new config to ``daemon``, or keep the old one and say why. True when applied.
+
+    A bad config or credential file is logged and answered with False, never raised.
+    """
+    sdnotify.reloading()
+    try:
+        new = load_config(daemon.config_path, **daemon.overrides)  # type: ignore[arg-type]
+        creds = daemon.load_credentials(new)
+    except (ConfigError, CredentialError) as exc:
+        alert(
+            log,
+            "config.reload_failed",
+            severity="warning",
+            error=str(exc),
+            config=daemon.config.source,
+        )
+        sdnotify.ready()
+        return False
+    old = daemon.config
+    needs_restart = [*restart_required(old, new), *pool_changes(old, new)]
+    # Keys that need a restart keep their running values, so status and hello stay true.
+    new = keep_restart_only(old, new)
+    if needs_restart:
+        log.warning("config.restart_required", keys=needs_restart)
+    daemon.creds = creds
+    await daemon.start_pools(new)  # an upstream the reload adds gets its pool now
+    daemon.breakers.reconfigure(wiring.breaker_policies(new), BreakerPolicy())
+    await daemon.gate.reconfigure(wiring.rate_policies(new))
+    await daemon.lanes.reconfigure(wiring.lane_policies(new))
+    daemon.pipeline.reconfigure(wiring.operations(new, creds), daemon.routes(new))
+    configure_logging(
+        fmt=old.daemon.log_format,
+        level=new.daemon.log_level,
+        secrets=[*new.daemon.secrets, *creds.secrets()],
+    )
+    daemon.config = new
+    log.info("config.reloaded", config=new.source, restart_required=needs_restart)
+    sdnotify.ready()
+    return True
