@@ -22,10 +22,9 @@ is up; our key is wrong); other 4xx are the caller's fault: SUCCESS.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import structlog
@@ -33,12 +32,22 @@ import trio
 
 from .breaker import BreakerBoard
 from .breaker_types import Outcome, Ticket
+from .call import (
+    CallRequest,
+    CallResult,
+    Operation,
+    check_headers,
+    decode_body,
+    error_outcome,
+    excerpt,
+    health_outcome,
+)
 from .errors import BadRequest, CallTimeout, KilnError, UnknownOperation, UpstreamError
 from .gate import GateBoard
 from .lanes import Lanes
 from .retry import Outcome as RetryOutcome
 from .retry import RetryPolicy, plan_retry
-from .upstream import NO_JSON, HttpRequest, HttpResponse, UpstreamPool, render_path
+from .upstream import HttpRequest, HttpResponse, UpstreamPool, render_path
 
 __all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRoute"]
 
@@ -46,170 +55,13 @@ __all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRo
 # this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
 log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.pipeline"})
 
-BODY_EXCERPT: Final = 512
 DEFAULT_GATE_CLOSURE: Final = 1.0  # a 429 without Retry-After closes the gate this long
-
-
-@attrs.frozen
-class Operation:
-    """A named call the daemon may make (``[operations.NAME]``); hosts come from config only.
-
-    ``gate``: the rate gate key that paces the call and that its 429/503 Retry-After closes
-    (default: the upstream's name, one gate shared by every operation of the upstream).
-    """
-
-    name: str
-    upstream: str
-    method: str
-    path: str
-    lane: str
-    timeout: float
-    timeout_class: str = "request"
-    repeat_safe: bool = False
-    idempotent: bool = False
-    cacheable: bool = False
-    on_failure: str = "error"
-    breaker_scope: str = "upstream"
-    headers: Mapping[str, str] = attrs.field(factory=dict)
-    auth_header: str | None = None
-    credential: str | None = attrs.field(default=None, repr=False)
-    gate: str = attrs.field()
-
-    @gate.default
-    def _gate_default(self) -> str:
-        return self.upstream
-
-    @property
-    def breaker_key(self) -> str:
-        return (
-            f"{self.upstream}/{self.name}" if self.breaker_scope == "operation" else self.upstream
-        )
 
 
 @attrs.frozen
 class UpstreamRoute:
     pool: UpstreamPool
     retry: RetryPolicy
-
-
-@attrs.frozen
-class CallRequest:
-    """A validated ``call``: ``deadline`` is absolute trio time (None: only the class timeout)."""
-
-    operation: str
-    path_params: Mapping[str, Any] = attrs.field(factory=dict)
-    query: Mapping[str, str] | None = None
-    json: Any = NO_JSON
-    body: bytes | None = None
-    headers: Mapping[str, str] = attrs.field(factory=dict)
-    lane: str | None = None
-    deadline: float | None = None
-    idempotency_key: str | None = None
-
-
-@attrs.frozen
-class CallResult:
-    status: int
-    headers: Mapping[str, str]
-    body: Any
-    attempts: int
-    duration_ms: float
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "headers": dict(self.headers),
-            "body": self.body,
-            "attempts": self.attempts,
-            "duration_ms": round(self.duration_ms, 3),
-        }
-
-
-def decode_body(response: HttpResponse) -> Any:
-    """JSON bodies decoded; text as str; anything else as bytes."""
-    ctype = response.headers.get("content-type", "").lower()
-    if "json" in ctype:
-        try:
-            return json.loads(response.body)
-        except ValueError:
-            pass
-    if ctype.startswith("text/") or "json" in ctype:
-        return response.body.decode("utf-8", "replace")
-    return response.body
-
-
-def health_outcome(status: int) -> Outcome:
-    """What an HTTP status means for the upstream's health (the breaker's view)."""
-    if status >= 500 or status == 408:
-        return Outcome.FAILURE
-    if status == 429:
-        return Outcome.IGNORED
-    return Outcome.SUCCESS
-
-
-# Headers a caller may not set: the host, the message framing and hop-by-hop headers belong to
-# the daemon's HTTP client (a caller's Host could steer the request, conflicting framing is a
-# request-smuggling risk at a proxy).
-RESERVED_HEADERS: Final = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authorization",
-        "proxy-connection",
-        "expect",
-    }
-)
-_TOKEN_CHARS: Final = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-MAX_HEADERS: Final = 64
-MAX_HEADER_VALUE: Final = 8192
-
-
-def _check_headers(headers: Mapping[str, str]) -> None:
-    """Refuse reserved names, names that are not HTTP tokens and values with control bytes."""
-    if len(headers) > MAX_HEADERS:
-        msg = f"call: at most {MAX_HEADERS} headers, got {len(headers)}"
-        raise BadRequest(msg)
-    for name, value in headers.items():
-        if not name or not set(name) <= _TOKEN_CHARS:
-            msg = f"call: header name {name!r} is not a valid HTTP token"
-            raise BadRequest(msg)
-        if name.lower() in RESERVED_HEADERS:
-            msg = f"call: header {name!r} is set by the daemon and cannot be given by a caller"
-            raise BadRequest(msg)
-        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\x00"):
-            msg = (
-                f"call: header {name!r}: values may not hold CR, LF or NUL "
-                f"or exceed {MAX_HEADER_VALUE} characters"
-            )
-            raise BadRequest(msg)
-
-
-def error_outcome(error: KilnError) -> Outcome:
-    """What a transport error means for health.
-
-    A timeout cut short by the caller's own deadline, or spent waiting for a free connection,
-    says nothing about the upstream: one app with tight deadlines must not open the breaker
-    that every app on the host shares. Class timeouts, connect failures and resets do count.
-    """
-    details = error.details or {}
-    if isinstance(error, CallTimeout) and (
-        details.get("stage") == "deadline" or details.get("phase") == "pool"
-    ):
-        return Outcome.IGNORED
-    return Outcome.FAILURE
-
-
-def _excerpt(body: bytes) -> str:
-    text = body[:BODY_EXCERPT].decode("utf-8", "replace")
-    return text + ("..." if len(body) > BODY_EXCERPT else "")
 
 
 class CallPipeline:
@@ -250,14 +102,14 @@ class CallPipeline:
     def fail_fast(self, request: CallRequest) -> None:
         """Refuse at once from published snapshots (no task, no ask): breaker open, gate closed
         past the deadline, lane full. Also validates the request's headers."""
-        _check_headers(request.headers)
+        check_headers(request.headers)
         op = self.operation(request.operation)
         self.breakers.check(op.breaker_key)
         self.gate.check(op.gate, request.deadline)
         self.lanes.check(request.lane or op.lane)
 
     def _http_request(self, op: Operation, request: CallRequest) -> HttpRequest:
-        _check_headers(request.headers)
+        check_headers(request.headers)
         headers = dict(op.headers)
         for name, value in request.headers.items():
             if op.auth_header and name.lower() == op.auth_header.lower():
@@ -355,7 +207,7 @@ class CallPipeline:
                 msg,
                 details={
                     "status": response.status,
-                    "body": _excerpt(response.body),
+                    "body": excerpt(response.body),
                     "attempts": attempts,
                     "upstream": op.upstream,
                 },
@@ -404,5 +256,5 @@ class CallPipeline:
                 upstream=op.upstream,
                 operation=op.name,
                 status=status,
-                body=_excerpt(response.body),
+                body=excerpt(response.body),
             )

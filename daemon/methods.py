@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from claykiln.actors.call import CallRequest
 from claykiln.actors.errors import BadRequest
-from claykiln.actors.pipeline import CallRequest
 from claykiln.actors.upstream import NO_JSON
 
 from .protocol import PROTOCOL_VERSION

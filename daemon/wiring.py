@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from claykiln.actors.breaker_types import BreakerPolicy
+from claykiln.actors.call import Operation
 from claykiln.actors.gate import RatePolicy
 from claykiln.actors.lanes import LanePolicy
-from claykiln.actors.pipeline import Operation
 from claykiln.actors.upstream import UpstreamSettings
 
 from .config_types import KilnConfig

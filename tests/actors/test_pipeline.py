@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from claykiln.actors.breaker_types import Outcome
+from claykiln.actors.call import Operation, decode_body, error_outcome, health_outcome
 from claykiln.actors.errors import CallTimeout, UpstreamError
-from claykiln.actors.pipeline import Operation, decode_body, error_outcome, health_outcome
 from claykiln.actors.upstream import HttpResponse
 
 

@@ -1,0 +1,190 @@
+"""The call's values and pure decisions: operations, requests, results, health outcomes.
+
+Everything here is sans-I/O: what an operation is, what a validated ``call`` carries, how a
+response body is decoded, which caller headers are refused, and what an HTTP status or a
+transport error means for the upstream's health (the breaker's view). The pipeline
+(actors/pipeline.py) walks the actors; these are the facts it decides with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from .breaker_types import Outcome
+from .errors import BadRequest, CallTimeout, KilnError
+from .upstream_http import NO_JSON, HttpResponse
+
+__all__ = [
+    "BODY_EXCERPT",
+    "RESERVED_HEADERS",
+    "CallRequest",
+    "CallResult",
+    "Operation",
+    "check_headers",
+    "decode_body",
+    "error_outcome",
+    "excerpt",
+    "health_outcome",
+]
+
+BODY_EXCERPT: Final = 512
+
+
+@attrs.frozen
+class Operation:
+    """A named call the daemon may make (``[operations.NAME]``); hosts come from config only.
+
+    ``gate``: the rate gate key that paces the call and that its 429/503 Retry-After closes
+    (default: the upstream's name, one gate shared by every operation of the upstream).
+    """
+
+    name: str
+    upstream: str
+    method: str
+    path: str
+    lane: str
+    timeout: float
+    timeout_class: str = "request"
+    repeat_safe: bool = False
+    idempotent: bool = False
+    cacheable: bool = False
+    on_failure: str = "error"
+    breaker_scope: str = "upstream"
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    auth_header: str | None = None
+    credential: str | None = attrs.field(default=None, repr=False)
+    gate: str = attrs.field()
+
+    @gate.default
+    def _gate_default(self) -> str:
+        return self.upstream
+
+    @property
+    def breaker_key(self) -> str:
+        return (
+            f"{self.upstream}/{self.name}" if self.breaker_scope == "operation" else self.upstream
+        )
+
+
+@attrs.frozen
+class CallRequest:
+    """A validated ``call``: ``deadline`` is absolute trio time (None: only the class timeout)."""
+
+    operation: str
+    path_params: Mapping[str, Any] = attrs.field(factory=dict)
+    query: Mapping[str, str] | None = None
+    json: Any = NO_JSON
+    body: bytes | None = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    lane: str | None = None
+    deadline: float | None = None
+    idempotency_key: str | None = None
+
+
+@attrs.frozen
+class CallResult:
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+    attempts: int
+    duration_ms: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "headers": dict(self.headers),
+            "body": self.body,
+            "attempts": self.attempts,
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+def decode_body(response: HttpResponse) -> Any:
+    """JSON bodies decoded; text as str; anything else as bytes."""
+    ctype = response.headers.get("content-type", "").lower()
+    if "json" in ctype:
+        try:
+            return json.loads(response.body)
+        except ValueError:
+            pass
+    if ctype.startswith("text/") or "json" in ctype:
+        return response.body.decode("utf-8", "replace")
+    return response.body
+
+
+def health_outcome(status: int) -> Outcome:
+    """What an HTTP status means for the upstream's health (the breaker's view)."""
+    if status >= 500 or status == 408:
+        return Outcome.FAILURE
+    if status == 429:
+        return Outcome.IGNORED
+    return Outcome.SUCCESS
+
+
+# Headers a caller may not set: the host, the message framing and hop-by-hop headers belong to
+# the daemon's HTTP client (a caller's Host could steer the request, conflicting framing is a
+# request-smuggling risk at a proxy).
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "expect",
+    }
+)
+_TOKEN_CHARS: Final = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+MAX_HEADERS: Final = 64
+MAX_HEADER_VALUE: Final = 8192
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Refuse reserved names, names that are not HTTP tokens and values with control bytes."""
+    if len(headers) > MAX_HEADERS:
+        msg = f"call: at most {MAX_HEADERS} headers, got {len(headers)}"
+        raise BadRequest(msg)
+    for name, value in headers.items():
+        if not name or not set(name) <= _TOKEN_CHARS:
+            msg = f"call: header name {name!r} is not a valid HTTP token"
+            raise BadRequest(msg)
+        if name.lower() in RESERVED_HEADERS:
+            msg = f"call: header {name!r} is set by the daemon and cannot be given by a caller"
+            raise BadRequest(msg)
+        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\x00"):
+            msg = (
+                f"call: header {name!r}: values may not hold CR, LF or NUL "
+                f"or exceed {MAX_HEADER_VALUE} characters"
+            )
+            raise BadRequest(msg)
+
+
+def error_outcome(error: KilnError) -> Outcome:
+    """What a transport error means for health.
+
+    A timeout cut short by the caller's own deadline, or spent waiting for a free connection,
+    says nothing about the upstream: one app with tight deadlines must not open the breaker
+    that every app on the host shares. Class timeouts, connect failures and resets do count.
+    """
+    details = error.details or {}
+    if isinstance(error, CallTimeout) and (
+        details.get("stage") == "deadline" or details.get("phase") == "pool"
+    ):
+        return Outcome.IGNORED
+    return Outcome.FAILURE
+
+
+def excerpt(body: bytes) -> str:
+    text = body[:BODY_EXCERPT].decode("utf-8", "replace")
+    return text + ("..." if len(body) > BODY_EXCERPT else "")
