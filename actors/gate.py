@@ -107,9 +107,14 @@ _Message = _Reserve | _Close | _Refused | _Reconfigure
 
 
 def _rate_limited(key: str, retry_after: float, reason: str) -> RateLimited:
-    why = "asked us to back off (Retry-After)" if reason == "closed" else "has no token in time"
-    msg = f"upstream {key!r} {why}; retry in {retry_after:.3f} s"
-    return RateLimited(msg, retry_after=retry_after, details={"upstream": key, "reason": reason})
+    if reason == "closed":
+        why = "is closed: the upstream asked us to back off (Retry-After)"
+    else:
+        why = "has no token in time"
+    msg = f"gate {key!r} {why}; retry in {retry_after:.3f} s"
+    # ``upstream`` carries the gate key too: deprecated, kept for clients that read it.
+    details = {"gate": key, "upstream": key, "reason": reason}
+    return RateLimited(msg, retry_after=retry_after, details=details)
 
 
 class GateBoard:
@@ -312,7 +317,9 @@ class _GateState:
                     remaining = float(record["until"]) - self._wall_clock()
                     reason = str(record.get("reason", ""))
                 except (KeyError, TypeError, ValueError, AttributeError):
-                    log.warning("gate.bad_record", upstream=key, record=repr(record)[:200])
+                    log.warning(
+                        "gate.bad_record", gate=key, upstream=key, record=repr(record)[:200]
+                    )
                 else:
                     self.close(key, remaining, reason, now, restored=True)
         return bucket
@@ -328,12 +335,13 @@ class _GateState:
             try:
                 self._persist(key, {"until": self._wall_clock() + seconds, "reason": reason})
             except Exception as exc:  # storage trouble must not stop the gate
-                log.error("gate.persist_failed", upstream=key, error=str(exc))
+                log.error("gate.persist_failed", gate=key, upstream=key, error=str(exc))
         log.warning(
             "gate.closed",
             alert=True,
             severity="warning",
-            upstream=key,
+            gate=key,
+            upstream=key,  # deprecated: the gate key, kept for consumers that read it
             retry_after=round(seconds, 3),
             reason=reason,
             restored=restored,
@@ -350,5 +358,5 @@ class _GateState:
             if bucket.announced and bucket.closed_until <= now:
                 bucket.announced = False
                 opened.add(key)
-                log.info("gate.opened", alert=True, severity="info", upstream=key)
+                log.info("gate.opened", alert=True, severity="info", gate=key, upstream=key)
         return opened

@@ -1,8 +1,9 @@
 """What every phase of ``kiln demo`` works with: the plan, both processes, the clients.
 
-``DemoContext`` bundles them with the few helpers the phases share: the two calls the app makes
-(push a row, ask who we are), the simulator's counters since a phase began, and the breaker's
-transitions from the daemon's log.
+``DemoContext`` bundles them with the few helpers the phases share: the calls the app makes
+(push a row through a webhook; on the Public API: ask who we are, start a routine run, poll
+it), the simulator's counters since a phase began, and the breaker's transitions from the
+daemon's log.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from .demo_model import DemoPlan, Phase, SimCounters
 from .demo_sim import DemoSimulator
 from .demo_watch import Watch
 
-__all__ = ["BULK_TABLE", "TABLE", "DemoContext"]
+__all__ = ["BULK_TABLE", "ROUTINE", "TABLE", "DemoContext"]
 
+ROUTINE: Final = "rt_demo_enrich"
+"""The routine the app starts and polls through the Public API (phase 2)."""
 TABLE: Final = "wh_demo_signups"
 """The webhook of the table the app pushes sign-ups into (phases 1 and 2)."""
 BULK_TABLE: Final = "wh_demo_backfill"
@@ -48,6 +51,19 @@ class DemoContext:
     def me(self, **kw: Any) -> Awaitable[dict[str, Any]]:
         """Ask Clay's public API who we are through the daemon (operation me)."""
         call: Awaitable[dict[str, Any]] = self.app.call("me", **kw)
+        return call
+
+    def start_routine(self, routine: str, **kw: Any) -> Awaitable[dict[str, Any]]:
+        """Start a run of ``routine`` on Clay's public API (operation start_routine)."""
+        call: Awaitable[dict[str, Any]] = self.app.call(
+            "start_routine", path_params={"routine_id": routine}, json={"source": "kiln demo"}, **kw
+        )
+        return call
+
+    def poll_routine(self, routine: str, run_id: str, **kw: Any) -> Awaitable[dict[str, Any]]:
+        """Poll a run of ``routine`` on Clay's public API (operation poll_routine)."""
+        params = {"routine_id": routine, "run_id": run_id}
+        call: Awaitable[dict[str, Any]] = self.app.call("poll_routine", path_params=params, **kw)
         return call
 
     async def since(self, phase: Phase) -> SimCounters:

@@ -46,9 +46,13 @@ class DemoPlan:
     """What the demo does and the daemon config it generates; derived from the time budget.
 
     The simulator keeps Clay's documented webhook limit (``rate`` 10/s, ``clay_burst`` 20) and
-    the daemon's gate is configured exactly the same: the gate's arrival-jitter margin (150 ms
-    of tokens, RatePolicy.margin) absorbs the slower first requests of a burst (cold
-    connections) that would otherwise meet a 429.
+    the daemon's webhook gate (``clay``) is configured exactly the same: the gate's
+    arrival-jitter margin (150 ms of tokens, RatePolicy.margin) absorbs the slower first
+    requests of a burst (cold connections) that would otherwise meet a 429. The Public API's
+    gate (``clay-public``, the embedded default's) does not pace; in phase 2 a Retry-After of
+    ``closure`` seconds closes it while ``crowd_waiting`` dashboard calls wait,
+    ``crowd_short_calls`` routine polls with ``short_deadline_ms`` are refused, and webhook
+    pushes go on, one every ``1 / rate`` seconds.
     """
 
     budget: float
@@ -58,7 +62,7 @@ class DemoPlan:
     clay_burst: int = 20
     gate_burst: int = 20
     closure: int = 2
-    crowd_pushes: int = 6
+    crowd_waiting: int = 6
     crowd_short_calls: int = 5
     short_deadline_ms: int = 300
     reset_timeout: float = 2.0
@@ -92,7 +96,7 @@ class DemoPlan:
         return {
             "pacing": self.rows / self.rate + 10.0,
             "rate_limit": self.closure + 12.0,
-            "outage": 3 * self.reset_timeout + 12.0,
+            "outage": self.breaker_window + 3 * self.reset_timeout + 12.0,
             "lanes": self.lane_latency * self.lane_burst / self.bulk_concurrency + 10.0,
         }
 
@@ -126,6 +130,11 @@ class Tally:
         if isinstance(duration, int | float):
             self.durations_ms.append(float(duration))
         return result
+
+    @property
+    def answered(self) -> int:
+        """Calls that came back so far (an answer of any status, or an error)."""
+        return sum(self.statuses.values()) + sum(self.errors.values())
 
     def to_json(self) -> dict[str, Any]:
         """``{calls, ok, statuses: {"200": n}, errors: {code: n}}`` plus hints when present."""

@@ -1,5 +1,7 @@
 """The four phases of ``kiln demo``: pacing, a 429, an outage, a flooded lane.
 
+The 429 phase lives in ``claykiln.daemon.demo_phase_429`` (re-exported here).
+
 Each phase drives real traffic through the client library into the daemon process, steers the
 Clay simulator process (settings, faults), and fills its ``Phase`` with what it counted:
 tallies of the app's calls by stage, figures from the simulator's counters and rows, from the
@@ -11,13 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 import trio
 
 from .demo_context import BULK_TABLE, TABLE, DemoContext
 from .demo_model import Phase, SimCounters, pacing_figures
-from .demo_watch import stuck_after
+from .demo_phase_429 import rate_limit
+from .demo_watch import WAIT_SLACK, stuck_after
 
 __all__ = [
     "PHASES",
@@ -30,11 +33,6 @@ __all__ = [
 
 WEBHOOK_PATHS: Final = "/v3/sources/webhook/"
 PUBLIC_PATHS: Final = "/public/"
-CLOSURE_MARGIN: Final = 0.25
-"""Seconds cut from the end of an observed gate closure when counting what reached Clay during
-it (the status reply is a few ms old when read; the window must end before the reopening)."""
-WAIT_SLACK: Final = 10.0
-"""Seconds added to every wait for a state the daemon should reach (a loaded machine is slow)."""
 RECOVERY_TAIL: Final = 0.5
 """Seconds the callers keep calling after the breaker closed, to show calls passing again."""
 
@@ -97,104 +95,24 @@ async def pacing(ctx: DemoContext, phase: Phase) -> None:
     )
 
 
-async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
-    """Clay answers one call 429 with Retry-After; the gate closes for every caller meanwhile."""
-    plan, sim = ctx.plan, ctx.sim
-    original = await sim.settings()
-    # Another tool on the workspace has eaten the public API budget: one token, then one per
-    # `closure` seconds, so Clay's 429 says Retry-After: closure.
-    await sim.update_settings(public_rate=1.0 / plan.closure, public_burst=1)
-    dashboard = phase.stage("dashboard (me)")
-    waiting = phase.stage("pushes that wait")
-    hurried = phase.stage(f"calls with a {plan.short_deadline_ms} ms deadline")
-    retried: list[dict[str, Any]] = []
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def refresh_dashboard() -> None:
-                for _ in range(2):
-                    result = await dashboard.run(ctx.me())
-                    if isinstance(result, dict):
-                        retried.append(result)
-
-            nursery.start_soon(refresh_dashboard)
-            with stuck_after(plan.closure + WAIT_SLACK, "the gate to close after Clay's 429"):
-                await ctx.watch.wait_for(lambda w: bool(w.gate().get("closed")))
-            seen_at = trio.current_time()
-            closed_for = float(ctx.watch.gate().get("closed_for", 0.0))
-            before = (await sim.counters()).requests
-            for n in range(plan.crowd_pushes):
-                nursery.start_soon(waiting.run, ctx.push(TABLE, 1000 + n))
-            for _ in range(plan.crowd_short_calls):
-                nursery.start_soon(hurried.run, ctx.me(deadline_ms=plan.short_deadline_ms))
-            window = max(0.0, closed_for - CLOSURE_MARGIN)
-            await trio.sleep_until(seen_at + window)
-            during = (await sim.counters()).requests - before
-            await ctx.watch.poll()
-            waiting_now = int(ctx.watch.gate().get("waiting", 0))
-            queued_now = int(ctx.watch.lane("bulk").get("queued", 0))
-    finally:
-        with trio.CancelScope(shield=True):
-            await sim.update_settings(
-                public_rate=original["public_rate"], public_burst=original["public_burst"]
-            )
-    clay = await ctx.since(phase)
-    sighting = ctx.watch.gate_sightings[-1].to_json() if ctx.watch.gate_sightings else None
-    app_429 = sum(t.statuses[429] for t in phase.stages.values())
-    phase.facts.update(
-        retry_after_s=plan.closure,
-        gate_closed_for_s=round(closed_for, 3),
-        gate_sighting=sighting,
-        callers_waiting_at_the_gate=waiting_now,
-        pushes_queued_in_the_bulk_lane=queued_now,
-        clay_requests_during_closure=during,
-        closure_window_s=round(window, 3),
-        clay_429=clay.answered(429),
-        app_429=app_429,
-        rate_limited=hurried.errors["rate_limited"],
-        retried_call_attempts=max((r.get("attempts", 1) for r in retried), default=0),
-    )
-    phase.check(
-        "429: Clay's Retry-After closed the gate",
-        closed_for > 0 and clay.answered(429) >= 1,
-        f"Clay answered 429 {clay.answered(429)} time(s); the gate was seen closed for "
-        f"{closed_for:.2f} s more",
-    )
-    phase.check(
-        "429: nothing reached Clay while the gate was closed",
-        during == 0,
-        f"{during} request(s) in the {window:.2f} s window after the closure was seen",
-    )
-    phase.check(
-        "429: short deadlines refused at once with rate_limited",
-        hurried.errors["rate_limited"] == plan.crowd_short_calls,
-        f"{hurried.errors['rate_limited']} of {plan.crowd_short_calls} refused",
-    )
-    phase.check(
-        "429: the others waited and then succeeded",
-        waiting.ok == plan.crowd_pushes and dashboard.ok == 2,
-        f"{waiting.ok} of {plan.crowd_pushes} pushes and {dashboard.ok} of 2 dashboard calls ok",
-    )
-    phase.check(
-        "429: no 429 reached the app",
-        app_429 == 0,
-        f"the app saw {app_429} answer(s) with status 429",
-    )
-
-
 async def outage(ctx: DemoContext, phase: Phase) -> None:
     """Clay's public API goes down while callers keep calling; the breaker opens, then heals."""
     plan, sim = ctx.plan, ctx.sim
-    stage = ["before the outage"]
+    stage = ["quiet: the breaker's window forgets the earlier calls"]
     stop = trio.Event()
     marks: dict[str, SimCounters] = {}
-    wall_start = time.time()
-    states_from = max(0, len(ctx.watch.breaker_states) - 1)
 
     def live() -> dict[str, str]:
         return {"stage": stage[0]}
 
     phase.live_fn = live
+    # Let the breaker's rolling window forget the earlier phases' calls (webhook pushes share
+    # this breaker): the error rate it acts on is then this phase's alone, so how many requests
+    # reach Clay before it opens does not depend on how busy phase 2 was.
+    await trio.sleep(plan.breaker_window)
+    stage[0] = "before the outage"
+    wall_start = time.time()
+    states_from = max(0, len(ctx.watch.breaker_states) - 1)
 
     async def caller() -> None:
         while not stop.is_set():
@@ -339,14 +257,16 @@ PHASES: Final[tuple[tuple[str, str, str, PhaseFn], ...]] = (
         "pacing",
         "1. Pacing",
         "The app pushes rows into a Clay table webhook as fast as it can. Clay takes 10 rows/s "
-        "with a burst of 20 per workspace; the daemon's gate paces every push to that limit.",
+        "with a burst of 20 per workspace; the daemon's webhook gate (clay) paces every push to "
+        "that limit.",
         pacing,
     ),
     (
         "rate_limit",
         "2. A 429",
-        "Another tool ate the workspace's API budget: Clay answers 429 with Retry-After. The "
-        "daemon closes its gate for every local caller until then; nobody hammers Clay.",
+        "Another tool ate the workspace's Public API budget: Clay answers 429 with Retry-After. "
+        "Until then the daemon closes the Public API's gate (clay-public) for every Public API "
+        "caller; webhook pushes, paced by their own gate, keep flowing. Nobody hammers Clay.",
         rate_limit,
     ),
     (

@@ -17,12 +17,14 @@ from rich.table import Table
 from rich.text import Text
 
 from .demo_model import Phase, SimCounters, Tally
-from .demo_watch import Watch
+from .demo_watch import PUBLIC_GATE, WEBHOOK_GATE, Watch
 
 __all__ = ["DemoView", "QuietView", "RichView", "explain"]
 
 REFRESH_INTERVAL = 0.25
 """Seconds between two renders of the live panel (the watch polls more often)."""
+GATE_ROWS = ((WEBHOOK_GATE, "webhooks"), (PUBLIC_GATE, "Public API"))
+"""The gates the live panel shows, with what each one holds."""
 STATE_STYLE = {"closed": "green", "half_open": "yellow", "open": "red", "forced_open": "red"}
 
 
@@ -136,14 +138,17 @@ class RichView:
         if phase is not None:
             for name, tally in phase.stages.items():
                 grid.add_row(f"app: {name}", _tally_line(tally))
-            if phase.before is not None and watch is not None:
+            if phase.clay is not None:  # the phase is over: its exact count
+                grid.add_row("Clay saw", _clay_line(phase.clay))
+            elif phase.before is not None and watch is not None:
                 grid.add_row("Clay saw", _clay_line(watch.clay.minus(phase.before)))
             if phase.live_fn is not None:
                 for key, value in phase.live_fn().items():
                     grid.add_row(key, value)
         if watch is not None and watch.status:
             grid.add_row("breaker", self._breaker(watch))
-            grid.add_row("gate", self._gate(watch))
+            for key, holds in GATE_ROWS:
+                grid.add_row(f"gate {key} ({holds})", self._gate(watch, key))
             grid.add_row("lanes", self._lanes(watch))
         return Panel(grid, border_style="blue")
 
@@ -161,13 +166,20 @@ class RichView:
         return out
 
     @staticmethod
-    def _gate(watch: Watch) -> str:
-        gate = watch.gate()
+    def _gate(watch: Watch, key: str) -> str:
+        gate = watch.gate(key)
+        if not gate:
+            return "[green]open[/] · not used yet"
+        refused = f"{gate.get('limited', 0)} refused so far"
         if gate.get("closed"):
+            # An unpaced gate's callers wait without a reservation: its `waiting` stays 0.
+            waiting = f"{gate.get('waiting', 0)} waiting · " if gate.get("paced") else ""
             return (
                 f"[red]closed[/] for {gate.get('closed_for', 0):.1f} s ({gate.get('reason')}) · "
-                f"{gate.get('waiting', 0)} waiting · {gate.get('limited', 0)} refused so far"
+                f"{waiting}{refused}"
             )
+        if not gate.get("paced"):
+            return f"[green]open[/] · no pacing · {refused}"
         tokens = gate.get("tokens")
         shown = f"{tokens:.1f}" if isinstance(tokens, int | float) else "?"
         return f"[green]open[/] · {shown} tokens · {gate.get('waiting', 0)} waiting"
@@ -215,9 +227,11 @@ def _highlight(name: str, facts: dict[str, Any]) -> str:
         )
     if name == "rate_limit":
         return (
-            f"Retry-After {facts.get('retry_after_s')} s; gate seen closed "
-            f"{facts.get('gate_closed_for_s')} s more; {facts.get('clay_requests_during_closure')}"
-            f" requests to Clay meanwhile; {facts.get('rate_limited')} rate_limited"
+            f"Retry-After {facts.get('retry_after_s')} s; {facts.get('gate')} seen closed "
+            f"{facts.get('gate_closed_for_s')} s more; "
+            f"{facts.get('public_requests_during_closure')} Public API requests to Clay "
+            f"meanwhile, {facts.get('rate_limited')} rate_limited; "
+            f"{facts.get('webhook_requests_during_closure')} webhook pushes went through"
         )
     if name == "outage":
         return (
@@ -284,20 +298,28 @@ def explain(summary: dict[str, Any]) -> list[str]:
         out.append(
             f"Pacing: the app pushed {pacing.get('rows_pushed')} rows as fast as it could. Clay "
             f"saw the first {arrivals.get('burst_rows')} arrive back to back (the burst its "
-            f"bucket allows), then {arrivals.get('steady_rows_per_s')} rows/s: the daemon's gate "
-            f"held the rest until Clay had room. Clay answered 429 {_times(pacing.get('clay_429'))}"
-            f" and stored {pacing.get('rows_stored_by_clay')} rows for "
-            f"{pacing.get('rows_acknowledged')} acknowledged pushes."
+            f"bucket allows), then {arrivals.get('steady_rows_per_s')} rows/s: the daemon's "
+            f"webhook gate held the rest until Clay had room. Clay answered 429 "
+            f"{_times(pacing.get('clay_429'))} and stored {pacing.get('rows_stored_by_clay')} "
+            f"rows for {pacing.get('rows_acknowledged')} acknowledged pushes."
         )
     limit = phases.get("rate_limit", {}).get("facts", {})
     if limit:
+        pushes = limit.get("pushes_during_closure", {})
         out.append(
-            f"429: one call got Clay's 429 with Retry-After {limit.get('retry_after_s')} s. The "
-            f"daemon closed its gate for every local caller: {limit.get('rate_limited')} calls "
-            f"with short deadlines were told rate_limited at once, the others waited; Clay got "
-            f"{limit.get('clay_requests_during_closure')} requests meanwhile. The 429'd call was "
-            f"retried after the Retry-After ({limit.get('retried_call_attempts')} attempts) and "
-            f"the app never saw a 429."
+            f"429: one Public API call (me) got Clay's 429 with Retry-After "
+            f"{limit.get('retry_after_s')} s. The daemon closed the Public API's gate "
+            f"({limit.get('gate')}) for every Public API caller: "
+            f"{limit.get('rate_limited')} routine polls with short deadlines were told "
+            f"rate_limited at once, {limit.get('public_calls_waiting_at_window_end')} dashboard "
+            f"calls were held (each for at least {limit.get('waiting_calls_min_s')} s) and "
+            f"{limit.get('waiting_calls_ok')} then succeeded, and Clay got "
+            f"{limit.get('public_requests_during_closure')} Public API requests meanwhile. "
+            f"Webhook pushes, paced by their own gate ({limit.get('webhook_gate')}), kept "
+            f"flowing: {limit.get('webhook_requests_during_closure')} reached Clay during the "
+            f"closure, {pushes.get('ok')} of {pushes.get('calls')} answered 2xx, the slowest in "
+            f"{limit.get('push_max_ms')} ms. The 429'd call was retried after the Retry-After "
+            f"({limit.get('retried_call_attempts')} attempts) and the app never saw a 429."
         )
     outage = phases.get("outage", {}).get("facts", {})
     if outage:

@@ -30,7 +30,7 @@ from .demo_model import DemoError, DemoPlan, Phase
 from .demo_phases import PHASES, PhaseFn
 from .demo_render import DemoView
 from .demo_sim import DemoSimulator
-from .demo_watch import PhaseStuck, Watch
+from .demo_watch import PUBLIC_GATE, WEBHOOK_GATE, PhaseStuck, Watch
 from .errors import KilnError
 
 __all__ = ["SHORT_TMP", "run_demo"]
@@ -184,8 +184,9 @@ def _intro(
         f"Clay simulator on {sim.url} (pid {sim.pid}; no Clay account, loopback only)",
         f"{server} daemon, pid {daemon.pid}, socket {daemon.socket}",
         f"config {daemon.config_path} (the default operations; upstream clay -> the simulator)",
-        f"Clay's webhook limit {plan.rate:g}/s burst {plan.clay_burst}; the daemon's gate "
-        f"{plan.rate:g}/s burst {plan.gate_burst} (with a 150 ms margin for network jitter)",
+        f"Clay's webhook limit {plan.rate:g}/s burst {plan.clay_burst}; the daemon's webhook "
+        f"gate {WEBHOOK_GATE} {plan.rate:g}/s burst {plan.gate_burst} (with a 150 ms margin for "
+        f"network jitter); the Public API's gate {PUBLIC_GATE}: no pacing, Retry-After only",
         f"breaker reset {plan.reset_timeout:g} s; "
         f"bulk lane {plan.bulk_concurrency} + {plan.bulk_queue} queued",
         f"budget {plan.budget:g} s; temp dir {root}"
@@ -204,9 +205,9 @@ def _timeline(daemon: DemoDaemon, wall0: float) -> list[dict[str, Any]]:
             detail += f" ({event.get('reason')})"
         elif name == "gate.closed":
             retry_after, reason = event.get("retry_after"), event.get("reason")
-            detail = f"{event.get('upstream')}: Retry-After {retry_after} s ({reason})"
+            detail = f"gate {event.get('gate')}: Retry-After {retry_after} s ({reason})"
         else:
-            detail = f"{event.get('upstream')}: open again"
+            detail = f"gate {event.get('gate')}: open again"
         out.append(
             {
                 "t_s": round((stamp or wall0) - wall0, 3),

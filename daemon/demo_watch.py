@@ -2,10 +2,15 @@
 
 ``Watch`` polls the daemon's ``status`` and ``breaker.list`` over its socket and the simulator's
 ``/_sim/stats`` (every ``POLL_INTERVAL`` s in ``run``; the daemon alone, on demand, in
-``wait_for``) and remembers the highlights a phase reports: each gate closure it saw (how long,
-why, how many callers waited), the breaker states in the order seen, the peak depth of every
-lane, and enough row counts to tell the rows Clay stored in the last second. A daemon or a
-simulator that stops answering raises ``DemoError``.
+``wait_for``) and remembers the highlights a phase reports: each closure of every rate gate it
+saw (which gate, how long, why, how many callers waited), the breaker states in the order seen,
+the peak depth of every lane, and enough row counts to tell the rows Clay stored in the last
+second. A daemon or a simulator that stops answering raises ``DemoError``.
+
+Rate gates are read by key from ``status.gate.upstreams`` (keyed by gate name): the embedded
+default's ``clay`` paces webhook pushes and ``clay-public`` holds the Public API's calls. An
+unpaced gate is listed only once an operation on it was called; until then ``gate`` answers
+``{}`` (open, unused).
 """
 
 from __future__ import annotations
@@ -22,14 +27,31 @@ from .demo_model import DemoError, SimCounters
 from .demo_sim import DemoSimulator
 from .errors import KilnError
 
-__all__ = ["POLL_INTERVAL", "GateSighting", "PhaseStuck", "Watch", "stuck_after"]
+__all__ = [
+    "BREAKER_KEY",
+    "POLL_INTERVAL",
+    "PUBLIC_GATE",
+    "WAIT_SLACK",
+    "WEBHOOK_GATE",
+    "GateSighting",
+    "PhaseStuck",
+    "Watch",
+    "stuck_after",
+]
 
 POLL_INTERVAL: Final = 0.1
 """Seconds between two background polls (the live view's refresh rate)."""
 FAST_POLL: Final = 0.02
 """Seconds between two polls while a phase waits for a state."""
 STATUS_TIMEOUT: Final = 5.0
-UPSTREAM: Final = "clay"
+WAIT_SLACK: Final = 10.0
+"""Seconds added to every wait for a state the daemon should reach (a loaded machine is slow)."""
+BREAKER_KEY: Final = "clay"
+"""The breaker every built-in Clay operation shares (``breaker = "upstream"``)."""
+WEBHOOK_GATE: Final = "clay"
+"""The gate pacing webhook pushes (``push_row``) at Clay's webhook limit."""
+PUBLIC_GATE: Final = "clay-public"
+"""The gate of the Public API's operations (``me``, ``start_routine``, ``poll_routine``)."""
 RATE_WINDOW: Final = 1.0
 """Seconds over which ``stored_per_s`` counts the rows a webhook stored."""
 HISTORY_SIZE: Final = 64
@@ -53,8 +75,9 @@ def stuck_after(seconds: float, what: str) -> Iterator[None]:
 
 @attrs.define
 class GateSighting:
-    """One closure of the gate as the status polls saw it (times: seconds since the start)."""
+    """One closure of a gate as the status polls saw it (times: seconds since the start)."""
 
+    gate: str
     first_seen: float
     closed_for: float
     reason: str | None
@@ -63,6 +86,7 @@ class GateSighting:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "gate": self.gate,
             "first_seen_s": round(self.first_seen, 3),
             "closed_for_at_first_sight_s": self.closed_for,
             "seen_closed_for_s": round(self.last_seen - self.first_seen, 3),
@@ -86,7 +110,7 @@ class Watch:
         self.breaker_states: list[str] = []
         self.lane_peaks: dict[str, dict[str, int]] = {}
         self.polls = 0
-        self._in_closure = False
+        self._in_closure: set[str] = set()  # gates whose current closure has a sighting
         self.on_tick: Callable[[], None] = lambda: None
 
     async def poll(self, *, clay: bool = False) -> None:
@@ -140,18 +164,26 @@ class Watch:
 
     # -- views of the latest poll ---------------------------------------------------------
 
-    def gate(self) -> dict[str, Any]:
-        """The clay gate's stats (``closed``, ``closed_for``, ``waiting``, ``tokens`` ...)."""
-        upstreams = self.status.get("gate", {}).get("upstreams", {})
-        gate: dict[str, Any] = upstreams.get(UPSTREAM, {})
-        return gate
+    def gates(self) -> dict[str, dict[str, Any]]:
+        """Every gate the daemon lists, by gate name."""
+        gates: dict[str, dict[str, Any]] = self.status.get("gate", {}).get("upstreams", {})
+        return gates
+
+    def gate(self, key: str) -> dict[str, Any]:
+        """One gate's stats (``closed``, ``closed_for``, ``waiting``, ``tokens`` ...); ``{}``
+        while the daemon does not list it (an unpaced gate no operation has used yet)."""
+        return self.gates().get(key, {})
+
+    def gate_sighting(self, key: str) -> GateSighting | None:
+        """The latest closure of gate ``key`` seen so far, if any."""
+        return next((s for s in reversed(self.gate_sightings) if s.gate == key), None)
 
     def breaker(self) -> dict[str, Any]:
         """The clay breaker's view (``state``, ``retry_after``, ``calls``, ``error_rate`` ...)."""
         for view in self.breakers:
-            if view.get("key") == UPSTREAM:
+            if view.get("key") == BREAKER_KEY:
                 return view
-        return {"key": UPSTREAM, "state": "closed"}
+        return {"key": BREAKER_KEY, "state": "closed"}
 
     def breaker_state(self) -> str:
         return str(self.breaker().get("state", "closed"))
@@ -169,14 +201,15 @@ class Watch:
             peak = self.lane_peaks.setdefault(name, {"active": 0, "queued": 0})
             peak["active"] = max(peak["active"], int(lane.get("active", 0)))
             peak["queued"] = max(peak["queued"], int(lane.get("queued", 0)))
-        gate = self.gate()
-        sighting = self.gate_sightings[-1] if self.gate_sightings else None
-        if not gate.get("closed"):
-            self._in_closure = False
-            return
-        if sighting is None or not self._in_closure:
-            sighting = GateSighting(now, float(gate.get("closed_for", 0.0)), gate.get("reason"))
-            self.gate_sightings.append(sighting)
-            self._in_closure = True
-        sighting.max_waiting = max(sighting.max_waiting, int(gate.get("waiting", 0)))
-        sighting.last_seen = now
+        for key, gate in self.gates().items():
+            if not gate.get("closed"):
+                self._in_closure.discard(key)
+                continue
+            sighting = self.gate_sighting(key)
+            if sighting is None or key not in self._in_closure:
+                closed_for = float(gate.get("closed_for", 0.0))
+                sighting = GateSighting(key, now, closed_for, gate.get("reason"))
+                self.gate_sightings.append(sighting)
+                self._in_closure.add(key)
+            sighting.max_waiting = max(sighting.max_waiting, int(gate.get("waiting", 0)))
+            sighting.last_seen = now

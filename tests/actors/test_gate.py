@@ -91,7 +91,7 @@ async def test_short_deadline_rejected_at_once(autojump_clock: trio.testing.Mock
                 await gate.acquire("clay", start + 0.2)
             assert trio.current_time() == start
             assert info.value.retry_after == pytest.approx(0.5)
-            assert info.value.details == {"upstream": "clay", "reason": "paced"}
+            assert info.value.details == {"gate": "clay", "upstream": "clay", "reason": "paced"}
             await gate.acquire("clay", start + 0.5)
             assert trio.current_time() == pytest.approx(start + 0.5)
             assert gate.stats()["upstreams"]["clay"]["limited"] == 1
@@ -147,7 +147,7 @@ async def test_closure_short_deadline_rejected_with_reason_closed(
                 await gate.acquire("clay", start + 10.0)
             assert trio.current_time() == start
             assert info.value.retry_after == pytest.approx(30.0)
-            assert info.value.details == {"upstream": "clay", "reason": "closed"}
+            assert info.value.details == {"gate": "clay", "upstream": "clay", "reason": "closed"}
             nursery.cancel_scope.cancel()
 
 

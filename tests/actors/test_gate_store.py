@@ -55,7 +55,11 @@ async def test_closure_survives_restart_with_real_store(tmp_path: Path) -> None:
                 assert gate.stats()["upstreams"]["clay"]["closed"] is True
                 with pytest.raises(RateLimited) as info:
                     await gate.acquire("clay", trio.current_time() + 1.0)
-                assert info.value.details == {"upstream": "clay", "reason": "closed"}
+                assert info.value.details == {
+                    "gate": "clay",
+                    "upstream": "clay",
+                    "reason": "closed",
+                }
                 assert info.value.retry_after is not None and info.value.retry_after > 200.0
                 await writer.aclose()
                 nursery.cancel_scope.cancel()

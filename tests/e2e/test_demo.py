@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from claykiln.daemon import BreakerOpen
 from claykiln.daemon.demo_daemon import DemoDaemon
@@ -29,9 +30,11 @@ from claykiln.daemon.demo_model import (
     Tally,
     pacing_figures,
 )
+from claykiln.daemon.demo_sim import DemoSimulator
+from claykiln.daemon.demo_watch import Watch
 
-JSON_DURATION = "30"  # ~15 s here (2 s Retry-After and breaker reset)
-SHORT_DURATION = "20"  # the shortest budget allowed; the same story, ~15 s
+JSON_DURATION = "30"  # ~16 s here (2 s Retry-After and breaker reset)
+SHORT_DURATION = "20"  # the shortest budget allowed; the same story, ~16 s
 RUN_TIMEOUT = 90.0
 CHILD_WAIT = 30.0
 
@@ -102,13 +105,31 @@ async def test_demo_json_summary_figures_are_consistent() -> None:
     assert arrivals["peak_rows_per_1s"] <= 20 + 10 + 1  # Clay's bucket, from Clay's own clock
 
     limit = phases["rate_limit"]["facts"]
+    limit_clay = phases["rate_limit"]["clay"]
     assert limit["clay_429"] == 1 and limit["app_429"] == 0
-    assert limit["clay_requests_during_closure"] == 0
-    assert limit["rate_limited"] == 5
+    assert limit_clay["responses"]["public"]["429"] == 1  # the Public API's 429, not a push's
+    assert limit["gate"] == "clay-public" and limit["webhook_gate"] == "clay"
+    assert limit["public_requests_during_closure"] == 0
+    assert limit["public_calls_waiting_at_window_end"] == 6
+    assert limit["waiting_calls_ok"] == 6
+    assert limit["rate_limited"] == 5 and limit["rate_limited_gates"] == ["clay-public"]
     assert limit["retried_call_attempts"] == 2
-    assert limit["gate_sighting"] is not None and limit["gate_sighting"]["reason"] == "429 from me"
-    assert [g["fields"]["reason"] for g in summary["gate_closures"]] == ["429 from me"]
-    assert summary["gate_closures"][0]["fields"]["retry_after"] == summary["plan"]["retry_after_s"]
+    sighting = limit["gate_sighting"]
+    assert sighting is not None and sighting["gate"] == "clay-public"
+    assert sighting["reason"] == "429 from me"
+    # The webhook pushes went on during the Public API's closure, on their own gate.
+    pushes = limit["pushes_during_closure"]
+    assert limit["webhook_requests_during_closure"] > 0
+    assert pushes["calls"] == pushes["ok"] == limit["rows_stored_by_clay"] > 0
+    assert limit["webhook_gate_closures_seen"] == 0
+    assert limit_clay["responses"]["webhook"] == {"200": pushes["ok"]}
+    closures = summary["gate_closures"]
+    assert [(g["fields"]["gate"], g["fields"]["reason"]) for g in closures] == [
+        ("clay-public", "429 from me")
+    ]
+    assert closures[0]["fields"]["upstream"] == "clay-public"  # the deprecated alias
+    assert closures[0]["fields"]["retry_after"] == summary["plan"]["retry_after_s"]
+    assert {s["gate"] for s in summary["gate_sightings"]} == {"clay-public"}
 
     outage = phases["outage"]["facts"]
     during = phases["outage"]["stages"]["during the outage"]
@@ -154,7 +175,9 @@ async def test_demo_rich_output_tells_the_story_and_keep_keeps_the_files() -> No
         assert "✗" not in out
         assert kept is not None
         root = Path(kept.group(1))
-        assert "[upstreams.clay]" in (root / "kiln.toml").read_text()
+        config = (root / "kiln.toml").read_text()
+        assert "[upstreams.clay]" in config and "[gates.clay-public]" in config
+        assert "webhook pushes, paced by their own gate, keep" in " ".join(out.split())
         assert '"event": "daemon.ready"' in (root / "kiln.log").read_text()
         assert "listening on http://127.0.0.1:" in (root / "simulator.log").read_text()
     finally:
@@ -296,3 +319,68 @@ async def test_tally_counts_answers_by_status_and_errors_by_code() -> None:
     assert tally.statuses == Counter({200: 1, 202: 1, 429: 1})
     assert tally.errors == Counter({"breaker_open": 1})
     assert tally.to_json()["retry_after_s"] == {"min": 2.0, "max": 2.0}
+
+
+class _StatusScript:
+    """A stand-in for the observer client: answers ``status`` from a list, one per poll."""
+
+    def __init__(self, gates: list[dict[str, dict[str, Any]]]) -> None:
+        self.gates = list(gates)
+
+    async def status(self, timeout: float) -> dict[str, Any]:
+        return {"gate": {"upstreams": self.gates.pop(0)}, "lanes": {"lanes": {}}}
+
+    async def breaker_list(self, timeout: float) -> list[dict[str, Any]]:
+        return []
+
+
+async def test_watch_reads_each_gate_by_key_and_sights_each_closure(tmp_path: Path) -> None:
+    """The watch reads gates by name ({} while unlisted) and keeps one sighting per closure per
+    gate, even while another gate is closed."""
+    closed = {"closed": True, "closed_for": 2.0, "reason": "429 from me", "waiting": 0}
+    opened = {"closed": False, "paced": True, "tokens": 20.0}
+    script = _StatusScript(
+        [
+            {"clay": opened},
+            {"clay": opened, "clay-public": closed},
+            {"clay": {**closed, "reason": "429 from push_row"}, "clay-public": closed},
+            {"clay": opened, "clay-public": {"closed": False, "paced": False}},
+            {"clay": opened, "clay-public": {**closed, "reason": "503 from me"}},
+        ]
+    )
+    sim = DemoSimulator(tmp_path, api_key="k", rate=10.0, burst=20)  # never started: not polled
+    watch = Watch(script, sim, t0=trio.current_time())
+    await watch.poll()
+    assert watch.gate("clay-public") == {} and watch.gate("clay")["tokens"] == 20.0
+    for _ in range(4):
+        await watch.poll()
+    sightings = [(s.gate, s.reason) for s in watch.gate_sightings]
+    assert sightings == [
+        ("clay-public", "429 from me"),
+        ("clay", "429 from push_row"),
+        ("clay-public", "503 from me"),
+    ]
+    assert watch.gate_sighting("clay-public") is watch.gate_sightings[-1]
+    assert watch.gate_sighting("other") is None
+
+
+async def test_tally_answered_counts_answers_and_errors_not_calls_in_flight() -> None:
+    """``answered`` counts calls that came back (any status or an error), not those pending."""
+    tally = Tally()
+    release = trio.Event()
+
+    async def slow() -> dict[str, Any]:
+        await release.wait()
+        return {"status": 200}
+
+    async def refuse() -> dict[str, Any]:
+        raise BreakerOpen("open")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tally.run, slow())
+            await tally.run(refuse())
+            await trio.testing.wait_all_tasks_blocked()
+            assert (tally.calls, tally.answered) == (2, 1)
+            release.set()
+    assert (tally.calls, tally.answered) == (2, 2)
