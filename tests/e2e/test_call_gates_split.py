@@ -55,7 +55,7 @@ async def test_a_public_api_429_holds_public_calls_but_not_webhook_pushes(
     assert sim.stats.received["public"] == public_seen  # the refusals never reached Clay
     for exc in refusals:
         assert exc.details["reason"] == "closed"
-        assert exc.details["upstream"] == "clay-public"  # the gate key
+        assert exc.details["gate"] == "clay-public"
         assert exc.retry_after is not None and retry_after - 5 <= exc.retry_after <= retry_after
     assert pushed["status"] == 200 and pushed["attempts"] == 1
     assert sim.row_count("w1") == 1
@@ -63,7 +63,7 @@ async def test_a_public_api_429_holds_public_calls_but_not_webhook_pushes(
     assert gates["clay-public"]["closed"] is True and gates["clay-public"]["paced"] is False
     assert gates["clay"]["closed"] is False and gates["clay"]["per_second"] == 10
     closed = proc.events("gate.closed")
-    assert [(e["upstream"], e["reason"]) for e in closed] == [("clay-public", "429 from me")]
+    assert [(e["gate"], e["reason"]) for e in closed] == [("clay-public", "429 from me")]
     assert await proc.stop() == 0
 
 
@@ -88,12 +88,12 @@ async def test_a_public_gate_closure_survives_a_restart_and_still_spares_pushes(
             elapsed = trio.current_time() - closed_at
             pushed = await client.call("push_row", deadline_ms=2_000, **_push(2))
     assert sim.stats.received["public"] == public_seen
-    assert info.value.details["upstream"] == "clay-public"
+    assert info.value.details["gate"] == "clay-public"
     assert info.value.retry_after is not None
     assert retry_after - elapsed - 1.0 <= info.value.retry_after <= retry_after + 0.5
     assert pushed["status"] == 200
     restored = [e for e in proc.events("gate.closed") if e.get("restored")]
-    assert [e["upstream"] for e in restored] == ["clay-public"]
+    assert [e["gate"] for e in restored] == ["clay-public"]
     assert await proc.stop() == 0
 
 
@@ -131,7 +131,7 @@ auth = { header = "x-clay-webhook-auth", credential = "clay-webhook-token" }
                 await client.call("whoami", deadline_ms=300)
             pushed = await client.call("push", deadline_ms=2_000, **_push(3))
             status = await client.status()
-    assert info.value.details["upstream"] == "api"
+    assert info.value.details["gate"] == "api"
     assert pushed["status"] == 200
     gates = status["gate"]["upstreams"]
     assert gates["api"]["closed"] is True and gates["api"]["per_second"] == 100
