@@ -72,7 +72,7 @@ class KilnProcess:
     def write_config(self, text: str) -> None:
         self.config_path.write_text(text)
 
-    async def start(self, timeout: float = 20.0) -> None:
+    async def start(self, timeout: float = 20.0, env_extra: dict[str, str] | None = None) -> None:
         if self._notify is None:
             self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._notify.bind(str(self.notify_path))
@@ -81,6 +81,7 @@ class KilnProcess:
         env.pop("KILN_SOCKET", None)
         env["NOTIFY_SOCKET"] = str(self.notify_path)
         env["CREDENTIALS_DIRECTORY"] = str(self.creds)
+        env.update(env_extra or {})
         log = self.log_path.open("ab")
         cmd = [
             sys.executable,

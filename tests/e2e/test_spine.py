@@ -388,3 +388,20 @@ lane = "critical"
         assert (await client.call("clay_me"))["status"] == 200  # still the running pool
         assert oct(proc.socket.stat().st_mode & 0o777) == "0o660"
     assert await proc.stop() == 0
+
+
+async def test_watchdog_pings_and_status_reach_systemd(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """With WATCHDOG_USEC set, the daemon sends WATCHDOG=1 at half the interval plus STATUS=."""
+    proc = kiln(clay_config(simulator.url))
+    await proc.start(env_extra={"WATCHDOG_USEC": "400000"})  # 0.4 s: pings every 0.2 s
+    seen: list[str] = []
+    with trio.fail_after(15):
+        while sum("WATCHDOG=1" in n for n in seen) < 3:
+            seen += proc.notifications()
+            await trio.sleep(0.05)
+    statuses = [n for n in seen if n.startswith("STATUS=")]
+    assert statuses and "healthy" in statuses[-1]
+    assert await proc.stop() == 0
+    assert any("STOPPING=1" in n for n in proc.notifications())
