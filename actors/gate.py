@@ -164,6 +164,8 @@ class GateBoard:
                     self._notify(_Refused(key))
                     raise _rate_limited(key, at - now, refusal_reason(view.closed_until, now))
                 if view.policy is None:
+                    if at <= now:
+                        return  # an unpaced, open gate: nothing to wait for, no extra pass
                     await trio.sleep_until(at)
                     if not self._closed(key):
                         return
