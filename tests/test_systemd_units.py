@@ -185,7 +185,7 @@ try:
 except OSError:
     pass
 import ssl
-import attrs, cattrs, click, httpx, hypercorn, lmdb, msgpack, rich, structlog, trio
+import attrs, click, httpx, hypercorn, lmdb, msgpack, rich, structlog, trio
 import claykiln.daemon.logs, claykiln.daemon.sdnotify
 env = lmdb.open(tempfile.mkdtemp(), map_size=1 << 20)
 with env.begin(write=True) as txn:
