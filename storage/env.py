@@ -24,7 +24,7 @@ import attrs
 import lmdb
 
 from claykiln.storage.codec import pack, unpack
-from claykiln.storage.errors import StorageClosed, StorageError, StorageFull
+from claykiln.storage.errors import StorageClosed, StorageError, StorageFull, write_failure
 from claykiln.storage.ops import Delete, Op, PreparedOp, Put
 from claykiln.storage.schema import RESERVED_META_KEYS, StoreMeta, initialize
 
@@ -324,7 +324,7 @@ class Store:
                 return self.full_error()
             except lmdb.Error as exc:
                 txn.abort()
-                return StorageError(f"write transaction on {self.path} failed: {exc}")
+                return write_failure(self.path, exc)
             return None
 
     def _commit_isolated(self, batch: Sequence[Sequence[PreparedOp]]) -> list[StorageError | None]:
@@ -349,14 +349,14 @@ class Store:
                         results.append(self.full_error())
                     except lmdb.Error as exc:
                         child.abort()
-                        results.append(StorageError(f"write on {self.path} failed: {exc}"))
+                        results.append(write_failure(self.path, exc))
                 outer.commit()
             except lmdb.MapFullError:
                 outer.abort()
                 return [self.full_error() for _ in batch]
             except lmdb.Error as exc:
                 outer.abort()
-                return [StorageError(f"write on {self.path} failed: {exc}") for _ in batch]
+                return [write_failure(self.path, exc) for _ in batch]
             return results
 
     # ---- internals --------------------------------------------------------------------------
