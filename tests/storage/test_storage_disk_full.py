@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from claykiln.storage import Put, Store, StorageFull, Writer
+from claykiln.storage import Put, StorageFull, Store, Writer
 
 
 @pytest.fixture
