@@ -100,8 +100,9 @@ class DaemonViews:
         if self.writer.stats().nowait_failed > mark:
             usage = self.store.usage()
             msg = (
-                f"storage is full ({usage.used_bytes} of {usage.max_map_size} bytes): the change "
-                "is in effect but was not saved; raise [daemon.storage].max_map_size"
+                f"storage is full ({usage.used_bytes} of {usage.max_map_size} bytes used, or the "
+                "disk under it is full; see storage.write_failed in the log): the change is in "
+                "effect but was not saved; raise [daemon.storage].max_map_size or free disk space"
             )
             raise StorageFullError(msg)
 
