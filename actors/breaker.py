@@ -34,7 +34,6 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 import attrs
-import structlog
 import trio
 
 from claykiln.actors.breaker_state import BreakerMachine, restore_from_record, to_record
@@ -52,6 +51,7 @@ from claykiln.actors.breaker_types import (
     view_to_wire,
 )
 from claykiln.actors.errors import BadRequest, BreakerOpen
+from claykiln.actors.log import get_logger
 from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
 
 __all__ = [
@@ -69,9 +69,7 @@ __all__ = [
 
 BREAKER_INBOX_SIZE = 1024
 _COMMANDS = ("open", "closed", "disabled", "reset")
-# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
-# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
-log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.breaker"})
+log = get_logger("claykiln.breaker")
 
 
 class PersistFn(Protocol):

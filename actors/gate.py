@@ -26,7 +26,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
-import structlog
 import trio
 
 from claykiln.actors.errors import RateLimited
@@ -41,6 +40,7 @@ from claykiln.actors.gate_bucket import (
     earliest_admission,
     refusal_reason,
 )
+from claykiln.actors.log import get_logger
 from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
 
 __all__ = [
@@ -58,9 +58,7 @@ __all__ = [
     "earliest_admission",
 ]
 
-# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
-# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
-log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.gate"})
+log = get_logger("claykiln.gate")
 
 GATE_INBOX_SIZE = 4096
 """Bound of the gate's inbox; close/refusal notices beyond it are dropped and counted."""

@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import Any, cast
 
 import attrs
-import structlog
 import trio
 
 from claykiln.actors.errors import BadRequest, CallTimeout, KilnError, LaneFull
@@ -42,6 +41,7 @@ from claykiln.actors.lanes_book import (
     LaneView,
     retry_hint,
 )
+from claykiln.actors.log import get_logger
 from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
 
 __all__ = [
@@ -58,9 +58,7 @@ __all__ = [
     "retry_hint",
 ]
 
-# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
-# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
-log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.lanes"})
+log = get_logger("claykiln.lanes")
 
 LANES_INBOX_SIZE = 4096
 """Bound of the lanes actor's inbox."""

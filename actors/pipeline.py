@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from typing import Final
 
 import attrs
-import structlog
 import trio
 
 from .breaker import BreakerBoard
@@ -45,15 +44,14 @@ from .call import (
 from .errors import BadRequest, CallTimeout, KilnError, UnknownOperation, UpstreamError
 from .gate import GateBoard
 from .lanes import Lanes
+from .log import get_logger
 from .retry import Outcome as RetryOutcome
 from .retry import RetryPolicy, plan_retry
 from .upstream import HttpRequest, HttpResponse, UpstreamPool, render_path
 
 __all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRoute"]
 
-# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
-# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
-log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.pipeline"})
+log = get_logger("claykiln.pipeline")
 
 DEFAULT_GATE_CLOSURE: Final = 1.0  # a 429 without Retry-After closes the gate this long
 

@@ -46,7 +46,6 @@ from typing import Any, Final
 
 import attrs
 import httpx
-import structlog
 import trio
 
 from claykiln.actors.errors import (
@@ -56,6 +55,7 @@ from claykiln.actors.errors import (
     ShuttingDown,
     UpstreamError,
 )
+from claykiln.actors.log import get_logger
 from claykiln.actors.upstream_http import (
     DELAY_SECONDS,
     MAX_BODY_BYTES,
@@ -85,9 +85,7 @@ __all__ = [
     "render_path",
 ]
 
-# structlog.get_logger(logger=...) is a TypeError (wrap_logger has its own `logger` argument):
-# this is the proxy it builds, with the name bound, as claykiln.daemon.logs.get_logger does.
-log = structlog._config.BoundLoggerLazyProxy(None, initial_values={"logger": "claykiln.upstream"})
+log = get_logger("claykiln.upstream")
 
 CLOSE_GRACE: Final = 1.0  # seconds a suspect client gets to close (shielded)
 SHUTDOWN_GRACE: Final = 5.0  # seconds all idle clients get to close when the pool stops
