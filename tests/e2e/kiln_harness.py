@@ -1,22 +1,21 @@
 """Real daemon processes for end-to-end tests: config on disk, credentials, READY via NOTIFY_SOCKET.
 
-``KilnProcess`` starts ``python -m claykiln.daemon serve`` with a temp socket and state dir,
-waits for ``READY=1`` on a real datagram socket (the way systemd would), and stops it with a
-real signal. Its JSON log lines are kept in a file the test can read.
+``KilnProcess`` is a ``DaemonProcess`` (claykiln.daemon.daemon_process: temp socket and state
+dir, READY=1 awaited on a real datagram socket the way systemd would, real signals, the JSON log
+in a file) with the test credentials and the tests' defaults: a failed start is an
+``AssertionError``, ``wait`` and ``stop`` are bounded by ``timeout`` seconds.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from claykiln.daemon.daemon_process import DaemonProcess, DaemonStartError
 
 API_KEY = "sim-api-key-0123456789"  # the simulator's default valid key is set per test
 WEBHOOK_TOKEN = "hook-token-s3cr3t-98765"
@@ -51,116 +50,38 @@ def clay_config(base_url: str, *, extra: str = "", **kw: Any) -> str:
     return daemon + UPSTREAM.format(base_url=base_url, **values) + extra
 
 
-class KilnProcess:
+class KilnProcess(DaemonProcess):
     """One daemon process on temp paths under ``root``."""
 
     def __init__(self, root: Path, config_text: str, *, api_key: str = API_KEY) -> None:
-        self.root = root
-        self.socket = root / "kiln.sock"
-        self.state_dir = root / "state"
-        self.config_path = root / "kiln.toml"
-        self.creds = root / "creds"
-        self.log_path = root / "kiln.log"
-        self.creds.mkdir(parents=True, exist_ok=True)
-        (self.creds / "clay-api-key").write_text(api_key + "\n")
-        (self.creds / "clay-webhook-token").write_text(WEBHOOK_TOKEN + "\n")
-        self.write_config(config_text)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.notify_path = root / "notify.sock"
-        self._notify: socket.socket | None = None
+        credentials = {"clay-api-key": api_key, "clay-webhook-token": WEBHOOK_TOKEN}
+        super().__init__(root, config_text, credentials=credentials)
 
-    def write_config(self, text: str) -> None:
-        self.config_path.write_text(text)
+    @property
+    def creds(self) -> Path:
+        """The credentials directory (one file per credential)."""
+        return self.creds_dir
 
-    async def start(self, timeout: float = 20.0, env_extra: dict[str, str] | None = None) -> None:
-        if self._notify is None:
-            self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._notify.bind(str(self.notify_path))
-            self._notify.setblocking(False)
-        env = dict(os.environ)
-        env.pop("KILN_SOCKET", None)
-        env["NOTIFY_SOCKET"] = str(self.notify_path)
-        env["CREDENTIALS_DIRECTORY"] = str(self.creds)
-        env.update(env_extra or {})
-        log = self.log_path.open("ab")
-        cmd = [
-            sys.executable,
-            "-m",
-            "claykiln.daemon",
-            "serve",
-            "--config",
-            str(self.config_path),
-            "--socket",
-            str(self.socket),
-            "--state-dir",
-            str(self.state_dir),
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
-        log.close()
-        deadline = trio.current_time() + timeout
-        assert self._notify is not None
-        while True:
-            if self.proc.poll() is not None:
-                msg = f"daemon exited {self.proc.returncode} before READY; log:\n{self.log_text()}"
-                raise AssertionError(msg)
-            if trio.current_time() > deadline:
-                self.kill()
-                msg = f"daemon not READY within {timeout}s; log:\n{self.log_text()}"
-                raise AssertionError(msg)
-            with trio.move_on_after(0.05):
-                await trio.lowlevel.wait_readable(self._notify)
-                if b"READY=1" in self._notify.recv(4096):
-                    return
-
-    def notifications(self) -> list[str]:
-        """Every sd_notify datagram received so far that was not consumed by ``start``."""
-        out = []
-        assert self._notify is not None
-        while True:
-            try:
-                out.append(self._notify.recv(4096).decode())
-            except BlockingIOError:
-                return out
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
+    async def start(  # type: ignore[override]  # the tests' positional ``timeout``
+        self, timeout: float = 20.0, env_extra: Mapping[str, str] | None = None
+    ) -> None:
+        """Start and wait for READY=1; AssertionError (with the log's tail) if it never comes."""
+        try:
+            await super().start(ready_within=timeout, env_extra=env_extra)
+        except DaemonStartError as exc:
+            raise AssertionError(str(exc)) from exc
 
     async def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        proc = self.proc
+        """The exit status; trio.TooSlowError if the process lives on past ``timeout`` s."""
         with trio.fail_after(timeout):
-            while proc.poll() is None:
-                await trio.sleep(0.02)
-        return proc.returncode
+            return await super().wait()
 
-    async def stop(self, timeout: float = 30.0) -> int:
-        self.signal(signal.SIGTERM)
-        return await self.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_text().splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if name is None or item.get("event") == name:
-                out.append(item)
-        return out
+    async def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then the exit status (killed after ``timeout`` s)."""
+        return await super().stop(grace=timeout)
 
     def close(self) -> None:
-        self.kill()
+        """Kill and reap (sync, for fixture teardown); KILN_E2E_DUMP=1 prints the log."""
+        super().close()
         if os.environ.get("KILN_E2E_DUMP"):
             print(self.log_text())
-        if self._notify is not None:
-            self._notify.close()
-            self._notify = None
