@@ -1,21 +1,24 @@
-"""Upstream executor: speaks HTTP (httpx) to one upstream, one connection per concurrent call.
+"""Upstream executor: speaks HTTP/1.1 to one upstream, one connection per concurrent call.
 
 Card
-- owns: the single-connection ``httpx.AsyncClient`` objects of one upstream (a LIFO free list,
-  a FIFO ``trio.Semaphore`` of ``max_connections`` slots) and their lifecycle.
+- owns: the keep-alive ``Http11Connection`` objects of one upstream (``upstream_wire``: h11 over
+  trio, TLS for https; a LIFO free list, a FIFO ``trio.Semaphore`` of ``max_connections`` slots)
+  and their lifecycle.
 - receives: no inbox; ``execute`` runs in the CALLER's task, so a caller's timeout or
   cancellation really cancels the socket. Free list and counters change only between awaits.
 - replies: ``HttpResponse`` for any HTTP status (the pipeline judges statuses), or raises a
   ``claykiln.actors.errors`` error (mapping below); never an httpx exception.
 - sends to: nobody (the pipeline reports outcomes to the breaker and gate).
-- on cancellation: the client of an interrupted call is closed (shielded, bounded) and dropped,
-  never reused; ``run`` closes the idle clients when it stops and later check-ins close theirs.
-- on failure: same as cancellation; the slot is freed and the next call opens a fresh client.
+- on cancellation: the connection of an interrupted call is closed and dropped, never reused;
+  ``run`` closes the idle connections when it stops and later check-ins close theirs.
+- on failure: same as cancellation; the slot is freed and the next call opens a fresh connection.
+  A connection the server closed while idle is noticed before reuse and replaced.
 
-Why one client per call in flight (notes/measurements.md): httpcore 1.0.9's shared pool collapses
-at 64 trio tasks (206 vs 1,914 req/s) and leaks slots after a storm of cancelled requests
-(encode/httpcore#1093). All clients share one SSL context (an AsyncClient builds its own in ~21 ms
-otherwise; with a shared one construction takes ~30 us).
+Why one connection per call in flight, and why not httpx's pool (notes/measurements.md,
+docs/architecture.md): httpcore 1.0.9's shared pool collapses at 64 trio tasks (206 vs 1,914
+req/s) and leaks slots after a storm of cancelled requests (encode/httpcore#1093); and the HTTP
+exchange is the daemon's hot path, where h11 over trio costs about a third of ``AsyncClient``'s
+CPU. All connections share one SSL context (building one costs ~21 ms).
 
 Error mapping: ``UpstreamTimeout`` (a CallTimeout) and ``UpstreamFailure`` (an UpstreamError)
 carry ``retryable`` and ``sent`` as attributes and in ``details`` (with ``upstream``); ``sent`` is
@@ -34,14 +37,15 @@ Credentials never reach a log line, a repr or an exception message.
 
 The value types and URL guards (``TimeoutClasses``, ``UpstreamSettings``, ``HttpRequest``,
 ``HttpResponse``, ``NO_JSON``, ``render_path``, ``join_url``, ``MAX_BODY_BYTES``) live in
-``claykiln.actors.upstream_http`` and are re-exported here; the two are the only modules that
-import httpx.
+``claykiln.actors.upstream_http`` and are re-exported here; with ``upstream_wire`` they are the
+only call-path modules that import httpx (and the only importers of h11).
 """
 
 from __future__ import annotations
 
 import collections
 import json as jsonlib
+import ssl
 from typing import Any, Final
 
 import attrs
@@ -68,6 +72,12 @@ from claykiln.actors.upstream_http import (
     join_url,
     render_path,
 )
+from claykiln.actors.upstream_wire import (
+    BodyTooLarge,
+    Http11Connection,
+    Origin,
+    decode_header,
+)
 
 __all__ = [
     "DELAY_SECONDS",
@@ -92,6 +102,8 @@ SHUTDOWN_GRACE: Final = 5.0  # seconds all idle clients get to close when the po
 IDLE_SWEEP_INTERVAL: Final = 30.0
 IDLE_CLOSE_AFTER: Final = 60.0  # an idle client unused this long is closed by the sweep
 USER_AGENT: Final = "claykiln"
+ACCEPT_ENCODING: Final = b"gzip, deflate"
+BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0 if empty
 
 
 class UpstreamTimeout(CallTimeout):
@@ -116,9 +128,7 @@ class UpstreamFailure(UpstreamError):
 class _PoolState:
     """Only the pool touches this; changes happen between awaits."""
 
-    free: collections.deque[tuple[httpx.AsyncClient, float]] = attrs.field(
-        factory=collections.deque
-    )
+    free: collections.deque[tuple[Http11Connection, float]] = attrs.field(factory=collections.deque)
     phase: str = "new"  # new | running | stopped
     in_use: int = 0
     created: int = 0
@@ -130,18 +140,26 @@ class _PoolState:
 class UpstreamPool:
     """Single-connection clients for one upstream, checked out per call (see the module card)."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(
+        self, settings: UpstreamSettings, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.settings = settings
         self._state = _PoolState()
         self._slots = trio.Semaphore(settings.max_connections)
-        # One SSL context for every client (building one per client costs ~21 ms).
-        self._ssl = httpx.create_ssl_context(trust_env=False)
-        self._base_timeout = httpx.Timeout(
-            settings.timeouts.request, connect=settings.timeouts.connect
-        )
-        headers = httpx.Headers({"user-agent": USER_AGENT})
-        headers.update(dict(settings.default_headers))
-        self._base_headers = headers
+        self._origin = Origin.from_url(httpx.URL(settings.base_url))
+        # One SSL context for every connection (building one costs ~21 ms).
+        self._ssl = ssl_context or httpx.create_ssl_context(trust_env=False)
+        base = {
+            "accept": (b"Accept", b"*/*"),
+            "accept-encoding": (b"Accept-Encoding", ACCEPT_ENCODING),
+            "user-agent": (b"User-Agent", USER_AGENT.encode("ascii")),
+        }
+        for name, value in settings.default_headers.items():
+            base[name.lower()] = (name.encode("ascii"), value.encode("ascii"))
+        self._base_headers = base
+        self._auth: tuple[bytes, bytes] | None = None
+        if settings.auth_header is not None and settings.credential is not None:
+            self._auth = (settings.auth_header.encode("ascii"), settings.credential.encode("ascii"))
 
     def __repr__(self) -> str:
         return f"<UpstreamPool {self.settings.name} {self.settings.base_url}>"
@@ -231,7 +249,7 @@ class UpstreamPool:
             raise self._timeout(end, limit, timeout, sent=True)
         return response
 
-    async def _checkout(self, end: float, limit: float, budget: float) -> httpx.AsyncClient:
+    async def _checkout(self, end: float, limit: float, budget: float) -> Http11Connection:
         try:
             self._slots.acquire_nowait()  # no scheduler pass when a slot is free
         except trio.WouldBlock:
@@ -245,25 +263,18 @@ class UpstreamPool:
             raise self._timeout(end, limit, budget, sent=False, phase="pool")
         return self._take_client()
 
-    def _take_client(self) -> httpx.AsyncClient:
+    def _take_client(self) -> Http11Connection:
         state = self._state
         state.in_use += 1
         if state.free:
             return state.free.pop()[0]
         state.created += 1
-        return httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            base_url=self.settings.base_url,
-            timeout=self._base_timeout,
-            headers=self._base_headers,
-            verify=self._ssl,
-            trust_env=False,
-        )
+        return Http11Connection(self._origin, self._ssl)
 
-    async def _checkin(self, client: httpx.AsyncClient, *, healthy: bool) -> None:
+    async def _checkin(self, client: Http11Connection, *, healthy: bool) -> None:
         state = self._state
         try:
-            if healthy and state.phase == "running":
+            if healthy and state.phase == "running" and client.reusable:
                 state.free.append((client, trio.current_time()))
                 return
             if not healthy:
@@ -276,62 +287,68 @@ class UpstreamPool:
 
     async def _send(
         self,
-        client: httpx.AsyncClient,
+        conn: Http11Connection,
         request: HttpRequest,
         url: httpx.URL,
-        payload: tuple[httpx.Headers, bytes | None],
+        payload: tuple[list[tuple[bytes, bytes]], bytes | None],
         end: float,
         start: float,
     ) -> HttpResponse:
         headers, content = payload
-        # Our cancel scope bounds the whole call; httpx only times the connect when its class
-        # is shorter than what is left (so a timeout is never reported as two different stages).
+        if request.query:
+            url = url.copy_merge_params(request.query)
+        # Our cancel scope bounds the whole call; the connect is timed on its own only when its
+        # class is shorter than what is left (so a timeout is never reported as two stages).
         remaining = end - trio.current_time()
         connect = self.settings.timeouts.connect
-        per_call = httpx.Timeout(None, connect=connect if connect < remaining else None)
-        async with client.stream(
-            request.method,
-            url,
-            params=request.query,
-            headers=headers,
-            content=content,
-            timeout=per_call,
-        ) as resp:
-            declared = resp.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                raise self._too_large(declared)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise self._too_large(f"more than {size}")
-                chunks.append(chunk)
-            names: dict[str, str] = {}
-            for key, value in resp.headers.multi_items():
-                name = key.lower()
-                names[name] = f"{names[name]}, {value}" if name in names else value
-            return HttpResponse(
-                status=resp.status_code,
-                headers=names,
-                body=b"".join(chunks),
-                duration=trio.current_time() - start,
-            )
-
-    def _payload(self, request: HttpRequest) -> tuple[httpx.Headers, bytes | None]:
-        """Headers (credential injected last, so a caller cannot forge it) and body bytes."""
         try:
-            headers = httpx.Headers(dict(request.headers))
+            wire = await conn.exchange(
+                request.method.encode("ascii"),
+                url.raw_path,
+                headers,
+                content,
+                connect_timeout=connect if connect < remaining else None,
+                max_body=MAX_BODY_BYTES,
+            )
+        except BodyTooLarge as exc:
+            raise self._too_large(exc.size) from None
+        names: dict[str, str] = {}
+        for key, value in wire.headers:
+            name = key.decode("latin-1")
+            text = decode_header(value)
+            names[name] = f"{names[name]}, {text}" if name in names else text
+        return HttpResponse(
+            status=wire.status,
+            headers=names,
+            body=wire.body,
+            duration=trio.current_time() - start,
+        )
+
+    def _payload(self, request: HttpRequest) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+        """Header lines (defaults, then the request's, then framing and the credential last, so
+        a caller can forge neither) and body bytes."""
+        merged = dict(self._base_headers)
+        try:
+            for name, value in request.headers.items():
+                merged[name.lower()] = (name.encode("ascii"), value.encode("ascii"))
             content = request.content
             if request.json is not NO_JSON:
                 content = jsonlib.dumps(request.json, separators=(",", ":")).encode()
-                headers.setdefault("content-type", "application/json")
-        except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+                merged.setdefault("content-type", (b"Content-Type", b"application/json"))
+        except (TypeError, ValueError, AttributeError) as exc:  # UnicodeEncodeError: ValueError
             msg = f"request to {self.settings.name} cannot be encoded: {type(exc).__name__}"
             raise BadRequest(msg) from None
-        if self.settings.auth_header is not None and self.settings.credential is not None:
-            headers[self.settings.auth_header] = self.settings.credential
-        return headers, content
+        merged["host"] = (b"Host", self._origin.host_header)
+        merged.pop("transfer-encoding", None)
+        if content is not None:
+            merged["content-length"] = (b"Content-Length", str(len(content)).encode("ascii"))
+        elif request.method.upper() in BODY_METHODS:
+            merged["content-length"] = (b"Content-Length", b"0")
+        else:
+            merged.pop("content-length", None)
+        if self._auth is not None:
+            merged[self._auth[0].lower().decode("ascii")] = self._auth
+        return list(merged.values()), content
 
     def _details(self, **extra: Any) -> dict[str, Any]:
         return {"upstream": self.settings.name, **extra}

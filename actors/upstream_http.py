@@ -98,6 +98,13 @@ class UpstreamSettings:
         if self.credential is not None and ("\r" in self.credential or "\n" in self.credential):
             msg = f"upstream {self.name}: the credential contains a line break; fix the secret file"
             raise ValueError(msg)
+        if self.credential is not None and not self.credential.isascii():
+            msg = f"upstream {self.name}: the credential is not ASCII text; fix the secret file"
+            raise ValueError(msg)
+        for header, value in self.default_headers.items():
+            if not (header.isascii() and value.isascii()):
+                msg = f"upstream {self.name}: default header {header!r} must be ASCII"
+                raise ValueError(msg)
         if self.max_connections < 1:
             msg = f"upstream {self.name}: max_connections must be >= 1"
             raise ValueError(msg)

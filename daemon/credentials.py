@@ -51,7 +51,8 @@ def load_credential(name: str, directory: Path) -> str | None:
 
     Strips one trailing newline. Raises :class:`CredentialError` for a name with ``/`` or
     ``..``, and for a file that exists but cannot be read (permission, a directory, not UTF-8,
-    larger than :data:`MAX_CREDENTIAL_BYTES`), naming the path.
+    larger than :data:`MAX_CREDENTIAL_BYTES`) or cannot be a header value (not ASCII, a second
+    line, a control character), naming the path, never the value.
     """
     problem = credential_name_problem(name)
     if problem is not None:
@@ -80,9 +81,15 @@ def load_credential(name: str, directory: Path) -> str | None:
         msg = f"credential file {path} is not UTF-8 text"
         raise CredentialError(msg) from None
     if text.endswith("\r\n"):
-        return text[:-2]
-    if text.endswith("\n"):
-        return text[:-1]
+        text = text[:-2]
+    elif text.endswith("\n"):
+        text = text[:-1]
+    if not text.isascii() or any(ord(c) < 0x20 or c == "\x7f" for c in text if c != "\t"):
+        msg = (
+            f"credential file {path} must hold one line of ASCII text "
+            "(it is sent as an HTTP header value)"
+        )
+        raise CredentialError(msg)
     return text
 
 

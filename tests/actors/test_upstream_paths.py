@@ -159,6 +159,8 @@ def test_settings_repr_hides_credential() -> None:
         ({"auth_header": "clay-api-key"}, "both"),
         ({"credential": "sk"}, "both"),
         ({"auth_header": "a", "credential": "sk\r\nx: y"}, "line break"),
+        ({"auth_header": "a", "credential": "sk-\u00e9"}, "not ASCII"),
+        ({"default_headers": {"x-team": "caf\u00e9"}}, "must be ASCII"),
         ({"max_connections": 0}, "max_connections"),
     ],
 )

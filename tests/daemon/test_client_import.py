@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["trio", "asyncio", "lmdb", "httpx", "httpcore", "structlog", "claykiln.actors",
+HEAVY = ["trio", "asyncio", "lmdb", "httpx", "httpcore", "h11", "structlog", "claykiln.actors",
          "claykiln.storage"]  # fmt: skip
 
 PROBE = """

@@ -24,7 +24,6 @@ from claykiln.daemon.credentials import (
     [
         (b"tok\n", "tok"),
         (b"tok\r\n", "tok"),
-        (b"tok\n\n", "tok\n"),
         (b"tok", "tok"),
         (b" spaced tok \n", " spaced tok "),
         (b"", ""),
@@ -103,6 +102,24 @@ def test_oversized_or_binary_credentials_are_errors(tmp_path: Path) -> None:
         load_credential("big", tmp_path)
     with pytest.raises(CredentialError, match=f"{tmp_path / 'bin'} is not UTF-8"):
         load_credential("bin", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["sk-caf\u00e9", "line-one\nline-two\n", "k9z\n\n", "sk\x00x", "sk\rInjected: yes"],
+)
+def test_credential_that_cannot_be_a_header_value_is_an_error(tmp_path: Path, content: str) -> None:
+    """Non-ASCII text, a second line or a control byte would break (or smuggle) the header the
+    credential is sent in: refused at load, naming the path and not the content."""
+    (tmp_path / "token").write_text(content, encoding="utf-8")
+    with pytest.raises(CredentialError, match="one line of ASCII text") as info:
+        load_credential("token", tmp_path)
+    assert content.strip() not in str(info.value)
+
+
+def test_credential_with_a_tab_or_crlf_ending_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"key\twith-tab\r\n")
+    assert load_credential("a", tmp_path) == "key\twith-tab"
 
 
 def test_store_snapshots_values_and_missing_names(tmp_path: Path) -> None:
