@@ -1,10 +1,14 @@
-"""The baseline for ``kiln bench``: the best direct httpx usage under trio.
+"""The baselines for ``kiln bench --scenario call``: direct HTTP with no daemon in between.
 
-One single-connection ``httpx.AsyncClient`` per worker task (notes/measurements.md: 1,914 req/s
-at 64 tasks against 206 with one shared pool), all sharing one SSL context, hammering one URL
-with GET. Bounded in time (no new request after ``seconds``; in-flight ones get DRAIN_GRACE more)
-and in count (``max_requests`` in all). It lives here because only actors/upstream*.py-side code
-may import httpx.
+- ``direct_httpx``: the best direct httpx usage under trio, the target's baseline. One
+  single-connection ``httpx.AsyncClient`` per worker task (notes/measurements.md: 1,914 req/s at
+  64 tasks against 206 with one shared pool), all sharing one SSL context.
+- ``direct_wire``: the daemon's own exchange (``Http11Connection``) per worker, a reference
+  floor: what the daemon adds to a call is the gap between it and ``call``.
+
+Both hammer one URL with GET, bounded in time (no new request after ``seconds``; in-flight ones
+get DRAIN_GRACE more) and in count (``max_requests`` in all). This module lives with the actors
+because only actors/upstream*.py-side code may import httpx and h11.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any, Final
 import httpx
 import trio
 
-__all__ = ["direct_httpx"]
+from claykiln.actors.upstream_wire import Http11Connection, Origin
+
+__all__ = ["direct_httpx", "direct_wire"]
 
 DRAIN_GRACE: Final = 5.0  # seconds in-flight requests get after the run time is up
 REQUEST_TIMEOUT: Final = 10.0
@@ -72,7 +78,69 @@ async def direct_httpx(
         async with trio.open_nursery() as nursery:
             for _ in range(concurrency):
                 nursery.start_soon(worker)
-    elapsed = trio.current_time() - start
+    return _summary(latencies, statuses, errors, trio.current_time() - start, concurrency)
+
+
+async def direct_wire(
+    url: str, *, concurrency: int = 64, seconds: float = 5.0, max_requests: int = 200_000
+) -> dict[str, Any]:
+    """The same load as ``direct_httpx``, through the daemon's own HTTP/1.1 exchange
+    (``Http11Connection``, one per worker) and no daemon: the floor a call through the daemon
+    is compared with to see what the daemon itself adds. Same figures and bounds."""
+    if concurrency < 1 or seconds <= 0 or max_requests < 1:
+        msg = "concurrency and max_requests must be >= 1 and seconds > 0"
+        raise ValueError(msg)
+    parsed = httpx.URL(url)
+    origin = Origin.from_url(parsed)
+    ssl_context = httpx.create_ssl_context(trust_env=False)
+    headers = [(b"Host", origin.host_header), (b"Accept", b"*/*"), (b"User-Agent", b"claykiln")]
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors = 0
+    issued = 0
+    start = trio.current_time()
+    stop_at = start + seconds
+
+    async def worker() -> None:
+        nonlocal issued, errors
+        conn = Http11Connection(origin, ssl_context)
+        try:
+            while issued < max_requests and trio.current_time() < stop_at:
+                issued += 1
+                began = trio.current_time()
+                try:
+                    with trio.fail_after(REQUEST_TIMEOUT):
+                        response = await conn.exchange(
+                            b"GET",
+                            parsed.raw_path,
+                            headers,
+                            None,
+                            connect_timeout=None,
+                            max_body=1 << 20,
+                        )
+                except (httpx.HTTPError, trio.TooSlowError):
+                    errors += 1
+                    await conn.aclose()
+                    continue
+                latencies.append(trio.current_time() - began)
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+        finally:
+            await conn.aclose()
+
+    with trio.move_on_at(stop_at + DRAIN_GRACE):
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+    return _summary(latencies, statuses, errors, trio.current_time() - start, concurrency)
+
+
+def _summary(
+    latencies: list[float],
+    statuses: dict[int, int],
+    errors: int,
+    elapsed: float,
+    concurrency: int,
+) -> dict[str, Any]:
     latencies.sort()
     return {
         "requests": len(latencies),

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import trio
 
-from claykiln.actors.bench_http import direct_httpx
+from claykiln.actors.bench_http import direct_httpx, direct_wire
 from claykiln.storage.bench import durable_writes
 
 from .bench_load import LoadSpec
@@ -197,12 +197,12 @@ def _http_server(root: Path) -> tuple[NginxProcess | SimulatorProcess, str, list
     return SimulatorProcess(root / "simulator"), "simulator", [note]
 
 
-def _direct_measure(url: str, options: BenchOptions) -> Any:
+def _direct_measure(url: str, options: BenchOptions, *, wire: bool = False) -> Any:
     def measure(seconds: float) -> dict[str, Any]:
         cpu = time.process_time()
         figures: dict[str, Any] = trio.run(
             functools.partial(
-                direct_httpx,
+                direct_wire if wire else direct_httpx,
                 url,
                 concurrency=options.concurrency,
                 seconds=seconds,
@@ -244,7 +244,11 @@ def bench_call(options: BenchOptions) -> dict[str, Any]:
                 _through_measure(d.socket, d.pid, options),
                 options.duration,
             )
+            # A reference, not the target: the same exchange the daemon makes, without it.
+            wire = _direct_measure(f"{server.url}/ping", options, wire=True)(options.duration / 2)
     ratio = through["rps"] / direct["rps"] if direct["rps"] else 0.0
+    wire_ratio = through["rps"] / wire["rps"] if wire["rps"] else 0.0
+    wire_cpu = wire["cpu_s"] / wire["requests"] * 1e6 if wire["requests"] else None
     if set(through["codes"]) - {"ok"} or direct.get("errors"):
         notes.append(f"errors: daemon {through['codes']}, direct {direct.get('errors')}")
     cpu_ratio = (
@@ -265,9 +269,22 @@ def bench_call(options: BenchOptions) -> dict[str, Any]:
                 f"daemon {through.get('server_cpu_us')} us vs direct {direct.get('cpu_us')} us"
                 + (f" (ratio {cpu_ratio:.2f})" if cpu_ratio else ""),
             ),
+            (
+                "reference: direct h11",
+                f"{wire['rps']:,.0f} req/s (the daemon's own exchange, no daemon; "
+                f"daemon = {wire_ratio:.2f} of it"
+                + (f", {wire_cpu:.0f} us CPU/request)" if wire_cpu else ")"),
+            ),
             ("HTTP server", kind),
         ],
-        details={"server": kind, "daemon": through, "direct": direct, "cpu_ratio": cpu_ratio},
+        details={
+            "server": kind,
+            "daemon": through,
+            "direct": direct,
+            "cpu_ratio": cpu_ratio,
+            "wire": wire,
+            "wire_ratio": wire_ratio,
+        },
         notes=notes,
     )
 

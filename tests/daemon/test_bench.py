@@ -90,6 +90,9 @@ def test_call_scenario_compares_daemon_with_direct_httpx(
     assert daemon["requests"] > 0 and daemon["codes"] == {"ok": daemon["requests"]}
     assert daemon["lost"] == 0
     assert direct["requests"] > 0 and direct["errors"] == 0
+    wire = item["details"]["wire"]
+    assert wire["requests"] > 0 and wire["errors"] == 0
+    assert item["details"]["wire_ratio"] == pytest.approx(daemon["rps"] / wire["rps"])
     if nginx and bench_scenarios.find_nginx() is not None:
         assert item["details"]["server"] == "nginx"
         assert daemon["statuses"] == {"200": daemon["requests"]}
