@@ -23,6 +23,8 @@ reports idleness (``idle_for``) and flushes its last replies on ``close_output``
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from typing import TYPE_CHECKING, Any, Final
 
@@ -109,6 +111,10 @@ class Connection:
         self.flushed = trio.Event()
         self.last_active = trio.current_time()
         self.scope = trio.CancelScope()
+        # Reads and writes go to the file descriptor directly (see _receive and _send_now):
+        # trio's SocketStream spends a scheduler pass after every successful send and receive.
+        self._fd = stream.socket.fileno()
+        self._drained = True  # the last read left the socket empty: wait before reading again
 
     def send(self, frame: bytes) -> None:
         """Queue a reply (never blocks: the in-flight limit bounds what can queue)."""
@@ -126,14 +132,48 @@ class Connection:
         try:
             while self.pending:
                 batch, self.pending = self.pending, []
-                await self.stream.send_all(batch[0] if len(batch) == 1 else b"".join(batch))
+                await self._send_all(batch[0] if len(batch) == 1 else b"".join(batch))
                 self.room.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self.closing = self.broken = True
             self.pending.clear()
             self.room.set()
         finally:
             self.writing = False
+
+    async def _send_all(self, data: bytes) -> None:
+        """Write ``data`` to the socket: at once when the kernel takes it all (no scheduler pass),
+        else waiting for room. Raises OSError (a peer that went away) or ClosedResourceError."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = os.write(self._fd, view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._fd)
+                continue
+            view = view[sent:]
+
+    async def _receive(self) -> bytes:
+        """The next chunk from the socket (b"" at EOF or a reset). Waits for readability first
+        when the last read drained the socket, which is also this loop's checkpoint; a read that
+        filled the buffer is followed by another at once, with an explicit checkpoint."""
+        fd = self._fd
+        if self._drained:
+            await trio.lowlevel.wait_readable(fd)
+        else:
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = os.read(fd, RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                    return b""
+                raise
+            self._drained = len(data) < RECV_SIZE
+            return data
 
     async def writer(self) -> None:
         try:
@@ -197,8 +237,8 @@ class Connection:
         while not self.closing:
             await self._wait_for_room(limits.max_in_flight)
             try:
-                data = await self.stream.receive_some(RECV_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = await self._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             if not data:
                 return

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import tempfile
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
@@ -57,6 +58,10 @@ def echo(ctx: RequestContext, args: Any) -> Any:
     return args
 
 
+def blob(ctx: RequestContext, args: Any) -> Any:
+    return b"x" * int(args["n"])
+
+
 def whoami(ctx: RequestContext, args: Any) -> Any:
     return {"uid": ctx.peer.uid, "pid": ctx.peer.pid, "admin": ctx.admin, "msgid": ctx.msgid}
 
@@ -97,6 +102,7 @@ def methods(slow: SlowWork, prechecked: list[Any] | None = None) -> dict[str, Me
 
     table = [
         Method("echo", inline=echo),
+        Method("blob", inline=blob),
         Method("whoami", inline=whoami),
         Method("slow", handler=slow.handler),
         Method("admin.op", inline=echo, admin=True),
@@ -426,6 +432,53 @@ async def test_large_pipelined_batch_of_inline_requests_is_fully_answered(sock_d
             await peer.send(*(encode_request(n, "echo", {"n": n}) for n in range(300)))
             replies = [await peer.receive() for _ in range(300)]
             assert [ok(r)["n"] for r in replies] == list(range(300))
+            await peer.aclose()
+
+
+async def test_replies_larger_than_the_socket_buffer_arrive_whole(sock_dir: Path) -> None:
+    """Eight 700 KB echoes pipelined (5.6 MB of replies, far more than a socket buffer holds):
+    the server's direct writes stop on a full buffer, wait for room and resume; every byte of
+    every reply arrives in order while the peer is still sending."""
+    payloads = [bytes([n]) * 700_000 for n in range(8)]
+    replies: list[Any] = []
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(Server(methods(SlowWork())), sock_dir) as running:
+            peer = await Peer.connect(running.path)
+
+            async def collect() -> None:
+                for _ in payloads:
+                    replies.append(await peer.receive())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect)
+                for n, blob in enumerate(payloads):
+                    await peer.send(encode_request(n, "echo", {"blob": blob}))
+            bystander = await Peer.connect(running.path)
+            assert ok(await bystander.call(99, "echo", {"still": "here"})) == {"still": "here"}
+            await peer.aclose()
+            await bystander.aclose()
+    assert [r[1] for r in replies] == list(range(8))
+    assert [ok(r)["blob"] for r in replies] == payloads
+
+
+async def test_peer_reset_during_a_large_reply_leaves_the_server_serving(sock_dir: Path) -> None:
+    """A peer that asks for 2 MB of replies and resets the connection without reading them costs
+    the server that connection only: its blocked write fails, the connection closes, and a new
+    peer is served."""
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(Server(methods(SlowWork())), sock_dir) as running:
+            greedy = await Peer.connect(running.path)
+            await greedy.send(*(encode_request(n, "blob", {"n": 500_000}) for n in range(4)))
+            await settle()  # the server has written what fits and waits for room
+            assert running.server.connections == 1
+            greedy.stream.socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            await greedy.aclose()
+            while running.server.connections:
+                await trio.sleep(0.01)
+            peer = await Peer.connect(running.path)
+            assert ok(await peer.call(1, "echo", {"a": 1})) == {"a": 1}
             await peer.aclose()
 
 
