@@ -40,7 +40,7 @@ __all__ = ["MODES", "LoadSpec", "percentile", "run_load"]
 
 MODES: Final = ("connections", "pipelined", "paced")
 PACED_DEPTH: Final = 64  # requests in flight on one connection in paced mode
-PACED_TICK: Final = 0.0002  # seconds between schedule checks in paced mode
+PACED_TICK: Final = 0.0002  # most seconds between schedule checks in paced mode (1/rate if less)
 DRAIN_GRACE: Final = 5.0  # seconds outstanding replies get after the run time is up
 RECV_SIZE: Final = 262_144
 CONNECT_TIMEOUT: Final = 5.0
@@ -216,7 +216,10 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
     conns = [_Conn(spec.socket) for _ in range(conns_n)]
     run = _Run(spec)
     cpu_before = time.process_time()
-    selector = selectors.DefaultSelector()
+    # epoll's timeout has millisecond resolution, which would send the paced schedule in bursts
+    # of rate/1000 requests; select() sleeps in microseconds (and 64 sockets are well in range).
+    selector = selectors.SelectSelector() if run.paced else selectors.DefaultSelector()
+    tick = min(PACED_TICK, 1.0 / spec.rate)  # paced: about one request per wake-up
     start = time.perf_counter()
     try:
         for conn in conns:
@@ -237,7 +240,7 @@ def run_load(spec: LoadSpec) -> dict[str, Any]:
                 run.pace(conns, start, now)
             if now >= hard_stop or run.done(now):
                 break
-            wait = PACED_TICK if run.paced and now < run.stop_at else 1.0
+            wait = tick if run.paced and now < run.stop_at else 1.0
             for key, _events in selector.select(timeout=min(wait, hard_stop - now)):
                 conn = key.data
                 try:
