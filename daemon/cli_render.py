@@ -32,6 +32,12 @@ def render_status(status: dict[str, Any]) -> None:
         f"{storage.get('max_map_size', 0) / 1e6:.0f} MB ({storage.get('ratio', 0):.1%}), "
         f"{storage.get('transactions')} transactions"
     )
+    process = status.get("process")
+    if process:
+        console.print(
+            f"memory {process.get('rss_bytes', 0) / 1e6:.1f} MB  "
+            f"cpu {process.get('cpu_s', 0):.1f} s  threads {process.get('threads')}"
+        )
     actors = Table("actor", "state", title="actors")
     for name, state in sorted(status.get("actors", {}).items()):
         actors.add_row(name, state)

@@ -15,6 +15,7 @@ import trio
 from kiln_harness import KilnProcess, clay_config
 
 from claykiln.daemon import AsyncioClient, BadRequest, Client, ShuttingDown, TrioClient
+from claykiln.daemon.cli_render import render_status
 from claykiln.daemon.simulator import Faults, RunningSimulator
 
 Factory = Callable[..., KilnProcess]
@@ -54,7 +55,7 @@ async def _started(kiln: Factory, simulator: RunningSimulator, **kw: Any) -> Kil
 
 
 async def test_hello_and_status_over_every_client_flavor(
-    kiln: Factory, simulator: RunningSimulator
+    kiln: Factory, simulator: RunningSimulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """hello and status answer over the sync, trio and asyncio clients."""
     proc = await _started(kiln, simulator)
@@ -84,8 +85,16 @@ async def test_hello_and_status_over_every_client_flavor(
         assert status["pid"] == proc.proc.pid  # type: ignore[union-attr]
         assert status["health"] == "healthy"
         assert set(status["actors"]) >= {"writer", "breakers", "gate", "lanes", "upstream.clay"}
+        process = status["process"]
+        assert process["rss_bytes"] > 1_000_000 and process["threads"] >= 1
+        assert process["gc"]["frozen"] > 1000  # start-up objects moved out of the collector
+        assert len(process["gc"]["collections"]) == 3
         assert all(state == "running" for state in status["actors"].values())
         assert status["storage"]["max_map_size"] > 0
+    render_status(trio_status)  # what `kiln status` prints on a terminal
+    shown = capsys.readouterr().out
+    assert f"pid {trio_status['pid']}" in shown and "healthy" in shown
+    assert "memory " in shown and "upstream.clay" in shown and "critical" in shown
     assert await proc.stop() == 0
 
 
