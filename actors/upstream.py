@@ -135,6 +135,7 @@ class _PoolState:
     closed_after_error: int = 0
     closed_idle: int = 0
     requests: int = 0
+    connects: int = 0
 
 
 class UpstreamPool:
@@ -176,6 +177,7 @@ class UpstreamPool:
             "closed_after_error": s.closed_after_error,
             "closed_idle": s.closed_idle,
             "requests": s.requests,
+            "connects": s.connects,
             "max_connections": self.settings.max_connections,
         }
 
@@ -301,6 +303,7 @@ class UpstreamPool:
         # class is shorter than what is left (so a timeout is never reported as two stages).
         remaining = end - trio.current_time()
         connect = self.settings.timeouts.connect
+        opened = conn.connects
         try:
             wire = await conn.exchange(
                 request.method.encode("ascii"),
@@ -312,6 +315,8 @@ class UpstreamPool:
             )
         except BodyTooLarge as exc:
             raise self._too_large(exc.size) from None
+        finally:
+            self._state.connects += conn.connects - opened
         names: dict[str, str] = {}
         for key, value in wire.headers:
             name = key.decode("latin-1")

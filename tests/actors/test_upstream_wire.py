@@ -163,7 +163,7 @@ async def test_keep_alive_reuses_one_connection_and_frames_requests() -> None:
     assert (get.status, post.status, empty.status) == (200, 200, 200)
     assert get.json() == {"ok": True}
     assert script.connections == 1
-    assert stats["created"] == 1
+    assert (stats["created"], stats["connects"]) == (1, 1)
     first, second, third = script.requests
     assert first.startswith(b"GET /a?q=1+2 HTTP/1.1\r\n")
     port = base.rsplit(":", 1)[1]
@@ -206,6 +206,7 @@ async def test_server_closing_an_idle_connection_is_replaced_before_reuse() -> N
     assert script.connections == 2
     assert len(script.requests) == 2
     assert stats["closed_after_error"] == 0
+    assert (stats["created"], stats["connects"]) == (1, 2)  # one connection object, reopened
 
 
 async def test_bytes_past_the_response_end_are_never_read_as_the_next_answer() -> None:
