@@ -14,6 +14,8 @@ because only actors/upstream*.py-side code may import httpx and h11.
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 import httpx
@@ -35,6 +37,9 @@ def _percentile(ordered: list[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
+Send = Callable[[], Awaitable[int]]  # one GET -> its status; raises to count an error
+
+
 async def direct_httpx(
     url: str, *, concurrency: int = 64, seconds: float = 5.0, max_requests: int = 200_000
 ) -> dict[str, Any]:
@@ -44,41 +49,23 @@ async def direct_httpx(
     (elapsed), ``rps``, ``p50_ms``/``p90_ms``/``p99_ms``/``max_ms`` latency, ``statuses`` (count by
     status) and ``concurrency``. Never raises for a failing URL: failures are counted.
     """
-    if concurrency < 1 or seconds <= 0 or max_requests < 1:
-        msg = "concurrency and max_requests must be >= 1 and seconds > 0"
-        raise ValueError(msg)
     ssl_context = httpx.create_ssl_context(trust_env=False)
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    errors = 0
-    issued = 0
-    start = trio.current_time()
-    stop_at = start + seconds
 
-    async def worker() -> None:
-        nonlocal issued, errors
+    @asynccontextmanager
+    async def sender() -> AsyncIterator[Send]:
         async with httpx.AsyncClient(
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             timeout=REQUEST_TIMEOUT,
             verify=ssl_context,
             trust_env=False,
         ) as client:
-            while issued < max_requests and trio.current_time() < stop_at:
-                issued += 1
-                began = trio.current_time()
-                try:
-                    response = await client.get(url)
-                except httpx.HTTPError:
-                    errors += 1
-                    continue
-                latencies.append(trio.current_time() - began)
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
-    with trio.move_on_at(stop_at + DRAIN_GRACE):
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
-    return _summary(latencies, statuses, errors, trio.current_time() - start, concurrency)
+            async def send() -> int:
+                return (await client.get(url)).status_code
+
+            yield send
+
+    return await _hammer(sender, concurrency, seconds, max_requests)
 
 
 async def direct_wire(
@@ -87,13 +74,49 @@ async def direct_wire(
     """The same load as ``direct_httpx``, through the daemon's own HTTP/1.1 exchange
     (``Http11Connection``, one per worker) and no daemon: the floor a call through the daemon
     is compared with to see what the daemon itself adds. Same figures and bounds."""
-    if concurrency < 1 or seconds <= 0 or max_requests < 1:
-        msg = "concurrency and max_requests must be >= 1 and seconds > 0"
-        raise ValueError(msg)
     parsed = httpx.URL(url)
     origin = Origin.from_url(parsed)
     ssl_context = httpx.create_ssl_context(trust_env=False)
     headers = [(b"Host", origin.host_header), (b"Accept", b"*/*"), (b"User-Agent", b"claykiln")]
+
+    @asynccontextmanager
+    async def sender() -> AsyncIterator[Send]:
+        conn = Http11Connection(origin, ssl_context)
+
+        async def send() -> int:
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    response = await conn.exchange(
+                        b"GET",
+                        parsed.raw_path,
+                        headers,
+                        None,
+                        connect_timeout=None,
+                        max_body=1 << 20,
+                    )
+            except BaseException:
+                await conn.aclose()  # a failed or cut exchange leaves the connection unusable
+                raise
+            return response.status
+
+        try:
+            yield send
+        finally:
+            await conn.aclose()
+
+    return await _hammer(sender, concurrency, seconds, max_requests)
+
+
+async def _hammer(
+    sender: Callable[[], AbstractAsyncContextManager[Send]],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+) -> dict[str, Any]:
+    """Run ``concurrency`` workers, each with its own ``sender()``, within both bounds."""
+    if concurrency < 1 or seconds <= 0 or max_requests < 1:
+        msg = "concurrency and max_requests must be >= 1 and seconds > 0"
+        raise ValueError(msg)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
@@ -103,29 +126,17 @@ async def direct_wire(
 
     async def worker() -> None:
         nonlocal issued, errors
-        conn = Http11Connection(origin, ssl_context)
-        try:
+        async with sender() as send:
             while issued < max_requests and trio.current_time() < stop_at:
                 issued += 1
                 began = trio.current_time()
                 try:
-                    with trio.fail_after(REQUEST_TIMEOUT):
-                        response = await conn.exchange(
-                            b"GET",
-                            parsed.raw_path,
-                            headers,
-                            None,
-                            connect_timeout=None,
-                            max_body=1 << 20,
-                        )
+                    status = await send()
                 except (httpx.HTTPError, trio.TooSlowError):
                     errors += 1
-                    await conn.aclose()
                     continue
                 latencies.append(trio.current_time() - began)
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-        finally:
-            await conn.aclose()
+                statuses[status] = statuses.get(status, 0) + 1
 
     with trio.move_on_at(stop_at + DRAIN_GRACE):
         async with trio.open_nursery() as nursery:
