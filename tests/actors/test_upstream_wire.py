@@ -22,7 +22,7 @@ import pytest
 import trio
 import trustme
 
-from claykiln.actors.errors import BadRequest, UpstreamError
+from claykiln.actors.errors import BadRequest, CallTimeout, UpstreamError
 from claykiln.actors.upstream import HttpRequest, UpstreamPool, UpstreamSettings
 from claykiln.actors.upstream_wire import decode_header
 
@@ -36,6 +36,7 @@ class Reply:
     data: bytes
     close: bool = False
     read_body: bool = True  # False: answer right after the head, without reading the body
+    drip: float = 0.0  # > 0: send one byte at a time, this many seconds apart
 
 
 @attrs.define
@@ -43,6 +44,7 @@ class Script:
     replies: list[Reply]
     requests: list[bytes] = attrs.field(factory=list)
     connections: int = 0
+    dripped: int = 0  # bytes a dripping reply got out before the client went away
     closed: int = 0
     closed_event: trio.Event = attrs.field(factory=trio.Event)
 
@@ -93,7 +95,13 @@ async def _serve(script: Script, stream: trio.abc.Stream) -> None:
                 return
             reply = script.replies.pop(0)
             script.requests.append(request)
-            await stream.send_all(reply.data)
+            if reply.drip:
+                for index in range(len(reply.data)):
+                    await stream.send_all(reply.data[index : index + 1])
+                    script.dripped += 1
+                    await trio.sleep(reply.drip)
+            else:
+                await stream.send_all(reply.data)
             if reply.close:
                 return
     except trio.BrokenResourceError:
@@ -106,12 +114,12 @@ async def _serve(script: Script, stream: trio.abc.Stream) -> None:
 
 @asynccontextmanager
 async def scripted(
-    *replies: Reply, server_ssl: ssl.SSLContext | None = None
+    *replies: Reply, server_ssl: ssl.SSLContext | None = None, host: str = "127.0.0.1"
 ) -> AsyncIterator[tuple[Script, str]]:
     script = Script(list(replies))
     async with trio.open_nursery() as nursery:
         if server_ssl is None:
-            serve = partial(trio.serve_tcp, partial(_serve, script), 0, host="127.0.0.1")
+            serve = partial(trio.serve_tcp, partial(_serve, script), 0, host=host)
         else:
             serve = partial(
                 trio.serve_ssl_over_tcp,
@@ -125,7 +133,8 @@ async def scripted(
         sock = listeners[0].transport_listener.socket if server_ssl else listeners[0].socket
         port = sock.getsockname()[1]
         scheme = "https" if server_ssl else "http"
-        yield script, f"{scheme}://127.0.0.1:{port}"
+        where = f"[{host}]" if ":" in host else host
+        yield script, f"{scheme}://{where}:{port}"
         nursery.cancel_scope.cancel()
 
 
@@ -346,6 +355,30 @@ async def test_bad_header_value_is_refused_before_any_byte_is_sent() -> None:
             response = await pool.execute(HttpRequest("GET", "/"), timeout=2.0)
     assert response.status == 200
     assert len(script.requests) == 1
+
+
+async def test_ipv6_upstream_gets_a_bracketed_host_header() -> None:
+    with trio.fail_after(5):
+        async with scripted(Reply(ok()), host="::1") as (script, base), pool_for(base) as pool:
+            response = await pool.execute(HttpRequest("GET", "/v6"), timeout=2.0)
+    assert response.status == 200
+    assert head_of(script.requests[0])["host"] == f"[::1]:{base.rsplit(':', 1)[1]}"
+
+
+async def test_an_upstream_dripping_bytes_is_cut_at_the_class_timeout() -> None:
+    """A server that sends its answer one byte every 50 ms (a slow-loris upstream) cannot hold a
+    call past its timeout: the budget covers the whole exchange, not each read."""
+    dripping = Reply(ok(b"x" * 200), drip=0.05)
+    with trio.fail_after(5):
+        async with scripted(dripping) as (script, base), pool_for(base) as pool:
+            with pytest.raises(CallTimeout) as info:
+                await pool.execute(HttpRequest("GET", "/"), timeout=0.3)
+            await script.wait_closed(1)  # our side closed the connection: the drip broke off
+            stats = pool.stats()
+    assert info.value.details is not None
+    assert (info.value.details["stage"], info.value.details["sent"]) == ("request", True)
+    assert 0 < script.dripped < len(dripping.data)  # the answer (10 s of drip) never finished
+    assert stats["in_use"] == 0 and stats["idle"] == 0
 
 
 @pytest.fixture(scope="module")
