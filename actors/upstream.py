@@ -1,9 +1,11 @@
 """Upstream executor: speaks HTTP/1.1 to one upstream, one connection per concurrent call.
 
 Card
-- owns: the keep-alive ``Http11Connection`` objects of one upstream (``upstream_wire``: h11 over
-  trio, TLS for https; a LIFO free list, a FIFO ``trio.Semaphore`` of ``max_connections`` slots)
-  and their lifecycle.
+- owns: the keep-alive connections of one upstream (a LIFO free list, a FIFO
+  ``trio.Semaphore`` of ``max_connections`` slots) and their lifecycle: ``Http11Connection``
+  (``upstream_wire``: h11 over trio, TLS for https) by default, or ``HttpxConnection``
+  (``upstream_httpx``: one single-connection ``httpx.AsyncClient``) with
+  ``http_client = "httpx"``.
 - receives: no inbox; ``execute`` runs in the CALLER's task, so a caller's timeout or
   cancellation really cancels the socket. Free list and counters change only between awaits.
 - replies: ``HttpResponse`` for any HTTP status (the pipeline judges statuses), or raises a
@@ -62,6 +64,7 @@ from claykiln.actors.errors import (
 from claykiln.actors.log import get_logger
 from claykiln.actors.upstream_http import (
     DELAY_SECONDS,
+    HTTP_CLIENTS,
     MAX_BODY_BYTES,
     NO_JSON,
     PLACEHOLDER,
@@ -72,6 +75,7 @@ from claykiln.actors.upstream_http import (
     join_url,
     render_path,
 )
+from claykiln.actors.upstream_httpx import HttpxConnection
 from claykiln.actors.upstream_wire import (
     BodyTooLarge,
     Http11Connection,
@@ -81,6 +85,7 @@ from claykiln.actors.upstream_wire import (
 
 __all__ = [
     "DELAY_SECONDS",
+    "HTTP_CLIENTS",
     "MAX_BODY_BYTES",
     "NO_JSON",
     "PLACEHOLDER",
@@ -96,6 +101,8 @@ __all__ = [
 ]
 
 log = get_logger("claykiln.upstream")
+
+Connection = Http11Connection | HttpxConnection  # UpstreamSettings.http_client picks one
 
 CLOSE_GRACE: Final = 1.0  # seconds a suspect client gets to close (shielded)
 SHUTDOWN_GRACE: Final = 5.0  # seconds all idle clients get to close when the pool stops
@@ -128,7 +135,7 @@ class UpstreamFailure(UpstreamError):
 class _PoolState:
     """Only the pool touches this; changes happen between awaits."""
 
-    free: collections.deque[tuple[Http11Connection, float]] = attrs.field(factory=collections.deque)
+    free: collections.deque[tuple[Connection, float]] = attrs.field(factory=collections.deque)
     phase: str = "new"  # new | running | stopped
     in_use: int = 0
     created: int = 0
@@ -251,7 +258,7 @@ class UpstreamPool:
             raise self._timeout(end, limit, timeout, sent=True)
         return response
 
-    async def _checkout(self, end: float, limit: float, budget: float) -> Http11Connection:
+    async def _checkout(self, end: float, limit: float, budget: float) -> Connection:
         try:
             self._slots.acquire_nowait()  # no scheduler pass when a slot is free
         except trio.WouldBlock:
@@ -265,15 +272,17 @@ class UpstreamPool:
             raise self._timeout(end, limit, budget, sent=False, phase="pool")
         return self._take_client()
 
-    def _take_client(self) -> Http11Connection:
+    def _take_client(self) -> Connection:
         state = self._state
         state.in_use += 1
         if state.free:
             return state.free.pop()[0]
         state.created += 1
+        if self.settings.http_client == "httpx":
+            return HttpxConnection(self._origin, self._ssl)
         return Http11Connection(self._origin, self._ssl)
 
-    async def _checkin(self, client: Http11Connection, *, healthy: bool) -> None:
+    async def _checkin(self, client: Connection, *, healthy: bool) -> None:
         state = self._state
         try:
             if healthy and state.phase == "running" and client.reusable:
@@ -289,7 +298,7 @@ class UpstreamPool:
 
     async def _send(
         self,
-        conn: Http11Connection,
+        conn: Connection,
         request: HttpRequest,
         url: httpx.URL,
         payload: tuple[list[tuple[bytes, bytes]], bytes | None],

@@ -27,6 +27,7 @@ from claykiln.actors.errors import BadRequest
 
 __all__ = [
     "DELAY_SECONDS",
+    "HTTP_CLIENTS",
     "MAX_BODY_BYTES",
     "NO_JSON",
     "PLACEHOLDER",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+HTTP_CLIENTS: Final = ("h11", "httpx")  # UpstreamSettings.http_client: see actors/upstream.py
 JOIN_CACHE_SIZE: Final = 4096  # distinct (base_url, path) pairs kept parsed
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 DELAY_SECONDS = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,9})?")
@@ -79,7 +81,9 @@ def _check_base_url(_inst: object, _attr: object, value: str) -> None:
 @attrs.frozen
 class UpstreamSettings:
     """One upstream: where it lives and how to authenticate. ``credential`` is the secret value
-    injected as the ``auth_header``; it is never logged and left out of the repr."""
+    injected as the ``auth_header``; it is never logged and left out of the repr.
+    ``http_client``: ``"h11"`` (``Http11Connection``, the default) or ``"httpx"`` (one
+    single-connection ``httpx.AsyncClient`` per connection slot)."""
 
     name: str
     base_url: str = attrs.field(validator=_check_base_url)
@@ -90,6 +94,7 @@ class UpstreamSettings:
     default_headers: Mapping[str, str] = attrs.field(
         factory=dict, converter=_frozen_headers, hash=False
     )
+    http_client: str = attrs.field(default="h11", validator=attrs.validators.in_(HTTP_CLIENTS))
 
     def __attrs_post_init__(self) -> None:
         if (self.auth_header is None) != (self.credential is None):

@@ -20,7 +20,7 @@ from claykiln.actors.breaker import BreakerPolicy
 from claykiln.actors.gate import RatePolicy
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.retry import RetryPolicy
-from claykiln.actors.upstream import TimeoutClasses
+from claykiln.actors.upstream import HTTP_CLIENTS, TimeoutClasses
 from claykiln.daemon.config_daemon import build_daemon
 from claykiln.daemon.config_schema import (
     ConfigError,
@@ -220,6 +220,7 @@ def _upstream(name: str, t: Table) -> UpstreamConfig | None:
     timeouts = build_policy(TimeoutClasses, t.table("timeouts"), TIMEOUT_RULES)
     max_connections = t.get("max_connections", integer(1, example=64), 64)
     headers: dict[str, str] = t.get("headers", _headers, {})
+    http_client = t.get("http_client", choice(*HTTP_CLIENTS, fold_case=False), "h11")
     t.finish()
     if base_url is None or breaker is None or retry is None or timeouts is None or t.invalid:
         return None
@@ -235,6 +236,7 @@ def _upstream(name: str, t: Table) -> UpstreamConfig | None:
         timeouts=timeouts,
         max_connections=max_connections,
         headers=headers,
+        http_client=http_client,
     )
 
 

@@ -111,6 +111,7 @@ class UpstreamConfig:
     timeouts: TimeoutClasses = attrs.field(factory=TimeoutClasses)
     max_connections: int = 64
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    http_client: str = "h11"
 
 
 @attrs.frozen

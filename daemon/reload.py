@@ -33,7 +33,7 @@ __all__ = ["keep_restart_only", "pool_changes", "reload_daemon"]
 
 log = get_logger("claykiln.daemon")  # reload events are the daemon's events
 
-POOL_RESTART_KEYS: Final = ("base_url", "timeouts", "max_connections", "headers")
+POOL_RESTART_KEYS: Final = ("base_url", "timeouts", "max_connections", "headers", "http_client")
 
 
 def pool_changes(old: KilnConfig, new: KilnConfig) -> list[str]:

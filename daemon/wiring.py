@@ -38,6 +38,7 @@ def upstream_settings(config: KilnConfig, creds: CredentialStore) -> dict[str, U
             timeouts=up.timeouts,
             max_connections=up.max_connections,
             default_headers=up.headers,
+            http_client=up.http_client,
         )
         for name, up in config.upstreams.items()
     }

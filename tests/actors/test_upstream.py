@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from claykiln.actors.errors import (
     UpstreamError,
 )
 from claykiln.actors.upstream import (
+    HTTP_CLIENTS,
     HttpRequest,
     TimeoutClasses,
     UpstreamFailure,
@@ -40,6 +42,18 @@ AUTH = "x-clay-webhook-auth"
 FAST = TimeoutClasses(connect=0.2, request=0.2)
 
 
+HTTP_CLIENT = "h11"  # set per test by the autouse fixture below
+
+
+@pytest.fixture(autouse=True, params=HTTP_CLIENTS)
+def http_client(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs against both HTTP clients an upstream can use."""
+    global HTTP_CLIENT  # read by settings(), one test at a time
+    HTTP_CLIENT = request.param
+    yield request.param
+    HTTP_CLIENT = "h11"
+
+
 def settings(base_url: str, **kw: Any) -> UpstreamSettings:
     args: dict[str, Any] = {
         "name": "clay",
@@ -47,6 +61,7 @@ def settings(base_url: str, **kw: Any) -> UpstreamSettings:
         "auth_header": AUTH,
         "credential": SECRET,
         "timeouts": FAST,
+        "http_client": HTTP_CLIENT,
         **kw,
     }
     return UpstreamSettings(**args)

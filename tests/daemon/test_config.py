@@ -25,6 +25,7 @@ from claykiln.daemon.config import (
     load_config,
     restart_required,
 )
+from claykiln.daemon.reload import pool_changes
 
 FULL = """
 [daemon]
@@ -61,6 +62,7 @@ retry = { attempts = 5, base = "100ms", cap = "2s" }
 timeouts = { connect = "2s", request = "20s", upload = "60s", long_poll = "10m" }
 max_connections = 16
 headers = { "user-agent" = "test/1" }
+http_client = "httpx"
 [upstreams.clay.breaker]
 error_threshold = 0.25
 volume_threshold = 4
@@ -206,7 +208,9 @@ def test_full_file_round_trips_every_key(tmp_path: Path) -> None:
     assert clay.retry == RetryPolicy(attempts=5, base=0.1, cap=2.0)
     assert clay.timeouts == TimeoutClasses(connect=2.0, request=20.0, upload=60.0, long_poll=600.0)
     assert (clay.max_connections, clay.headers) == (16, {"user-agent": "test/1"})
+    assert clay.http_client == "httpx"
     other = config.upstreams["other"]
+    assert other.http_client == "h11"
     assert other.base_url == "http://127.0.0.1:8080/api"
     assert (other.auth, other.rate, other.breaker) == (None, None, BreakerPolicy())
     assert config.lanes == {
@@ -371,6 +375,19 @@ def test_restart_required_names_the_changed_restart_keys(tmp_path: Path) -> None
         "daemon.limits",
         "daemon.storage",
     )
+
+
+def test_pool_changes_name_the_connection_settings_of_running_pools() -> None:
+    """A reload cannot swap a running pool's HTTP client, size, timeouts, headers or URL."""
+    old = load_config(None, env={})
+    clay = old.upstreams["clay"]
+    moved = attrs.evolve(clay, http_client="httpx", max_connections=8)
+    new = attrs.evolve(old, upstreams={**old.upstreams, "clay": moved})
+    assert pool_changes(old, new) == [
+        "upstreams.clay.max_connections",
+        "upstreams.clay.http_client",
+    ]
+    assert pool_changes(old, old) == []
 
 
 def test_describe_summarizes_upstreams_lanes_and_operations() -> None:

@@ -204,6 +204,10 @@ def test_bad_size(tmp_path: Path, text: str, expected: str) -> None:
             "max_connections = 0",
             "upstreams.clay.max_connections = 0: must be an integer >= 1, e.g. 64",
         ),
+        (
+            'http_client = "curl"',
+            'upstreams.clay.http_client = "curl": must be one of "h11", "httpx"',
+        ),
     ],
 )
 def test_out_of_range_thresholds(tmp_path: Path, table: str, expected: str) -> None:
