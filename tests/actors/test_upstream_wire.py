@@ -357,6 +357,23 @@ async def test_bad_header_value_is_refused_before_any_byte_is_sent() -> None:
     assert len(script.requests) == 1
 
 
+async def test_head_and_204_answers_have_no_body_to_wait_for() -> None:
+    """A HEAD answer declares a length it does not send, a 204 sends nothing: neither hangs, and
+    the connection stays usable."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+    empty = b"HTTP/1.1 204 No Content\r\n\r\n"
+    with trio.fail_after(5):
+        replies = (Reply(head), Reply(empty), Reply(ok()))
+        async with scripted(*replies) as (script, base), pool_for(base) as pool:
+            first = await pool.execute(HttpRequest("HEAD", "/"), timeout=2.0)
+            second = await pool.execute(HttpRequest("DELETE", "/"), timeout=2.0)
+            third = await pool.execute(HttpRequest("GET", "/"), timeout=2.0)
+    assert (first.status, first.body, first.headers["content-length"]) == (200, b"", "1234")
+    assert (second.status, second.body) == (204, b"")
+    assert third.status == 200
+    assert script.connections == 1
+
+
 async def test_ipv6_upstream_gets_a_bracketed_host_header() -> None:
     with trio.fail_after(5):
         async with scripted(Reply(ok()), host="::1") as (script, base), pool_for(base) as pool:
