@@ -20,7 +20,7 @@ from typing import Final
 
 import httpx
 
-from claykiln.actors.upstream_wire import BodyTooLarge, Origin, WireResponse
+from claykiln.actors.upstream_wire import BodyBuffer, Origin, WireResponse
 
 __all__ = ["HttpxConnection"]
 
@@ -82,18 +82,11 @@ class HttpxConnection:
             content=body,
             timeout=httpx.Timeout(None, connect=connect_timeout),
         ) as response:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_body:
-                raise BodyTooLarge(declared)
-            chunks: list[bytes] = []
-            size = 0
+            received = BodyBuffer(max_body, response.headers.get("content-length"))
             async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_body:
-                    raise BodyTooLarge(f"more than {size}")
-                chunks.append(chunk)
+                received.add(chunk)
             return WireResponse(
                 status=response.status_code,
                 headers=[(name.lower(), value) for name, value in response.headers.raw],
-                body=b"".join(chunks),
+                body=received.value(),
             )

@@ -37,6 +37,7 @@ import trio
 
 __all__ = [
     "MAX_HEAD_BYTES",
+    "BodyBuffer",
     "BodyTooLarge",
     "Http11Connection",
     "Origin",
@@ -55,6 +56,27 @@ class BodyTooLarge(Exception):
     def __init__(self, size: str) -> None:
         super().__init__(size)
         self.size = size
+
+
+class BodyBuffer:
+    """A response body collected under ``max_body`` bytes; a declared Content-Length over the
+    limit is refused before any byte is read."""
+
+    def __init__(self, max_body: int, declared: bytes | str | None = None) -> None:
+        if declared is not None and declared.isdigit() and int(declared) > max_body:
+            raise BodyTooLarge(declared if isinstance(declared, str) else declared.decode())
+        self.max_body = max_body
+        self.size = 0
+        self._chunks: list[bytes] = []
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_body:
+            raise BodyTooLarge(f"more than {self.size}")
+        self._chunks.append(chunk)
+
+    def value(self) -> bytes:
+        return b"".join(self._chunks)
 
 
 @attrs.frozen
@@ -217,8 +239,7 @@ class Http11Connection:
     async def _receive(self, stream: trio.abc.Stream, max_body: int) -> WireResponse:
         conn = self._h11
         response: h11.Response | None = None
-        chunks: list[bytes] = []
-        size = 0
+        body = BodyBuffer(max_body)
         while True:
             try:
                 event = conn.next_event()
@@ -237,15 +258,10 @@ class Http11Connection:
                 except h11.RemoteProtocolError as exc:
                     raise httpx.RemoteProtocolError(str(exc)) from None
             elif type(event) is h11.Data:
-                size += len(event.data)
-                if size > max_body:
-                    raise BodyTooLarge(f"more than {size}")
-                chunks.append(bytes(event.data))
+                body.add(bytes(event.data))
             elif type(event) is h11.Response:
                 response = event
-                declared = _header(event.headers, b"content-length")
-                if declared is not None and declared.isdigit() and int(declared) > max_body:
-                    raise BodyTooLarge(declared.decode("ascii"))
+                body = BodyBuffer(max_body, _header(event.headers, b"content-length"))
             elif type(event) is h11.EndOfMessage:
                 break
             elif type(event) is h11.ConnectionClosed:
@@ -258,11 +274,13 @@ class Http11Connection:
             conn.start_next_cycle()
         else:  # Connection: close, HTTP/1.0, or bytes past the response's end: never reuse
             await self.aclose()
-        body = b"".join(chunks)
+        content = body.value()
         coding = _header(response.headers, b"content-encoding")
-        if coding is not None and body:
-            body = _decode_body(coding, body, max_body)
-        return WireResponse(status=response.status_code, headers=list(response.headers), body=body)
+        if coding is not None and content:
+            content = _decode_body(coding, content, max_body)
+        return WireResponse(
+            status=response.status_code, headers=list(response.headers), body=content
+        )
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
