@@ -165,9 +165,10 @@ class UpstreamPool:
         for name, value in settings.default_headers.items():
             base[name.lower()] = (name.encode("ascii"), value.encode("ascii"))
         self._base_headers = base
-        self._auth: tuple[bytes, bytes] | None = None
+        self._auth: tuple[str, tuple[bytes, bytes]] | None = None  # (lower-case key, header)
         if settings.auth_header is not None and settings.credential is not None:
-            self._auth = (settings.auth_header.encode("ascii"), settings.credential.encode("ascii"))
+            header = (settings.auth_header.encode("ascii"), settings.credential.encode("ascii"))
+            self._auth = (settings.auth_header.lower(), header)
 
     def __repr__(self) -> str:
         return f"<UpstreamPool {self.settings.name} {self.settings.base_url}>"
@@ -361,7 +362,8 @@ class UpstreamPool:
         else:
             merged.pop("content-length", None)
         if self._auth is not None:
-            merged[self._auth[0].lower().decode("ascii")] = self._auth
+            key, header = self._auth
+            merged[key] = header
         return list(merged.values()), content
 
     def _details(self, **extra: Any) -> dict[str, Any]:

@@ -47,7 +47,9 @@ __all__ = [
 
 READ_SIZE: Final = 65536
 MAX_HEAD_BYTES: Final = 64 * 1024  # status line + headers of one response
-DECODERS: Final = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
+GZIP: Final = (16 + zlib.MAX_WBITS,)
+# Content coding -> zlib wbits to try in turn ("deflate" is zlib-wrapped, or raw in the wild).
+DECODERS: Final = {"gzip": GZIP, "x-gzip": GZIP, "deflate": (zlib.MAX_WBITS, -zlib.MAX_WBITS)}
 
 
 class BodyTooLarge(Exception):
@@ -298,25 +300,25 @@ def _decode_body(coding: bytes, body: bytes, max_body: int) -> bytes:
     if not names or any(name not in DECODERS for name in names):
         return body
     for name in reversed(names):
-        body = _inflate(body, DECODERS[name], max_body)
+        body = _inflate(body, name, max_body)
     return body
 
 
-def _inflate(body: bytes, wbits: int, max_body: int) -> bytes:
-    attempts = (wbits,) if wbits else (zlib.MAX_WBITS, -zlib.MAX_WBITS)  # deflate: zlib or raw
-    for index, bits in enumerate(attempts):
+def _inflate(body: bytes, name: str, max_body: int) -> bytes:
+    *fallbacks, last = DECODERS[name]
+    for bits in (*fallbacks, last):
         inflater = zlib.decompressobj(bits)
         try:
             out = inflater.decompress(body, max_body + 1)
         except zlib.error as exc:
-            if index + 1 < len(attempts):
+            if bits != last:
                 continue
-            msg = f"response body is not valid {'gzip' if wbits else 'deflate'} data: {exc}"
+            msg = f"response body is not valid {name} data: {exc}"
             raise httpx.DecodingError(msg) from None
         if len(out) > max_body or inflater.unconsumed_tail:
             raise BodyTooLarge(f"more than {max_body} decoded")
         return out
-    raise AssertionError("unreachable")  # pragma: no cover
+    raise AssertionError("unreachable")  # pragma: no cover -- the loop returns or raises
 
 
 def _describe(exc: BaseException) -> str:
