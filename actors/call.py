@@ -14,9 +14,9 @@ from typing import Any, Final
 
 import attrs
 
-from .breaker_types import Outcome
-from .errors import BadRequest, CallTimeout, KilnError
-from .upstream_http import NO_JSON, HttpResponse
+from claykiln.actors.breaker_types import Outcome
+from claykiln.actors.errors import BadRequest, CallTimeout, KilnError
+from claykiln.actors.upstream_http import NO_JSON, HttpResponse
 
 __all__ = [
     "BODY_EXCERPT",

@@ -29,9 +29,9 @@ from typing import Final
 import attrs
 import trio
 
-from .breaker import BreakerBoard
-from .breaker_types import Outcome, Ticket
-from .call import (
+from claykiln.actors.breaker import BreakerBoard
+from claykiln.actors.breaker_types import Outcome, Ticket
+from claykiln.actors.call import (
     CallRequest,
     CallResult,
     Operation,
@@ -41,13 +41,19 @@ from .call import (
     excerpt,
     health_outcome,
 )
-from .errors import BadRequest, CallTimeout, KilnError, UnknownOperation, UpstreamError
-from .gate import GateBoard
-from .lanes import Lanes
-from .log import get_logger
-from .retry import Outcome as RetryOutcome
-from .retry import RetryPolicy, plan_retry
-from .upstream import HttpRequest, HttpResponse, UpstreamPool, render_path
+from claykiln.actors.errors import (
+    BadRequest,
+    CallTimeout,
+    KilnError,
+    UnknownOperation,
+    UpstreamError,
+)
+from claykiln.actors.gate import GateBoard
+from claykiln.actors.lanes import Lanes
+from claykiln.actors.log import get_logger
+from claykiln.actors.retry import Outcome as RetryOutcome
+from claykiln.actors.retry import RetryPolicy, plan_retry
+from claykiln.actors.upstream import HttpRequest, HttpResponse, UpstreamPool, render_path
 
 __all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRoute"]
 

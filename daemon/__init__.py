@@ -1,24 +1,27 @@
 """claykiln: a per-host reliability daemon for calls to Clay and other HTTP APIs.
 
-The client library (wire protocol: docs/protocol.md)::
+Apps import the client library from here (it lives in ``claykiln.daemon.client``)::
 
     from claykiln.daemon import Client, KilnError
     with Client() as kiln:
         kiln.call("push_row", path_params={"webhook_id": "w1"}, json={"name": "Ada"})
 
-``Client`` is blocking; ``TrioClient`` and ``AsyncioClient`` pipeline many calls on one
-connection. Importing this package loads only the sync client, the protocol core and msgpack:
-``TrioClient`` / ``AsyncioClient`` import trio / asyncio on first access.
+Importing this package loads only the sync client, the protocol core and msgpack; ``TrioClient``
+and ``AsyncioClient`` import trio / asyncio on first access. The daemon's own rooms (``app``,
+``rpc``, ``methods``, ``config``, ``cli``; the tools ``demo``, ``bench``, ``simulator``) are
+described in docs/architecture.md.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .client_sync import Client
-from .errors import (
+from claykiln.daemon import client as _client
+from claykiln.daemon.client import (
+    SOCKET_ENV,
     BadRequest,
     BreakerOpen,
+    Client,
     ConnectionLost,
     DaemonUnavailable,
     Forbidden,
@@ -36,14 +39,15 @@ from .errors import (
     UnknownMethod,
     UnknownOperation,
     UpstreamError,
+    client_socket_path,
     error_from_wire,
 )
 
 if TYPE_CHECKING:
-    from .client_asyncio import AsyncioClient
-    from .client_trio import TrioClient
+    from claykiln.daemon.client import AsyncioClient, TrioClient
 
 __all__ = [
+    "SOCKET_ENV",
     "AsyncioClient",
     "BadRequest",
     "BreakerOpen",
@@ -66,22 +70,14 @@ __all__ = [
     "UnknownMethod",
     "UnknownOperation",
     "UpstreamError",
+    "client_socket_path",
     "error_from_wire",
 ]
 
-_LAZY = {"TrioClient": ".client_trio", "AsyncioClient": ".client_asyncio"}
-
 
 def __getattr__(name: str) -> Any:
-    """Import the async flavors on first access, so sync users never load trio or asyncio."""
-    if name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    msg = f"module {__name__!r} has no attribute {name!r}"
-    raise AttributeError(msg)
+    """``TrioClient`` / ``AsyncioClient`` load on first access (see the client package)."""
+    return getattr(_client, name)
 
 
 def __dir__() -> list[str]:

@@ -1,5 +1,5 @@
 """``python -m claykiln.daemon`` is ``kiln``."""
 
-from .cli import main
+from claykiln.daemon.cli import main
 
 main()

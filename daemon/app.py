@@ -38,19 +38,18 @@ from claykiln.actors.gate import GateBoard
 from claykiln.actors.lanes import Lanes
 from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
 from claykiln.actors.upstream import UpstreamPool
+from claykiln.daemon import sdnotify, wiring
+from claykiln.daemon.config import ConfigError
+from claykiln.daemon.config.credentials import CredentialError, CredentialStore
+from claykiln.daemon.config.types import KilnConfig
+from claykiln.daemon.logs import alert, configure_logging, get_logger, set_secrets
+from claykiln.daemon.methods import build_methods
+from claykiln.daemon.reload import reload_daemon
+from claykiln.daemon.rpc.listener import SocketInUse, adopt_listener, bind_unix_listener
+from claykiln.daemon.rpc.protocol import Limits
+from claykiln.daemon.rpc.server import Server, ServerLimits
+from claykiln.daemon.views import DaemonViews
 from claykiln.storage import Put, StorageError, Store, Writer, text_key
-
-from . import sdnotify, wiring
-from .app_views import DaemonViews
-from .config import ConfigError
-from .config_types import KilnConfig
-from .credentials import CredentialError, CredentialStore
-from .listener import SocketInUse, adopt_listener, bind_unix_listener
-from .logs import alert, configure_logging, get_logger, set_secrets
-from .methods import build_methods
-from .protocol import Limits
-from .reload import reload_daemon
-from .server import Server, ServerLimits
 
 __all__ = ["Daemon", "kiln_version", "run_daemon"]
 

@@ -14,12 +14,11 @@ import trio
 from claykiln.actors.call import CallRequest
 from claykiln.actors.errors import BadRequest
 from claykiln.actors.upstream import NO_JSON
-
-from .protocol import PROTOCOL_VERSION
-from .rpc_types import Method, RequestContext
+from claykiln.daemon.rpc.protocol import PROTOCOL_VERSION
+from claykiln.daemon.rpc.types import Method, RequestContext
 
 if TYPE_CHECKING:
-    from .app import Daemon
+    from claykiln.daemon.app import Daemon
 
 __all__ = ["build_methods", "parse_call"]
 

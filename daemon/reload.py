@@ -19,15 +19,14 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from claykiln.actors.breaker_types import BreakerPolicy
-
-from . import sdnotify, wiring
-from .config import ConfigError, load_config, restart_required
-from .credentials import CredentialError
-from .logs import alert, configure_logging, get_logger
+from claykiln.daemon import sdnotify, wiring
+from claykiln.daemon.config import ConfigError, load_config, restart_required
+from claykiln.daemon.config.credentials import CredentialError
+from claykiln.daemon.logs import alert, configure_logging, get_logger
 
 if TYPE_CHECKING:
-    from .app import Daemon
-    from .config_types import KilnConfig
+    from claykiln.daemon.app import Daemon
+    from claykiln.daemon.config.types import KilnConfig
 
 __all__ = ["keep_restart_only", "pool_changes", "reload_daemon"]
 

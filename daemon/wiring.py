@@ -9,9 +9,8 @@ from claykiln.actors.call import Operation
 from claykiln.actors.gate import RatePolicy
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.upstream import UpstreamSettings
-
-from .config_types import KilnConfig
-from .credentials import CredentialStore
+from claykiln.daemon.config.credentials import CredentialStore
+from claykiln.daemon.config.types import KilnConfig
 
 __all__ = [
     "breaker_policies",

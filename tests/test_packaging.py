@@ -37,7 +37,7 @@ def test_wheel_contains_the_three_packages_and_imports(tmp_path: Path) -> None:
     for pkg in ("daemon", "actors", "storage"):
         assert f"claykiln/{pkg}/__init__.py" in names
         assert f"claykiln/{pkg}/py.typed" in names
-    assert "claykiln/daemon/default.toml" in names
+    assert "claykiln/daemon/config/default.toml" in names
     assert "claykiln/daemon/simulator/__init__.py" in names
     assert not any(n.startswith(("daemon/", "actors/", "storage/", "tests/")) for n in names)
     # The unpacked wheel imports on its own (dependencies from this environment).

@@ -16,7 +16,7 @@ In process::
 As a separate process: ``python -m claykiln.daemon.simulator --port 0 --port-file PATH``.
 """
 
-from ._model import (
+from claykiln.daemon.simulator._model import (
     DEFAULT_API_KEY,
     DEFAULT_RECORD_CAP,
     Faults,
@@ -29,9 +29,9 @@ from ._model import (
     TokenBucket,
     WebhookConfig,
 )
-from ._reply import Reply
-from ._server import RunningSimulator, open_simulator, serve_simulator
-from ._simulator import Simulator
+from claykiln.daemon.simulator._reply import Reply
+from claykiln.daemon.simulator._server import RunningSimulator, open_simulator, serve_simulator
+from claykiln.daemon.simulator._simulator import Simulator
 
 __all__ = [
     "DEFAULT_API_KEY",

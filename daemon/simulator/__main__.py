@@ -18,9 +18,14 @@ from pathlib import Path
 
 import trio
 
-from ._model import DEFAULT_API_KEY, DEFAULT_RECORD_CAP, SimSettings, SimulatorConfigError
-from ._server import serve_simulator
-from ._simulator import Simulator
+from claykiln.daemon.simulator._model import (
+    DEFAULT_API_KEY,
+    DEFAULT_RECORD_CAP,
+    SimSettings,
+    SimulatorConfigError,
+)
+from claykiln.daemon.simulator._server import serve_simulator
+from claykiln.daemon.simulator._simulator import Simulator
 
 __all__ = ["main"]
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import trio
 
-from ._abort import Receive, Send, abort_connection
-from ._control import handle_control
-from ._reply import WEBHOOK_PREFIX, Reply, json_reply, path_kind
-from ._simulator import Simulator
+from claykiln.daemon.simulator._abort import Receive, Send, abort_connection
+from claykiln.daemon.simulator._control import handle_control
+from claykiln.daemon.simulator._reply import WEBHOOK_PREFIX, Reply, json_reply, path_kind
+from claykiln.daemon.simulator._simulator import Simulator
 
 __all__ = ["SimulatorApp"]
 

@@ -20,9 +20,9 @@ import json
 from typing import Any
 from urllib.parse import parse_qs
 
-from ._model import Faults, SimulatorConfigError, WebhookConfig
-from ._reply import CONTROL_PREFIX, Reply, json_reply
-from ._simulator import Simulator
+from claykiln.daemon.simulator._model import Faults, SimulatorConfigError, WebhookConfig
+from claykiln.daemon.simulator._reply import CONTROL_PREFIX, Reply, json_reply
+from claykiln.daemon.simulator._simulator import Simulator
 
 __all__ = ["handle_control"]
 

@@ -24,10 +24,10 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
-from ._abort import CURRENT_STREAM
-from ._app import SimulatorApp
-from ._model import SimSettings
-from ._simulator import Simulator
+from claykiln.daemon.simulator._abort import CURRENT_STREAM
+from claykiln.daemon.simulator._app import SimulatorApp
+from claykiln.daemon.simulator._model import SimSettings
+from claykiln.daemon.simulator._simulator import Simulator
 
 __all__ = ["RunningSimulator", "open_simulator", "serve_simulator"]
 

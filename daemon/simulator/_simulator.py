@@ -24,8 +24,15 @@ from typing import Any
 import attrs
 import trio
 
-from ._model import Faults, Row, SimSettings, SimStats, TokenBucket, WebhookConfig
-from ._reply import PUBLIC_PREFIX, Reply, json_reply
+from claykiln.daemon.simulator._model import (
+    Faults,
+    Row,
+    SimSettings,
+    SimStats,
+    TokenBucket,
+    WebhookConfig,
+)
+from claykiln.daemon.simulator._reply import PUBLIC_PREFIX, Reply, json_reply
 
 __all__ = ["Simulator", "WebhookState"]
 

@@ -7,7 +7,7 @@ import pytest
 import trio
 from http_fixture import http_server, refused_port
 
-from claykiln.actors.bench_http import _percentile, direct_httpx, direct_wire
+from claykiln.daemon.bench.http import _percentile, direct_httpx, direct_wire
 
 
 @pytest.mark.parametrize("baseline", [direct_httpx, direct_wire])

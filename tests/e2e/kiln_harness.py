@@ -1,6 +1,6 @@
 """Real daemon processes for end-to-end tests: config on disk, credentials, READY via NOTIFY_SOCKET.
 
-``KilnProcess`` is a ``DaemonProcess`` (claykiln.daemon.daemon_process: temp socket and state
+``KilnProcess`` is a ``DaemonProcess`` (claykiln.daemon.launcher: temp socket and state
 dir, READY=1 awaited on a real datagram socket the way systemd would, real signals, the JSON log
 in a file) with the test credentials and the tests' defaults: a failed start is an
 ``AssertionError``, ``wait`` and ``stop`` are bounded by ``timeout`` seconds.
@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from claykiln.daemon.daemon_process import DaemonProcess, DaemonStartError
+from claykiln.daemon.launcher import DaemonProcess, DaemonStartError
 
 API_KEY = "sim-api-key-0123456789"  # the simulator's default valid key is set per test
 WEBHOOK_TOKEN = "hook-token-s3cr3t-98765"

@@ -20,8 +20,8 @@ import trio
 import trio.testing
 
 from claykiln.daemon import BreakerOpen
-from claykiln.daemon.demo_daemon import DemoDaemon
-from claykiln.daemon.demo_model import (
+from claykiln.daemon.demo.daemon import DemoDaemon
+from claykiln.daemon.demo.model import (
     MAX_BUDGET,
     MIN_BUDGET,
     DemoError,
@@ -30,8 +30,8 @@ from claykiln.daemon.demo_model import (
     Tally,
     pacing_figures,
 )
-from claykiln.daemon.demo_sim import DemoSimulator
-from claykiln.daemon.demo_watch import Watch
+from claykiln.daemon.demo.sim import DemoSimulator
+from claykiln.daemon.demo.watch import Watch
 
 JSON_DURATION = "30"  # ~16 s here (2 s Retry-After and breaker reset)
 SHORT_DURATION = "20"  # the shortest budget allowed; the same story, ~16 s

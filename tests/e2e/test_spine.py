@@ -15,7 +15,7 @@ import trio
 from kiln_harness import KilnProcess, clay_config
 
 from claykiln.daemon import AsyncioClient, BadRequest, Client, ShuttingDown, TrioClient
-from claykiln.daemon.cli_render import render_status
+from claykiln.daemon.cli.render import render_status
 from claykiln.daemon.simulator import Faults, RunningSimulator
 
 Factory = Callable[..., KilnProcess]

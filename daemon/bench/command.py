@@ -1,0 +1,194 @@
+"""``kiln bench``: measure the performance budget of design.md on this machine.
+
+    kiln bench [--scenario writes|hello|call|breaker-open|outage|all] [--duration S]
+               [--concurrency N] [--json]
+
+Scenarios (docs/performance.md has the budget, the method and measured figures):
+
+- ``writes``: durable writes, group commit vs one fsynced commit per write (storage/bench.py);
+- ``hello``: ``hello`` round trips, daemon vs a bare trio msgpack server, two modes;
+- ``call``: ``call`` through the daemon vs direct httpx, against nginx (or the simulator);
+- ``breaker-open``: fail-fast rejections with the breaker forced open;
+- ``outage``: upstream requests during an outage, daemon vs a naive retry loop.
+
+Each measured run lasts ``--duration`` seconds (a scenario makes 1 to 4 of them) and is bounded
+in count too. Figures are ratios of two measurements made in the same run; the absolute numbers
+move with the machine's load (the load average is recorded with every result). Benchmarks are
+never assertions about speed in the test suite.
+
+Output: a rich table on a terminal; JSON with ``--json`` or when stdout is not a terminal.
+Exit status 0 when every scenario ran (whether or not it met its target), 1 when one failed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import click
+
+from claykiln.daemon.bench.measure import BenchOptions
+from claykiln.daemon.bench.outage import bench_outage
+from claykiln.daemon.bench.scenarios import (
+    bench_breaker_open,
+    bench_call,
+    bench_hello,
+    bench_writes,
+)
+
+__all__ = ["SCENARIOS", "bench_command", "run_bench"]
+
+Scenario = Callable[[BenchOptions], dict[str, Any]]
+
+SCENARIOS: Final[dict[str, Scenario]] = {
+    "writes": bench_writes,
+    "hello": bench_hello,
+    "call": bench_call,
+    "breaker-open": bench_breaker_open,
+    "outage": bench_outage,
+}
+MAX_DURATION: Final = 600.0
+MAX_CONCURRENCY: Final = 1024
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def run_bench(
+    names: Sequence[str],
+    options: BenchOptions,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the named scenarios in order; return ``{date, machine, options, results}``.
+
+    A scenario that raises becomes ``{"scenario", "error", "traceback"}`` and the next one runs.
+    Each result gets ``load_average`` (1-minute load before and after it) and ``wall_s``.
+    """
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        msg = f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}"
+        raise ValueError(msg)
+    results: list[dict[str, Any]] = []
+    for name in names:
+        if progress is not None:
+            progress(name)
+        load_before = os.getloadavg()[0]
+        began = time.monotonic()
+        try:
+            outcome = SCENARIOS[name](options)
+        except Exception as exc:
+            outcome = {
+                "scenario": name,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        outcome["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        outcome["wall_s"] = round(time.monotonic() - began, 1)
+        results.append(outcome)
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "options": {"duration": options.duration, "concurrency": options.concurrency},
+        "results": results,
+    }
+
+
+def _render(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    machine = report["machine"]
+    console.print(
+        f"kiln bench  {report['date']}  {machine['cpus']} CPUs  "
+        f"duration {report['options']['duration']:g}s  "
+        f"concurrency {report['options']['concurrency']}"
+    )
+    table = Table("scenario", "figure", "value", "target", "ratio", "met")
+    for item in report["results"]:
+        name = item["scenario"]
+        if "error" in item:
+            table.add_row(name, "[red]error[/]", item["error"], "", "", "", end_section=True)
+            continue
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[item["meets_target"]]
+        ratio = "-" if item["ratio"] is None else f"{item['ratio']:.2f}"
+        rows = [(str(label), str(value)) for label, value in item["headline"]]
+        rows += [("note", str(note)) for note in item["notes"]]
+        rows.append(("load average", "{} -> {}".format(*item["load_average"])))
+        for index, (label, value) in enumerate(rows):
+            first = index == 0
+            table.add_row(
+                name if first else "",
+                label,
+                value,
+                item["target"] if first else "",
+                ratio if first else "",
+                met if first else "",
+                end_section=index == len(rows) - 1,
+            )
+    console.print(table)
+
+
+def bench_command() -> click.Command:
+    """The ``kiln bench`` click command (the CLI adds it with ``main.add_command``)."""
+
+    @click.command("bench")
+    @click.option(
+        "--scenario",
+        type=click.Choice([*SCENARIOS, "all"]),
+        default="all",
+        show_default=True,
+        help="What to measure; all runs every scenario in turn.",
+    )
+    @click.option(
+        "--duration",
+        type=click.FloatRange(0.1, MAX_DURATION),
+        default=5.0,
+        show_default=True,
+        help="Seconds per measured run (a scenario makes 1 to 4 runs).",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+    @click.option(
+        "--concurrency",
+        type=click.IntRange(1, MAX_CONCURRENCY),
+        default=64,
+        show_default=True,
+        help="Concurrent callers (connections, tasks or pipelined requests).",
+    )
+    def bench(scenario: str, duration: float, as_json: bool, concurrency: int) -> None:
+        """Measure the daemon against its performance budget (docs/performance.md)."""
+        names = list(SCENARIOS) if scenario == "all" else [scenario]
+        workdir = Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/tmp"))  # short socket paths
+        try:
+            options = BenchOptions(duration=duration, concurrency=concurrency, workdir=workdir)
+            report = run_bench(
+                names,
+                options,
+                progress=lambda name: click.echo(f"kiln bench: running {name}...", err=True),
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if as_json or not sys.stdout.isatty():
+            click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        else:
+            _render(report)
+        if any("error" in item for item in report["results"]):
+            sys.exit(1)
+
+    return bench

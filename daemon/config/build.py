@@ -1,0 +1,388 @@
+"""From parsed TOML to a :class:`KilnConfig`: every section, every cross-check, all problems.
+
+Sections absent from a file take the embedded default's (``[upstreams]``, ``[gates]``,
+``[lanes]``, ``[operations]``); a section present replaces the default one whole, except that a
+lane named like a built-in lane takes the built-in values for the keys it leaves out.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import attrs
+
+from claykiln.actors.breaker import BreakerPolicy
+from claykiln.actors.gate import RatePolicy
+from claykiln.actors.lanes import LanePolicy
+from claykiln.actors.retry import RetryPolicy
+from claykiln.actors.upstream import HTTP_CLIENTS, TimeoutClasses
+from claykiln.daemon.config.credentials import credential_name_problem
+from claykiln.daemon.config.daemon_table import build_daemon
+from claykiln.daemon.config.schema import (
+    ConfigError,
+    Invalid,
+    Parser,
+    Problems,
+    Table,
+    boolean,
+    build_policy,
+    check_base_url,
+    choice,
+    duration,
+    integer,
+    number,
+    string,
+)
+from claykiln.daemon.config.types import (
+    AuthConfig,
+    BreakerScope,
+    KilnConfig,
+    OnFailure,
+    OperationConfig,
+    UpstreamConfig,
+)
+from claykiln.daemon.config.units import format_duration
+
+__all__ = ["METHODS", "build_config"]
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+# RFC 9110 idempotent methods: repeating them is safe unless the config says otherwise.
+REPEAT_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+CUSTOM_TIMEOUT = "custom"
+_HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+BREAKER_RULES: Mapping[str, Parser[Any]] = {
+    "error_threshold": number(0, 1, example=0.5),
+    "volume_threshold": integer(1, example=10),
+    "window": duration(example="10s"),
+    "buckets": integer(1, example=10),
+    "slow_call_duration": duration(example="5s"),
+    "slow_call_threshold": number(0, 1, example=0.8),
+    "reset_timeout": duration(example="30s"),
+    "half_open_probes": integer(1, example=1),
+    "probe_timeout": duration(example="60s"),
+}
+RATE_RULES: Mapping[str, Parser[Any]] = {
+    "per_second": number(0, example=10),
+    "burst": integer(1, example=20),
+    "max_retry_after": duration(example="10m"),
+    "margin": duration(example="150ms", allow_zero=True),
+}
+RETRY_RULES: Mapping[str, Parser[Any]] = {
+    "attempts": integer(1, example=3),
+    "base": duration(example="250ms"),
+    "cap": duration(example="10s"),
+}
+LANE_RULES: Mapping[str, Parser[Any]] = {
+    "concurrency": integer(1, example=10),
+    "queue": integer(0, example=100),
+    "max_wait": duration(example="5s"),
+}
+# Every TimeoutClasses field is a duration, including ones added later.
+TIMEOUT_RULES: Mapping[str, Parser[Any]] = {
+    f.name: duration(example="30s") for f in attrs.fields(TimeoutClasses)
+}
+TIMEOUT_CLASSES = tuple(f.name for f in attrs.fields(TimeoutClasses))
+
+
+def build_config(
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    base_dir: Path,
+    embedded: Mapping[str, Any],
+    socket: Path | None,
+    state_dir: Path | None,
+    env: Mapping[str, str],
+) -> KilnConfig:
+    """Validate ``data`` (parsed TOML); raises :class:`ConfigError` listing every problem."""
+    problems = Problems()
+    root = Table(data, "", problems)
+    daemon_table = root.table("daemon") or Table({}, "daemon", problems)
+    daemon = build_daemon(daemon_table, base_dir, socket, state_dir, env)
+
+    builtin = _lanes(Table(embedded["lanes"], "lanes", Problems()), {})
+    builtin_lanes = {k: v for k, v in builtin.items() if v is not None}
+    lanes_table = root.table("lanes")
+    lanes = builtin if lanes_table is None else _lanes(lanes_table, builtin_lanes)
+
+    up_table = root.table("upstreams") or Table(embedded["upstreams"], "upstreams", problems)
+    upstreams: dict[str, UpstreamConfig | None] = {
+        name: _upstream(name, t) for name, t in up_table.named_tables()
+    }
+    up_table.finish()
+
+    gates_table = root.table("gates")
+    gates_note = ""
+    if gates_table is None:
+        gates_table = Table(embedded.get("gates", {}), "gates", problems)
+        gates_note = " (the embedded default gates apply: the file has no [gates])"
+    gates, declared_gates = _gates(gates_table, upstreams, gates_note)
+    gate_names = dict.fromkeys([*upstreams, *declared_gates])
+
+    note = ""
+    ops_table = root.table("operations")
+    if ops_table is None:
+        ops_table = Table(embedded["operations"], "operations", problems)
+        note = " (the embedded default operations apply: the file has no [operations])"
+    operations: dict[str, OperationConfig] = {}
+    for name, t in ops_table.named_tables():
+        op = _operation(name, t, upstreams, lanes, gate_names, note)
+        if op is not None:
+            operations[name] = op
+    ops_table.finish()
+    root.finish()
+
+    if problems.lines:
+        raise ConfigError.from_problems(source, problems.lines)
+    return KilnConfig(
+        daemon=daemon,
+        upstreams={k: v for k, v in upstreams.items() if v is not None},
+        lanes={k: v for k, v in lanes.items() if v is not None},
+        operations=operations,
+        source=source,
+        gates=gates,
+    )
+
+
+# ---- [upstreams.NAME], [lanes.NAME] ------------------------------------------------------
+
+
+def _base_url(raw: object) -> str:
+    problem, normalized = check_base_url(raw) if isinstance(raw, str) else ("", "")
+    if problem is not None:
+        msg = problem or 'must be an http(s) URL string, e.g. "https://api.clay.com"'
+        raise Invalid(msg)
+    return normalized
+
+
+def _headers(raw: object) -> dict[str, str]:
+    rule = 'must be a table of header names to strings, e.g. { "user-agent" = "claykiln/0.1" }'
+    if not isinstance(raw, Mapping):
+        raise Invalid(rule)
+    for name, value in raw.items():
+        if not re.fullmatch(_HEADER_NAME, name):
+            msg = f"{json.dumps(name)} is not a valid header name; {rule}"
+            raise Invalid(msg)
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            msg = f"the value of {json.dumps(name)} must be a string without line breaks"
+            raise Invalid(msg)
+    return dict(raw)
+
+
+def _header_name(raw: object) -> str:
+    if not isinstance(raw, str) or not re.fullmatch(_HEADER_NAME, raw):
+        msg = 'must be an HTTP header name (letters, digits, "-", no spaces), e.g. "clay-api-key"'
+        raise Invalid(msg)
+    return raw
+
+
+def _credential(raw: object) -> str:
+    if not isinstance(raw, str):
+        msg = 'must be a credential file name, e.g. "clay-api-key"'
+        raise Invalid(msg)
+    problem = credential_name_problem(raw)
+    if problem is not None:
+        msg = f'{problem} (a file name in credentials_dir, e.g. "clay-api-key")'
+        raise Invalid(msg)
+    return raw
+
+
+def _auth(t: Table | None) -> AuthConfig | None:
+    if t is None:
+        return None
+    header = t.require("header", _header_name, '"clay-api-key"')
+    credential = t.require("credential", _credential, '"clay-api-key"')
+    t.finish()
+    if header is None or credential is None:
+        return None
+    return AuthConfig(header=header, credential=credential)
+
+
+def _upstream(name: str, t: Table) -> UpstreamConfig | None:
+    base_url = t.require("base_url", _base_url, '"https://api.example.com"')
+    auth = _auth(t.table("auth"))
+    rate_t = t.table("rate")
+    rate = build_policy(RatePolicy, rate_t, RATE_RULES) if rate_t is not None else None
+    breaker = build_policy(BreakerPolicy, t.table("breaker"), BREAKER_RULES)
+    retry = build_policy(RetryPolicy, t.table("retry"), RETRY_RULES)
+    if retry is not None and retry.cap < retry.base:
+        raw_cap = t.data["retry"].get("cap", format_duration(retry.cap))
+        why = f"must be at least retry.base ({format_duration(retry.base)})"
+        t.problems.bad_value(f"{t.sub_path('retry')}.cap", raw_cap, why)
+        retry = None
+    timeouts = build_policy(TimeoutClasses, t.table("timeouts"), TIMEOUT_RULES)
+    max_connections = t.get("max_connections", integer(1, example=64), 64)
+    headers: dict[str, str] = t.get("headers", _headers, {})
+    http_client = t.get("http_client", choice(*HTTP_CLIENTS, fold_case=False), "h11")
+    t.finish()
+    if base_url is None or breaker is None or retry is None or timeouts is None or t.invalid:
+        return None
+    if rate_t is not None and rate is None:
+        return None
+    return UpstreamConfig(
+        name=name,
+        base_url=base_url,
+        auth=auth,
+        rate=rate,
+        breaker=breaker,
+        retry=retry,
+        timeouts=timeouts,
+        max_connections=max_connections,
+        headers=headers,
+        http_client=http_client,
+    )
+
+
+def _lanes(t: Table, builtin: Mapping[str, LanePolicy]) -> dict[str, LanePolicy | None]:
+    """Every declared lane; None for one whose problems were reported."""
+    lanes: dict[str, LanePolicy | None] = {
+        name: build_policy(LanePolicy, lane_t, LANE_RULES, base=builtin.get(name))
+        for name, lane_t in t.named_tables()
+    }
+    t.finish()
+    return lanes
+
+
+# ---- [gates.NAME] ------------------------------------------------------------------------
+
+
+def _gates(
+    t: Table, upstreams: Mapping[str, UpstreamConfig | None], note: str
+) -> tuple[dict[str, RatePolicy | None], frozenset[str]]:
+    """The valid gates (pacing, or None for an empty table: Retry-After closures only) and
+    every declared name (operations may name a gate whose own problems were reported)."""
+    gates: dict[str, RatePolicy | None] = {}
+    declared: set[str] = set()
+    for name, gate_t in t.named_tables():
+        declared.add(name)
+        clash = name in upstreams
+        if clash:
+            t.problems.add(
+                f"{gate_t.path}: a gate may not be named like an upstream (upstream {name} "
+                f"has its own gate, paced by upstreams.{name}.rate); rename the gate{note}"
+            )
+        policy = build_policy(RatePolicy, gate_t, RATE_RULES) if gate_t.data else None
+        if not clash and not (gate_t.data and policy is None):
+            gates[name] = policy
+    t.finish()
+    return gates, frozenset(declared)
+
+
+# ---- [operations.NAME] -------------------------------------------------------------------
+
+
+def _path_template(raw: object) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/") or any(c.isspace() for c in raw):
+        msg = 'must be a path starting with "/" without spaces, e.g. "/v1/things/{thing_id}"'
+        raise Invalid(msg)
+    if "{" in _PLACEHOLDER.sub("", raw) or "}" in _PLACEHOLDER.sub("", raw):
+        msg = "has an unbalanced { or }; placeholders look like {thing_id}"
+        raise Invalid(msg)
+    for name in _PLACEHOLDER.findall(raw):
+        if not name.isidentifier():
+            msg = (
+                f"placeholder {{{name}}} must be an identifier (letters, digits and _, "
+                "not starting with a digit), e.g. {thing_id}"
+            )
+            raise Invalid(msg)
+    return raw
+
+
+def _timeout(raw: object) -> tuple[str, float | None]:
+    if isinstance(raw, str) and raw in TIMEOUT_CLASSES:
+        return raw, None
+    try:
+        return CUSTOM_TIMEOUT, duration(example="45s")(raw)
+    except Invalid:
+        classes = ", ".join(TIMEOUT_CLASSES)
+        msg = f'must be a timeout class ({classes}) or a duration > 0 like "45s"'
+        raise Invalid(msg) from None
+
+
+def _on_failure(raw: object) -> str:
+    value = choice("error", "fallback", "dlq", fold_case=False)(raw)
+    if value != "error":
+        msg = f'"{value}" is not implemented in this version; use "error" for now'
+        raise Invalid(msg)
+    return value
+
+
+def _known(name: str, defined: Mapping[str, object]) -> str:
+    """``; did you mean X? (defined: A, B)`` or ``; defined: A, B`` for an unknown name."""
+    near = difflib.get_close_matches(name, list(defined), n=1, cutoff=0.6)
+    known = ", ".join(sorted(defined)) or "none"
+    return f"; did you mean {near[0]}? (defined: {known})" if near else f"; defined: {known}"
+
+
+def _operation(
+    name: str,
+    t: Table,
+    upstreams: Mapping[str, UpstreamConfig | None],
+    lanes: Mapping[str, LanePolicy | None],
+    gates: Mapping[str, object],
+    note: str,
+) -> OperationConfig | None:
+    upstream = t.require("upstream", string(example="clay"), '"clay"')
+    method = t.require("method", choice(*METHODS), '"POST"')
+    path = t.require("path", _path_template, '"/v1/things/{thing_id}"')
+    lane = t.get("lane", string(example="normal"), "normal")
+    no_seconds: float | None = None
+    timeout_class, seconds = t.get("timeout", _timeout, ("request", no_seconds))
+    on_failure = t.get("on_failure", _on_failure, "error")
+    repeat_safe = t.get("repeat_safe", boolean, method in REPEAT_SAFE_METHODS)
+    idempotent = t.get("idempotent", boolean, False)
+    cacheable = t.get("cacheable", boolean, False)
+    breaker = t.get("breaker", choice("upstream", "operation"), "upstream")
+    gate = t.get("gate", string(example="clay-public"), None)
+    headers: dict[str, str] = t.get("headers", _headers, {})
+    auth_t = t.table("auth")
+    auth = _auth(auth_t)
+    t.finish()
+    if upstream is not None and upstream not in upstreams:
+        why = f"unknown upstream{_known(upstream, upstreams)}{note}"
+        t.problems.bad_value(t.sub_path("upstream"), upstream, why)
+    if "lane" not in t.invalid and lane not in lanes:
+        known = ", ".join(sorted(lanes)) or "none"
+        if "lane" in t.data:
+            why = f"unknown lane{_known(lane, lanes)}{note}"
+            t.problems.bad_value(t.sub_path("lane"), lane, why)
+        else:
+            t.problems.add(
+                f"{t.sub_path('lane')}: not set, and the default lane {json.dumps(lane)} is not "
+                f"defined; set lane to one of: {known}{note}"
+            )
+        t.invalid.add("lane")
+    # A gate named like the operation's own (unknown) upstream was just reported as such.
+    if gate is not None and gate not in gates and gate != upstream:
+        t.problems.bad_value(t.sub_path("gate"), gate, f"unknown gate{_known(gate, gates)}{note}")
+        t.invalid.add("gate")
+    up = upstreams.get(upstream) if upstream is not None else None
+    if up is None or method is None or path is None or t.invalid or (auth_t and auth is None):
+        return None
+    if seconds is None:
+        seconds = float(getattr(up.timeouts, timeout_class))
+    return OperationConfig(
+        name=name,
+        upstream=up.name,
+        method=method,
+        path=path,
+        lane=lane,
+        timeout=seconds,
+        timeout_class=timeout_class,
+        on_failure=cast(OnFailure, on_failure),
+        repeat_safe=repeat_safe,
+        idempotent=idempotent,
+        cacheable=cacheable,
+        breaker=cast(BreakerScope, breaker),
+        headers=headers,
+        auth=auth,
+        path_params=tuple(dict.fromkeys(_PLACEHOLDER.findall(path))),
+        gate=up.name if gate is None else gate,
+    )

