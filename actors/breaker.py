@@ -7,7 +7,8 @@ Card
 - receives: ``Acquire`` (ask; only for a half-open probe slot or a key never seen), ``Record``
   (fire-and-forget outcome), ``Force`` (ask), ``Reconfigure`` (a wake-up: the new policies wait
   in a hand-over slot, applied first thing on the next wake).
-- replies: ``Ticket`` or ``BreakerOpen`` to ``Acquire``; the new ``BreakerView`` to ``Force``.
+- replies: ``Ticket`` or ``BreakerOpenRefusal`` to ``Acquire``; the new ``BreakerView`` to
+  ``Force``.
 - sends to: ``persist(key, record)`` once per key per wake that changed its state (fire-and-
   forget into the storage writer); structlog events breaker.opened (alert), breaker.half_open,
   breaker.closed, breaker.forced, breaker.restored.
@@ -19,8 +20,8 @@ Card
   (breaker.persist_failed, alert) and the breaker goes on in memory.
 
 Request path: ``acquire_nowait`` answers closed / forced-closed / disabled breakers with a
-shared ticket and open / forced-open / full half-open ones with ``BreakerOpen``, straight from
-the snapshot, with no ask and no checkpoint (``check`` applies the same refusal, taking
+shared ticket and open / forced-open / full half-open ones with ``BreakerOpenRefusal``, straight
+from the snapshot, with no ask and no checkpoint (``check`` applies the same refusal, taking
 nothing); ``record`` is ``send_nowait`` (a full inbox drops the outcome and counts it; a
 dropped probe outcome is caught by ``probe_timeout``).
 """
@@ -50,7 +51,7 @@ from claykiln.actors.breaker_types import (
     policy_for,
     view_to_wire,
 )
-from claykiln.actors.errors import BadRequest, BreakerOpen
+from claykiln.actors.errors import BadRequestRefusal, BreakerOpenRefusal
 from claykiln.actors.log import get_logger
 from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
 
@@ -121,14 +122,14 @@ class _BoardState:
     persist_failures: int = 0
 
 
-def _rejection_error(rejection: Rejection) -> BreakerOpen:
+def _rejection_error(rejection: Rejection) -> BreakerOpenRefusal:
     state = rejection.state.value
     if rejection.retry_after is None:
         msg = f"breaker {rejection.key!r} is {state}; calls are refused until it is reset"
     else:
         msg = f"breaker {rejection.key!r} is {state}; retry in {rejection.retry_after:.3f} s"
     details = {"breaker": rejection.key, "state": state}
-    return BreakerOpen(msg, retry_after=rejection.retry_after, details=details)
+    return BreakerOpenRefusal(msg, retry_after=rejection.retry_after, details=details)
 
 
 class BreakerBoard:
@@ -160,11 +161,11 @@ class BreakerBoard:
         return self._snapshot
 
     def check(self, key: str) -> None:
-        """Raise ``BreakerOpen`` if the snapshot says ``key`` refuses calls now; take nothing."""
+        """Raise ``BreakerOpenRefusal`` if the snapshot says ``key`` refuses calls; take nothing."""
         self.acquire_nowait(key)
 
     def acquire_nowait(self, key: str) -> Ticket | None:
-        """A ticket or ``BreakerOpen`` from the snapshot; None when only the actor can decide."""
+        """A ticket or ``BreakerOpenRefusal`` from the snapshot; None when the actor must decide."""
         view = self._snapshot.get(key)
         if view is None:
             return None
@@ -176,7 +177,7 @@ class BreakerBoard:
         return decided
 
     async def acquire(self, key: str) -> Ticket:
-        """Permission for one call to ``key``; raise ``BreakerOpen`` (retry_after in seconds).
+        """Permission for one call to ``key``; raises ``BreakerOpenRefusal`` (retry_after: seconds).
 
         Answered from the snapshot without a checkpoint unless a half-open probe slot (or a key
         never seen) needs the actor. Cancelled while waiting for the actor: no probe slot is
@@ -214,7 +215,7 @@ class BreakerBoard:
         """Operator override (open, closed, disabled) or ``reset`` to closed; the new view."""
         if state not in _COMMANDS:
             msg = f"unknown breaker state {state!r}; use one of {', '.join(_COMMANDS)}"
-            raise BadRequest(msg)
+            raise BadRequestRefusal(msg)
         reply: Reply[BreakerView] = Reply()
         await self._ask(Force(key, state, reply))
         return await reply.wait()

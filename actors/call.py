@@ -15,7 +15,7 @@ from typing import Any, Final
 import attrs
 
 from claykiln.actors.breaker_types import Outcome
-from claykiln.actors.errors import BadRequest, CallTimeout, KilnError
+from claykiln.actors.errors import BadRequestRefusal, Refusal, TimeoutRefusal
 from claykiln.actors.upstream_http import NO_JSON, HttpResponse
 
 __all__ = [
@@ -154,23 +154,23 @@ def check_headers(headers: Mapping[str, str]) -> None:
     """Refuse reserved names, names that are not HTTP tokens and values with control bytes."""
     if len(headers) > MAX_HEADERS:
         msg = f"call: at most {MAX_HEADERS} headers, got {len(headers)}"
-        raise BadRequest(msg)
+        raise BadRequestRefusal(msg)
     for name, value in headers.items():
         if not name or not set(name) <= _TOKEN_CHARS:
             msg = f"call: header name {name!r} is not a valid HTTP token"
-            raise BadRequest(msg)
+            raise BadRequestRefusal(msg)
         if name.lower() in RESERVED_HEADERS:
             msg = f"call: header {name!r} is set by the daemon and cannot be given by a caller"
-            raise BadRequest(msg)
+            raise BadRequestRefusal(msg)
         if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\x00"):
             msg = (
                 f"call: header {name!r}: values may not hold CR, LF or NUL "
                 f"or exceed {MAX_HEADER_VALUE} characters"
             )
-            raise BadRequest(msg)
+            raise BadRequestRefusal(msg)
 
 
-def error_outcome(error: KilnError) -> Outcome:
+def error_outcome(error: Refusal) -> Outcome:
     """What a transport error means for health.
 
     A timeout cut short by the caller's own deadline, or spent waiting for a free connection,
@@ -178,7 +178,7 @@ def error_outcome(error: KilnError) -> Outcome:
     that every app on the host shares. Class timeouts, connect failures and resets do count.
     """
     details = error.details or {}
-    if isinstance(error, CallTimeout) and (
+    if isinstance(error, TimeoutRefusal) and (
         details.get("stage") == "deadline" or details.get("phase") == "pool"
     ):
         return Outcome.IGNORED

@@ -1,21 +1,25 @@
 """The server side's exception tree: every refusal an actor can give a caller.
 
-    KilnError (code, message, retry_after, details)
-    ├── BadRequest            bad_request
-    ├── UnknownOperation      unknown_operation
-    ├── BreakerOpen           breaker_open        retry_after = seconds until a probe may pass
-    ├── LaneFull              lane_full           retry_after = a hint for the caller
-    ├── RateLimited           rate_limited        retry_after = seconds until a token / gate opens
-    ├── CallTimeout           timeout             details.stage: connect|request|deadline|lane
-    ├── UpstreamError         upstream_error      details.status, details.body (excerpt)
-    ├── StorageFullError      storage_full
-    ├── Forbidden             forbidden
-    ├── ShuttingDown          shutting_down
-    └── InternalError         internal
+    Refusal (code, message, retry_after, details)
+    ├── BadRequestRefusal        bad_request
+    ├── UnknownOperationRefusal  unknown_operation
+    ├── BreakerOpenRefusal       breaker_open      retry_after: seconds until a probe may pass
+    ├── LaneFullRefusal          lane_full         retry_after: a hint for the caller
+    ├── RateLimitedRefusal       rate_limited      retry_after: seconds until a token / reopening
+    ├── TimeoutRefusal           timeout           details.stage: connect|request|deadline|lane
+    ├── UpstreamRefusal          upstream_error    details.status, details.body (excerpt)
+    ├── StorageFullRefusal       storage_full
+    ├── ForbiddenRefusal         forbidden
+    ├── ShuttingDownRefusal      shutting_down
+    └── InternalRefusal          internal
 
-The server turns any KilnError into the wire error map ``{code, message, retry_after?,
-details?}`` (docs/protocol.md). Foreign errors (httpx, lmdb) are translated into this tree at
-the edge that meets them; nothing else leaks to a caller.
+The server turns any Refusal into the wire error map ``{code, message, retry_after?, details?}``
+(docs/protocol.md). Foreign errors (httpx, lmdb) are translated into this tree at the edge that
+meets them; nothing else leaks to a caller.
+
+These names end in ``Refusal`` on purpose: the client library's exceptions (``KilnError``,
+``BreakerOpen``, ... in ``claykiln.daemon.client``) are the public vocabulary apps catch; these
+are what the daemon raises inside to produce a wire error, and the two are never mixed.
 """
 
 from __future__ import annotations
@@ -23,22 +27,22 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
-    "BadRequest",
-    "BreakerOpen",
-    "CallTimeout",
-    "Forbidden",
-    "InternalError",
-    "KilnError",
-    "LaneFull",
-    "RateLimited",
-    "ShuttingDown",
-    "StorageFullError",
-    "UnknownOperation",
-    "UpstreamError",
+    "BadRequestRefusal",
+    "BreakerOpenRefusal",
+    "ForbiddenRefusal",
+    "InternalRefusal",
+    "LaneFullRefusal",
+    "RateLimitedRefusal",
+    "Refusal",
+    "ShuttingDownRefusal",
+    "StorageFullRefusal",
+    "TimeoutRefusal",
+    "UnknownOperationRefusal",
+    "UpstreamRefusal",
 ]
 
 
-class KilnError(Exception):
+class Refusal(Exception):
     """A refusal with a stable wire code; ``retry_after`` is in seconds when set."""
 
     code: ClassVar[str] = "internal"
@@ -65,45 +69,45 @@ class KilnError(Exception):
         return out
 
 
-class BadRequest(KilnError):
+class BadRequestRefusal(Refusal):
     code = "bad_request"
 
 
-class UnknownOperation(KilnError):
+class UnknownOperationRefusal(Refusal):
     code = "unknown_operation"
 
 
-class BreakerOpen(KilnError):
+class BreakerOpenRefusal(Refusal):
     code = "breaker_open"
 
 
-class LaneFull(KilnError):
+class LaneFullRefusal(Refusal):
     code = "lane_full"
 
 
-class RateLimited(KilnError):
+class RateLimitedRefusal(Refusal):
     code = "rate_limited"
 
 
-class CallTimeout(KilnError):
+class TimeoutRefusal(Refusal):
     code = "timeout"
 
 
-class UpstreamError(KilnError):
+class UpstreamRefusal(Refusal):
     code = "upstream_error"
 
 
-class StorageFullError(KilnError):
+class StorageFullRefusal(Refusal):
     code = "storage_full"
 
 
-class Forbidden(KilnError):
+class ForbiddenRefusal(Refusal):
     code = "forbidden"
 
 
-class ShuttingDown(KilnError):
+class ShuttingDownRefusal(Refusal):
     code = "shutting_down"
 
 
-class InternalError(KilnError):
+class InternalRefusal(Refusal):
     code = "internal"

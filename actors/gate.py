@@ -7,7 +7,7 @@ Card
   Retry-After), ``_Refused`` (fire-and-forget: a fast-path rejection to count), ``_Reconfigure``
   (ask).
 - replies: ``_Reserve`` -> the trio time at which the caller's token becomes available (the caller
-  sleeps until then; the actor never sleeps on a caller's behalf), or ``RateLimited``.
+  sleeps until then; the actor never sleeps on a caller's behalf), or ``RateLimitedRefusal``.
 - sends to: nobody; ``persist(key, record)`` stores a closure as wall-clock time.
 - publishes: ``GateBoard.views``, a ``Mapping[str, GateView]`` replaced wholesale after every batch;
   ``acquire`` answers unlimited upstreams and certain rejections from it without an ask.
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from claykiln.actors.errors import RateLimited
+from claykiln.actors.errors import RateLimitedRefusal
 from claykiln.actors.gate_bucket import (
     DEFAULT_POLICY,
     NO_CLOSURE,
@@ -104,7 +104,7 @@ class _Reconfigure:
 _Message = _Reserve | _Close | _Refused | _Reconfigure
 
 
-def _rate_limited(key: str, retry_after: float, reason: str) -> RateLimited:
+def _rate_limited(key: str, retry_after: float, reason: str) -> RateLimitedRefusal:
     if reason == "closed":
         why = "is closed: the upstream asked us to back off (Retry-After)"
     else:
@@ -112,7 +112,7 @@ def _rate_limited(key: str, retry_after: float, reason: str) -> RateLimited:
     msg = f"gate {key!r} {why}; retry in {retry_after:.3f} s"
     # ``upstream`` carries the gate key too: deprecated, kept for clients that read it.
     details = {"gate": key, "upstream": key, "reason": reason}
-    return RateLimited(msg, retry_after=retry_after, details=details)
+    return RateLimitedRefusal(msg, retry_after=retry_after, details=details)
 
 
 class GateBoard:
@@ -146,11 +146,11 @@ class GateBoard:
     async def acquire(self, key: str, deadline: float | None) -> None:
         """Return when the caller may call ``key`` (a token is its, the gate is open).
 
-        Raises ``RateLimited`` at once (without sleeping) when the token or the reopening lies
-        past ``deadline`` (trio time; None waits as long as needed), with ``retry_after`` = seconds
-        until then. Raises ``ActorStopped`` if the actor is not running. A caller cancelled while
-        it sleeps towards its admission time wastes that token (conservative: it is never given
-        to anyone else). An upstream without a policy is only subject to closures.
+        Raises ``RateLimitedRefusal`` at once (without sleeping) when the token or the reopening
+        lies past ``deadline`` (trio time; None waits as long as needed), with ``retry_after`` =
+        seconds until then. Raises ``ActorStopped`` if the actor is not running. A caller
+        cancelled while it sleeps towards its admission time wastes that token (conservative: it
+        is never given to anyone else). An upstream without a policy is only subject to closures.
         """
         while True:
             now = trio.current_time()

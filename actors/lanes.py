@@ -6,7 +6,7 @@ Card
   (fire-and-forget: release a slot or withdraw from the queue, with the outcome to count),
   ``_Refused`` (fire-and-forget: a fast-path rejection to count), ``_Reconfigure`` (ask).
 - replies: ``_Enter`` -> None when the slot is the caller's (at once, or when a holder leaves and
-  the caller is the oldest live waiter), or ``LaneFull`` / ``BadRequest``.
+  the caller is the oldest live waiter), or ``LaneFullRefusal`` / ``BadRequestRefusal``.
 - sends to: nobody.
 - publishes: ``Lanes.views``, a ``Mapping[str, LaneView]`` replaced wholesale after every batch;
   a full lane is refused from it without an ask.
@@ -14,8 +14,8 @@ Card
   ``ActorStopped``; later asks raise it at once; releases to a stopped actor are no-ops.
 
 Waiting is timed by the caller, not the actor: a queued caller waits on its reply slot until
-min(queued_at + max_wait, deadline), then withdraws (``_Leave``) and raises ``LaneFull`` or
-``CallTimeout``. The actor skips waiters whose time is up when it hands a slot on, and a
+min(queued_at + max_wait, deadline), then withdraws (``_Leave``) and raises ``LaneFullRefusal`` or
+``TimeoutRefusal``. The actor skips waiters whose time is up when it hands a slot on, and a
 withdrawal that crosses a grant releases the granted slot, so no slot is ever lost.
 
 The admission decisions (``LanePolicy``, ``LaneBook``, ``LaneView``, ``retry_hint``) are pure
@@ -31,7 +31,7 @@ from typing import Any, cast
 import attrs
 import trio
 
-from claykiln.actors.errors import BadRequest, CallTimeout, KilnError, LaneFull
+from claykiln.actors.errors import BadRequestRefusal, LaneFullRefusal, Refusal, TimeoutRefusal
 from claykiln.actors.lanes_book import (
     DEFAULT_LANES,
     HOLD_SMOOTHING,
@@ -94,26 +94,27 @@ class _Reconfigure:
 _Message = _Enter | _Leave | _Refused | _Reconfigure
 
 
-def _lane_full(name: str, reason: str, hint: float) -> LaneFull:
+def _lane_full(name: str, reason: str, hint: float) -> LaneFullRefusal:
     if reason == "queue_full":
         msg = f"lane {name!r} is full (every slot busy, queue full); retry in {hint:.3f} s"
     else:
         msg = f"lane {name!r} had no free slot within its max wait; retry in {hint:.3f} s"
-    return LaneFull(msg, retry_after=hint, details={"lane": name, "reason": reason})
+    return LaneFullRefusal(msg, retry_after=hint, details={"lane": name, "reason": reason})
 
 
-def _unknown_lane(name: str, live: list[str]) -> BadRequest:
+def _unknown_lane(name: str, live: list[str]) -> BadRequestRefusal:
     names = ", ".join(sorted(live)) or "(none)"
     msg = f"unknown lane {name!r}; configured lanes: {names}"
-    return BadRequest(msg, details={"lane": name, "lanes": sorted(live)})
+    return BadRequestRefusal(msg, details={"lane": name, "lanes": sorted(live)})
 
 
 class LaneSlot:
     """``async with lanes.slot(name, deadline):`` holds one slot of the lane for the body.
 
-    Enter raises ``LaneFull`` (queue full: at once; no slot within max_wait), ``CallTimeout``
-    (details.stage = "lane": the deadline passed first), ``BadRequest`` (unknown lane) or
-    ``ActorStopped``. Cancelled while queued, it withdraws; exit always releases the slot.
+    Enter raises ``LaneFullRefusal`` (queue full: at once; no slot within max_wait),
+    ``TimeoutRefusal`` (details.stage = "lane": the deadline passed first), ``BadRequestRefusal``
+    (unknown lane) or ``ActorStopped``. Cancelled while queued, it withdraws; exit always releases
+    the slot.
     """
 
     __slots__ = ("_deadline", "_lanes", "_name", "_ticket")
@@ -201,7 +202,7 @@ class Lanes:
         try:
             with trio.move_on_at(wait_until) as scope:
                 await ticket.reply.wait()
-        except (KilnError, ActorStopped):
+        except (Refusal, ActorStopped):
             raise  # refused by the actor: nothing to give back
         except BaseException:
             await self._leave(ticket, "cancelled")
@@ -213,7 +214,7 @@ class Lanes:
             await self._leave(ticket, timed_out_reason)
             if timed_out_reason == "timeout":
                 msg = f"the call's deadline passed while queued for lane {name!r}"
-                raise CallTimeout(msg, details={"stage": "lane", "lane": name})
+                raise TimeoutRefusal(msg, details={"stage": "lane", "lane": name})
             latest = self._views.get(name, view)
             raise _lane_full(name, "max_wait", retry_hint(latest.hold, latest.queued, view.policy))
         return ticket

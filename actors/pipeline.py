@@ -6,7 +6,7 @@ Card:
 - asks: lanes (a slot), breaker board (a ticket), gate (a token under ``Operation.gate``), the
   upstream pool (the HTTP exchange); tells: breaker outcomes and gate closures, fire-and-forget.
 - replies: a ``CallResult`` for every final upstream answer below 500 (the app sees Clay's own
-  status and body; 408 and 429 are retried or gated first); raises a ``KilnError`` for 5xx left
+  status and body; 408 and 429 are retried or gated first); raises a ``Refusal`` for 5xx left
   after the retries (``upstream_error``), timeouts (``timeout`` with the stage), connection
   failures (``upstream_error`` with kind), and the fast refusals ``breaker_open`` / ``lane_full``
   / ``rate_limited`` carrying ``retry_after``.
@@ -42,11 +42,11 @@ from claykiln.actors.call import (
     health_outcome,
 )
 from claykiln.actors.errors import (
-    BadRequest,
-    CallTimeout,
-    KilnError,
-    UnknownOperation,
-    UpstreamError,
+    BadRequestRefusal,
+    Refusal,
+    TimeoutRefusal,
+    UnknownOperationRefusal,
+    UpstreamRefusal,
 )
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.lanes import Lanes
@@ -100,7 +100,7 @@ class CallPipeline:
         if op is None:
             known = ", ".join(sorted(self.operations)) or "(none)"
             msg = f"unknown operation {name!r}; configured operations: {known}"
-            raise UnknownOperation(msg)
+            raise UnknownOperationRefusal(msg)
         return op
 
     def fail_fast(self, request: CallRequest) -> None:
@@ -118,7 +118,7 @@ class CallPipeline:
         for name, value in request.headers.items():
             if op.auth_header and name.lower() == op.auth_header.lower():
                 msg = f"header {name!r} is the operation's credential; the daemon sets it"
-                raise BadRequest(msg)
+                raise BadRequestRefusal(msg)
             headers[name] = value
         if op.auth_header and op.credential:
             headers[op.auth_header] = op.credential
@@ -138,7 +138,7 @@ class CallPipeline:
         route = self.routes.get(op.upstream)
         if route is None:
             msg = f"operation {op.name!r} names upstream {op.upstream!r}, which is not configured"
-            raise UnknownOperation(msg)
+            raise UnknownOperationRefusal(msg)
         http = self._http_request(op, request)
         started = trio.current_time()
         async with self.lanes.slot(request.lane or op.lane, request.deadline):
@@ -191,7 +191,7 @@ class CallPipeline:
         self,
         op: Operation,
         response: HttpResponse | None,
-        error: KilnError | None,
+        error: Refusal | None,
         attempts: int,
         elapsed: float,
     ) -> CallResult:
@@ -207,7 +207,7 @@ class CallPipeline:
             msg = (
                 f"{op.upstream} answered {response.status} to {op.name} after {attempts} attempt(s)"
             )
-            raise UpstreamError(
+            raise UpstreamRefusal(
                 msg,
                 details={
                     "status": response.status,
@@ -224,7 +224,7 @@ class CallPipeline:
 
     async def _one_attempt(
         self, op: Operation, route: UpstreamRoute, http: HttpRequest, deadline: float | None
-    ) -> tuple[HttpResponse | None, KilnError | None]:
+    ) -> tuple[HttpResponse | None, Refusal | None]:
         """One try: breaker ticket, gate token, HTTP exchange; the outcome is always recorded."""
         ticket: Ticket = await self.breakers.acquire(op.breaker_key)
         outcome = Outcome.IGNORED
@@ -236,7 +236,7 @@ class CallPipeline:
                 response = await route.pool.execute(
                     http, timeout=op.timeout, stage_deadline=deadline
                 )
-            except (CallTimeout, UpstreamError) as exc:
+            except (TimeoutRefusal, UpstreamRefusal) as exc:
                 outcome = error_outcome(exc)
                 return None, exc
             outcome = health_outcome(response.status)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
-from claykiln.actors.errors import CallTimeout, KilnError, UpstreamError
+from claykiln.actors.errors import Refusal, TimeoutRefusal, UpstreamRefusal
 
 __all__ = [
     "REPEAT_SAFE_METHODS",
@@ -99,18 +99,18 @@ class Outcome:
         return cls(status=status, retry_after=retry_after, sent=status != 429)
 
     @classmethod
-    def from_error(cls, error: KilnError) -> Outcome:
+    def from_error(cls, error: Refusal) -> Outcome:
         """An attempt that failed in transport, read from the executor's error details.
 
-        A ``CallTimeout`` is retryable and counted as sent (the request may have arrived);
-        an ``UpstreamError`` carries ``kind``, ``sent`` and ``retryable`` in its details;
+        A ``TimeoutRefusal`` is retryable and counted as sent (the request may have arrived);
+        an ``UpstreamRefusal`` carries ``kind``, ``sent`` and ``retryable`` in its details;
         any other error is not retryable.
         """
         details = error.details or {}
-        if isinstance(error, CallTimeout):
+        if isinstance(error, TimeoutRefusal):
             kind = "timeout"
             default_retryable = True
-        elif isinstance(error, UpstreamError):
+        elif isinstance(error, UpstreamRefusal):
             kind = str(details.get("kind", "upstream"))
             default_retryable = False
         else:

@@ -22,19 +22,19 @@ req/s) and leaks slots after a storm of cancelled requests (encode/httpcore#1093
 exchange is the daemon's hot path, where h11 over trio costs about a third of ``AsyncClient``'s
 CPU. All connections share one SSL context (building one costs ~21 ms).
 
-Error mapping: ``UpstreamTimeout`` (a CallTimeout) and ``UpstreamFailure`` (an UpstreamError)
+Error mapping: ``UpstreamTimeout`` (a TimeoutRefusal) and ``UpstreamFailure`` (an UpstreamRefusal)
 carry ``retryable`` and ``sent`` as attributes and in ``details`` (with ``upstream``); ``sent`` is
 False only when the request provably never left:
-    no free client before the end         CallTimeout  stage=request|deadline, phase=pool, sent=F
-    httpx.ConnectTimeout                  CallTimeout  stage=connect, sent=False
-    our cancel scope expired mid-call     CallTimeout  stage=request|deadline ("deadline" when the
-                                                       caller's deadline came before the timeout)
-    httpx.ConnectError                    UpstreamError kind=connect, sent=False, retryable
+    no free client before the end       TimeoutRefusal   stage=request|deadline, phase=pool, sent=F
+    httpx.ConnectTimeout                TimeoutRefusal   stage=connect, sent=False
+    our cancel scope expired mid-call   TimeoutRefusal   stage=request|deadline ("deadline" when
+                                                         the caller's deadline came first)
+    httpx.ConnectError                  UpstreamRefusal  kind=connect, sent=False, retryable
     httpx.ReadError / WriteError / other
-        network errors (resets)           UpstreamError kind=reset, retryable
+        network errors (resets)         UpstreamRefusal  kind=reset, retryable
     httpx.RemoteProtocolError and other
-        protocol or decoding errors       UpstreamError kind=protocol, retryable
-    body over MAX_BODY_BYTES              UpstreamError kind=too_large, not retryable
+        protocol or decoding errors     UpstreamRefusal  kind=protocol, retryable
+    body over MAX_BODY_BYTES            UpstreamRefusal  kind=too_large, not retryable
 Credentials never reach a log line, a repr or an exception message.
 
 The value types and URL guards (``TimeoutClasses``, ``UpstreamSettings``, ``HttpRequest``,
@@ -55,11 +55,11 @@ import httpx
 import trio
 
 from claykiln.actors.errors import (
-    BadRequest,
-    CallTimeout,
-    InternalError,
-    ShuttingDown,
-    UpstreamError,
+    BadRequestRefusal,
+    InternalRefusal,
+    ShuttingDownRefusal,
+    TimeoutRefusal,
+    UpstreamRefusal,
 )
 from claykiln.actors.log import get_logger
 from claykiln.actors.upstream_http import (
@@ -113,8 +113,8 @@ ACCEPT_ENCODING: Final = b"gzip, deflate"
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0 if empty
 
 
-class UpstreamTimeout(CallTimeout):
-    """A CallTimeout raised by the executor; ``retryable`` and ``sent`` mirror ``details``."""
+class UpstreamTimeout(TimeoutRefusal):
+    """A TimeoutRefusal raised by the executor; ``retryable`` and ``sent`` mirror ``details``."""
 
     def __init__(self, message: str, *, details: dict[str, Any]) -> None:
         super().__init__(message, details=details)
@@ -122,7 +122,7 @@ class UpstreamTimeout(CallTimeout):
         self.sent: bool = details["sent"]
 
 
-class UpstreamFailure(UpstreamError):
+class UpstreamFailure(UpstreamRefusal):
     """A transport failure (``details.kind``); ``retryable`` and ``sent`` mirror ``details``."""
 
     def __init__(self, message: str, *, details: dict[str, Any]) -> None:
@@ -214,7 +214,7 @@ class UpstreamPool:
             with trio.move_on_after(CLOSE_GRACE, shield=True):
                 await client.aclose()
 
-    # The timeout is a budget reported in CallTimeout.details (and told apart from the caller's
+    # The timeout is a budget reported in TimeoutRefusal.details (and told apart from the caller's
     # deadline), not just a cancel scope a caller could wrap around us.
     async def execute(
         self,
@@ -226,17 +226,17 @@ class UpstreamPool:
         """Send ``request`` and read the whole body, within ``min(now + timeout,
         stage_deadline)`` (trio time); waiting for a free client counts against it.
 
-        Raises CallTimeout, UpstreamError, BadRequest (a path leaving the base URL) or
-        ShuttingDown (pool not running). Cancellation propagates after the call's client is
+        Raises TimeoutRefusal, UpstreamRefusal, BadRequestRefusal (a path leaving the base URL) or
+        ShuttingDownRefusal (pool not running). Cancellation propagates after the call's client is
         closed.
         """
         state = self._state
         if state.phase != "running":
             if state.phase == "new":
                 msg = f"upstream pool {self.settings.name} used before run() started"
-                raise InternalError(msg)
+                raise InternalRefusal(msg)
             msg = f"upstream {self.settings.name} is shutting down"
-            raise ShuttingDown(msg)
+            raise ShuttingDownRefusal(msg)
         state.requests += 1
         start = trio.current_time()
         limit = start + timeout
@@ -352,7 +352,7 @@ class UpstreamPool:
                 merged.setdefault("content-type", (b"Content-Type", b"application/json"))
         except (TypeError, ValueError, AttributeError) as exc:  # UnicodeEncodeError: ValueError
             msg = f"request to {self.settings.name} cannot be encoded: {type(exc).__name__}"
-            raise BadRequest(msg) from None
+            raise BadRequestRefusal(msg) from None
         merged["host"] = (b"Host", self._origin.host_header)
         merged.pop("transfer-encoding", None)
         if content is not None:
@@ -388,14 +388,14 @@ class UpstreamPool:
 
     def _translate(
         self, exc: httpx.HTTPError, timeout: float
-    ) -> UpstreamTimeout | UpstreamFailure | BadRequest:
+    ) -> UpstreamTimeout | UpstreamFailure | BadRequestRefusal:
         name = self.settings.name
         text = self._scrub(f"{type(exc).__name__}: {exc}")
         log.debug("upstream.transport_error", upstream=name, error=text)
         if isinstance(exc, httpx.LocalProtocolError):
             # Our side could not even frame the request (a bad header): the caller's fault,
             # not the upstream's -- never retried, never counted against its health.
-            return BadRequest(f"the request could not be sent to {name}: {text}")
+            return BadRequestRefusal(f"the request could not be sent to {name}: {text}")
         if isinstance(exc, httpx.TimeoutException):
             connect = isinstance(exc, httpx.ConnectTimeout)
             stage = "connect" if connect else "request"

@@ -23,7 +23,7 @@ from typing import Any, Final
 import attrs
 import httpx
 
-from claykiln.actors.errors import BadRequest
+from claykiln.actors.errors import BadRequestRefusal
 
 __all__ = [
     "DELAY_SECONDS",
@@ -130,7 +130,7 @@ class HttpRequest:
     def __attrs_post_init__(self) -> None:
         if self.json is not NO_JSON and self.content is not None:
             msg = "give a request json or content, not both"
-            raise BadRequest(msg)
+            raise BadRequestRefusal(msg)
 
 
 @attrs.frozen
@@ -170,34 +170,34 @@ def render_path(template: str, params: Mapping[str, Any]) -> str:
     """Fill ``{name}`` placeholders with percent-encoded values (``quote(str(v), safe="")``), so
     no value can add a path segment, a query, a fragment, user info or another host.
 
-    Raises BadRequest naming the parameter when one is missing, unused, empty, ``None``, ``.``
-    or ``..``, and when the template has a stray brace.
+    Raises BadRequestRefusal naming the parameter when one is missing, unused, empty, ``None``,
+    ``.`` or ``..``, and when the template has a stray brace.
     """
     names = PLACEHOLDER.findall(template)
     rest = PLACEHOLDER.sub("", template)
     if "{" in rest or "}" in rest:
         msg = f"path template {template!r} has a brace that is not a {{name}} placeholder"
-        raise BadRequest(msg)
+        raise BadRequestRefusal(msg)
     unused = sorted(set(params) - set(names))
     if unused:
         msg = f"unexpected path parameter(s) {', '.join(unused)} for {template!r}"
-        raise BadRequest(msg, details={"params": unused})
+        raise BadRequestRefusal(msg, details={"params": unused})
 
     def fill(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in params:
             msg = f"missing path parameter {name!r} for {template!r}"
-            raise BadRequest(msg, details={"param": name})
+            raise BadRequestRefusal(msg, details={"param": name})
         value = params[name]
         text = "" if value is None else str(value)
         if text in ("", ".", ".."):
             msg = f"path parameter {name!r} must not be empty, '.' or '..'"
-            raise BadRequest(msg, details={"param": name})
+            raise BadRequestRefusal(msg, details={"param": name})
         try:
             return urllib.parse.quote(text, safe="")
         except UnicodeEncodeError:
             msg = f"path parameter {name!r} is not valid Unicode text"
-            raise BadRequest(msg, details={"param": name}) from None
+            raise BadRequestRefusal(msg, details={"param": name}) from None
 
     return PLACEHOLDER.sub(fill, template)
 
@@ -205,7 +205,7 @@ def render_path(template: str, params: Mapping[str, Any]) -> str:
 @functools.lru_cache(maxsize=JOIN_CACHE_SIZE)
 def join_url(base_url: str, path: str) -> httpx.URL:
     """``base_url`` + ``path`` as one URL, checked to keep the base's scheme, host, port and path
-    prefix and to hold no dot segment (encoded or not); BadRequest otherwise.
+    prefix and to hold no dot segment (encoded or not); BadRequestRefusal otherwise.
 
     Pure and cached (httpx.URL is immutable; parsing two URLs costs ~50 us per call, and a
     daemon calls the same few paths over and over). A refusal is not cached: it raises.
@@ -217,7 +217,7 @@ def join_url(base_url: str, path: str) -> httpx.URL:
     same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
     if not same_origin or not raw_path.startswith(prefix) or _has_dot_segment(raw_path):
         msg = f"path {path!r} would leave the upstream's base URL"
-        raise BadRequest(msg)
+        raise BadRequestRefusal(msg)
     return url
 
 

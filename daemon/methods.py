@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from claykiln.actors.call import CallRequest
-from claykiln.actors.errors import BadRequest
+from claykiln.actors.errors import BadRequestRefusal
 from claykiln.actors.upstream import NO_JSON
 from claykiln.daemon.rpc.protocol import PROTOCOL_VERSION
 from claykiln.daemon.rpc.types import Method, RequestContext
@@ -44,7 +44,7 @@ def _check_names(method: str, args: Mapping[str, Any], allowed: frozenset[str]) 
     if unknown:
         allowed_text = ", ".join(sorted(allowed)) or "(none)"
         msg = f"{method}: unknown argument(s) {', '.join(unknown)}; allowed: {allowed_text}"
-        raise BadRequest(msg)
+        raise BadRequestRefusal(msg)
 
 
 def _str_map(method: str, name: str, value: Any, *, scalars: bool = False) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def _str_map(method: str, name: str, value: Any, *, scalars: bool = False) -> di
     ):
         kind = "strings, numbers or booleans" if scalars else "strings"
         msg = f"{method}: {name} must be a map of string keys to {kind}"
-        raise BadRequest(msg)
+        raise BadRequestRefusal(msg)
     return dict(value)
 
 
@@ -65,7 +65,9 @@ def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
     _check_names("call", args, CALL_ARGS)
     operation = args.get("operation")
     if not isinstance(operation, str) or not operation:
-        raise BadRequest("call: operation must be a non-empty string naming a configured operation")
+        raise BadRequestRefusal(
+            "call: operation must be a non-empty string naming a configured operation"
+        )
     deadline_ms = args.get("deadline_ms")
     deadline = None
     if deadline_ms is not None:
@@ -75,22 +77,22 @@ def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
             or not 0 < deadline_ms <= MAX_DEADLINE_MS
         ):
             msg = f"call: deadline_ms must be a number of milliseconds in (0, {MAX_DEADLINE_MS}]"
-            raise BadRequest(msg)
+            raise BadRequestRefusal(msg)
         deadline = now + deadline_ms / 1000
     body = args.get("body")
     if isinstance(body, str):
         body = body.encode()
     if body is not None and not isinstance(body, bytes):
-        raise BadRequest("call: body must be bytes or a string")
+        raise BadRequestRefusal("call: body must be bytes or a string")
     has_json = "json" in args
     if has_json and body is not None:
-        raise BadRequest("call: give json or body, not both")
+        raise BadRequestRefusal("call: give json or body, not both")
     lane = args.get("lane")
     if lane is not None and not isinstance(lane, str):
-        raise BadRequest("call: lane must be a string naming a lane")
+        raise BadRequestRefusal("call: lane must be a string naming a lane")
     key = args.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 255):
-        raise BadRequest("call: idempotency_key must be a string of 1-255 characters")
+        raise BadRequestRefusal("call: idempotency_key must be a string of 1-255 characters")
     query = _str_map("call", "query", args.get("query"), scalars=True)
     return CallRequest(
         operation=operation,
@@ -141,14 +143,14 @@ def build_methods(daemon: Daemon) -> dict[str, Method]:
         _check_names("breaker.force", args, frozenset({"name", "state"}))
         name, state = args.get("name"), args.get("state")
         if not isinstance(name, str) or not name:
-            raise BadRequest("breaker.force: name must be a breaker key such as 'clay'")
+            raise BadRequestRefusal("breaker.force: name must be a breaker key such as 'clay'")
         if state not in FORCE_STATES:
             msg = f"breaker.force: state must be one of {', '.join(FORCE_STATES)}, got {state!r}"
-            raise BadRequest(msg)
+            raise BadRequestRefusal(msg)
         known = daemon.breaker_keys()
         if name not in known:
             msg = f"breaker.force: no breaker {name!r}; known: {', '.join(sorted(known))}"
-            raise BadRequest(msg)
+            raise BadRequestRefusal(msg)
         mark = daemon.storage_mark()
         view = await daemon.breakers.force(name, state)
         # The board persists the transition with write_nowait; an empty write is a flush

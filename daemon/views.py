@@ -8,7 +8,7 @@ reads the daemon's actors and storage and promises:
 - ``limits_view()``: the running protocol and connection limits (restart-only, computed once).
 - ``breaker_keys()`` / ``breaker_view()``: what ``breaker.force`` checks and answers with.
 - ``storage_mark()`` / ``durable_flush(mark)``: "is it on disk" for replies that promise it;
-  raises ``StorageFullError`` when a fire-and-forget write failed since the mark.
+  raises ``StorageFullRefusal`` when a fire-and-forget write failed since the mark.
 - ``is_allowed(peer)`` / ``is_admin(peer)``: the peer checks the server runs per connection
   (root and the daemon's own uid always pass; no allowed uids/gids configured lets anyone in).
 """
@@ -21,9 +21,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from claykiln.actors.errors import StorageFullError
+from claykiln.actors.errors import StorageFullRefusal
 from claykiln.daemon import wiring
-from claykiln.storage import StorageFull
+from claykiln.storage import StoreFull
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -90,13 +90,13 @@ class DaemonViews:
     async def durable_flush(self, mark: int) -> None:
         """Wait until everything queued for storage so far is committed.
 
-        Raises ``StorageFullError`` when a fire-and-forget write failed since ``mark`` (the map
+        Raises ``StorageFullRefusal`` when a fire-and-forget write failed since ``mark`` (the map
         is at its ceiling): the caller must not report "saved".
         """
         try:
             await self.writer.write([])
-        except StorageFull as exc:
-            raise StorageFullError(str(exc)) from exc
+        except StoreFull as exc:
+            raise StorageFullRefusal(str(exc)) from exc
         if self.writer.stats().nowait_failed > mark:
             usage = self.store.usage()
             msg = (
@@ -104,7 +104,7 @@ class DaemonViews:
                 "disk under it is full; see storage.write_failed in the log): the change is in "
                 "effect but was not saved; raise [daemon.storage].max_map_size or free disk space"
             )
-            raise StorageFullError(msg)
+            raise StorageFullRefusal(msg)
 
     def health(self) -> str:
         usage = self.store.usage()

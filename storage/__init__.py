@@ -11,7 +11,7 @@ from claykiln.storage.env import (
     StorageUsage,
     Store,
 )
-from claykiln.storage.errors import SchemaError, StorageClosed, StorageError, StorageFull
+from claykiln.storage.errors import SchemaError, StorageClosed, StorageError, StoreFull
 from claykiln.storage.ops import Delete, Op, Put
 from claykiln.storage.schema import SCHEMA_VERSION, StoreMeta
 from claykiln.storage.writer import WRITER_INBOX, Writer, WriterStats
@@ -28,9 +28,9 @@ __all__ = [
     "SchemaError",
     "StorageClosed",
     "StorageError",
-    "StorageFull",
     "StorageUsage",
     "Store",
+    "StoreFull",
     "StoreMeta",
     "Writer",
     "WriterStats",

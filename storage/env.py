@@ -24,7 +24,7 @@ import attrs
 import lmdb
 
 from claykiln.storage.codec import pack, unpack
-from claykiln.storage.errors import StorageClosed, StorageError, StorageFull, write_failure
+from claykiln.storage.errors import StorageClosed, StorageError, StoreFull, write_failure
 from claykiln.storage.ops import Delete, Op, PreparedOp, Put
 from claykiln.storage.schema import RESERVED_META_KEYS, StoreMeta, initialize
 
@@ -282,13 +282,13 @@ class Store:
             prepared.append(PreparedOp(op.table, op.key, value))
         return tuple(prepared)
 
-    def full_error(self) -> StorageFull:
+    def full_error(self) -> StoreFull:
         """The error a write gets when the map is at its ceiling."""
         msg = (
             f"storage is full: {self.path} is at its ceiling of {self._max_map_size} bytes; "
             "free space (purge the DLQ or cache, shorten retention) or raise max_map_size"
         )
-        return StorageFull(msg)
+        return StoreFull(msg)
 
     def _grow(self) -> bool:
         """Double the map (capped at the ceiling); False if already there. Trio thread only,
@@ -310,7 +310,7 @@ class Store:
         """Apply every request of ``batch`` in ONE write transaction (worker thread only).
 
         None when committed (durable if sync); otherwise nothing was committed and the result is
-        StorageFull (the map is full: grow and retry) or another StorageError."""
+        StoreFull (the map is full: grow and retry) or another StorageError."""
         with self._write_lock:
             if self._env is None:
                 return StorageClosed(f"the store at {self.path} is closed")

@@ -1,7 +1,7 @@
 """The storage layer's exception tree; nothing lmdb-typed leaves ``claykiln.storage``.
 
     StorageError            any storage failure (an lmdb error, an invalid write, a closed store)
-    ├── StorageFull         the map is at its ceiling (max_map_size), or the disk under it is
+    ├── StoreFull         the map is at its ceiling (max_map_size), or the disk under it is
     │                       full; the daemon answers ``storage_full``; reads go on
     ├── StorageClosed       the store or its writer is closed or stopped; nothing more is accepted
     └── SchemaError         the environment's schema is not one this build can open
@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-__all__ = ["SchemaError", "StorageClosed", "StorageError", "StorageFull", "write_failure"]
+__all__ = ["SchemaError", "StorageClosed", "StorageError", "StoreFull", "write_failure"]
 
 # Below this many free bytes on the store's filesystem, a failed commit is blamed on a full
 # disk (LMDB reports ENOSPC from its data-file writes as a bare "Input/output error").
@@ -26,7 +26,7 @@ class StorageError(Exception):
     """A storage operation failed; the message names the table, key or path involved."""
 
 
-class StorageFull(StorageError):
+class StoreFull(StorageError):
     """The LMDB map reached max_map_size; the write was not committed."""
 
 
@@ -39,7 +39,7 @@ class SchemaError(StorageError):
 
 
 def write_failure(path: Path, detail: object) -> StorageError:
-    """The error for a failed write transaction: ``StorageFull`` naming the disk when the
+    """The error for a failed write transaction: ``StoreFull`` naming the disk when the
     filesystem under ``path`` is (nearly) out of space, else a plain ``StorageError``."""
     try:
         st = os.statvfs(path)
@@ -51,5 +51,5 @@ def write_failure(path: Path, detail: object) -> StorageError:
             f"storage is full: the disk holding {path} has {free} bytes free ({detail}); "
             "free disk space there -- reads go on meanwhile"
         )
-        return StorageFull(msg)
+        return StoreFull(msg)
     return StorageError(f"write transaction on {path} failed: {detail}")

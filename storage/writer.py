@@ -8,7 +8,7 @@ Replies:  each time it wakes it drains EVERYTHING queued and applies it in ONE w
 On failure: a map-full batch makes the actor grow the map (doubling, up to max_map_size) and
           retry; at the ceiling, or on any other LMDB error, the batch is re-run with each ask in
           its own nested transaction (still one commit), so only the asks that cannot be written
-          fail (StorageFull / StorageError) and the others commit. The actor keeps running.
+          fail (StoreFull / StorageError) and the others commit. The actor keeps running.
 On cancellation: a batch already in the worker thread finishes (threads cannot be interrupted)
           and its asks get their real outcome; every other queued ask fails with StorageClosed.
           The same holds if the actor dies of a bug: no ask is left hanging.
@@ -33,7 +33,7 @@ import structlog
 import trio
 
 from claykiln.storage.env import Store
-from claykiln.storage.errors import StorageClosed, StorageError, StorageFull
+from claykiln.storage.errors import StorageClosed, StorageError, StoreFull
 from claykiln.storage.ops import Op, PreparedOp
 
 __all__ = ["WRITER_INBOX", "Writer", "WriterStats"]
@@ -102,7 +102,7 @@ class Writer:
 
         ``write([])`` is a barrier: it returns once everything queued before it is committed.
         Waits for room when the inbox is full. Raises StorageError for an invalid op (nothing
-        is queued), StorageFull when the map is at its ceiling, StorageClosed once the writer is
+        is queued), StoreFull when the map is at its ceiling, StorageClosed once the writer is
         closed or stopped, StorageError for any other storage failure. If the caller is
         cancelled while waiting for room, nothing is written; once queued, the ops may still
         commit after the cancellation (the batch is not disturbed).
@@ -212,7 +212,7 @@ class Writer:
                 for ask in batch:
                     self._complete(ask, None)
                 return
-            if not (isinstance(error, StorageFull) and self._grow()):
+            if not (isinstance(error, StoreFull) and self._grow()):
                 break
         if isinstance(error, StorageClosed) or len(batch) == 1:
             for ask in batch:
@@ -222,7 +222,7 @@ class Writer:
 
     async def _commit_isolated(self, batch: list[_Ask]) -> None:
         """Commit each ask of ``batch`` in its own nested transaction; retry the map-full ones
-        after growing the map, fail them with StorageFull at the ceiling."""
+        after growing the map, fail them with StoreFull at the ceiling."""
         pending = batch
         while pending:
             results = await trio.to_thread.run_sync(
@@ -232,7 +232,7 @@ class Writer:
                 self._counters.transactions += 1
             full: list[tuple[_Ask, StorageError]] = []
             for ask, error in zip(pending, results, strict=True):
-                if isinstance(error, StorageFull):
+                if isinstance(error, StoreFull):
                     full.append((ask, error))
                 else:
                     self._complete(ask, error)

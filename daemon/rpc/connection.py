@@ -12,7 +12,7 @@ Promises:
 - Hostile input: a violation with a readable msgid gets an error reply and the connection stays;
   without one, the peer gets a ``protocol_error`` notification and that connection alone closes.
 - A peer that goes away cancels its in-flight requests (their lane slots and probes are freed).
-- Errors: a ``KilnError`` from a method becomes its error reply; ``StorageFull`` from an async
+- Errors: a ``Refusal`` from a method becomes its error reply; ``StoreFull`` from an async
   handler becomes ``storage_full``; anything else is logged (``server.handler_crashed``) and
   answered with ``internal``. A result msgpack cannot encode is answered with ``internal``; an
   error map it cannot encode keeps its code with a generic message.
@@ -32,11 +32,11 @@ import structlog
 import trio
 
 from claykiln.actors.errors import (
-    Forbidden,
-    InternalError,
-    KilnError,
-    ShuttingDown,
-    StorageFullError,
+    ForbiddenRefusal,
+    InternalRefusal,
+    Refusal,
+    ShuttingDownRefusal,
+    StorageFullRefusal,
 )
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.listener import PeerCred
@@ -49,7 +49,7 @@ from claykiln.daemon.rpc.protocol import (
     error_map,
 )
 from claykiln.daemon.rpc.types import Handler, RequestContext, ServerLimits
-from claykiln.storage import StorageFull
+from claykiln.storage import StoreFull
 
 if TYPE_CHECKING:
     from claykiln.daemon.rpc.server import Server
@@ -292,22 +292,24 @@ class Connection:
         ctx = RequestContext(self.peer, self.conn_id, req.msgid, self.admin)
         try:
             if server.draining:
-                raise ShuttingDown("the daemon is shutting down; retry against the new instance")
+                raise ShuttingDownRefusal(
+                    "the daemon is shutting down; retry against the new instance"
+                )
             if method.admin and not self.admin:
                 msg = f"{req.method} is an admin method; peer uid {self.peer.uid} is not an admin"
-                raise Forbidden(msg)
+                raise ForbiddenRefusal(msg)
             if method.inline is not None:
                 self.send(_pack_reply(req.msgid, method.inline(ctx, req.args)))
                 return
             prepared: Any = req.args
             if method.precheck is not None:
                 prepared = method.precheck(ctx, req.args)
-        except KilnError as exc:
+        except Refusal as exc:
             self.send(_pack_error(req.msgid, exc.to_wire()))
             return
         except Exception:
             log.exception("server.handler_crashed", method=req.method, msgid=req.msgid)
-            wire = InternalError("internal error; see the daemon log").to_wire()
+            wire = InternalRefusal("internal error; see the daemon log").to_wire()
             self.send(_pack_error(req.msgid, wire))
             return
         assert method.handler is not None
@@ -321,14 +323,14 @@ class Connection:
         structlog.contextvars.bind_contextvars(msgid=req.msgid, method=req.method)
         try:
             result = await handler(ctx, prepared)
-        except KilnError as exc:
+        except Refusal as exc:
             self.send(_pack_error(req.msgid, exc.to_wire()))
-        except StorageFull as exc:
-            wire = StorageFullError(f"storage is full: {exc}").to_wire()
+        except StoreFull as exc:
+            wire = StorageFullRefusal(f"storage is full: {exc}").to_wire()
             self.send(_pack_error(req.msgid, wire))
         except Exception:
             log.exception("server.handler_crashed")
-            wire = InternalError("internal error; see the daemon log").to_wire()
+            wire = InternalRefusal("internal error; see the daemon log").to_wire()
             self.send(_pack_error(req.msgid, wire))
         else:
             self.send(_pack_reply(req.msgid, result))

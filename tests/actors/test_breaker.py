@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from claykiln.actors.breaker import BreakerBoard, BreakerPolicy, BreakerState, Outcome, Ticket
-from claykiln.actors.errors import BadRequest, BreakerOpen
+from claykiln.actors.errors import BadRequestRefusal, BreakerOpenRefusal
 from claykiln.actors.mailbox import ActorStopped
 
 KEY = "clay"
@@ -114,16 +114,16 @@ async def test_opens_at_the_threshold_and_alerts(store: MemoryStore, autojump_cl
 async def test_fails_fast_while_open_without_asking(
     store: MemoryStore, autojump_clock: Any
 ) -> None:
-    """While open, acquire raises BreakerOpen with the time to half-open, from the snapshot."""
+    """While open, acquire raises BreakerOpenRefusal with the time to half-open, from the snapshot."""
     async with running(make_board(store)) as board:
         await trip(board)
         await trio.sleep(12.0)
         asks = board.stats()["asks"]
-        with pytest.raises(BreakerOpen):
+        with pytest.raises(BreakerOpenRefusal):
             board.check(KEY)  # the pipeline's pre-flight refusal, same rule
-        with pytest.raises(BreakerOpen) as caught:
+        with pytest.raises(BreakerOpenRefusal) as caught:
             board.acquire_nowait(KEY)  # synchronous: it cannot have asked the actor
-        with pytest.raises(BreakerOpen) as caught_async:
+        with pytest.raises(BreakerOpenRefusal) as caught_async:
             await board.acquire(KEY)
         assert board.stats()["asks"] == asks
         for error in (caught.value, caught_async.value):
@@ -155,26 +155,26 @@ async def test_half_open_lets_exactly_n_concurrent_probes_through(
     async with running(make_board(store, {KEY: policy})) as board:
         await trip(board)
         await trio.sleep(30.0)
-        results: list[Ticket | BreakerOpen] = []
+        results: list[Ticket | BreakerOpenRefusal] = []
 
         async def caller() -> None:
             try:
                 results.append(await board.acquire(KEY))
-            except BreakerOpen as exc:
+            except BreakerOpenRefusal as exc:
                 results.append(exc)
 
         async with trio.open_nursery() as callers:
             for _ in range(3):
                 callers.start_soon(caller)
         tickets = [r for r in results if isinstance(r, Ticket)]
-        refused = [r for r in results if isinstance(r, BreakerOpen)]
+        refused = [r for r in results if isinstance(r, BreakerOpenRefusal)]
         assert len(tickets) == 2 and all(t.probe for t in tickets)
         assert len(refused) == 1
         assert refused[0].details == {"breaker": KEY, "state": "half_open"}
         assert refused[0].retry_after == pytest.approx(10.0)  # until the probes time out
         await settle()
         assert board.snapshot[KEY].probes_in_flight == 2
-        with pytest.raises(BreakerOpen):
+        with pytest.raises(BreakerOpenRefusal):
             board.acquire_nowait(KEY)  # the snapshot knows the round is full
 
 
@@ -206,7 +206,7 @@ async def test_reopens_when_a_probe_fails(store: MemoryStore, autojump_clock: An
         board.record(await board.acquire(KEY), Outcome.FAILURE, 0.2)
         await settle()
         assert state(board) is BreakerState.OPEN
-        with pytest.raises(BreakerOpen) as caught:
+        with pytest.raises(BreakerOpenRefusal) as caught:
             board.acquire_nowait(KEY)
         assert caught.value.retry_after == pytest.approx(30.0)
 
@@ -257,7 +257,7 @@ async def test_forced_open_refuses_until_reset(store: MemoryStore, autojump_cloc
             assert view.state is BreakerState.FORCED_OPEN
             assert board.views()[0]["state"] == "forced_open"  # published before the reply
             await trio.sleep(600.0)
-            with pytest.raises(BreakerOpen) as caught:
+            with pytest.raises(BreakerOpenRefusal) as caught:
                 await board.acquire(KEY)
             assert caught.value.retry_after is None
             assert caught.value.details == {"breaker": KEY, "state": "forced_open"}
@@ -298,9 +298,9 @@ async def test_disabled_counts_nothing(store: MemoryStore, autojump_clock: Any) 
 async def test_force_with_an_unknown_state_is_a_bad_request(
     store: MemoryStore, autojump_clock: Any
 ) -> None:
-    """breaker.force with a state outside open/closed/disabled/reset raises BadRequest."""
+    """breaker.force with a state outside open/closed/disabled/reset raises BadRequestRefusal."""
     async with running(make_board(store)) as board:
-        with pytest.raises(BadRequest):
+        with pytest.raises(BadRequestRefusal):
             await board.force(KEY, "ajar")  # type: ignore[arg-type]
 
 
@@ -312,7 +312,7 @@ async def test_open_state_survives_a_restart(store: MemoryStore, autojump_clock:
     wall.now += 5.0
     async with running(make_board(store, wall_clock=wall)) as board:
         assert state(board) is BreakerState.OPEN
-        with pytest.raises(BreakerOpen) as caught:
+        with pytest.raises(BreakerOpenRefusal) as caught:
             board.acquire_nowait(KEY)
         assert caught.value.retry_after == pytest.approx(25.0)
         [wire] = board.views()
@@ -331,7 +331,7 @@ async def test_open_state_whose_reset_passed_during_downtime_comes_up_half_open(
         assert state(board) is BreakerState.HALF_OPEN
         assert store.records[KEY]["state"] == "half_open"
         assert (await board.acquire(KEY)).probe
-        with pytest.raises(BreakerOpen):
+        with pytest.raises(BreakerOpenRefusal):
             await board.acquire(KEY)
 
 

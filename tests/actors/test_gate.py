@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from claykiln.actors.errors import RateLimited
+from claykiln.actors.errors import RateLimitedRefusal
 from claykiln.actors.gate import GATE_INBOX_SIZE, GateBoard, RatePolicy
 from claykiln.actors.mailbox import ActorStopped
 
@@ -80,14 +80,14 @@ async def test_hundred_callers_paced_after_burst(autojump_clock: trio.testing.Mo
 
 
 async def test_short_deadline_rejected_at_once(autojump_clock: trio.testing.MockClock) -> None:
-    """A deadline the next token cannot meet raises RateLimited(paced) at once with retry_after."""
+    """A deadline the next token cannot meet raises RateLimitedRefusal(paced) at once with retry_after."""
     gate = make_gate(policies={"clay": RatePolicy(per_second=2.0, burst=1)})
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(gate.run)
             start = trio.current_time()
             await gate.acquire("clay", start + 1.0)
-            with pytest.raises(RateLimited) as info:
+            with pytest.raises(RateLimitedRefusal) as info:
                 await gate.acquire("clay", start + 0.2)
             assert trio.current_time() == start
             assert info.value.retry_after == pytest.approx(0.5)
@@ -135,7 +135,7 @@ async def test_closure_blocks_every_caller_until_it_passes(
 async def test_closure_short_deadline_rejected_with_reason_closed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """During a closure a deadline before the reopening gets RateLimited(closed) at once."""
+    """During a closure a deadline before the reopening gets RateLimitedRefusal(closed) at once."""
     gate = make_gate()
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -143,7 +143,7 @@ async def test_closure_short_deadline_rejected_with_reason_closed(
             start = trio.current_time()
             gate.close_until("clay", 30.0, "503")
             await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(RateLimited) as info:
+            with pytest.raises(RateLimitedRefusal) as info:
                 await gate.acquire("clay", start + 10.0)
             assert trio.current_time() == start
             assert info.value.retry_after == pytest.approx(30.0)
@@ -207,7 +207,7 @@ async def test_persisted_closure_survives_restart(autojump_clock: trio.testing.M
             second = make_gate(records, wall_clock=wall)
             await nursery.start(second.run)
             start = trio.current_time()
-            with pytest.raises(RateLimited) as info:
+            with pytest.raises(RateLimitedRefusal) as info:
                 await second.acquire("clay", start + 5.0)
             assert info.value.retry_after == pytest.approx(20.0)
             await second.acquire("clay", None)

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from claykiln.actors.errors import RateLimited
+from claykiln.actors.errors import RateLimitedRefusal
 from claykiln.actors.gate import GateBoard, RatePolicy
 from claykiln.storage import Put, Store, Writer, text_key
 
@@ -53,7 +53,7 @@ async def test_closure_survives_restart_with_real_store(tmp_path: Path) -> None:
                 gate = gate_on(store, writer)
                 await nursery.start(gate.run)
                 assert gate.stats()["upstreams"]["clay"]["closed"] is True
-                with pytest.raises(RateLimited) as info:
+                with pytest.raises(RateLimitedRefusal) as info:
                     await gate.acquire("clay", trio.current_time() + 1.0)
                 assert info.value.details == {
                     "gate": "clay",

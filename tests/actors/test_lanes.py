@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from claykiln.actors.errors import BadRequest, CallTimeout, LaneFull
+from claykiln.actors.errors import BadRequestRefusal, LaneFullRefusal, TimeoutRefusal
 from claykiln.actors.lanes import LANES_INBOX_SIZE, LanePolicy, Lanes
 from claykiln.actors.mailbox import ActorStopped
 
@@ -48,14 +48,14 @@ async def hold(
 
 
 async def test_full_lane_rejects_at_once(autojump_clock: trio.testing.MockClock) -> None:
-    """N hold, Q wait, and caller N+Q+1 gets LaneFull(queue_full) without time passing."""
+    """N hold, Q wait, and caller N+Q+1 gets LaneFullRefusal(queue_full) without time passing."""
     async with running() as (lanes, nursery):
         release = trio.Event()
         for _ in range(2 + 3):
             nursery.start_soon(hold, lanes, "bulk", release)
         await trio.testing.wait_all_tasks_blocked()
         before = trio.current_time()
-        with pytest.raises(LaneFull) as info:
+        with pytest.raises(LaneFullRefusal) as info:
             async with lanes.slot("bulk", None):
                 pytest.fail("a full lane admitted a caller")
         assert trio.current_time() == before
@@ -75,13 +75,13 @@ async def test_full_lane_rejects_at_once(autojump_clock: trio.testing.MockClock)
 async def test_waiter_past_max_wait_gets_lane_full(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """A queued caller with no slot after max_wait gets LaneFull(max_wait) at that moment."""
+    """A queued caller with no slot after max_wait gets LaneFullRefusal(max_wait) at that moment."""
     async with running({"one": LanePolicy(concurrency=1, queue=1, max_wait=2.0)}) as (lanes, n):
         release = trio.Event()
         n.start_soon(hold, lanes, "one", release)
         await trio.testing.wait_all_tasks_blocked()
         start = trio.current_time()
-        with pytest.raises(LaneFull) as info:
+        with pytest.raises(LaneFullRefusal) as info:
             async with lanes.slot("one", None):
                 pytest.fail("admitted without a free slot")
         assert trio.current_time() == pytest.approx(start + 2.0)
@@ -93,13 +93,13 @@ async def test_waiter_past_max_wait_gets_lane_full(
 
 
 async def test_deadline_before_max_wait_times_out(autojump_clock: trio.testing.MockClock) -> None:
-    """A deadline before max_wait gives CallTimeout(stage=lane) when the deadline passes."""
+    """A deadline before max_wait gives TimeoutRefusal(stage=lane) when the deadline passes."""
     async with running({"one": LanePolicy(concurrency=1, queue=1, max_wait=5.0)}) as (lanes, n):
         release = trio.Event()
         n.start_soon(hold, lanes, "one", release)
         await trio.testing.wait_all_tasks_blocked()
         start = trio.current_time()
-        with pytest.raises(CallTimeout) as info:
+        with pytest.raises(TimeoutRefusal) as info:
             async with lanes.slot("one", start + 1.5):
                 pytest.fail("admitted without a free slot")
         assert trio.current_time() == pytest.approx(start + 1.5)
@@ -214,7 +214,7 @@ async def test_removed_lane_refuses_new_but_finishes_in_flight(
         nursery.start_soon(hold, lanes, "bulk", release, entered, "in-flight")
         await trio.testing.wait_all_tasks_blocked()
         await lanes.reconfigure({"critical": POLICIES["critical"]})
-        with pytest.raises(BadRequest, match="critical"):
+        with pytest.raises(BadRequestRefusal, match="critical"):
             async with lanes.slot("bulk", None):
                 pytest.fail("a removed lane admitted a caller")
         assert lanes.views["bulk"].retired
@@ -225,9 +225,9 @@ async def test_removed_lane_refuses_new_but_finishes_in_flight(
 
 
 async def test_unknown_lane_is_a_bad_request(autojump_clock: trio.testing.MockClock) -> None:
-    """Naming a lane that does not exist raises BadRequest listing the lanes that do."""
+    """Naming a lane that does not exist raises BadRequestRefusal listing the lanes that do."""
     async with running() as (lanes, _):
-        with pytest.raises(BadRequest) as info:
+        with pytest.raises(BadRequestRefusal) as info:
             async with lanes.slot("nope", None):
                 pytest.fail("an unknown lane admitted a caller")
         assert "'nope'" in str(info.value)
@@ -244,7 +244,7 @@ async def test_release_is_not_dropped_when_inbox_is_full(
             n.start_soon(hold, lanes, "one", trio.Event(), entered, "late")
             await trio.testing.wait_all_tasks_blocked()
             for _ in range(LANES_INBOX_SIZE + 5):  # no checkpoint: the actor cannot drain
-                with pytest.raises(LaneFull):
+                with pytest.raises(LaneFullRefusal):
                     async with lanes.slot("one", None):
                         pass
             assert lanes.dropped > 0  # the inbox really was full
@@ -287,14 +287,14 @@ async def test_stopped_actor_fails_waiters_and_new_asks(
 async def test_check_refuses_a_full_lane_without_awaiting(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """check() (the precheck) passes while there is room and raises LaneFull once full."""
+    """check() (the precheck) passes while there is room and raises LaneFullRefusal once full."""
     async with running() as (lanes, nursery):
         release = trio.Event()
         lanes.check("bulk")  # room: no error
         for _ in range(2 + 3):
             nursery.start_soon(hold, lanes, "bulk", release)
         await trio.testing.wait_all_tasks_blocked()
-        with pytest.raises(LaneFull) as info:
+        with pytest.raises(LaneFullRefusal) as info:
             lanes.check("bulk")
         assert info.value.details == {"lane": "bulk", "reason": "queue_full"}
         lanes.check("critical")  # other lanes unaffected

@@ -6,7 +6,7 @@ import pytest
 
 from claykiln.actors.breaker_types import Outcome
 from claykiln.actors.call import Operation, decode_body, error_outcome, health_outcome
-from claykiln.actors.errors import CallTimeout, UpstreamError
+from claykiln.actors.errors import TimeoutRefusal, UpstreamRefusal
 from claykiln.actors.upstream import HttpResponse
 
 
@@ -32,12 +32,12 @@ def test_health_outcome_is_http_aware(status: int, outcome: Outcome) -> None:
 
 def test_caller_deadline_timeouts_do_not_count_against_the_upstream() -> None:
     """A deadline-cut or pool-wait timeout is IGNORED; a class timeout or a reset is FAILURE."""
-    assert error_outcome(CallTimeout("x", details={"stage": "deadline"})) is Outcome.IGNORED
-    pool_wait = CallTimeout("x", details={"stage": "request", "phase": "pool"})
+    assert error_outcome(TimeoutRefusal("x", details={"stage": "deadline"})) is Outcome.IGNORED
+    pool_wait = TimeoutRefusal("x", details={"stage": "request", "phase": "pool"})
     assert error_outcome(pool_wait) is Outcome.IGNORED
-    assert error_outcome(CallTimeout("x", details={"stage": "request"})) is Outcome.FAILURE
-    assert error_outcome(CallTimeout("x", details={"stage": "connect"})) is Outcome.FAILURE
-    assert error_outcome(UpstreamError("x", details={"kind": "reset"})) is Outcome.FAILURE
+    assert error_outcome(TimeoutRefusal("x", details={"stage": "request"})) is Outcome.FAILURE
+    assert error_outcome(TimeoutRefusal("x", details={"stage": "connect"})) is Outcome.FAILURE
+    assert error_outcome(UpstreamRefusal("x", details={"kind": "reset"})) is Outcome.FAILURE
 
 
 def _response(ctype: str, body: bytes) -> HttpResponse:

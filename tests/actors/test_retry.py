@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claykiln.actors.errors import BadRequest, CallTimeout, UpstreamError
+from claykiln.actors.errors import BadRequestRefusal, TimeoutRefusal, UpstreamRefusal
 from claykiln.actors.retry import (
     Outcome,
     RetryPlan,
@@ -175,13 +175,13 @@ def test_retry_never_passes_deadline() -> None:
 
 def test_outcome_from_executor_errors() -> None:
     """Executor errors map to outcomes: timeouts retryable+sent, details honoured, others final."""
-    timeout = CallTimeout("t", details={"stage": "request", "retryable": True, "sent": True})
-    refused = UpstreamError("c", details={"kind": "connect", "retryable": True, "sent": False})
-    too_large = UpstreamError("b", details={"kind": "too_large", "retryable": False})
+    timeout = TimeoutRefusal("t", details={"stage": "request", "retryable": True, "sent": True})
+    refused = UpstreamRefusal("c", details={"kind": "connect", "retryable": True, "sent": False})
+    too_large = UpstreamRefusal("b", details={"kind": "too_large", "retryable": False})
     assert Outcome.from_error(timeout) == Outcome(error="timeout", sent=True, retryable=True)
     assert Outcome.from_error(refused) == Outcome(error="connect", sent=False, retryable=True)
     assert not Outcome.from_error(too_large).retryable
-    assert not Outcome.from_error(BadRequest("x")).retryable
+    assert not Outcome.from_error(BadRequestRefusal("x")).retryable
     assert _plan(Outcome.from_error(too_large)) == RetryPlan.stop("not_retryable")
 
 

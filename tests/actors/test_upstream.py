@@ -20,12 +20,12 @@ from structlog.testing import capture_logs
 
 from claykiln.actors import upstream
 from claykiln.actors.errors import (
-    BadRequest,
-    CallTimeout,
-    InternalError,
-    KilnError,
-    ShuttingDown,
-    UpstreamError,
+    BadRequestRefusal,
+    InternalRefusal,
+    Refusal,
+    ShuttingDownRefusal,
+    TimeoutRefusal,
+    UpstreamRefusal,
 )
 from claykiln.actors.upstream import (
     HTTP_CLIENTS,
@@ -71,7 +71,7 @@ def echoed_headers(body: bytes) -> list[tuple[str, str]]:
     return [(k, v) for k, v in json.loads(body)["headers"]]
 
 
-def assert_no_secret(error: KilnError) -> None:
+def assert_no_secret(error: Refusal) -> None:
     assert SECRET not in str(error)
     assert SECRET not in repr(error)
     assert SECRET not in json.dumps(error.to_wire())
@@ -151,7 +151,7 @@ async def test_hanging_upstream_times_out_at_class_timeout() -> None:
     """A hang hits the call timeout: stage 'request', and the server sees the disconnect."""
     with trio.fail_after(5):
         async with http_server() as server, running_pool(settings(server.base_url)) as pool:
-            with pytest.raises(CallTimeout) as info:
+            with pytest.raises(TimeoutRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/hang"), timeout=0.2)
             await server.wait_disconnects(1)
             stats = pool.stats()
@@ -168,7 +168,7 @@ async def test_hanging_upstream_stops_at_caller_deadline() -> None:
     with trio.fail_after(5):
         async with http_server() as server, running_pool(settings(server.base_url)) as pool:
             deadline = trio.current_time() + 0.1
-            with pytest.raises(CallTimeout) as info:
+            with pytest.raises(TimeoutRefusal) as info:
                 await pool.execute(
                     HttpRequest("GET", "/hang"), timeout=30.0, stage_deadline=deadline
                 )
@@ -182,7 +182,7 @@ async def test_expired_deadline_fails_before_connecting() -> None:
     with trio.fail_after(5):
         async with http_server() as server, running_pool(settings(server.base_url)) as pool:
             past = trio.current_time() - 1
-            with pytest.raises(CallTimeout) as info:
+            with pytest.raises(TimeoutRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/json"), timeout=5.0, stage_deadline=past)
             assert pool.stats()["created"] == 0
     assert info.value.details is not None
@@ -194,7 +194,7 @@ async def test_connect_timeout_stage() -> None:
     with trio.fail_after(5), unaccepting_port() as port:
         base = f"http://127.0.0.1:{port}"
         async with running_pool(settings(base, timeouts=TimeoutClasses(connect=0.2))) as pool:
-            with pytest.raises(CallTimeout) as info:
+            with pytest.raises(TimeoutRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/json"), timeout=5.0)
     assert info.value.details is not None
     assert (info.value.details["stage"], info.value.details["sent"]) == ("connect", False)
@@ -206,7 +206,7 @@ async def test_cancellation_storm_leaks_nothing() -> None:
     """200 calls cut at 50 ms on a hang, then 20 calls at once all succeed; nothing leaks."""
     with trio.fail_after(10):
         async with http_server() as server, running_pool(settings(server.base_url)) as pool:
-            timeouts: list[CallTimeout] = []
+            timeouts: list[TimeoutRefusal] = []
 
             async def doomed() -> None:
                 deadline = trio.current_time() + 0.05
@@ -214,7 +214,7 @@ async def test_cancellation_storm_leaks_nothing() -> None:
                     await pool.execute(
                         HttpRequest("GET", "/hang"), timeout=5, stage_deadline=deadline
                     )
-                except CallTimeout as exc:
+                except TimeoutRefusal as exc:
                     timeouts.append(exc)
 
             async with trio.open_nursery() as nursery:
@@ -261,13 +261,13 @@ async def test_waiters_queue_for_a_free_connection() -> None:
             running_pool(settings(server.base_url, max_connections=1)) as pool,
         ):
             order: list[str] = []
-            errors: list[CallTimeout] = []
+            errors: list[TimeoutRefusal] = []
 
             async def call(tag: str, path: str, budget: float) -> None:
                 try:
                     await pool.execute(HttpRequest("GET", path), timeout=budget)
                     order.append(tag)
-                except CallTimeout as exc:
+                except TimeoutRefusal as exc:
                     errors.append(exc)
 
             async with trio.open_nursery() as nursery:
@@ -291,7 +291,7 @@ async def test_broken_connections_map_to_kinds(path: str, kind: str) -> None:
     """A TCP reset maps to kind 'reset', a close without response to 'protocol'; both sent."""
     with trio.fail_after(5):
         async with raw_server() as base, running_pool(settings(base)) as pool:
-            with pytest.raises(UpstreamError) as info:
+            with pytest.raises(UpstreamRefusal) as info:
                 await pool.execute(HttpRequest("GET", path), timeout=2.0)
             stats = pool.stats()
     assert info.value.details is not None
@@ -305,7 +305,7 @@ async def test_garbage_response_is_protocol_error() -> None:
     """Bytes that are not HTTP map to kind 'protocol'."""
     with trio.fail_after(5):
         async with raw_server() as base, running_pool(settings(base)) as pool:
-            with pytest.raises(UpstreamError) as info:
+            with pytest.raises(UpstreamRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/garbage"), timeout=2.0)
     assert info.value.details is not None
     assert info.value.details["kind"] == "protocol"
@@ -316,7 +316,7 @@ async def test_refused_connection_is_connect_not_sent() -> None:
     base = f"http://127.0.0.1:{refused_port()}"
     with trio.fail_after(5), capture_logs() as logs:
         async with running_pool(settings(base)) as pool:
-            with pytest.raises(UpstreamError) as info:
+            with pytest.raises(UpstreamRefusal) as info:
                 await pool.execute(HttpRequest("POST", "/rows", json={"a": 1}), timeout=2.0)
     assert info.value.details is not None
     assert info.value.details["kind"] == "connect"
@@ -336,7 +336,7 @@ async def test_oversized_body_refused(monkeypatch: pytest.MonkeyPatch, chunked: 
     with trio.fail_after(5):
         async with http_server() as server, running_pool(settings(server.base_url)) as pool:
             query = {"bytes": "200000", "chunked": chunked}
-            with pytest.raises(UpstreamError) as info:
+            with pytest.raises(UpstreamRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/big", query=query), timeout=2.0)
             ok = await pool.execute(
                 HttpRequest("GET", "/big", query={"bytes": "100000"}), timeout=2.0
@@ -349,29 +349,29 @@ async def test_oversized_body_refused(monkeypatch: pytest.MonkeyPatch, chunked: 
 
 
 async def test_path_leaving_base_refused_before_sending() -> None:
-    """A path that climbs out of the base URL is a BadRequest; nothing is sent."""
+    """A path that climbs out of the base URL is a BadRequestRefusal; nothing is sent."""
     with trio.fail_after(5):
         async with (
             http_server() as server,
             running_pool(settings(server.base_url + "/echo")) as pool,
         ):
-            with pytest.raises(BadRequest):
+            with pytest.raises(BadRequestRefusal):
                 await pool.execute(HttpRequest("GET", "/../json"), timeout=2.0)
     assert server.paths == []
 
 
 async def test_lifecycle_refuses_calls_outside_run() -> None:
-    """Before run() a call is an InternalError; after run() stops it is ShuttingDown and the
+    """Before run() a call is an InternalRefusal; after run() stops it is ShuttingDownRefusal and the
     idle clients are closed."""
     async with http_server() as server:
         pool = UpstreamPool(settings(server.base_url))
-        with pytest.raises(InternalError):
+        with pytest.raises(InternalRefusal):
             await pool.execute(HttpRequest("GET", "/json"), timeout=1.0)
         with trio.fail_after(5):
             async with running_pool(settings(server.base_url)) as pool:
                 await pool.execute(HttpRequest("GET", "/json"), timeout=2.0)
                 assert pool.stats()["idle"] == 1
-            with pytest.raises(ShuttingDown):
+            with pytest.raises(ShuttingDownRefusal):
                 await pool.execute(HttpRequest("GET", "/json"), timeout=1.0)
     assert pool.stats()["idle"] == 0
     assert pool.stats()["phase"] == "stopped"
@@ -385,9 +385,9 @@ async def test_lifecycle_refuses_calls_outside_run() -> None:
     ],
 )
 async def test_unencodable_request_refused_before_connecting(request_: HttpRequest) -> None:
-    """A non-ASCII header value or a non-JSON body is a BadRequest; no connection is opened."""
+    """A non-ASCII header value or a non-JSON body is a BadRequestRefusal; no connection is opened."""
     with trio.fail_after(5):
         async with http_server() as server, running_pool(settings(server.base_url)) as pool:
-            with pytest.raises(BadRequest):
+            with pytest.raises(BadRequestRefusal):
                 await pool.execute(request_, timeout=2.0)
             assert (pool.stats()["created"], pool.stats()["in_use"]) == (0, 0)

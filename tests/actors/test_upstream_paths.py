@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from claykiln.actors.errors import BadRequest
+from claykiln.actors.errors import BadRequestRefusal
 from claykiln.actors.upstream import (
     HttpRequest,
     HttpResponse,
@@ -61,27 +61,27 @@ def test_any_value_keeps_host_and_segment(value: str) -> None:
 
 @pytest.mark.parametrize("value", ["", ".", "..", None, "\udc80"])
 def test_empty_and_dot_values_rejected(value: object) -> None:
-    """Empty, None, '.', '..' and lone-surrogate values are refused with BadRequest."""
-    with pytest.raises(BadRequest, match="table_id"):
+    """Empty, None, '.', '..' and lone-surrogate values are refused with BadRequestRefusal."""
+    with pytest.raises(BadRequestRefusal, match="table_id"):
         render_path("/tables/{table_id}", {"table_id": value})
 
 
 def test_missing_param_named() -> None:
-    """A missing parameter raises BadRequest naming it."""
-    with pytest.raises(BadRequest, match="'row'") as info:
+    """A missing parameter raises BadRequestRefusal naming it."""
+    with pytest.raises(BadRequestRefusal, match="'row'") as info:
         render_path("/t/{table}/{row}", {"table": "a"})
     assert info.value.details == {"param": "row"}
 
 
 def test_unused_param_rejected() -> None:
     """A parameter the template does not use is refused, not silently dropped."""
-    with pytest.raises(BadRequest, match="extra"):
+    with pytest.raises(BadRequestRefusal, match="extra"):
         render_path("/t/{table}", {"table": "a", "extra": "b"})
 
 
 def test_stray_brace_rejected() -> None:
     """A template with a brace that is not a placeholder is refused."""
-    with pytest.raises(BadRequest, match="brace"):
+    with pytest.raises(BadRequestRefusal, match="brace"):
         render_path("/t/{table", {})
 
 
@@ -95,7 +95,7 @@ def test_non_string_values_rendered() -> None:
 )
 def test_join_refuses_templates_leaving_base_path(path: str) -> None:
     """Defense in depth: a path (e.g. a bad template) climbing out of the base path is refused."""
-    with pytest.raises(BadRequest, match="leave"):
+    with pytest.raises(BadRequestRefusal, match="leave"):
         join_url(BASE, path)
 
 
@@ -174,5 +174,5 @@ def test_settings_validation(kwargs: dict[str, object], match: str) -> None:
 
 def test_request_json_and_content_exclusive() -> None:
     """A request cannot carry both json and content."""
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequestRefusal):
         HttpRequest("POST", "/x", json={"a": 1}, content=b"x")

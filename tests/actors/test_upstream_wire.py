@@ -22,7 +22,7 @@ import pytest
 import trio
 import trustme
 
-from claykiln.actors.errors import BadRequest, CallTimeout, UpstreamError
+from claykiln.actors.errors import BadRequestRefusal, TimeoutRefusal, UpstreamRefusal
 from claykiln.actors.upstream import HttpRequest, UpstreamPool, UpstreamSettings
 from claykiln.actors.upstream_wire import decode_header
 
@@ -298,9 +298,9 @@ async def test_gzip_bomb_is_too_large_and_corrupt_gzip_is_protocol(
     )
     with trio.fail_after(5):
         async with scripted(*replies) as (_, base), pool_for(base) as pool:
-            with pytest.raises(UpstreamError) as bombed:
+            with pytest.raises(UpstreamRefusal) as bombed:
                 await pool.execute(HttpRequest("GET", "/"), timeout=2.0)
-            with pytest.raises(UpstreamError) as corrupt:
+            with pytest.raises(UpstreamRefusal) as corrupt:
                 await pool.execute(HttpRequest("GET", "/"), timeout=2.0)
     assert len(bomb) < 100_000
     assert bombed.value.details is not None
@@ -313,7 +313,7 @@ async def test_oversized_response_head_is_a_protocol_error() -> None:
     head = ok(b"", "X-Big: " + "a" * 200_000)  # h11 refuses an unfinished head over 64 KiB
     with trio.fail_after(5):
         async with scripted(Reply(head)) as (_, base), pool_for(base) as pool:
-            with pytest.raises(UpstreamError) as info:
+            with pytest.raises(UpstreamRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/"), timeout=2.0)
     assert info.value.details is not None
     assert info.value.details["kind"] == "protocol"
@@ -324,7 +324,7 @@ async def test_truncated_body_is_a_protocol_error() -> None:
     data = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
     with trio.fail_after(5):
         async with scripted(Reply(data, close=True)) as (_, base), pool_for(base) as pool:
-            with pytest.raises(UpstreamError) as info:
+            with pytest.raises(UpstreamRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/"), timeout=2.0)
     assert info.value.details is not None
     assert (info.value.details["kind"], info.value.details["sent"]) == ("protocol", True)
@@ -348,9 +348,9 @@ async def test_answer_before_the_body_is_read_reaches_the_caller() -> None:
 async def test_bad_header_value_is_refused_before_any_byte_is_sent() -> None:
     with trio.fail_after(5):
         async with scripted(Reply(ok())) as (script, base), pool_for(base) as pool:
-            with pytest.raises(BadRequest):
+            with pytest.raises(BadRequestRefusal):
                 await pool.execute(HttpRequest("GET", "/", headers={"x-a": "é"}), timeout=2.0)
-            with pytest.raises(BadRequest):
+            with pytest.raises(BadRequestRefusal):
                 await pool.execute(HttpRequest("GET", "/", headers={"x a": "1"}), timeout=2.0)
             response = await pool.execute(HttpRequest("GET", "/"), timeout=2.0)
     assert response.status == 200
@@ -388,7 +388,7 @@ async def test_an_upstream_dripping_bytes_is_cut_at_the_class_timeout() -> None:
     dripping = Reply(ok(b"x" * 200), drip=0.05)
     with trio.fail_after(5):
         async with scripted(dripping) as (script, base), pool_for(base) as pool:
-            with pytest.raises(CallTimeout) as info:
+            with pytest.raises(TimeoutRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/"), timeout=0.3)
             await script.wait_closed(1)  # our side closed the connection: the drip broke off
             stats = pool.stats()
@@ -439,7 +439,7 @@ async def test_tls_refuses_a_certificate_it_cannot_trust(ca: trustme.CA, case: s
             scripted(Reply(ok()), server_ssl=server_context(ca, host)) as (script, base),
             pool_for(base, ssl_context=trusted) as pool,
         ):
-            with pytest.raises(UpstreamError) as info:
+            with pytest.raises(UpstreamRefusal) as info:
                 await pool.execute(HttpRequest("GET", "/"), timeout=5.0)
     assert info.value.details is not None
     assert (info.value.details["kind"], info.value.details["sent"]) == ("connect", False)

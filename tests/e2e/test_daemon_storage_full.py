@@ -12,8 +12,7 @@ from kiln_harness import KilnProcess, clay_config
 
 from claykiln.daemon import BreakerOpen, StorageFull, TrioClient
 from claykiln.daemon.simulator import RunningSimulator
-from claykiln.storage import Put, Store, Writer
-from claykiln.storage import StorageFull as StoreFull
+from claykiln.storage import Put, Store, StoreFull, Writer
 
 PINNING_READER = """
 import sys, lmdb

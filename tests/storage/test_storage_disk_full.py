@@ -1,4 +1,4 @@
-"""A full disk (a real 1 MiB tmpfs): writes fail with StorageFull naming the disk; reads go on."""
+"""A full disk (a real 1 MiB tmpfs): writes fail with StoreFull naming the disk; reads go on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from claykiln.storage import Put, StorageFull, Store, Writer
+from claykiln.storage import Put, Store, StoreFull, Writer
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_full_disk_gives_storage_full_and_reads_go_on(tiny_disk: Path) -> None:
-    """The map has room (8 MiB) but the disk does not: StorageFull names the disk, the writer
+    """The map has room (8 MiB) but the disk does not: StoreFull names the disk, the writer
     survives and earlier writes stay readable."""
     store = Store.open(tiny_disk / "store", map_size=8 * 2**20, max_map_size=8 * 2**20)
     try:
@@ -41,7 +41,7 @@ async def test_full_disk_gives_storage_full_and_reads_go_on(tiny_disk: Path) -> 
                 writer = Writer(store)
                 await nursery.start(writer.run)
                 written = 0
-                with pytest.raises(StorageFull) as full:
+                with pytest.raises(StoreFull) as full:
                     for i in range(2000):
                         await writer.write([Put("cache", f"k{i}".encode(), b"x" * 4096)])
                         written += 1

@@ -7,14 +7,14 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from claykiln.storage import Delete, Put, StorageFull, Store, Writer, text_key
+from claykiln.storage import Delete, Put, Store, StoreFull, Writer, text_key
 
 KIB = 1024
 BIG = b"x" * (100 * KIB)
 
 
 async def test_map_grows_then_storage_full_and_the_store_stays_usable(store_path: Path) -> None:
-    """Writes grow the map up to max_map_size, then get StorageFull; reads, deletes and small
+    """Writes grow the map up to max_map_size, then get StoreFull; reads, deletes and small
     writes keep working afterwards (the writer is alive)."""
     store = Store.open(store_path, map_size=256 * KIB, max_map_size=1024 * KIB)
     writer = Writer(store)
@@ -22,12 +22,12 @@ async def test_map_grows_then_storage_full_and_the_store_stays_usable(store_path
     with trio.fail_after(20):
         async with trio.open_nursery() as actors:
             await actors.start(writer.run)
-            full: StorageFull | None = None
+            full: StoreFull | None = None
             for n in range(50):
                 key = text_key(f"big{n:02d}")
                 try:
                     await writer.write([Put("cache", key, BIG)])
-                except StorageFull as exc:
+                except StoreFull as exc:
                     full = exc
                     break
                 written.append(key)
@@ -51,7 +51,7 @@ async def test_map_grows_then_storage_full_and_the_store_stays_usable(store_path
 
 
 async def test_at_the_ceiling_only_the_write_that_does_not_fit_fails(store_path: Path) -> None:
-    """In one batch at the ceiling, the oversized write gets StorageFull, the rest commit."""
+    """In one batch at the ceiling, the oversized write gets StoreFull, the rest commit."""
     store = Store.open(store_path, map_size=256 * KIB, max_map_size=256 * KIB)
     writer = Writer(store)
     outcomes: dict[str, str] = {}
@@ -60,7 +60,7 @@ async def test_at_the_ceiling_only_the_write_that_does_not_fit_fails(store_path:
         try:
             await writer.write([Put("cache", text_key(name), value)])
             outcomes[name] = "committed"
-        except StorageFull:
+        except StoreFull:
             outcomes[name] = "full"
 
     with trio.fail_after(20):
@@ -81,7 +81,7 @@ async def test_at_the_ceiling_only_the_write_that_does_not_fit_fails(store_path:
 
 
 async def test_a_batch_too_big_for_the_map_commits_whole_after_growth(store_path: Path) -> None:
-    """A batch too big for the map commits whole after growth; nobody sees StorageFull."""
+    """A batch too big for the map commits whole after growth; nobody sees StoreFull."""
     store = Store.open(store_path, map_size=256 * KIB, max_map_size=4096 * KIB)
     writer = Writer(store)
     with trio.fail_after(20):

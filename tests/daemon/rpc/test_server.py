@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from claykiln.actors.errors import BadRequest, KilnError, RateLimited
+from claykiln.actors.errors import BadRequestRefusal, RateLimitedRefusal, Refusal
 from claykiln.daemon.rpc.listener import PeerCred, SocketInUse, bind_unix_listener
 from claykiln.daemon.rpc.protocol import Limits, encode_request
 from claykiln.daemon.rpc.server import Method, RequestContext, Server, ServerLimits
@@ -67,7 +67,7 @@ def whoami(ctx: RequestContext, args: Any) -> Any:
 
 
 async def refuse(ctx: RequestContext, args: Any) -> Any:
-    raise RateLimited("slow down", retry_after=2.5, details={"upstream": "clay"})
+    raise RateLimitedRefusal("slow down", retry_after=2.5, details={"upstream": "clay"})
 
 
 async def crash(ctx: RequestContext, args: Any) -> Any:
@@ -83,12 +83,12 @@ async def unpackable(ctx: RequestContext, args: Any) -> Any:
 
 
 async def refuse_unpackable(ctx: RequestContext, args: Any) -> Any:
-    raise KilnError("odd details", details={"obj": object()})
+    raise Refusal("odd details", details={"obj": object()})
 
 
 def precheck_refuse(ctx: RequestContext, args: Any) -> Any:
     if "bad" in args:
-        raise BadRequest("bad is not allowed")
+        raise BadRequestRefusal("bad is not allowed")
     return {"checked": True, **args}
 
 
@@ -253,7 +253,7 @@ async def test_replies_come_out_of_order(sock_dir: Path) -> None:
 
 
 async def test_precheck_refuses_before_a_task_and_feeds_the_handler(sock_dir: Path) -> None:
-    """A precheck KilnError is the reply (handler never runs); otherwise its value is the input."""
+    """A precheck Refusal is the reply (handler never runs); otherwise its value is the input."""
     seen: list[Any] = []
     with trio.fail_after(IO_TIMEOUT):
         async with serving(Server(methods(SlowWork(), seen)), sock_dir) as running:
@@ -268,7 +268,7 @@ async def test_precheck_refuses_before_a_task_and_feeds_the_handler(sock_dir: Pa
 
 # -- errors -----------------------------------------------------------------------------------
 async def test_kiln_error_becomes_its_wire_error(sock_dir: Path) -> None:
-    """A handler's KilnError is sent as {code, message, retry_after, details}."""
+    """A handler's Refusal is sent as {code, message, retry_after, details}."""
     with trio.fail_after(IO_TIMEOUT):
         async with serving(Server(methods(SlowWork())), sock_dir) as running:
             peer = await Peer.connect(running.path)
@@ -306,7 +306,7 @@ async def test_unpackable_result_is_an_internal_error(sock_dir: Path) -> None:
 
 
 async def test_unpackable_error_details_do_not_kill_the_server(sock_dir: Path) -> None:
-    """A KilnError with unencodable details still gets an error reply; the server lives on."""
+    """A Refusal with unencodable details still gets an error reply; the server lives on."""
     with trio.fail_after(IO_TIMEOUT):
         async with serving(Server(methods(SlowWork())), sock_dir) as running:
             peer = await Peer.connect(running.path)
