@@ -38,6 +38,7 @@ from claykiln.actors.gate import GateBoard
 from claykiln.actors.lanes import Lanes
 from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
 from claykiln.actors.upstream import UpstreamPool
+from claykiln.actors.writer import Writer
 from claykiln.daemon import sdnotify, wiring
 from claykiln.daemon.config import ConfigError
 from claykiln.daemon.config.credentials import CredentialError, CredentialStore
@@ -49,7 +50,7 @@ from claykiln.daemon.rpc.listener import SocketInUse, adopt_listener, bind_unix_
 from claykiln.daemon.rpc.protocol import Limits
 from claykiln.daemon.rpc.server import Server, ServerLimits
 from claykiln.daemon.views import DaemonViews
-from claykiln.storage import Put, StorageError, Store, Writer, text_key
+from claykiln.storage import Put, StorageError, Store, text_key
 
 __all__ = ["Daemon", "kiln_version", "run_daemon"]
 

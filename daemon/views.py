@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from claykiln.daemon.config.types import KilnConfig
     from claykiln.daemon.rpc.listener import PeerCred
     from claykiln.daemon.rpc.server import Server
-    from claykiln.storage import Store, Writer
+    from claykiln.storage import Store
+from claykiln.actors.writer import Writer
 
 __all__ = ["DaemonViews"]
 

@@ -1,4 +1,5 @@
-"""claykiln.storage: the LMDB environment, its tables and codecs, and the group-commit writer.
+"""claykiln.storage: the LMDB environment, its tables and codecs, (the group-commit writer actor
+that drives it is ``claykiln.actors.writer``).
 
 The only package that imports lmdb; nothing lmdb-typed leaves it (see storage/errors.py).
 """
@@ -14,14 +15,12 @@ from claykiln.storage.env import (
 from claykiln.storage.errors import SchemaError, StorageClosed, StorageError, StoreFull
 from claykiln.storage.ops import Delete, Op, Put
 from claykiln.storage.schema import SCHEMA_VERSION, StoreMeta
-from claykiln.storage.writer import WRITER_INBOX, Writer, WriterStats
 
 __all__ = [
     "DEFAULT_MAP_SIZE",
     "DEFAULT_MAX_MAP_SIZE",
     "SCHEMA_VERSION",
     "TABLES",
-    "WRITER_INBOX",
     "Delete",
     "Op",
     "Put",
@@ -32,8 +31,6 @@ __all__ = [
     "Store",
     "StoreFull",
     "StoreMeta",
-    "Writer",
-    "WriterStats",
     "join_key",
     "pack",
     "text_key",

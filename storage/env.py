@@ -4,10 +4,10 @@ A ``Store`` owns one LMDB environment. Reads (``get``, ``items``, ``count``, ``u
 inline on the calling thread in a short read transaction and return materialized values, so no
 read transaction ever lives across an ``await``. Writes do not happen here: they go through the
 one ``Writer`` actor (storage/writer.py), which calls the ``_commit_*`` methods in a worker thread
-and ``_grow`` on the trio thread between batches.
+and ``grow`` on the trio thread between batches.
 
 Threading assumption (LMDB's ``set_mapsize`` needs no live transaction in the process): reads
-are made from the trio thread that runs the writer, so none is open while ``_grow`` remaps; the
+are made from the trio thread that runs the writer, so none is open while ``grow`` remaps; the
 write lock keeps a write transaction out. Code that reads from other threads must not run while
 the writer may grow the map.
 """
@@ -290,7 +290,7 @@ class Store:
         )
         return StoreFull(msg)
 
-    def _grow(self) -> bool:
+    def grow(self) -> bool:
         """Double the map (capped at the ceiling); False if already there. Trio thread only,
         between batches: see the module docstring for why no read transaction is live."""
         new_size = min(self._map_size * 2, self._max_map_size)
@@ -306,7 +306,7 @@ class Store:
             self._map_size = int(env.info()["map_size"])
         return True
 
-    def _commit_group(self, batch: Sequence[Sequence[PreparedOp]]) -> StorageError | None:
+    def commit_group(self, batch: Sequence[Sequence[PreparedOp]]) -> StorageError | None:
         """Apply every request of ``batch`` in ONE write transaction (worker thread only).
 
         None when committed (durable if sync); otherwise nothing was committed and the result is
@@ -327,10 +327,10 @@ class Store:
                 return write_failure(self.path, exc)
             return None
 
-    def _commit_isolated(self, batch: Sequence[Sequence[PreparedOp]]) -> list[StorageError | None]:
+    def commit_isolated(self, batch: Sequence[Sequence[PreparedOp]]) -> list[StorageError | None]:
         """Apply each request of ``batch`` in its own nested transaction under ONE outer write
         transaction (worker thread only), so a failing request fails alone; one commit (one
-        fsync) for the lot. Returns one result per request, as ``_commit_group``."""
+        fsync) for the lot. Returns one result per request, as ``commit_group``."""
         with self._write_lock:
             if self._env is None:
                 return [StorageClosed(f"the store at {self.path} is closed") for _ in batch]

@@ -22,10 +22,10 @@ from typing import Any
 
 import trio
 
+from claykiln.actors.writer import Writer
 from claykiln.storage.codec import text_key
 from claykiln.storage.env import Store
 from claykiln.storage.ops import Put
-from claykiln.storage.writer import Writer
 
 __all__ = ["durable_writes", "durable_writes_async"]
 
@@ -87,7 +87,7 @@ async def _single_commit(path: Path, tasks: int, per_task: int, seconds: float) 
 
         async def put(key: bytes, value: dict[str, Any]) -> None:
             ops = store.prepare([Put(_TABLE, key, value)])
-            error = await trio.to_thread.run_sync(store._commit_group, [ops], limiter=limiter)
+            error = await trio.to_thread.run_sync(store.commit_group, [ops], limiter=limiter)
             if error is not None:
                 raise error
 

@@ -9,7 +9,8 @@ import trio
 import trio.testing
 
 from claykiln.actors.breaker import BreakerBoard, BreakerPolicy, BreakerState, Outcome
-from claykiln.storage import Put, Store, Writer, text_key
+from claykiln.actors.writer import Writer
+from claykiln.storage import Put, Store, text_key
 
 POLICY = BreakerPolicy(volume_threshold=2, reset_timeout=300.0)
 

@@ -11,7 +11,8 @@ import trio.testing
 
 from claykiln.actors.errors import RateLimitedRefusal
 from claykiln.actors.gate import GateBoard, RatePolicy
-from claykiln.storage import Put, Store, Writer, text_key
+from claykiln.actors.writer import Writer
+from claykiln.storage import Put, Store, text_key
 
 
 def gate_on(store: Store, writer: Writer) -> GateBoard:

@@ -10,9 +10,10 @@ import pytest
 import trio
 from kiln_harness import KilnProcess, clay_config
 
+from claykiln.actors.writer import Writer
 from claykiln.daemon import BreakerOpen, StorageFull, TrioClient
 from claykiln.daemon.simulator import RunningSimulator
-from claykiln.storage import Put, Store, StoreFull, Writer
+from claykiln.storage import Put, Store, StoreFull
 
 PINNING_READER = """
 import sys, lmdb

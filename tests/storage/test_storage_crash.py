@@ -17,7 +17,8 @@ CHILD = """
 import sys
 import trio
 from pathlib import Path
-from claykiln.storage import Put, Store, Writer
+from claykiln.storage import Put, Store
+from claykiln.actors.writer import Writer
 
 async def main() -> None:
     store = Store.open(Path(sys.argv[1]))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from claykiln.storage import Put, Store, StoreFull, Writer
+from claykiln.actors.writer import Writer
+from claykiln.storage import Put, Store, StoreFull
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import lmdb
 import pytest
 import trio
 
+from claykiln.actors.writer import Writer
 from claykiln.storage import (
     SCHEMA_VERSION,
     TABLES,
@@ -17,7 +18,6 @@ from claykiln.storage import (
     StorageClosed,
     StorageError,
     Store,
-    Writer,
     pack,
     uint_key,
 )

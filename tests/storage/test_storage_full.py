@@ -7,7 +7,8 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from claykiln.storage import Delete, Put, Store, StoreFull, Writer, text_key
+from claykiln.actors.writer import Writer
+from claykiln.storage import Delete, Put, Store, StoreFull, text_key
 
 KIB = 1024
 BIG = b"x" * (100 * KIB)

@@ -8,7 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from claykiln.storage import Put, StorageClosed, StorageError, Store, Writer, text_key
+from claykiln.actors.writer import Writer
+from claykiln.storage import Put, StorageClosed, StorageError, Store, text_key
 
 
 async def test_concurrent_writes_are_group_committed_and_durable(store_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for the storage tests: a real LMDB store in tmp_path, and a running writer."""
+"""Shared fixtures: a real LMDB store in tmp_path, and a running storage writer on it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from claykiln.storage import Store, Writer
+from claykiln.actors.writer import Writer
+from claykiln.storage import Store
 
 
 @pytest.fixture

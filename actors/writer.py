@@ -32,9 +32,8 @@ import attrs
 import structlog
 import trio
 
-from claykiln.storage.env import Store
-from claykiln.storage.errors import StorageClosed, StorageError, StoreFull
-from claykiln.storage.ops import Op, PreparedOp
+from claykiln.storage import Op, StorageClosed, StorageError, Store, StoreFull
+from claykiln.storage.ops import PreparedOp
 
 __all__ = ["WRITER_INBOX", "Writer", "WriterStats"]
 
@@ -43,7 +42,7 @@ WRITER_INBOX = 4096
 
 # Bound like daemon/logs.get_logger (storage may not import daemon/): lines carry `logger`.
 _log = structlog._config.BoundLoggerLazyProxy(
-    None, initial_values={"logger": "claykiln.storage.writer"}
+    None, initial_values={"logger": "claykiln.actors.writer"}
 )
 
 
@@ -205,7 +204,7 @@ class Writer:
         groups = [ask.ops for ask in batch]
         while True:
             error = await trio.to_thread.run_sync(
-                self._store._commit_group, groups, limiter=self._limiter
+                self._store.commit_group, groups, limiter=self._limiter
             )
             if error is None:
                 self._counters.transactions += 1
@@ -226,7 +225,7 @@ class Writer:
         pending = batch
         while pending:
             results = await trio.to_thread.run_sync(
-                self._store._commit_isolated, [ask.ops for ask in pending], limiter=self._limiter
+                self._store.commit_isolated, [ask.ops for ask in pending], limiter=self._limiter
             )
             if any(error is None for error in results):
                 self._counters.transactions += 1
@@ -244,7 +243,7 @@ class Writer:
             pending = []
 
     def _grow(self) -> bool:
-        grown = self._store._grow()
+        grown = self._store.grow()
         if grown:
             self._counters.map_grows += 1
             _log.info("storage.map_grown", map_size=self._store.map_size)
