@@ -1,15 +1,17 @@
-"""``kiln bench``: measure the performance budget of design.md on this machine.
+"""``kiln bench``: measure the performance budget (docs/performance.md) on this machine.
 
-    kiln bench [--scenario writes|hello|call|breaker-open|outage|all] [--duration S]
+    kiln bench [--scenario writes|hello|call|breaker-open|outage|outage-peers|all] [--duration S]
                [--concurrency N] [--json]
 
 Scenarios (docs/performance.md has the budget, the method and measured figures):
 
-- ``writes``: durable writes, group commit vs one fsynced commit per write (storage/bench.py);
+- ``writes``: durable writes, group commit vs one fsynced commit per write (``writes``);
 - ``hello``: ``hello`` round trips, daemon vs a bare trio msgpack server, two modes;
 - ``call``: ``call`` through the daemon vs direct httpx, against nginx (or the simulator);
 - ``breaker-open``: fail-fast rejections with the breaker forced open;
-- ``outage``: upstream requests during an outage, daemon vs a naive retry loop.
+- ``outage``: upstream requests during an outage, daemon vs a naive retry loop;
+- ``outage-peers``: per-process pybreaker + tenacity vs one daemon, same outage, two lengths,
+  and a ``kill -9`` restart under the callers (daemon/bench/peers.py; ~6 min at full scale).
 
 Each measured run lasts ``--duration`` seconds (a scenario makes 1 to 4 of them) and is bounded
 in count too. Figures are ratios of two measurements made in the same run; the absolute numbers
@@ -39,6 +41,7 @@ import click
 
 from claykiln.daemon.bench.measure import BenchOptions
 from claykiln.daemon.bench.outage import bench_outage
+from claykiln.daemon.bench.peers import bench_outage_peers
 from claykiln.daemon.bench.scenarios import (
     bench_breaker_open,
     bench_call,
@@ -56,6 +59,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "call": bench_call,
     "breaker-open": bench_breaker_open,
     "outage": bench_outage,
+    "outage-peers": bench_outage_peers,
 }
 MAX_DURATION: Final = 600.0
 MAX_CONCURRENCY: Final = 1024
