@@ -1,14 +1,14 @@
 """The baselines for ``kiln bench --scenario call``: direct HTTP with no daemon in between.
 
 - ``direct_httpx``: the best direct httpx usage under trio, the target's baseline. One
-  single-connection ``httpx.AsyncClient`` per worker task (notes/measurements.md: 1,914 req/s at
-  64 tasks against 206 with one shared pool), all sharing one SSL context.
+  single-connection ``httpx.AsyncClient`` per worker task (1,914 req/s at 64 tasks against 206
+  with one shared pool: docs/performance.md, "Measured building blocks"), one SSL context.
 - ``direct_wire``: the daemon's own exchange (``Http11Connection``) per worker, a reference
   floor: what the daemon adds to a call is the gap between it and ``call``.
 
 Both hammer one URL with GET, bounded in time (no new request after ``seconds``; in-flight ones
-get DRAIN_GRACE more) and in count (``max_requests`` in all). This module lives with the actors
-because only actors/upstream*.py-side code may import httpx and h11.
+get DRAIN_GRACE more) and in count (``max_requests`` in all). A tool, not the product: in the
+product only actors/upstream*.py import httpx; h11 is used here only through Http11Connection.
 """
 
 from __future__ import annotations

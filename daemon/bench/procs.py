@@ -188,7 +188,7 @@ class DaemonProcess(_Process):
 
 
 class EchoProcess(_Process):
-    """The bare trio msgpack server of ``daemon/bench_echo.py`` on ``root``/echo.sock."""
+    """The bare trio msgpack server of ``daemon/bench/echo.py`` on ``root``/echo.sock."""
 
     name = "echo"
 

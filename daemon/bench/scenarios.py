@@ -1,6 +1,6 @@
 """The scenarios of ``kiln bench`` but ``outage`` (docs/performance.md says what each measures).
 
-Each is ``def bench_NAME(options) -> dict`` returning ``bench_measure.result(...)``. Every load
+Each is ``def bench_NAME(options) -> dict`` returning ``measure.result(...)``. Every load
 is bounded in time (``options.duration`` per measurement) and in count (``max_requests``); the
 daemon, the bare server, the HTTP server and the load generator are separate processes on a Unix
 socket or 127.0.0.1. Two-sided scenarios (``hello``, ``call``) interleave their sides A-B-B-A.
@@ -102,7 +102,7 @@ timeout = "request"
 
 
 def bench_writes(options: BenchOptions) -> dict[str, Any]:
-    """Durable writes: group commit vs one fsynced commit per write (storage/bench.py)."""
+    """Durable writes: group commit vs one fsynced commit per write (daemon/bench/writes.py)."""
     per_task = math.ceil(WRITES_CEILING_PER_S * options.duration / options.concurrency)
     figures = durable_writes(
         options.workdir / "writes",

@@ -4,7 +4,8 @@
 checks every key, value and cross-reference, and returns a frozen :class:`KilnConfig`, or raises
 :class:`ConfigError` whose message lists every problem found, one per line, each naming the key
 path, the bad value and what is allowed. Precedence: explicit arguments (CLI flags) > the file >
-defaults (``daemon/paths.py``, ``$CREDENTIALS_DIRECTORY``, the embedded default's sections).
+defaults (``daemon/client/_paths.py``, ``$CREDENTIALS_DIRECTORY``, the embedded default's
+sections).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ RESTART_KEYS = (
 
 
 def default_toml() -> str:
-    """The text of the embedded default config (``daemon/default.toml``)."""
+    """The text of the embedded default config (``daemon/config/default.toml``)."""
     return resources.files("claykiln.daemon.config").joinpath("default.toml").read_text("utf-8")
 
 

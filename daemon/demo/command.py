@@ -7,8 +7,8 @@ summary whose every figure was counted during the run. Both processes are always
 the temporary directory removed (``--keep`` keeps it for inspection).
 
 Exit status: 0 when every check passed; 1 when a check failed or the demo could not run;
-130 on Ctrl-C. Wiring (daemon/cli.py): ``main.add_command(demo_command())``. Heavy imports
-(trio, the simulator, rich) happen only when the command runs.
+130 on Ctrl-C. Wiring: the ``demo`` entry of ``COMMANDS`` in daemon/cli/__init__.py calls
+``demo_command()``. Heavy imports (trio, the simulator, rich) happen only when the command runs.
 """
 
 from __future__ import annotations
