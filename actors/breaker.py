@@ -4,11 +4,11 @@ Card
 - owns: one ``BreakerMachine`` per key (the pure machine in breaker_state.py) and the published
   snapshot ``board.snapshot`` (key -> ``BreakerView``, replaced wholesale; the actor is the only
   writer). Keys of the configured policies are loaded at start; others on first use.
-- receives: ``Acquire`` (ask; only for a half-open probe slot or a key never seen), ``Record``
-  (fire-and-forget outcome), ``Force`` (ask), ``Reconfigure`` (a wake-up: the new policies wait
-  in a hand-over slot, applied first thing on the next wake).
-- replies: ``Ticket`` or ``BreakerOpenRefusal`` to ``Acquire``; the new ``BreakerView`` to
-  ``Force``.
+- receives: ``_Acquire`` (ask; only for a half-open probe slot or a key never seen),
+  ``_Record`` (fire-and-forget outcome), ``_Force`` (ask), ``_Reconfigure`` (a wake-up: the new
+  policies wait in a hand-over slot, applied first thing on the next wake).
+- replies: ``Ticket`` or ``BreakerOpenRefusal`` to ``_Acquire``; the new ``BreakerView`` to
+  ``_Force``.
 - sends to: ``persist(key, record)`` once per key per wake that changed its state (fire-and-
   forget into the storage writer); structlog events breaker.opened (alert), breaker.half_open,
   breaker.closed, breaker.forced, breaker.restored.
@@ -52,8 +52,8 @@ from claykiln.actors.breaker_types import (
     view_to_wire,
 )
 from claykiln.actors.errors import BadRequestRefusal, BreakerOpenRefusal
-from claykiln.actors.log import get_logger
-from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
+from claykiln.actors.log import alert, get_logger
+from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
 
 __all__ = [
     "BREAKER_INBOX_SIZE",
@@ -82,44 +82,31 @@ class LoadFn(Protocol):
 
 
 @attrs.frozen(eq=False)
-class Acquire:
+class _Acquire:
     key: str
     reply: Reply[Ticket]
 
 
 @attrs.frozen(eq=False)
-class Record:
+class _Record:
     ticket: Ticket
     outcome: Outcome
     duration: float
 
 
 @attrs.frozen(eq=False)
-class Force:
+class _Force:
     key: str
     command: ForceCommand
     reply: Reply[BreakerView]
 
 
 @attrs.frozen(eq=False)
-class Reconfigure:
+class _Reconfigure:
     """Wake the actor to apply the policies waiting in the board's hand-over slot."""
 
 
-Message = Acquire | Record | Force | Reconfigure
-
-
-@attrs.define
-class _BoardState:
-    """Touched only by the actor task."""
-
-    policies: Mapping[str, BreakerPolicy]
-    default: BreakerPolicy
-    machines: dict[str, BreakerMachine] = attrs.Factory(dict)
-    changed: set[str] = attrs.Factory(set)
-    asks: int = 0
-    stale_records: int = 0
-    persist_failures: int = 0
+_Message = _Acquire | _Record | _Force | _Reconfigure
 
 
 def _rejection_error(rejection: Rejection) -> BreakerOpenRefusal:
@@ -144,14 +131,12 @@ class BreakerBoard:
         load: LoadFn,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._persist = persist
-        self._load = load
         self._wall_clock = wall_clock
-        self._send, self._receive = trio.open_memory_channel[Message](BREAKER_INBOX_SIZE)
-        self._state = _BoardState(dict(policies), default)
+        self._mailbox: Mailbox[_Message] = Mailbox("breaker", BREAKER_INBOX_SIZE)
+        self._state = _BreakersState(dict(policies), default, persist, load, wall_clock)
         self._pending_config: tuple[Mapping[str, BreakerPolicy], BreakerPolicy] | None = None
         self._snapshot: Mapping[str, BreakerView] = MappingProxyType({})
-        self._started = self._stopped = False
+        self._started = False
         self._dropped_records = 0
 
     # -- request path (any task) ---------------------------------------------------------
@@ -187,9 +172,8 @@ class BreakerBoard:
         if ticket is not None:
             return ticket
         reply: Reply[Ticket] = Reply()
-        await self._ask(Acquire(key, reply))
         try:
-            return await reply.wait()
+            return await self._mailbox.ask(_Acquire(key, reply), reply)
         except BaseException:
             if not reply.done:
                 reply.fail(ActorStopped("the asker gave up"))  # the actor skips done slots
@@ -206,9 +190,7 @@ class BreakerBoard:
         """Report a call's outcome and duration (seconds); never blocks, never raises."""
         if not ticket.counted or (outcome is Outcome.IGNORED and not ticket.probe):
             return
-        try:
-            self._send.send_nowait(Record(ticket, outcome, duration))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        if not self._mailbox.tell(_Record(ticket, outcome, duration)):
             self._dropped_records += 1
 
     async def force(self, key: str, state: ForceCommand) -> BreakerView:
@@ -217,15 +199,14 @@ class BreakerBoard:
             msg = f"unknown breaker state {state!r}; use one of {', '.join(_COMMANDS)}"
             raise BadRequestRefusal(msg)
         reply: Reply[BreakerView] = Reply()
-        await self._ask(Force(key, state, reply))
-        return await reply.wait()
+        return await self._mailbox.ask(_Force(key, state, reply), reply)
 
     def reconfigure(self, policies: Mapping[str, BreakerPolicy], default: BreakerPolicy) -> None:
         """New policies (SIGHUP): applied at the actor's next wake; states are kept."""
         self._pending_config = (dict(policies), default)
         try:
-            self._send.send_nowait(Reconfigure())
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._mailbox.post_nowait(_Reconfigure())
+        except (trio.WouldBlock, ActorStopped):
             pass  # a full inbox wakes the actor anyway; a stopped one has nothing to apply
 
     def views(self) -> list[dict[str, Any]]:
@@ -244,18 +225,8 @@ class BreakerBoard:
             "records_dropped": self._dropped_records,
             "records_stale": self._state.stale_records,
             "persist_failures": self._state.persist_failures,
-            "running": not self._stopped,
+            "running": not self._mailbox.stopped,
         }
-
-    async def _ask(self, message: Acquire | Force) -> None:
-        if self._stopped:
-            msg = "the breaker actor stopped"
-            raise ActorStopped(msg)
-        try:
-            await self._send.send(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            msg = "the breaker actor stopped"
-            raise ActorStopped(msg) from None
 
     # -- the actor -----------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -264,136 +235,154 @@ class BreakerBoard:
             msg = "BreakerBoard.run was already started; make a new board to restart"
             raise RuntimeError(msg)
         self._started = True
-        now = trio.current_time()
-        for key in self._state.policies:
-            self._machine(key, now)
-        self._finish_wake(now)
-        task_status.started()
-        try:
-            while True:
-                batch: list[Message] = []
-                with trio.move_on_at(self._next_deadline()):
-                    batch = await drain(self._receive)
-                now = trio.current_time()
-                self._apply_pending_config(now)
-                self._tick_due(now)
-                for message in batch:
-                    self._handle(message, now)
-                self._finish_wake(now)
-        finally:
-            self._stopped = True
-            leftovers: list[Reply[Any]] = []
-            while True:
-                try:
-                    message = self._receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-                if isinstance(message, Acquire | Force):
-                    leftovers.append(message.reply)
-            self._receive.close()
-            fail_pending(leftovers, "breaker")
-
-    def _handle(self, message: Message, now: float) -> None:
         state = self._state
-        if isinstance(message, Record):
-            machine = state.machines.get(message.ticket.key)
+        batch: list[_Message] = []
+        try:
+            now = trio.current_time()
+            state.load_configured(now)
+            self._publish(now)
+            task_status.started()
+            while True:
+                batch = []
+                with trio.move_on_at(state.next_deadline()):
+                    batch = await self._mailbox.drain()
+                now = trio.current_time()
+                pending, self._pending_config = self._pending_config, None
+                if pending is not None:
+                    state.reconfigure(*pending, now)
+                state.tick_due(now)
+                for message in batch:
+                    state.handle(message, now)
+                self._publish(now)
+        finally:
+            self._mailbox.stop(batch)
+
+    def _publish(self, now: float) -> None:
+        """Log and persist what changed in this wake, then publish the new snapshot."""
+        changed = self._state.finish_wake(now)
+        if changed:
+            self._snapshot = MappingProxyType({**self._snapshot, **changed})
+
+
+@attrs.define
+class _BreakersState:
+    """Everything the breaker task owns; only that task touches it (no awaits here)."""
+
+    policies: Mapping[str, BreakerPolicy]
+    default: BreakerPolicy
+    persist: PersistFn
+    load: LoadFn
+    wall_clock: Callable[[], float]
+    machines: dict[str, BreakerMachine] = attrs.Factory(dict)
+    changed: set[str] = attrs.Factory(set)
+    asks: int = 0
+    stale_records: int = 0
+    persist_failures: int = 0
+
+    def load_configured(self, now: float) -> None:
+        """Create (and restore) the machine of every configured key."""
+        for key in self.policies:
+            self.machine(key, now)
+
+    def handle(self, message: _Message, now: float) -> None:
+        """Apply one message (a ``_Reconfigure`` only woke the actor: nothing to do)."""
+        if isinstance(message, _Record):
+            machine = self.machines.get(message.ticket.key)
             counted = machine is not None and machine.record(
                 message.ticket, message.outcome, message.duration, now
             )
             if counted:
-                state.changed.add(message.ticket.key)
+                self.changed.add(message.ticket.key)
             else:
-                state.stale_records += 1
-        elif isinstance(message, Acquire):
-            state.asks += 1
+                self.stale_records += 1
+        elif isinstance(message, _Acquire):
+            self.asks += 1
             if message.reply.done:
                 return  # the asker gave up: take no probe slot for it
-            machine = self._machine(message.key, now)
+            machine = self.machine(message.key, now)
             decided = machine.acquire(now)
-            state.changed.add(message.key)
+            self.changed.add(message.key)
             if isinstance(decided, Rejection):
                 message.reply.fail(_rejection_error(decided))
             else:
                 message.reply.set(decided)
-        elif isinstance(message, Force):
-            state.asks += 1
-            machine = self._machine(message.key, now)
+        elif isinstance(message, _Force):
+            self.asks += 1
+            machine = self.machine(message.key, now)
             machine.force(message.command, now)
-            state.changed.add(message.key)
+            self.changed.add(message.key)
             message.reply.set(machine.view(now))
 
-    def _machine(self, key: str, now: float) -> BreakerMachine:
+    def machine(self, key: str, now: float) -> BreakerMachine:
         """The machine of ``key``, created (and restored from ``load``) on first use."""
-        machine = self._state.machines.get(key)
+        machine = self.machines.get(key)
         if machine is not None:
             return machine
-        policy = policy_for(key, self._state.policies, self._state.default)
+        policy = policy_for(key, self.policies, self.default)
         machine = BreakerMachine(key, policy)
-        self._state.machines[key] = machine
-        self._state.changed.add(key)
+        self.machines[key] = machine
+        self.changed.add(key)
         try:
-            record = self._load(key)
+            record = self.load(key)
             if record is not None:
-                restored = restore_from_record(record, policy, now, self._wall_clock())
+                restored = restore_from_record(record, policy, now, self.wall_clock())
                 machine.restore(restored, now)
                 log.info("breaker.restored", key=key, state=machine.state.value)
         except Exception as exc:
             log.warning("breaker.restore_failed", key=key, error=repr(exc))
         return machine
 
-    def _apply_pending_config(self, now: float) -> None:
-        pending, self._pending_config = self._pending_config, None
-        if pending is None:
-            return
-        state = self._state
-        state.policies, state.default = pending
-        for key, machine in state.machines.items():
-            machine.reconfigure(policy_for(key, state.policies, state.default), now)
-            state.changed.add(key)
-        for key in state.policies:
-            self._machine(key, now)
-        log.info("breaker.reconfigured", keys=sorted(state.policies))
+    def reconfigure(
+        self, policies: Mapping[str, BreakerPolicy], default: BreakerPolicy, now: float
+    ) -> None:
+        """New policies for every machine (states kept); configured keys never seen appear."""
+        self.policies, self.default = policies, default
+        for key, machine in self.machines.items():
+            machine.reconfigure(policy_for(key, policies, default), now)
+            self.changed.add(key)
+        self.load_configured(now)
+        log.info("breaker.reconfigured", keys=sorted(policies))
 
-    def _tick_due(self, now: float) -> None:
-        for key, machine in self._state.machines.items():
+    def tick_due(self, now: float) -> None:
+        """Apply the time-driven transitions that came due (end of OPEN, hung probes)."""
+        for key, machine in self.machines.items():
             deadline = machine.next_deadline()
             if deadline is not None and deadline <= now:
                 machine.tick(now)
-                self._state.changed.add(key)
+                self.changed.add(key)
 
-    def _next_deadline(self) -> float:
-        deadlines = [m.next_deadline() for m in self._state.machines.values()]
+    def next_deadline(self) -> float:
+        """When the loop must wake for ``tick_due`` (inf: only for a message)."""
+        deadlines = [m.next_deadline() for m in self.machines.values()]
         return min((d for d in deadlines if d is not None), default=math.inf)
 
-    def _finish_wake(self, now: float) -> None:
-        """Log and persist what changed, then publish the new snapshot."""
-        state = self._state
-        if not state.changed:
-            return
-        views = dict(self._snapshot)
-        wall_now = self._wall_clock()
-        for key in state.changed:
-            machine = state.machines[key]
+    def finish_wake(self, now: float) -> dict[str, BreakerView]:
+        """Log and persist the transitions of this wake; the new views of the changed keys."""
+        views: dict[str, BreakerView] = {}
+        wall_now = self.wall_clock()
+        for key in self.changed:
+            machine = self.machines[key]
             transitions = machine.take_transitions()
             for transition in transitions:
                 _log_transition(transition, machine)
             if transitions:
-                self._persist_machine(machine, now, wall_now)
+                self._persist(machine, now, wall_now)
             views[key] = machine.view(now)
-        state.changed.clear()
-        self._snapshot = MappingProxyType(views)
+        self.changed.clear()
+        return views
 
-    def _persist_machine(self, machine: BreakerMachine, now: float, wall_now: float) -> None:
+    def _persist(self, machine: BreakerMachine, now: float, wall_now: float) -> None:
         try:
-            self._persist(machine.key, to_record(machine, now, wall_now))
+            self.persist(machine.key, to_record(machine, now, wall_now))
         except Exception as exc:
-            self._state.persist_failures += 1
-            log.error(
+            self.persist_failures += 1
+            alert(
+                log,
                 "breaker.persist_failed",
+                severity="warning",
+                level="error",
                 key=machine.key,
                 error=repr(exc),
-                alert=True,
-                severity="warning",
             )
 
 
@@ -402,9 +391,9 @@ def _log_transition(t: Transition, machine: BreakerMachine) -> None:
     if t.reason.startswith("forced_"):
         log.warning("breaker.forced", state=t.after.value, **fields)
     elif t.after is BreakerState.OPEN:
-        log.warning(
+        alert(
+            log,
             "breaker.opened",
-            alert=True,
             severity="warning",
             calls=t.calls,
             failures=t.failures,
@@ -417,4 +406,4 @@ def _log_transition(t: Transition, machine: BreakerMachine) -> None:
         log.info("breaker.half_open", **fields)
     elif t.after is BreakerState.CLOSED:
         # An alert (the all-clear for breaker.opened) so it passes any log level.
-        log.info("breaker.closed", alert=True, severity="info", **fields)
+        alert(log, "breaker.closed", severity="info", **fields)

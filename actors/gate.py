@@ -40,8 +40,8 @@ from claykiln.actors.gate_bucket import (
     earliest_admission,
     refusal_reason,
 )
-from claykiln.actors.log import get_logger
-from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
+from claykiln.actors.log import alert, get_logger
+from claykiln.actors.mailbox import Mailbox, Reply
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -130,13 +130,15 @@ class GateBoard:
         load: LoadRecord,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._policies = dict(policies)  # read by run() at start only
-        self._persist = persist
-        self._load = load
         self._wall_clock = wall_clock
-        self._send, self._receive = trio.open_memory_channel[_Message](GATE_INBOX_SIZE)
+        self._mailbox: Mailbox[_Message] = Mailbox("gate", GATE_INBOX_SIZE)
+        self._state = _GateState(dict(policies), persist, load, wall_clock)
         self._views: Mapping[str, GateView] = {}
-        self.dropped = 0  # notices dropped because the inbox was full (written by senders only)
+
+    @property
+    def dropped(self) -> int:
+        """Notices dropped because the inbox was full."""
+        return self._mailbox.dropped
 
     @property
     def views(self) -> Mapping[str, GateView]:
@@ -159,7 +161,7 @@ class GateBoard:
                 at = view.earliest(now)
                 if at > now and deadline is not None and at > deadline:
                     # The snapshot can only be behind (earlier) -- the actor would refuse too.
-                    self._notify(_Refused(key))
+                    self._mailbox.tell(_Refused(key))
                     raise _rate_limited(key, at - now, refusal_reason(view.closed_until, now))
                 if view.policy is None:
                     if at <= now:
@@ -169,8 +171,7 @@ class GateBoard:
                         return
                     continue
             reply: Reply[float] = Reply()
-            await self._ask(_Reserve(key, deadline, reply))
-            at = await reply.wait()
+            at = await self._mailbox.ask(_Reserve(key, deadline, reply), reply)
             await trio.sleep_until(at)
             # A closure that arrived after the reservation overrides it: reserve again.
             if not self._closed(key):
@@ -187,7 +188,7 @@ class GateBoard:
         now = trio.current_time()
         at = view.earliest(now)
         if at > deadline:
-            self._notify(_Refused(key))
+            self._mailbox.tell(_Refused(key))
             raise _rate_limited(key, at - now, refusal_reason(view.closed_until, now))
 
     def close_until(self, key: str, seconds: float, reason: str) -> None:
@@ -197,13 +198,12 @@ class GateBoard:
         time. If the inbox is full the notice is dropped and counted in ``dropped`` (the request
         path never blocks on it).
         """
-        self._notify(_Close(key, seconds, reason))
+        self._mailbox.tell(_Close(key, seconds, reason))
 
     async def reconfigure(self, policies: Mapping[str, RatePolicy]) -> None:
         """Replace the policies; returns once applied. Buckets keep their level and closures."""
         reply: Reply[None] = Reply()
-        await self._ask(_Reconfigure(dict(policies), reply))
-        await reply.wait()
+        await self._mailbox.ask(_Reconfigure(dict(policies), reply), reply)
 
     def stats(self) -> dict[str, Any]:
         """Plain values for the ``status`` RPC, read from the snapshot."""
@@ -217,35 +217,20 @@ class GateBoard:
         view = self._views.get(key)
         return view is not None and view.closed_until - trio.current_time() > SLACK
 
-    def _notify(self, message: _Message) -> None:
-        try:
-            self._send.send_nowait(message)
-        except trio.WouldBlock:
-            self.dropped += 1  # counted, not logged: a storm of drops must not flood the log
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-    async def _ask(self, message: _Reserve | _Reconfigure) -> None:
-        try:
-            await self._send.send(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            msg = "the gate actor is not running"
-            raise ActorStopped(msg) from None
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The actor loop: restore closures, publish, then serve until cancelled."""
-        state = _GateState(self._policies, self._persist, self._load, self._wall_clock)
-        now = trio.current_time()
-        for key in self._policies:
-            state.bucket(key, now)
-        self._views = {key: b.view(key, now) for key, b in state.buckets.items()}
-        task_status.started()
+        state = self._state
         batch: list[_Message] = []
         try:
+            now = trio.current_time()
+            for key in state.policies:
+                state.bucket(key, now)
+            self._views = {key: b.view(key, now) for key, b in state.buckets.items()}
+            task_status.started()
             while True:
                 batch = []
                 with trio.move_on_at(state.next_opening()):
-                    batch = await drain(self._receive)
+                    batch = await self._mailbox.drain()
                 now = trio.current_time()
                 changed = {state.handle(msg, now) for msg in batch}
                 changed |= state.announce_openings(now)
@@ -253,36 +238,18 @@ class GateBoard:
                 fresh = {key: state.buckets[key].view(key, now) for key in keys if key is not None}
                 self._views = {**self._views, **fresh}
         finally:
-            self._stop(batch)
-
-    def _stop(self, batch: list[_Message]) -> None:
-        """Fail every ask left unanswered, then close the inbox so later asks fail at once."""
-        leftover = list(batch)
-        while True:
-            try:
-                leftover.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-        self._receive.close()
-        replies: list[Reply[Any]] = [
-            m.reply for m in leftover if isinstance(m, _Reserve | _Reconfigure)
-        ]
-        fail_pending(replies, "gate")
+            self._mailbox.stop(batch)
 
 
+@attrs.define
 class _GateState:
     """Everything the gate task owns; only that task touches it (no awaits here)."""
 
-    def __init__(
-        self,
-        policies: Mapping[str, RatePolicy],
-        persist: PersistRecord,
-        load: LoadRecord,
-        wall_clock: Callable[[], float],
-    ) -> None:
-        self.policies = dict(policies)
-        self.buckets: dict[str, Bucket] = {}
-        self._persist, self._load, self._wall_clock = persist, load, wall_clock
+    policies: dict[str, RatePolicy]
+    persist: PersistRecord
+    load: LoadRecord
+    wall_clock: Callable[[], float]
+    buckets: dict[str, Bucket] = attrs.Factory(dict)
 
     def handle(self, msg: _Message, now: float) -> str | None:
         """Apply one message; the key whose view changed (None: every key)."""
@@ -311,10 +278,10 @@ class _GateState:
         bucket = self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = Bucket(self.policies.get(key), now)
-            record = self._load(key)
+            record = self.load(key)
             if record is not None:
                 try:
-                    remaining = float(record["until"]) - self._wall_clock()
+                    remaining = float(record["until"]) - self.wall_clock()
                     reason = str(record.get("reason", ""))
                 except (KeyError, TypeError, ValueError, AttributeError):
                     log.warning(
@@ -333,12 +300,12 @@ class _GateState:
         bucket.announced = True
         if not restored:
             try:
-                self._persist(key, {"until": self._wall_clock() + seconds, "reason": reason})
+                self.persist(key, {"until": self.wall_clock() + seconds, "reason": reason})
             except Exception as exc:  # storage trouble must not stop the gate
                 log.error("gate.persist_failed", gate=key, upstream=key, error=str(exc))
-        log.warning(
+        alert(
+            log,
             "gate.closed",
-            alert=True,
             severity="warning",
             gate=key,
             upstream=key,  # deprecated: the gate key, kept for consumers that read it
@@ -358,5 +325,5 @@ class _GateState:
             if bucket.announced and bucket.closed_until <= now:
                 bucket.announced = False
                 opened.add(key)
-                log.info("gate.opened", alert=True, severity="info", gate=key, upstream=key)
+                alert(log, "gate.opened", severity="info", gate=key, upstream=key)
         return opened

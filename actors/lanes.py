@@ -41,8 +41,8 @@ from claykiln.actors.lanes_book import (
     LaneView,
     retry_hint,
 )
-from claykiln.actors.log import get_logger
-from claykiln.actors.mailbox import ActorStopped, Reply, drain, fail_pending
+from claykiln.actors.log import alert, get_logger
+from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
 
 __all__ = [
     "DEFAULT_LANES",
@@ -141,11 +141,15 @@ class Lanes:
     """The bulkheads. Start with ``await nursery.start(lanes.run)``; enter with ``slot``."""
 
     def __init__(self, policies: Mapping[str, LanePolicy] = DEFAULT_LANES) -> None:
-        self._policies = dict(policies)  # read by run() at start only
-        self._send, self._receive = trio.open_memory_channel[_Message](LANES_INBOX_SIZE)
+        self._mailbox: Mailbox[_Message] = Mailbox("lanes", LANES_INBOX_SIZE)
+        self._state = _LanesState({name: LaneBook(p) for name, p in policies.items()})
         self._views: Mapping[str, LaneView] = {}
-        self.dropped = 0  # refusal notices dropped on a full inbox (written by senders only)
         self.lost_releases = 0  # releases that found no room within LEAVE_GRACE (should stay 0)
+
+    @property
+    def dropped(self) -> int:
+        """Refusal notices dropped because the inbox was full."""
+        return self._mailbox.dropped
 
     @property
     def views(self) -> Mapping[str, LaneView]:
@@ -164,8 +168,7 @@ class Lanes:
         holders and waiters finish.
         """
         reply: Reply[None] = Reply()
-        await self._ask(_Reconfigure(dict(policies), reply))
-        await reply.wait()
+        await self._mailbox.ask(_Reconfigure(dict(policies), reply), reply)
 
     def stats(self) -> dict[str, Any]:
         """Plain values for the ``status`` RPC, read from the snapshot."""
@@ -182,7 +185,7 @@ class Lanes:
         """
         view = self._views.get(name)
         if view is not None and not view.retired and view.full:
-            self._notify(_Refused(name))
+            self._mailbox.tell(_Refused(name))
             raise _lane_full(name, "queue_full", retry_hint(view.hold, view.queued, view.policy))
 
     async def _enter(self, name: str, deadline: float | None) -> _Enter:
@@ -191,14 +194,14 @@ class Lanes:
         if view is None or view.retired:
             raise _unknown_lane(name, [n for n, v in self._views.items() if not v.retired])
         if view.full:
-            self._notify(_Refused(name))
+            self._mailbox.tell(_Refused(name))
             raise _lane_full(name, "queue_full", retry_hint(view.hold, view.queued, view.policy))
         wait_until = now + view.policy.max_wait
         timed_out_reason = "max_wait"
         if deadline is not None and deadline < wait_until:
             wait_until, timed_out_reason = deadline, "timeout"
         ticket = _Enter(name, wait_until, Reply())
-        await self._ask(ticket)
+        await self._mailbox.post(ticket)
         try:
             with trio.move_on_at(wait_until) as scope:
                 await ticket.reply.wait()
@@ -223,45 +226,30 @@ class Lanes:
         """Release or withdraw; never dropped: on a full inbox wait (shielded) up to LEAVE_GRACE."""
         message = _Leave(ticket, outcome)
         try:
-            self._send.send_nowait(message)
+            self._mailbox.post_nowait(message)
             return
         except trio.WouldBlock:
             pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return  # the actor stopped: nothing left to release
+        except ActorStopped:
+            return  # nothing left to release
         with trio.CancelScope(shield=True, deadline=trio.current_time() + LEAVE_GRACE) as scope:
             try:
-                await self._send.send(message)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._mailbox.post(message)
+            except ActorStopped:
                 return
         if scope.cancelled_caught:
             self.lost_releases += 1
-            log.error("lane.release_lost", alert=True, severity="critical", lane=ticket.lane)
-
-    async def _ask(self, message: _Enter | _Reconfigure) -> None:
-        try:
-            await self._send.send(message)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            msg = "the lanes actor is not running"
-            raise ActorStopped(msg) from None
-
-    def _notify(self, message: _Message) -> None:
-        try:
-            self._send.send_nowait(message)
-        except trio.WouldBlock:
-            self.dropped += 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            alert(log, "lane.release_lost", severity="critical", level="error", lane=ticket.lane)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The actor loop: publish, then serve until cancelled."""
-        state = _LanesState(self._policies)
-        self._views = {name: book.view(name) for name, book in state.books.items()}
-        task_status.started()
+        state = self._state
         batch: list[_Message] = []
         try:
+            self._views = {name: book.view(name) for name, book in state.books.items()}
+            task_status.started()
             while True:
-                batch = await drain(self._receive)
+                batch = await self._mailbox.drain()
                 now = trio.current_time()
                 changed = {state.handle(msg, now) for msg in batch}
                 if state.drop_finished() or None in changed:
@@ -270,30 +258,16 @@ class Lanes:
                     fresh = {n: state.books[n].view(n) for n in changed if n in state.books}
                     self._views = {**self._views, **fresh}
         finally:
-            self._stop(batch, state)
-
-    def _stop(self, batch: list[_Message], state: _LanesState) -> None:
-        """Fail every ask and waiter left unanswered, then close the inbox."""
-        leftover: list[Any] = list(batch)
-        while True:
-            try:
-                leftover.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-        self._receive.close()
-        for book in state.books.values():
-            leftover.extend(book.waiters)
-        replies: list[Reply[Any]] = [
-            m.reply for m in leftover if isinstance(m, _Enter | _Reconfigure)
-        ]
-        fail_pending(replies, "lanes")
+            # Queued callers hold _Enter tickets whose slots were never granted: fail them too.
+            waiting = [cast(_Enter, t) for book in state.books.values() for t in book.waiters]
+            self._mailbox.stop([*batch, *waiting])
 
 
+@attrs.define
 class _LanesState:
     """Everything the lanes task owns; only that task touches it (no awaits here)."""
 
-    def __init__(self, policies: Mapping[str, LanePolicy]) -> None:
-        self.books = {name: LaneBook(policy) for name, policy in policies.items()}
+    books: dict[str, LaneBook]
 
     def drop_finished(self) -> bool:
         """Forget retired lanes nobody holds or waits in any more; True if any went."""

@@ -1,31 +1,47 @@
-"""The shared plumbing every actor uses: bounded inboxes, cheap reply slots, drain-per-wake.
+"""The plumbing every actor shares: a bounded inbox, cheap reply slots, drain-per-wake.
 
-Measured (notes/measurements.md): a fresh memory channel per ask costs ~3.2 us and an actor that
-handles one message per wake costs an extra scheduler pass per request; an Event-based reply slot
-and an actor that drains its whole inbox on each wake bring a hop to ~4 us.
+Contract, for an actor written on it (breaker, gate, lanes, writer, and those to come):
 
-- ``Reply[T]``: a one-shot slot (an Event plus a value or an exception). The asker awaits
-  ``reply.wait()``; the actor calls ``set`` or ``fail`` exactly once. ``fail_pending`` fails every
-  slot still queued when an actor stops, so no asker hangs.
-- ``drain(receive)``: after one blocking receive, take everything already queued, without
-  further scheduler passes.
+- ``Mailbox[M]`` is the actor's only inbox: a bounded memory channel of messages ``M``.
+  Asking tasks ``ask`` (queue a message carrying a ``Reply`` and await the answer) or ``post``
+  it (queue, waiting for room, and await the reply themselves); both raise ``ActorStopped`` once
+  the mailbox is closed or stopped. Tasks that only tell ``tell`` (``send_nowait``: never
+  blocks, never raises; a full inbox drops the message and counts it in ``dropped``).
+- The actor loop calls ``drain``: it waits for one message, then takes everything else already
+  queued, with no further scheduler pass; it raises ``trio.EndOfChannel`` once the mailbox is
+  closed and empty.
+- ``close`` (the owner's graceful stop) refuses new messages and lets the actor drain what is
+  queued; ``stop`` (in the actor's ``finally``) refuses new messages, takes what is still
+  queued and fails every unanswered reply slot among those and the messages the actor hands
+  back, so no asker hangs.
+- ``Reply[T]`` is a one-shot slot: an Event plus a value or an exception. The actor calls
+  ``set`` or ``fail`` once (later calls are ignored, so an asker that gave up can mark its own
+  slot failed and the actor skips it); the asker awaits ``wait``.
+- ``drain(receive)`` and ``fail_pending(replies, name)`` are the same two steps for an actor
+  that keeps its own channel.
+
+Why this shape (measured, docs/architecture.md "Why the actors look like this"): a fresh memory
+channel per ask costs ~3.2 us where an Event slot costs ~0.25 us, and an actor that handles one
+message per wake pays a scheduler pass per request where one that drains its inbox brings a hop
+to ~4 us. What the request path only reads is not asked at all: the owning actor publishes it as
+an immutable snapshot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 import trio
 
-__all__ = ["ActorStopped", "Reply", "drain", "fail_pending"]
+__all__ = ["ActorStopped", "Mailbox", "Reply", "drain", "fail_pending"]
 
 T = TypeVar("T")
 M = TypeVar("M")
 
 
 class ActorStopped(Exception):
-    """The actor that owed this reply stopped before answering."""
+    """The actor that owed this reply stopped (or was not running) before answering."""
 
 
 class Reply(Generic[T]):
@@ -43,11 +59,13 @@ class Reply(Generic[T]):
         return self._event.is_set()
 
     def set(self, value: T) -> None:
+        """Answer with ``value``; ignored if the slot is already done."""
         if not self._event.is_set():
             self._value = value
             self._event.set()
 
     def fail(self, error: BaseException) -> None:
+        """Answer by raising ``error`` in the asker; ignored if the slot is already done."""
         if not self._event.is_set():
             self._error = error
             self._event.set()
@@ -64,10 +82,114 @@ class Reply(Generic[T]):
         return self._value  # type: ignore[return-value]
 
 
+class Mailbox(Generic[M]):
+    """The bounded inbox of the actor ``name`` (see the module docstring for the contract)."""
+
+    __slots__ = ("_receive", "_send", "dropped", "name", "stopped")
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self._send, self._receive = trio.open_memory_channel[M](size)
+        self.dropped = 0  # told messages lost to a full inbox (written by senders only)
+        self.stopped = False
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting in the inbox (not counting a batch the actor is handling)."""
+        return self._send.statistics().current_buffer_used
+
+    # -- senders (any task) ----------------------------------------------------------------
+    async def ask(self, message: M, reply: Reply[T]) -> T:
+        """Queue ``message`` (which carries ``reply``), then wait for the answer.
+
+        Raises ``ActorStopped`` if the actor is not running, else what the actor failed the
+        slot with. Cancelled while waiting, the slot stays unanswered: mark it with
+        ``reply.fail`` if the actor must skip it.
+        """
+        await self.post(message)
+        return await reply.wait()
+
+    async def post(self, message: M) -> None:
+        """Queue ``message``, waiting for room; raises ``ActorStopped`` if the actor is not
+        running. Cancelled while waiting for room, nothing was queued."""
+        if self.stopped:
+            raise self._stopped_error()
+        try:
+            await self._send.send(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise self._stopped_error() from None
+
+    def post_nowait(self, message: M) -> None:
+        """Queue ``message`` at once; raises ``trio.WouldBlock`` when the inbox is full and
+        ``ActorStopped`` when the actor is not running."""
+        try:
+            self._send.send_nowait(message)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise self._stopped_error() from None
+
+    def tell(self, message: M) -> bool:
+        """Queue ``message`` without waiting; never raises. False when it was not queued: the
+        inbox was full (counted in ``dropped``) or the actor is not running."""
+        try:
+            self._send.send_nowait(message)
+        except trio.WouldBlock:
+            self.dropped += 1  # counted, not logged: a storm of drops must not flood the log
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def close(self) -> None:
+        """Refuse new messages; the actor still drains what is queued (``drain`` then raises
+        ``trio.EndOfChannel``). Idempotent."""
+        self._send.close()
+
+    # -- the actor's side ------------------------------------------------------------------
+    async def drain(self) -> list[M]:
+        """Wait for one message, then take everything else already queued (no extra passes).
+
+        Raises ``trio.EndOfChannel`` once the mailbox is closed and empty.
+        """
+        return await drain(self._receive)
+
+    def stop(
+        self,
+        unhandled: Iterable[M] = (),
+        *,
+        error: Callable[[], BaseException] | None = None,
+    ) -> list[M]:
+        """The actor is done: refuse new messages and fail every unanswered reply slot.
+
+        Looks at ``unhandled`` (what the actor took but did not answer) and at everything still
+        queued; each message with an unanswered ``reply`` slot gets ``error()`` (by default
+        ``ActorStopped`` naming the actor). Returns the messages whose slot it failed.
+        Idempotent.
+        """
+        self.stopped = True
+        self._send.close()
+        leftover = list(unhandled)
+        while True:
+            try:
+                leftover.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._receive.close()
+        failed = [m for m in leftover if _unanswered(getattr(m, "reply", None))]
+        fail_pending((getattr(m, "reply", None) for m in failed), self.name, error)
+        return failed
+
+    def _stopped_error(self) -> ActorStopped:
+        return ActorStopped(f"the {self.name} actor is not running")
+
+
+def _unanswered(reply: object) -> bool:
+    return isinstance(reply, Reply) and not reply.done
+
+
 async def drain(receive: trio.MemoryReceiveChannel[M]) -> list[M]:
-    """Wait for one message, then take everything else already queued (no extra passes)."""
-    first = await receive.receive()
-    batch = [first]
+    """Wait for one message on ``receive``, then take everything else already queued (no
+    extra scheduler passes). ``Mailbox.drain`` is this on the mailbox's own channel."""
+    batch = [await receive.receive()]
     while True:
         try:
             batch.append(receive.receive_nowait())
@@ -75,8 +197,15 @@ async def drain(receive: trio.MemoryReceiveChannel[M]) -> list[M]:
             return batch
 
 
-def fail_pending(replies: Iterable[Reply[object] | None], name: str) -> None:
-    """Fail every unanswered slot with ``ActorStopped`` naming the actor."""
+def fail_pending(
+    replies: Iterable[Reply[Any] | None],
+    name: str,
+    error: Callable[[], BaseException] | None = None,
+) -> None:
+    """Fail every unanswered slot among ``replies`` with ``error()``, by default
+    ``ActorStopped`` naming the actor ``name`` (``Mailbox.stop`` does this for its messages)."""
     for reply in replies:
-        if reply is not None:
-            reply.fail(ActorStopped(f"the {name} actor stopped before answering"))
+        if reply is not None and not reply.done:
+            reply.fail(
+                error() if error else ActorStopped(f"the {name} actor stopped before answering")
+            )

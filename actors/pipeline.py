@@ -50,7 +50,7 @@ from claykiln.actors.errors import (
 )
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.lanes import Lanes
-from claykiln.actors.log import get_logger
+from claykiln.actors.log import alert, get_logger
 from claykiln.actors.retry import Outcome as RetryOutcome
 from claykiln.actors.retry import RetryPolicy, plan_retry
 from claykiln.actors.upstream import HttpRequest, HttpResponse, UpstreamPool, render_path
@@ -253,9 +253,9 @@ class CallPipeline:
                 seconds = retry_after if retry_after is not None else DEFAULT_GATE_CLOSURE
                 self.gate.close_until(op.gate, seconds, f"{status} from {op.name}")
         elif status in (401, 403):
-            log.critical(
+            alert(
+                log,
                 "upstream.credentials_rejected",
-                alert=True,
                 severity="critical",
                 upstream=op.upstream,
                 operation=op.name,

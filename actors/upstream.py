@@ -9,38 +9,30 @@ Card
 - receives: no inbox; ``execute`` runs in the CALLER's task, so a caller's timeout or
   cancellation really cancels the socket. Free list and counters change only between awaits.
 - replies: ``HttpResponse`` for any HTTP status (the pipeline judges statuses), or raises a
-  ``claykiln.actors.errors`` error (mapping below); never an httpx exception.
+  ``claykiln.actors.errors`` refusal (see Errors below); never an httpx exception.
 - sends to: nobody (the pipeline reports outcomes to the breaker and gate).
 - on cancellation: the connection of an interrupted call is closed and dropped, never reused;
   ``run`` closes the idle connections when it stops and later check-ins close theirs.
 - on failure: same as cancellation; the slot is freed and the next call opens a fresh connection.
   A connection the server closed while idle is noticed before reuse and replaced.
 
-Why one connection per call in flight, and why not httpx's pool (notes/measurements.md,
-docs/architecture.md): httpcore 1.0.9's shared pool collapses at 64 trio tasks (206 vs 1,914
-req/s) and leaks slots after a storm of cancelled requests (encode/httpcore#1093); and the HTTP
-exchange is the daemon's hot path, where h11 over trio costs about a third of ``AsyncClient``'s
-CPU. All connections share one SSL context (building one costs ~21 ms).
+Why one connection per call in flight, and why not httpx's pool (measured; the figures are in
+docs/architecture.md, "HTTP client choice"): httpcore 1.0.9's shared pool collapses at 64 trio
+tasks (206 vs 1,914 req/s) and leaks slots after a storm of cancelled requests
+(encode/httpcore#1093); and the HTTP exchange is the daemon's hot path, where h11 over trio costs
+about a third of ``AsyncClient``'s CPU. All connections share one SSL context (building one
+costs ~21 ms).
 
-Error mapping: ``UpstreamTimeout`` (a TimeoutRefusal) and ``UpstreamFailure`` (an UpstreamRefusal)
-carry ``retryable`` and ``sent`` as attributes and in ``details`` (with ``upstream``); ``sent`` is
-False only when the request provably never left:
-    no free client before the end       TimeoutRefusal   stage=request|deadline, phase=pool, sent=F
-    httpx.ConnectTimeout                TimeoutRefusal   stage=connect, sent=False
-    our cancel scope expired mid-call   TimeoutRefusal   stage=request|deadline ("deadline" when
-                                                         the caller's deadline came first)
-    httpx.ConnectError                  UpstreamRefusal  kind=connect, sent=False, retryable
-    httpx.ReadError / WriteError / other
-        network errors (resets)         UpstreamRefusal  kind=reset, retryable
-    httpx.RemoteProtocolError and other
-        protocol or decoding errors     UpstreamRefusal  kind=protocol, retryable
-    body over MAX_BODY_BYTES            UpstreamRefusal  kind=too_large, not retryable
-Credentials never reach a log line, a repr or an exception message.
+Errors: every failure is raised as a ``claykiln.actors.errors`` refusal (``UpstreamTimeout``,
+``UpstreamFailure``, ``BadRequestRefusal``); the mapping from httpx's exceptions, with
+``retryable`` and ``sent``, is drawn in ``claykiln.actors.upstream_errors``. Credentials never
+reach a log line, a repr or an exception message.
 
 The value types and URL guards (``TimeoutClasses``, ``UpstreamSettings``, ``HttpRequest``,
 ``HttpResponse``, ``NO_JSON``, ``render_path``, ``join_url``, ``MAX_BODY_BYTES``) live in
-``claykiln.actors.upstream_http`` and are re-exported here; with ``upstream_wire`` they are the
-only call-path modules that import httpx (and the only importers of h11).
+``claykiln.actors.upstream_http`` and are re-exported here; with ``upstream_wire`` and
+``upstream_errors`` they are the only call-path modules that import httpx (and the only
+importers of h11).
 """
 
 from __future__ import annotations
@@ -54,14 +46,9 @@ import attrs
 import httpx
 import trio
 
-from claykiln.actors.errors import (
-    BadRequestRefusal,
-    InternalRefusal,
-    ShuttingDownRefusal,
-    TimeoutRefusal,
-    UpstreamRefusal,
-)
+from claykiln.actors.errors import BadRequestRefusal, InternalRefusal, ShuttingDownRefusal
 from claykiln.actors.log import get_logger
+from claykiln.actors.upstream_errors import UpstreamErrors, UpstreamFailure, UpstreamTimeout
 from claykiln.actors.upstream_http import (
     DELAY_SECONDS,
     HTTP_CLIENTS,
@@ -113,24 +100,6 @@ ACCEPT_ENCODING: Final = b"gzip, deflate"
 BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})  # sent with Content-Length: 0 if empty
 
 
-class UpstreamTimeout(TimeoutRefusal):
-    """A TimeoutRefusal raised by the executor; ``retryable`` and ``sent`` mirror ``details``."""
-
-    def __init__(self, message: str, *, details: dict[str, Any]) -> None:
-        super().__init__(message, details=details)
-        self.retryable: bool = details["retryable"]
-        self.sent: bool = details["sent"]
-
-
-class UpstreamFailure(UpstreamRefusal):
-    """A transport failure (``details.kind``); ``retryable`` and ``sent`` mirror ``details``."""
-
-    def __init__(self, message: str, *, details: dict[str, Any]) -> None:
-        super().__init__(message, details=details)
-        self.retryable: bool = details["retryable"]
-        self.sent: bool = details["sent"]
-
-
 @attrs.define
 class _PoolState:
     """Only the pool touches this; changes happen between awaits."""
@@ -152,6 +121,7 @@ class UpstreamPool:
         self, settings: UpstreamSettings, *, ssl_context: ssl.SSLContext | None = None
     ) -> None:
         self.settings = settings
+        self._errors = UpstreamErrors(settings.name, settings.credential)
         self._state = _PoolState()
         self._slots = trio.Semaphore(settings.max_connections)
         self._origin = Origin.from_url(httpx.URL(settings.base_url))
@@ -244,7 +214,7 @@ class UpstreamPool:
         url = join_url(self.settings.base_url, request.path)
         payload = self._payload(request)
         if start >= end:
-            raise self._timeout(end, limit, timeout, sent=False)
+            raise self._errors.timeout(end, limit, timeout, sent=False)
         client = await self._checkout(end, limit, timeout)
         response: HttpResponse | None = None
         try:
@@ -252,11 +222,11 @@ class UpstreamPool:
                 try:
                     response = await self._send(client, request, url, payload, end, start)
                 except httpx.HTTPError as exc:
-                    raise self._translate(exc, timeout) from None
+                    raise self._errors.translate(exc, timeout) from None
         finally:
             await self._checkin(client, healthy=response is not None)
         if response is None:
-            raise self._timeout(end, limit, timeout, sent=True)
+            raise self._errors.timeout(end, limit, timeout, sent=True)
         return response
 
     async def _checkout(self, end: float, limit: float, budget: float) -> Connection:
@@ -270,7 +240,7 @@ class UpstreamPool:
                     return self._take_client()
                 # Handed a slot as the time ran out: give it on rather than open a doomed call.
                 self._slots.release()
-            raise self._timeout(end, limit, budget, sent=False, phase="pool")
+            raise self._errors.timeout(end, limit, budget, sent=False, phase="pool")
         return self._take_client()
 
     def _take_client(self) -> Connection:
@@ -324,7 +294,7 @@ class UpstreamPool:
                 max_body=MAX_BODY_BYTES,
             )
         except BodyTooLarge as exc:
-            raise self._too_large(exc.size) from None
+            raise self._errors.too_large(exc.size) from None
         finally:
             self._state.connects += conn.connects - opened
         names: dict[str, str] = {}
@@ -365,51 +335,3 @@ class UpstreamPool:
             key, header = self._auth
             merged[key] = header
         return list(merged.values()), content
-
-    def _details(self, **extra: Any) -> dict[str, Any]:
-        return {"upstream": self.settings.name, **extra}
-
-    def _timeout(
-        self, end: float, limit: float, timeout: float, *, sent: bool, phase: str | None = None
-    ) -> UpstreamTimeout:
-        stage = "request" if end >= limit else "deadline"
-        details = self._details(stage=stage, timeout=timeout, retryable=True, sent=sent)
-        what = "the caller's deadline passed" if stage == "deadline" else f"no answer in {timeout}s"
-        if phase is not None:
-            details["phase"] = phase
-            what += " waiting for a free connection"
-        log.debug("upstream.timeout", upstream=self.settings.name, stage=stage, phase=phase)
-        return UpstreamTimeout(f"upstream {self.settings.name}: {what}", details=details)
-
-    def _too_large(self, size: str) -> UpstreamFailure:
-        msg = f"upstream {self.settings.name}: response body {size} bytes > {MAX_BODY_BYTES}"
-        details = self._details(kind="too_large", retryable=False, sent=True)
-        return UpstreamFailure(msg, details=details)
-
-    def _translate(
-        self, exc: httpx.HTTPError, timeout: float
-    ) -> UpstreamTimeout | UpstreamFailure | BadRequestRefusal:
-        name = self.settings.name
-        text = self._scrub(f"{type(exc).__name__}: {exc}")
-        log.debug("upstream.transport_error", upstream=name, error=text)
-        if isinstance(exc, httpx.LocalProtocolError):
-            # Our side could not even frame the request (a bad header): the caller's fault,
-            # not the upstream's -- never retried, never counted against its health.
-            return BadRequestRefusal(f"the request could not be sent to {name}: {text}")
-        if isinstance(exc, httpx.TimeoutException):
-            connect = isinstance(exc, httpx.ConnectTimeout)
-            stage = "connect" if connect else "request"
-            details = self._details(stage=stage, timeout=timeout, retryable=True, sent=not connect)
-            return UpstreamTimeout(f"upstream {name}: {stage} timed out ({text})", details=details)
-        if isinstance(exc, httpx.ConnectError):
-            kind, sent, what = "connect", False, "could not connect"
-        elif isinstance(exc, httpx.NetworkError):
-            kind, sent, what = "reset", True, "connection reset"
-        else:
-            kind, sent, what = "protocol", True, "protocol error"
-        details = self._details(kind=kind, retryable=True, sent=sent)
-        return UpstreamFailure(f"upstream {name}: {what} ({text})", details=details)
-
-    def _scrub(self, text: str) -> str:
-        credential = self.settings.credential
-        return text.replace(credential, "[REDACTED]") if credential else text

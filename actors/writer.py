@@ -26,12 +26,13 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
-import structlog
 import trio
 
+from claykiln.actors.log import get_logger
+from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
 from claykiln.storage import Op, StorageClosed, StorageError, Store, StoreFull
 from claykiln.storage.ops import PreparedOp
 
@@ -40,39 +41,24 @@ __all__ = ["WRITER_INBOX", "Writer", "WriterStats"]
 WRITER_INBOX = 4096
 """Asks the writer's inbox holds; ``write`` waits for room, ``write_nowait`` reports no room."""
 
-# Bound like daemon/logs.get_logger (storage may not import daemon/): lines carry `logger`.
-_log = structlog._config.BoundLoggerLazyProxy(
-    None, initial_values={"logger": "claykiln.actors.writer"}
-)
+_log = get_logger("claykiln.actors.writer")
 
 
-@attrs.define(eq=False)
-class _Ask:
-    """A reply slot (mutable by design): the actor sets ``error`` (None = committed), then
-    ``done``. Only the writer task writes it; the asking task reads it after ``done``."""
+@attrs.frozen(eq=False)
+class _Write:
+    """One ask: prepared ops and the slot the actor completes (None once committed, or the
+    error). ``waited``: from ``write`` (the caller hears the outcome), not ``write_nowait``."""
 
     ops: tuple[PreparedOp, ...]
     waited: bool
-    done: trio.Event = attrs.field(factory=trio.Event)
-    error: StorageError | None = None
+    reply: Reply[None] = attrs.field(factory=Reply)
 
 
 @attrs.define
-class _Counters:
-    """The actor's own tallies; ``Writer.stats`` hands out frozen copies."""
-
-    transactions: int = 0
-    asks: int = 0
-    ops: int = 0
-    failed: int = 0
-    nowait_failed: int = 0
-    map_grows: int = 0
-
-
-@attrs.frozen
 class WriterStats:
     """Counters since start: ``transactions`` committed, ``asks`` and ``ops`` committed, asks
-    ``failed`` (of which ``nowait_failed`` came from ``write_nowait``), ``map_grows`` done."""
+    ``failed`` (of which ``nowait_failed`` came from ``write_nowait``), ``map_grows`` done.
+    The writer task keeps its own; ``Writer.stats`` hands out copies."""
 
     transactions: int = 0
     asks: int = 0
@@ -87,12 +73,12 @@ class Writer:
 
     def __init__(self, store: Store, *, inbox_size: int = WRITER_INBOX) -> None:
         self._store = store
-        self._send, self._recv = trio.open_memory_channel[_Ask](inbox_size)
+        self._mailbox: Mailbox[_Write] = Mailbox("writer", inbox_size)
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
         self._started = False
         self._stopped = trio.Event()
-        self._counters = _Counters()
+        self._state = WriterStats()  # the actor's own tallies
 
     # ---- the callers' side -----------------------------------------------------------------
 
@@ -108,12 +94,9 @@ class Writer:
         """
         ask = self._ask(ops, waited=True)
         try:
-            await self._send.send(ask)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._mailbox.ask(ask, ask.reply)
+        except ActorStopped:
             raise self._closed_error() from None
-        await ask.done.wait()
-        if ask.error is not None:
-            raise ask.error
 
     def write_nowait(self, ops: Sequence[Op]) -> bool:
         """Queue ``ops`` without waiting for the commit; False (nothing queued) if inbox is full.
@@ -126,21 +109,21 @@ class Writer:
         """
         ask = self._ask(ops, waited=False)
         try:
-            self._send.send_nowait(ask)
+            self._mailbox.post_nowait(ask)
         except trio.WouldBlock:
             return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except ActorStopped:
             raise self._closed_error() from None
         return True
 
     def stats(self) -> WriterStats:
         """A snapshot of the counters."""
-        return WriterStats(**attrs.asdict(self._counters))
+        return attrs.evolve(self._state)
 
     @property
     def queued(self) -> int:
         """Asks waiting in the inbox (not counting the batch being committed)."""
-        return self._send.statistics().current_buffer_used
+        return self._mailbox.queued
 
     async def aclose(self) -> None:
         """Stop accepting writes, let the actor commit everything queued, wait for it to return.
@@ -149,12 +132,11 @@ class Writer:
         asks fail with StorageClosed. Cancelling ``aclose`` stops the wait, not the flush.
         """
         self._closed = True
-        self._send.close()
+        self._mailbox.close()
         if self._started:
             await self._stopped.wait()
         else:
-            self._fail_queued(self._closed_error())
-            self._stopped.set()
+            self._stop((), str(self._closed_error()))
 
     # ---- the actor -------------------------------------------------------------------------
 
@@ -165,16 +147,15 @@ class Writer:
             msg = "this Writer already ran; make a new Writer for a new run"
             raise RuntimeError(msg)
         self._started = True
-        batch: list[_Ask] = []
+        batch: list[_Write] = []
         stop_reason = "the writer is closed"
         try:
             task_status.started()
             while True:
                 try:
-                    batch = [await self._recv.receive()]
+                    batch = await self._mailbox.drain()
                 except trio.EndOfChannel:
                     return
-                self._drain_into(batch)
                 await self._commit(batch)
                 batch = []
         except trio.Cancelled:
@@ -184,22 +165,16 @@ class Writer:
             stop_reason = f"the writer stopped on an error before committing this write: {exc!r}"
             raise
         finally:
-            self._closed = True
-            self._send.close()
-            for ask in batch:
-                if not ask.done.is_set():
-                    self._complete(ask, StorageClosed(stop_reason))
-            self._fail_queued(StorageClosed(stop_reason))
-            self._stopped.set()
+            self._stop(batch, stop_reason)
 
-    def _drain_into(self, batch: list[_Ask]) -> None:
-        while True:
-            try:
-                batch.append(self._recv.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
+    def _stop(self, batch: Iterable[_Write], reason: str) -> None:
+        """Refuse later writes and fail every ask left unanswered with StorageClosed."""
+        self._closed = True
+        for ask in self._mailbox.stop(batch, error=lambda: StorageClosed(reason)):
+            self._count_failure(ask, StorageClosed(reason))
+        self._stopped.set()
 
-    async def _commit(self, batch: list[_Ask]) -> None:
+    async def _commit(self, batch: list[_Write]) -> None:
         """Commit ``batch`` in one transaction, growing the map as needed; isolate on failure."""
         groups = [ask.ops for ask in batch]
         while True:
@@ -207,7 +182,7 @@ class Writer:
                 self._store.commit_group, groups, limiter=self._limiter
             )
             if error is None:
-                self._counters.transactions += 1
+                self._state.transactions += 1
                 for ask in batch:
                     self._complete(ask, None)
                 return
@@ -219,7 +194,7 @@ class Writer:
             return
         await self._commit_isolated(batch)
 
-    async def _commit_isolated(self, batch: list[_Ask]) -> None:
+    async def _commit_isolated(self, batch: list[_Write]) -> None:
         """Commit each ask of ``batch`` in its own nested transaction; retry the map-full ones
         after growing the map, fail them with StoreFull at the ceiling."""
         pending = batch
@@ -228,8 +203,8 @@ class Writer:
                 self._store.commit_isolated, [ask.ops for ask in pending], limiter=self._limiter
             )
             if any(error is None for error in results):
-                self._counters.transactions += 1
-            full: list[tuple[_Ask, StorageError]] = []
+                self._state.transactions += 1
+            full: list[tuple[_Write, StorageError]] = []
             for ask, error in zip(pending, results, strict=True):
                 if isinstance(error, StoreFull):
                     full.append((ask, error))
@@ -245,37 +220,32 @@ class Writer:
     def _grow(self) -> bool:
         grown = self._store.grow()
         if grown:
-            self._counters.map_grows += 1
+            self._state.map_grows += 1
             _log.info("storage.map_grown", map_size=self._store.map_size)
         return grown
 
-    def _complete(self, ask: _Ask, error: StorageError | None) -> None:
-        ask.error = error
-        ask.done.set()
-        counters = self._counters
+    def _complete(self, ask: _Write, error: StorageError | None) -> None:
         if error is None:
-            counters.asks += 1
-            counters.ops += len(ask.ops)
+            ask.reply.set(None)
+            self._state.asks += 1
+            self._state.ops += len(ask.ops)
         else:
-            counters.failed += 1
-            if not ask.waited:
-                counters.nowait_failed += 1
-                _log.warning("storage.write_failed", error=str(error), ops=len(ask.ops))
+            ask.reply.fail(error)
+            self._count_failure(ask, error)
 
-    def _fail_queued(self, error: StorageClosed) -> None:
-        while True:
-            try:
-                ask = self._recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
-            self._complete(ask, _copy_error(error))
+    def _count_failure(self, ask: _Write, error: StorageError) -> None:
+        state = self._state
+        state.failed += 1
+        if not ask.waited:
+            state.nowait_failed += 1
+            _log.warning("storage.write_failed", error=str(error), ops=len(ask.ops))
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _ask(self, ops: Sequence[Op], *, waited: bool) -> _Ask:
+    def _ask(self, ops: Sequence[Op], *, waited: bool) -> _Write:
         if self._closed:
             raise self._closed_error()
-        return _Ask(self._store.prepare(ops), waited)
+        return _Write(self._store.prepare(ops), waited)
 
     def _closed_error(self) -> StorageClosed:
         return StorageClosed(f"the writer of {self._store.path} is closed; no more writes")

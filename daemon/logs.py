@@ -8,7 +8,9 @@ Contract (docs/alerting.md reads these fields; change them only on purpose):
 - per-connection context bound with ``structlog.contextvars.bind_contextvars`` (peer pid/uid,
   conn id, msgid) is merged into every line logged inside that context;
 - alerts (:func:`alert`) carry ``alert=true`` and ``severity`` (critical | warning | info) and
-  are emitted whatever the configured level, so an alert (or its all-clear) is never filtered;
+  are emitted whatever the configured level, so an alert (or its all-clear) is never filtered
+  (``get_logger`` and ``alert`` live in ``claykiln.actors.log``, which actors can import, and
+  are re-exported here);
 - tracebacks never render local variables (structlog's ``dict_tracebacks`` does by default and
   leaked a token once); in JSON they are a list of frame dicts under ``exception``;
 - secrets never reach the stream: any configured secret value found in any string (nested dicts,
@@ -28,9 +30,10 @@ from typing import Any, Literal, TextIO, cast
 
 import attrs
 import structlog
-from structlog._config import BoundLoggerLazyProxy
 from structlog.tracebacks import ExceptionDictTransformer
-from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from claykiln.actors.log import alert, get_logger
 
 __all__ = [
     "REDACTED",
@@ -44,7 +47,6 @@ __all__ = [
 
 REDACTED = "[REDACTED]"
 LEVELS: Mapping[str, int] = {"debug": 10, "info": 20, "warning": 30, "error": 40}
-SEVERITIES = ("critical", "warning", "info")
 # Exact key names (lower-cased, "_" read as "-") whose values are always redacted.
 SENSITIVE_KEYS = frozenset(
     {
@@ -247,31 +249,6 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-def get_logger(name: str) -> FilteringBoundLogger:
-    """A logger whose lines carry ``logger=name``; follows later :func:`configure_logging`."""
-    # structlog.get_logger(logger=...) collides with wrap_logger's own ``logger`` parameter, so
-    # build the same lazy proxy get_logger returns, with the name as an initial value.
-    proxy = BoundLoggerLazyProxy(None, logger_factory_args=(), initial_values={"logger": name})
-    return cast(FilteringBoundLogger, proxy)
-
-
-def alert(logger: FilteringBoundLogger, event: str, *, severity: str, **kw: Any) -> None:
-    """Log ``event`` as an alert: ``alert=true`` and ``severity`` (critical | warning | info).
-
-    The line's level follows the severity; alerts are never dropped by the level setting.
-    Raises ValueError for an unknown severity (a programming error, caught by tests).
-    """
-    if severity not in SEVERITIES:
-        msg = f"unknown alert severity {severity!r}: use one of {', '.join(SEVERITIES)}"
-        raise ValueError(msg)
-    if severity == "critical":
-        logger.critical(event, alert=True, severity=severity, **kw)
-    elif severity == "warning":
-        logger.warning(event, alert=True, severity=severity, **kw)
-    else:
-        logger.info(event, alert=True, severity=severity, **kw)
 
 
 @attrs.define

@@ -1,7 +1,8 @@
 """systemd readiness notification and socket activation, hand-written (sd_notify(3)).
 
-No library is both maintained and wheel-installable (see notes/measurements.md), and the
-protocol is small: one datagram of newline-separated ``KEY=VALUE`` lines to the AF_UNIX socket
+No library is both maintained and wheel-installable (sdnotify is unmaintained and swallows
+errors, systemd-python has no wheels, cysystemd bundles its own libsystemd), and the protocol is
+small: one datagram of newline-separated ``KEY=VALUE`` lines to the AF_UNIX socket
 named by ``$NOTIFY_SOCKET`` (a path, or ``@name`` for the abstract namespace).
 
 Contract: every notify function returns True when the datagram was sent and False when there

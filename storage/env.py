@@ -2,9 +2,10 @@
 
 A ``Store`` owns one LMDB environment. Reads (``get``, ``items``, ``count``, ``usage``) run
 inline on the calling thread in a short read transaction and return materialized values, so no
-read transaction ever lives across an ``await``. Writes do not happen here: they go through the
-one ``Writer`` actor (storage/writer.py), which calls the ``_commit_*`` methods in a worker thread
-and ``grow`` on the trio thread between batches.
+read transaction ever lives across an ``await``. Writes do not happen on the calling thread:
+they go through the one writer actor (``claykiln.actors.writer``), which calls
+``commit_group`` / ``commit_isolated`` in a worker thread (the transactions themselves are in
+storage/transactions.py) and ``grow`` on the trio thread between batches.
 
 Threading assumption (LMDB's ``set_mapsize`` needs no live transaction in the process): reads
 are made from the trio thread that runs the writer, so none is open while ``grow`` remaps; the
@@ -24,9 +25,10 @@ import attrs
 import lmdb
 
 from claykiln.storage.codec import pack, unpack
-from claykiln.storage.errors import StorageClosed, StorageError, StoreFull, write_failure
+from claykiln.storage.errors import StorageClosed, StorageError, StoreFull
 from claykiln.storage.ops import Delete, Op, PreparedOp, Put
 from claykiln.storage.schema import RESERVED_META_KEYS, StoreMeta, initialize
+from claykiln.storage.transactions import commit_group, commit_isolated
 
 __all__ = [
     "DEFAULT_MAP_SIZE",
@@ -36,7 +38,18 @@ __all__ = [
     "Store",
 ]
 
-TABLES = ("meta", "idempotency", "jobs", "jobs_due", "breakers", "gate", "cache")
+TABLES = (
+    "meta",
+    "idempotency",
+    "idempotency_expiry",
+    "idempotency_inflight",
+    "jobs",
+    "jobs_due",
+    "breakers",
+    "gate",
+    "cache",
+    "cache_age",
+)
 DEFAULT_MAP_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_MAP_SIZE = 4 * 1024 * 1024 * 1024
 MAX_READERS = 126
@@ -314,18 +327,9 @@ class Store:
         with self._write_lock:
             if self._env is None:
                 return StorageClosed(f"the store at {self.path} is closed")
-            txn = self._env.begin(write=True)
-            try:
-                for ops in batch:
-                    _apply(txn, self._dbs, ops)
-                txn.commit()
-            except lmdb.MapFullError:
-                txn.abort()
-                return self.full_error()
-            except lmdb.Error as exc:
-                txn.abort()
-                return write_failure(self.path, exc)
-            return None
+            return commit_group(
+                self._env, self._dbs, batch, path=self.path, full_error=self.full_error
+            )
 
     def commit_isolated(self, batch: Sequence[Sequence[PreparedOp]]) -> list[StorageError | None]:
         """Apply each request of ``batch`` in its own nested transaction under ONE outer write
@@ -334,30 +338,9 @@ class Store:
         with self._write_lock:
             if self._env is None:
                 return [StorageClosed(f"the store at {self.path} is closed") for _ in batch]
-            env = self._env
-            outer = env.begin(write=True)
-            results: list[StorageError | None] = []
-            try:
-                for ops in batch:
-                    child = env.begin(write=True, parent=outer)
-                    try:
-                        _apply(child, self._dbs, ops)
-                        child.commit()
-                        results.append(None)
-                    except lmdb.MapFullError:
-                        child.abort()
-                        results.append(self.full_error())
-                    except lmdb.Error as exc:
-                        child.abort()
-                        results.append(write_failure(self.path, exc))
-                outer.commit()
-            except lmdb.MapFullError:
-                outer.abort()
-                return [self.full_error() for _ in batch]
-            except lmdb.Error as exc:
-                outer.abort()
-                return [write_failure(self.path, exc) for _ in batch]
-            return results
+            return commit_isolated(
+                self._env, self._dbs, batch, path=self.path, full_error=self.full_error
+            )
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -374,16 +357,6 @@ class Store:
         except KeyError:
             msg = f"unknown table {table!r}; tables are {', '.join(TABLES)}"
             raise StorageError(msg) from None
-
-
-def _apply(
-    txn: lmdb.Transaction, dbs: dict[str, lmdb._Database], ops: Sequence[PreparedOp]
-) -> None:
-    for op in ops:
-        if op.value is None:
-            txn.delete(op.key, db=dbs[op.table])
-        else:
-            txn.put(op.key, op.value, db=dbs[op.table])
 
 
 def _seek_last_at_most(cur: lmdb.Cursor, start: bytes | None) -> bool:

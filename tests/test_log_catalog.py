@@ -103,15 +103,19 @@ def _calls_in(path: Path) -> Iterator[LogCall]:
             is_alert = isinstance(alert_node, ast.Constant) and alert_node.value is True
             level = LEVEL_OF_METHOD[func.attr]
         elif isinstance(func, ast.Name) and func.id == "alert" and len(node.args) >= 2:
-            # claykiln.daemon.logs.alert: the level follows the severity.
+            # claykiln.actors.log.alert: the level follows the severity unless level= says.
             event = _event_of(node.args[1], where)
             is_alert = True
-            level = severity or "?"
+            level_node = keywords.get("level")
+            if isinstance(level_node, ast.Constant) and isinstance(level_node.value, str):
+                level = level_node.value
+            else:
+                level = severity or "?"
         else:
             continue
         if event is None:
             continue
-        fields = frozenset(keywords) - {"alert", "severity"}
+        fields = frozenset(keywords) - {"alert", "severity", "level"}
         yield LogCall(event, level, severity if is_alert else None, fields, module, where)
 
 

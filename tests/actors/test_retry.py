@@ -131,7 +131,7 @@ def test_plan_invariants(
     if plan.retry:
         assert is_retryable_status(status)
         assert attempt < policy.attempts
-        assert may_retry(method=method, repeat_safe=repeat_safe, sent=True)
+        assert may_retry(method=method, repeat_safe=repeat_safe, sent=status != 429)
         assert deadline is None or now + plan.delay < deadline
         assert plan.delay >= max(retry_after or 0.0, 0.0)
     else:
