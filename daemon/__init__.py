@@ -16,68 +16,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from claykiln.daemon import client as _client
-from claykiln.daemon.client import (
-    SOCKET_ENV,
-    BadRequest,
-    BreakerOpen,
-    Client,
-    ConnectionLost,
-    DaemonUnavailable,
-    Forbidden,
-    FrameTooLarge,
-    IdempotencyInFlight,
-    IdempotencyMismatch,
-    InternalError,
-    KilnError,
-    KilnTimeout,
-    LaneFull,
-    ProtocolViolation,
-    RateLimited,
-    ShuttingDown,
-    StorageFull,
-    UnknownMethod,
-    UnknownOperation,
-    UpstreamError,
-    client_socket_path,
-    error_from_wire,
-)
+from claykiln.daemon import client
 
-if TYPE_CHECKING:
-    from claykiln.daemon.client import AsyncioClient, TrioClient
+if TYPE_CHECKING:  # for type checkers; at run time __getattr__ hands the names out
+    from claykiln.daemon.client import *  # noqa: F403
+    from claykiln.daemon.client._errors import *  # noqa: F403
 
-__all__ = [
-    "SOCKET_ENV",
-    "AsyncioClient",
-    "BadRequest",
-    "BreakerOpen",
-    "Client",
-    "ConnectionLost",
-    "DaemonUnavailable",
-    "Forbidden",
-    "FrameTooLarge",
-    "IdempotencyInFlight",
-    "IdempotencyMismatch",
-    "InternalError",
-    "KilnError",
-    "KilnTimeout",
-    "LaneFull",
-    "ProtocolViolation",
-    "RateLimited",
-    "ShuttingDown",
-    "StorageFull",
-    "TrioClient",
-    "UnknownMethod",
-    "UnknownOperation",
-    "UpstreamError",
-    "client_socket_path",
-    "error_from_wire",
-]
+__all__ = client.__all__
 
 
 def __getattr__(name: str) -> Any:
-    """``TrioClient`` / ``AsyncioClient`` load on first access (see the client package)."""
-    return getattr(_client, name)
+    """The client library's public names (``TrioClient`` / ``AsyncioClient`` load on access)."""
+    if name in client.__all__:
+        return getattr(client, name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
 
 
 def __dir__() -> list[str]:

@@ -5,36 +5,18 @@
         kiln.call("push_row", path_params={"webhook_id": "w1"}, json={"name": "Ada"})
 
 ``Client`` is blocking; ``TrioClient`` and ``AsyncioClient`` pipeline many calls on one
-connection. Importing this package loads only the sync client, the protocol core and msgpack:
-``TrioClient`` / ``AsyncioClient`` import trio / asyncio on first access.
+connection. All three have the same typed methods (``_methods.py``), wait for a restarting
+daemon and send a lost call again where that is safe (``_resend.py``). Importing this package
+loads only the sync client, the protocol core and msgpack: ``TrioClient`` / ``AsyncioClient``
+import trio / asyncio on first access.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from claykiln.daemon.client._errors import (
-    BadRequest,
-    BreakerOpen,
-    ConnectionLost,
-    DaemonUnavailable,
-    Forbidden,
-    FrameTooLarge,
-    IdempotencyInFlight,
-    IdempotencyMismatch,
-    InternalError,
-    KilnError,
-    KilnTimeout,
-    LaneFull,
-    ProtocolViolation,
-    RateLimited,
-    ShuttingDown,
-    StorageFull,
-    UnknownMethod,
-    UnknownOperation,
-    UpstreamError,
-    error_from_wire,
-)
+from claykiln.daemon.client import _errors
+from claykiln.daemon.client._errors import *  # noqa: F403  (the exception tree, listed once there)
 from claykiln.daemon.client._paths import SOCKET_ENV, client_socket_path
 from claykiln.daemon.client._sync import Client
 
@@ -42,33 +24,8 @@ if TYPE_CHECKING:
     from claykiln.daemon.client._asyncio import AsyncioClient
     from claykiln.daemon.client._trio import TrioClient
 
-__all__ = [
-    "SOCKET_ENV",
-    "AsyncioClient",
-    "BadRequest",
-    "BreakerOpen",
-    "Client",
-    "ConnectionLost",
-    "DaemonUnavailable",
-    "Forbidden",
-    "FrameTooLarge",
-    "IdempotencyInFlight",
-    "IdempotencyMismatch",
-    "InternalError",
-    "KilnError",
-    "KilnTimeout",
-    "LaneFull",
-    "ProtocolViolation",
-    "RateLimited",
-    "ShuttingDown",
-    "StorageFull",
-    "TrioClient",
-    "UnknownMethod",
-    "UnknownOperation",
-    "UpstreamError",
-    "client_socket_path",
-    "error_from_wire",
-]
+__all__ = ["SOCKET_ENV", "AsyncioClient", "Client", "TrioClient", "client_socket_path"]
+__all__ += _errors.__all__
 
 _LAZY = {
     "TrioClient": "claykiln.daemon.client._trio",

@@ -7,12 +7,16 @@
     ...
     await kiln.aclose()
 
-Contract: the same as ``TrioClient`` (``daemon/client_trio.py``). Replies are read by an
+Contract: the same as ``TrioClient`` (``_trio.py``). Replies are read by an
 ``asyncio.Protocol`` (no reader task): its ``data_received`` resolves the waiting callers'
 futures; ``connection_lost`` fails the calls in flight with ``ConnectionLost``. Writes respect
 the transport's flow control (a caller waits while the daemon applies backpressure).
 ``on_notification`` runs in ``data_received``; if it raises, asyncio reports the error and the
 connection is closed.
+
+Processes: after ``os.fork()``, a client used in the child (under its own event loop) forgets
+the parent's connection without touching it (the parent's loop state is shared memory gone
+stale in the child) and opens its own.
 """
 
 # The API takes `timeout=` per call (as the sync client does): one signature in all flavors.
@@ -25,24 +29,20 @@ import contextlib
 import math
 import os
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Unpack
 
+from claykiln.daemon.client._async import AsyncFront
 from claykiln.daemon.client._core import (
     RECV_SIZE,
-    UNSET,
     CallLedger,
     NotificationHandler,
-    breaker_force_args,
-    call_args,
-    call_timeout,
+    PendingCall,
     client_timeout_error,
-    resolve_timeout,
 )
-from claykiln.daemon.client._errors import ConnectionLost, DaemonUnavailable
-from claykiln.daemon.client._paths import client_socket_path
+from claykiln.daemon.client._errors import ConnectionLost
+from claykiln.daemon.client._methods import ClientOptions, Rpc
 
 __all__ = ["AsyncioClient"]
 
@@ -118,41 +118,21 @@ class _KilnProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-class AsyncioClient:
-    """A pipelining asyncio client (see the module docstring for the contract)."""
+class AsyncioClient(AsyncFront[_KilnProtocol]):
+    """A pipelining asyncio client (see the module docstring for the contract; the options:
+    ``ClientSurface``)."""
 
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float = 30.0,
-        connect_timeout: float = 5.0,
-        on_notification: NotificationHandler | None = None,
-    ) -> None:
-        self.socket_path: Path = client_socket_path(socket_path)
-        self.timeout = resolve_timeout(timeout, timeout)
-        self.connect_timeout = resolve_timeout(connect_timeout, connect_timeout)
-        self._on_notification = on_notification
+    def _init_connections(self) -> None:
         self._connect_lock: asyncio.Lock | None = None
         self._conn: _KilnProtocol | None = None
-        self._closed = False
+        self._live: set[_KilnProtocol] = set()  # the current one, and retired ones finishing
 
     @classmethod
     async def connect(
-        cls,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float = 30.0,
-        connect_timeout: float = 5.0,
-        on_notification: NotificationHandler | None = None,
+        cls, socket_path: str | os.PathLike[str] | None = None, **options: Unpack[ClientOptions]
     ) -> AsyncioClient:
         """A connected client; ``aclose()`` it when done. Raises ``DaemonUnavailable``."""
-        client = cls(
-            socket_path,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            on_notification=on_notification,
-        )
+        client = cls(socket_path, **options)
         await client._connection()
         return client
 
@@ -168,22 +148,16 @@ class AsyncioClient:
     ) -> None:
         await self.aclose()
 
-    @property
-    def in_flight(self) -> int:
-        """Replies the current connection still expects (abandoned calls included)."""
-        conn = self._conn
-        return conn.ledger.in_flight if conn is not None else 0
-
     async def aclose(self) -> None:
         """Close the connection; calls in flight fail with ``ConnectionLost``, later calls
         raise ``RuntimeError``. Idempotent."""
         self._closed = True
-        conn = self._conn
         self._conn = None
-        if conn is not None:
+        for conn in list(self._live):
             conn.ledger.fail_all(lambda: ConnectionLost("the client was closed"))
             if conn.transport is not None:
                 conn.transport.close()
+        self._live.clear()
 
     close = aclose
 
@@ -192,6 +166,8 @@ class AsyncioClient:
         if self._closed:
             msg = "this AsyncioClient was closed; create a new one"
             raise RuntimeError(msg)
+        if self._pid != os.getpid():
+            self._forget_parent()
         conn = self._conn
         if conn is not None and conn.ledger.failure is None:
             return conn
@@ -201,46 +177,55 @@ class AsyncioClient:
             conn = self._conn
             if conn is not None and conn.ledger.failure is None:
                 return conn
-            conn = await self._open()
+            conn = await self._wait_for_daemon(self._open_once)
+            self._live = {c for c in self._live if c.ledger.failure is None}
+            self._live.add(conn)
             self._conn = conn
             return conn
 
-    async def _open(self) -> _KilnProtocol:
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's connections and lock, never touching them
+        (closing a transport would unregister it from the event loop the parent still runs)."""
+        self._pid = os.getpid()
+        self._conn = None
+        self._live = set()
+        self._connect_lock = None
+
+    async def _open_once(self, seconds: float) -> _KilnProtocol:
         loop = asyncio.get_running_loop()
-        path = self.socket_path
-        protocol = _KilnProtocol(path, self._on_notification)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await loop.create_unix_connection(lambda: protocol, str(path))
-        except TimeoutError:
-            raise DaemonUnavailable.at(path, "connect timed out") from None
-        except OSError as exc:
-            raise DaemonUnavailable.at(path, exc.strerror or type(exc).__name__) from None
+        protocol = _KilnProtocol(self.socket_path, self._on_notification)
+        async with asyncio.timeout(seconds):
+            await loop.create_unix_connection(lambda: protocol, str(self.socket_path))
         return protocol
 
-    # -- the generic call ------------------------------------------------------------------
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
 
-    async def request(
-        self, method: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> Any:
-        """Send one request and return its result, or raise the mapped ``KilnError``."""
-        return await self._request(method, args, resolve_timeout(timeout, self.timeout))
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
-    async def _request(self, method: str, args: Mapping[str, Any] | None, timeout: float) -> Any:
-        conn = await self._connection()
+    def _retire(self, conn: _KilnProtocol) -> None:
+        """Send no new calls on ``conn`` (its daemon is draining); those on it finish there."""
+        if self._conn is conn:
+            self._conn = None
+
+    async def _exchange(self, conn: _KilnProtocol, rpc: Rpc, timeout: float) -> PendingCall:
+        """Send ``rpc`` on ``conn`` and wait until it is resolved; ``KilnTimeout`` after
+        ``timeout`` seconds (the call is then abandoned: its late reply is dropped)."""
         replied: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def wake() -> None:
             if not replied.done():
                 replied.set_result(None)
 
-        call, frame = conn.ledger.start(method, args, wake)
+        call, frame = conn.ledger.start(rpc.method, rpc.args, wake)
         try:
             async with asyncio.timeout(None if math.isinf(timeout) else timeout):
                 await conn.wait_writable()
                 if not call.done:
                     assert conn.transport is not None
                     conn.transport.write(frame)  # buffered whole: never a partial frame
+                    call.sent = True
                     await replied
         except TimeoutError:
             pass  # decided below: a reply that raced the deadline still wins
@@ -248,68 +233,5 @@ class AsyncioClient:
             if not call.done:
                 conn.ledger.abandon(call)
         if call.abandoned:
-            raise client_timeout_error(method, timeout)
-        return call.outcome()
-
-    # -- the typed methods -----------------------------------------------------------------
-
-    async def hello(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``hello``: ``{protocol, server, limits, admin}``."""
-        result: dict[str, Any] = await self.request("hello", None, timeout=timeout)
-        return result
-
-    async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``status``: uptime, version, counters, storage, actors and health."""
-        result: dict[str, Any] = await self.request("status", None, timeout=timeout)
-        return result
-
-    async def call(
-        self,
-        operation: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        query: Mapping[str, Any] | None = None,
-        json: Any = UNSET,
-        body: bytes | str | None = None,
-        headers: Mapping[str, str] | None = None,
-        lane: str | None = None,
-        deadline_ms: int | None = None,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """``call``: run a configured operation; only the arguments given are sent.
-
-        Returns ``{status, headers, body, attempts, duration_ms, ...}``. The client timeout
-        defaults to ``deadline_ms`` plus a margin when a deadline is given.
-        """
-        args = call_args(
-            operation,
-            path_params=path_params,
-            query=query,
-            json=json,
-            body=body,
-            headers=headers,
-            lane=lane,
-            deadline_ms=deadline_ms,
-            idempotency_key=idempotency_key,
-        )
-        result: dict[str, Any] = await self._request(
-            "call", args, call_timeout(timeout, deadline_ms, self.timeout)
-        )
-        return result
-
-    async def breaker_list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
-        """``breaker.list``: one map per breaker (``key``, ``state``, ``retry_after``, ...)."""
-        result: list[dict[str, Any]] = await self.request("breaker.list", None, timeout=timeout)
-        return result
-
-    async def breaker_force(
-        self, name: str, state: str, *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """``breaker.force`` (admin): ``open``, ``closed``, ``disabled`` or ``reset``.
-
-        Returns the breaker's new view (as in ``breaker_list``).
-        """
-        args = breaker_force_args(name, state)
-        result: dict[str, Any] = await self.request("breaker.force", args, timeout=timeout)
-        return result
+            raise client_timeout_error(rpc.method, timeout)
+        return call

@@ -9,18 +9,17 @@ Each flavor only moves bytes and waits: the ledger decides.
   late reply arrives, which is then dropped, so it can never be handed to another call.
 - A ``protocol_error`` notification, a frame the client cannot decode, or a lost connection
   fails every call in flight (``ProtocolViolation`` / ``ConnectionLost``) and sets ``failure``:
-  the flavor closes the connection and the next call opens a new one with a new ledger. A call
-  is never resent: it may have been delivered.
-
-The helpers at the bottom build the named-argument maps of the typed methods (``call``,
-``breaker.force``) so the three flavors stay identical.
+  the flavor closes the connection and the next call opens a new one with a new ledger. The
+  ledger never resends; whether the flavor may send a lost call again on the new connection is
+  ``_resend.py``'s decision, from what the flavor recorded (``PendingCall.sent``) and what the
+  daemon on that connection advertised (``CallLedger.repeat_safe``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from claykiln.daemon.client._errors import (
     ConnectionLost,
@@ -39,6 +38,9 @@ from claykiln.daemon.rpc.protocol import (
     encode_request,
 )
 
+if TYPE_CHECKING:
+    from claykiln.daemon.client._resend import RepeatSafe
+
 __all__ = [
     "CALL_TIMEOUT_MARGIN",
     "CLIENT_LIMITS",
@@ -48,8 +50,6 @@ __all__ = [
     "CallLedger",
     "NotificationHandler",
     "PendingCall",
-    "breaker_force_args",
-    "call_args",
     "call_timeout",
     "client_timeout_error",
     "resolve_timeout",
@@ -94,9 +94,11 @@ class PendingCall:
 
     ``done`` turns true when it is resolved (reply or failure) or abandoned; ``abandoned`` only
     when the caller gave up first (no outcome: the flavor raises its timeout or cancellation).
+    ``sent`` is set by the flavor once the whole request frame left: a call lost before that
+    cannot have run in the daemon.
     """
 
-    __slots__ = ("abandoned", "done", "error", "method", "msgid", "result", "wake")
+    __slots__ = ("abandoned", "done", "error", "method", "msgid", "result", "sent", "wake")
 
     def __init__(self, msgid: int, method: str, wake: Callable[[], None]) -> None:
         self.msgid = msgid
@@ -104,6 +106,7 @@ class PendingCall:
         self.wake = wake
         self.done = False
         self.abandoned = False
+        self.sent = False
         self.result: Any = None
         self.error: KilnError | None = None
 
@@ -124,7 +127,11 @@ class PendingCall:
 
 
 class CallLedger:
-    """The calls in flight on one connection (see the module docstring)."""
+    """The calls in flight on one connection (see the module docstring).
+
+    ``repeat_safe`` is what the daemon at the other end advertised in its ``hello`` reply, once
+    a flavor asked (None: not asked on this connection yet).
+    """
 
     def __init__(self, *, first_msgid: int = 0, limits: Limits = CLIENT_LIMITS) -> None:
         self._parser = _FrameParser(limits)
@@ -132,6 +139,7 @@ class CallLedger:
         self._abandoned: set[int] = set()
         self._next = first_msgid % MSGID_MODULUS
         self.failure: KilnError | None = None
+        self.repeat_safe: RepeatSafe | None = None
 
     @property
     def in_flight(self) -> int:
@@ -263,44 +271,3 @@ def call_timeout(timeout: float | None, deadline_ms: int | None, default: float)
     if timeout is None and deadline_ms is not None:
         return deadline_ms / 1000.0 + CALL_TIMEOUT_MARGIN
     return resolve_timeout(timeout, default)
-
-
-def call_args(
-    operation: str,
-    *,
-    path_params: Mapping[str, Any] | None = None,
-    query: Mapping[str, Any] | None = None,
-    json: Any = UNSET,
-    body: bytes | str | None = None,
-    headers: Mapping[str, str] | None = None,
-    lane: str | None = None,
-    deadline_ms: int | None = None,
-    idempotency_key: str | None = None,
-) -> dict[str, Any]:
-    """The ``call`` arguments map, holding only the arguments that were given.
-
-    ``json`` is sent when given at all (``json=None`` sends JSON ``null``); ``json`` and
-    ``body`` are mutually exclusive (``ValueError``).
-    """
-    if json is not UNSET and body is not None:
-        msg = "pass either json= or body=, not both"
-        raise ValueError(msg)
-    args: dict[str, Any] = {"operation": operation}
-    optional: dict[str, Any] = {
-        "path_params": dict(path_params) if path_params is not None else None,
-        "query": dict(query) if query is not None else None,
-        "body": body,
-        "headers": dict(headers) if headers is not None else None,
-        "lane": lane,
-        "deadline_ms": deadline_ms,
-        "idempotency_key": idempotency_key,
-    }
-    args.update({k: v for k, v in optional.items() if v is not None})
-    if json is not UNSET:
-        args["json"] = json
-    return args
-
-
-def breaker_force_args(name: str, state: str) -> dict[str, Any]:
-    """The ``breaker.force`` arguments; the daemon validates ``state``."""
-    return {"name": name, "state": state}

@@ -5,19 +5,28 @@
 
 Contract (the same for ``TrioClient`` and ``AsyncioClient``):
 
-- The connection opens lazily on the first call; a failed connect raises ``DaemonUnavailable``
-  naming the socket path.
-- A daemon error reply raises its ``KilnError`` subclass (``daemon/errors.py``).
+- The connection opens lazily on the first call. While the socket is missing or refuses (a
+  daemon restarting) the client tries again with backoff for up to ``connect_timeout``
+  seconds, then raises ``DaemonUnavailable`` naming the socket path (``_resend.py``).
+- A daemon error reply raises its ``KilnError`` subclass (``_errors.py``).
 - No reply within the timeout raises ``KilnTimeout`` with ``details["stage"] == "client"``; the
-  late reply is read and dropped by a later call.
-- A broken connection raises ``ConnectionLost`` for the call in flight; the call is never
-  resent (it may have been delivered). The next call reconnects. A connection the daemon closed
-  while idle is noticed before sending, so that call reconnects transparently.
+  late reply is read and dropped by a later call. The timeout applies to each send of a call.
+- A broken connection fails the call in flight; it is sent again on a new connection (at most
+  ``MAX_RESENDS`` times) when that is safe: it never fully left, or repeating it is safe
+  (``_resend.py``: read-only methods, an idempotency key, an operation the daemon lists as
+  repeat-safe, ``retry_safe=True``). Otherwise it raises ``ConnectionLost`` (it may have run).
+  A ``shutting_down`` refusal is handled the same way against the daemon's next instance. A
+  connection the daemon closed while idle is noticed before sending, so that call reconnects.
 - A ``protocol_error`` notification raises ``ProtocolViolation``; other notifications are passed
   to ``on_notification(method, args)`` while a call reads (never from another thread).
 
-Calls are serialized by a lock: a thread waits for the call before it. ``close()`` may be
-called from any thread; a call blocked in another thread then fails with ``ConnectionLost``.
+Threads: calls are serialized by a lock (a thread waits for the call before it), so one client
+may be shared by any number of threads and each gets its own reply. ``close()`` may be called
+from any thread; a call blocked in another thread then fails with ``ConnectionLost``.
+
+Processes: after ``os.fork()`` (gunicorn's preload, multiprocessing) the child's copy of a
+client forgets the parent's connection (without touching it) and opens its own on its first
+call, so parent and child never read each other's replies.
 """
 
 from __future__ import annotations
@@ -27,25 +36,25 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
+import weakref
 from types import TracebackType
 from typing import Any
 
 from claykiln.daemon.client._core import (
     RECV_SIZE,
-    UNSET,
     CallLedger,
-    NotificationHandler,
     PendingCall,
-    breaker_force_args,
-    call_args,
-    call_timeout,
     client_timeout_error,
-    resolve_timeout,
 )
-from claykiln.daemon.client._errors import ConnectionLost, DaemonUnavailable
-from claykiln.daemon.client._paths import client_socket_path
+from claykiln.daemon.client._errors import ConnectionLost, KilnError, ShuttingDown
+from claykiln.daemon.client._methods import HELLO, ClientSurface, Rpc
+from claykiln.daemon.client._resend import (
+    MAX_RESENDS,
+    ReconnectBackoff,
+    RepeatSafe,
+    Resend,
+    resend_verdict,
+)
 
 __all__ = ["Client"]
 
@@ -64,24 +73,14 @@ class _Connection:
         self.ledger = CallLedger()
 
 
-class Client:
-    """A blocking claykiln client (see the module docstring for the contract)."""
+class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]]]):
+    """A blocking claykiln client (see the module docstring for the contract; the options:
+    ``ClientSurface``)."""
 
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float = 30.0,
-        connect_timeout: float = 5.0,
-        on_notification: NotificationHandler | None = None,
-    ) -> None:
-        self.socket_path: Path = client_socket_path(socket_path)
-        self.timeout = resolve_timeout(timeout, timeout)
-        self.connect_timeout = resolve_timeout(connect_timeout, connect_timeout)
-        self._on_notification = on_notification
+    def _init_connections(self) -> None:
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
-        self._closed = False
+        _LIVE_CLIENTS.add(self)
 
     def __enter__(self) -> Client:
         return self
@@ -103,6 +102,9 @@ class Client:
     def close(self) -> None:
         """Close the connection; later calls raise ``RuntimeError``. Idempotent."""
         self._closed = True
+        if self._pid != os.getpid():
+            self._forget_parent()
+            return
         conn = self._conn
         if conn is not None:
             # Wake a call blocked in recv in another thread before taking the lock.
@@ -114,22 +116,63 @@ class Client:
             if self._conn is not None:
                 self._drop(self._conn, "the client was closed")
 
-    # -- the generic call ------------------------------------------------------------------
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's connection and lock without touching them.
 
-    def request(
-        self, method: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> Any:
-        """Send one request and return its result, or raise the mapped ``KilnError``."""
-        return self._request(method, args, resolve_timeout(timeout, self.timeout))
+        Closing the child's copy of the descriptor leaves the parent's connection open (no
+        shutdown(), which would cut it for the parent too).
+        """
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.sock.close()
 
-    def _request(self, method: str, args: Mapping[str, Any] | None, timeout: float) -> Any:
+    # -- one call ----------------------------------------------------------------------------
+
+    def _dispatch(self, rpc: Rpc) -> Any:
+        timeout = rpc.client_timeout(self.timeout)
+        if self._pid != os.getpid():  # forked by a C library that skipped the at-fork hooks
+            self._forget_parent()
         with self._lock:
+            resends = 0
+            while True:
+                conn = self._usable_connection()
+                call = self._exchange(conn, rpc, timeout)
+                if resends == MAX_RESENDS or not self._may_resend(conn, rpc, call):
+                    return call.outcome()
+                resends += 1
+
+    def _may_resend(self, conn: _Connection, rpc: Rpc, call: PendingCall) -> bool:
+        """Whether ``rpc`` goes out again (``_resend.py``); drops a draining connection."""
+        if self._closed:
+            return False
+        if isinstance(call.error, ShuttingDown) and self._conn is conn:
+            self._drop(conn, "the daemon is shutting down")
+        verdict = resend_verdict(rpc, call, conn.ledger.repeat_safe)
+        if verdict is Resend.ASK:
+            verdict = resend_verdict(rpc, call, self._advertised())
+        return verdict is Resend.YES
+
+    def _advertised(self) -> RepeatSafe:
+        """What the daemon (back after a restart, or not) advertises as safe to repeat."""
+        try:
             conn = self._usable_connection()
-            deadline = time.monotonic() + timeout
-            call, frame = conn.ledger.start(method, args, _noop)
-            self._send(conn, call, frame, deadline, timeout)
-            self._await_reply(conn, call, deadline, timeout)
-            return call.outcome()
+            if conn.ledger.repeat_safe is None:
+                hello = self._exchange(conn, HELLO, self.timeout).outcome()
+                conn.ledger.repeat_safe = RepeatSafe.from_hello(hello)
+        except KilnError:  # it did not come back, or could not say
+            return RepeatSafe()
+        return conn.ledger.repeat_safe
+
+    def _exchange(self, conn: _Connection, rpc: Rpc, timeout: float) -> PendingCall:
+        """Send ``rpc`` on ``conn`` and read until it is resolved; ``KilnTimeout`` after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        call, frame = conn.ledger.start(rpc.method, rpc.args, _noop)
+        self._send(conn, call, frame, deadline, timeout)
+        self._await_reply(conn, call, deadline, timeout)
+        return call
 
     def _usable_connection(self) -> _Connection:
         if self._closed:
@@ -144,15 +187,21 @@ class Client:
         return conn
 
     def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.connect_timeout)
-            sock.connect(str(self.socket_path))
-        except OSError as exc:
-            sock.close()
-            reason = "connect timed out" if isinstance(exc, TimeoutError) else _reason(exc)
-            raise DaemonUnavailable.at(self.socket_path, reason) from None
-        return sock
+        """A connected socket; waits while the daemon restarts (``ReconnectBackoff``)."""
+        backoff = ReconnectBackoff(self.socket_path, self.connect_timeout, time.monotonic())
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(backoff.attempt_timeout(time.monotonic()))
+                sock.connect(str(self.socket_path))
+            except OSError as exc:
+                sock.close()
+                time.sleep(backoff.after_failure(exc, time.monotonic()))
+                if self._closed:
+                    msg = "this Client was closed while it waited for the daemon"
+                    raise RuntimeError(msg) from None
+                continue
+            return sock
 
     def _read_available(self, conn: _Connection) -> bool:
         """Feed whatever has arrived (late replies, notifications) to the ledger, never blocking.
@@ -171,7 +220,7 @@ class Client:
                 return False
             if not data:
                 return False
-            self._dispatch(conn, data)
+            self._dispatch_notifications(conn, data)
             if conn.ledger.failure is not None:
                 return False
 
@@ -191,6 +240,8 @@ class Client:
             # e.g. frame_too_large): read it so the call fails with that, not a bare EPIPE.
             self._read_available(conn)
             self._drop(conn, f"sending failed: {_reason(exc)}")
+        else:
+            call.sent = True
 
     def _await_reply(
         self, conn: _Connection, call: PendingCall, deadline: float, timeout: float
@@ -208,11 +259,11 @@ class Client:
             if not data:
                 self._drop(conn, "the daemon closed the connection")
                 return
-            self._dispatch(conn, data)
+            self._dispatch_notifications(conn, data)
             if conn.ledger.failure is not None:
                 self._drop(conn, "protocol violation")
 
-    def _dispatch(self, conn: _Connection, data: bytes) -> None:
+    def _dispatch_notifications(self, conn: _Connection, data: bytes) -> None:
         for note in conn.ledger.receive(data):
             if self._on_notification is not None:
                 self._on_notification(note.method, note.args)
@@ -225,68 +276,17 @@ class Client:
         if self._conn is conn:
             self._conn = None
 
-    # -- the typed methods -----------------------------------------------------------------
 
-    def hello(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``hello``: ``{protocol, server, limits, admin}``."""
-        result: dict[str, Any] = self.request("hello", None, timeout=timeout)
-        return result
+# Every Client alive in this process: a forked child's copies forget the parent's connection.
+_LIVE_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
-    def status(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``status``: uptime, version, counters, storage, actors and health."""
-        result: dict[str, Any] = self.request("status", None, timeout=timeout)
-        return result
 
-    def call(
-        self,
-        operation: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        query: Mapping[str, Any] | None = None,
-        json: Any = UNSET,
-        body: bytes | str | None = None,
-        headers: Mapping[str, str] | None = None,
-        lane: str | None = None,
-        deadline_ms: int | None = None,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """``call``: run a configured operation; only the arguments given are sent.
+def _forget_parents_after_fork() -> None:
+    for client in list(_LIVE_CLIENTS):
+        client._forget_parent()
 
-        Returns ``{status, headers, body, attempts, duration_ms, ...}``. The client timeout
-        defaults to ``deadline_ms`` plus a margin when a deadline is given.
-        """
-        args = call_args(
-            operation,
-            path_params=path_params,
-            query=query,
-            json=json,
-            body=body,
-            headers=headers,
-            lane=lane,
-            deadline_ms=deadline_ms,
-            idempotency_key=idempotency_key,
-        )
-        result: dict[str, Any] = self._request(
-            "call", args, call_timeout(timeout, deadline_ms, self.timeout)
-        )
-        return result
 
-    def breaker_list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
-        """``breaker.list``: one map per breaker (``key``, ``state``, ``retry_after``, ...)."""
-        result: list[dict[str, Any]] = self.request("breaker.list", None, timeout=timeout)
-        return result
-
-    def breaker_force(
-        self, name: str, state: str, *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """``breaker.force`` (admin): ``open``, ``closed``, ``disabled`` or ``reset``.
-
-        Returns the breaker's new view (as in ``breaker_list``).
-        """
-        args = breaker_force_args(name, state)
-        result: dict[str, Any] = self.request("breaker.force", args, timeout=timeout)
-        return result
+os.register_at_fork(after_in_child=_forget_parents_after_fork)
 
 
 def _remaining(deadline: float) -> float | None:

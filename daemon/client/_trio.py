@@ -7,10 +7,16 @@
     ...
     await kiln.aclose()
 
-Contract: the same as ``Client`` (``daemon/client_sync.py``), plus pipelining: any number of
-tasks may call at once; a reader task demultiplexes replies (in any order) to the waiting
-callers through one ``trio.Event`` per call. ``async with TrioClient()`` connects at entry
-(``DaemonUnavailable`` at once when the daemon is down).
+Contract: the same as ``Client`` (``_sync.py``: waiting for a restarting daemon, sending a
+lost call again where that is safe), plus pipelining: any number of tasks may call at once; a
+reader task demultiplexes replies (in any order) to the waiting callers through one
+``trio.Event`` per call. ``async with TrioClient()`` connects at entry (``DaemonUnavailable``
+once ``connect_timeout`` is spent). A connection whose daemon answered ``shutting_down`` takes
+no new calls; the calls already on it finish there.
+
+Processes: a TrioClient belongs to the ``trio.run`` that connected it. After ``os.fork()`` it
+raises ``RuntimeError`` in the child (trio's own state does not survive a fork): create a new
+client in the child's own ``trio.run``.
 
 Cancellation: a cancelled or timed-out call is abandoned (its late reply is dropped); if the
 cancellation interrupted its request half-sent, the connection is unusable and the other calls
@@ -25,28 +31,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Final, Unpack
 
 import trio
 
+from claykiln.daemon.client._async import AsyncFront
 from claykiln.daemon.client._core import (
     RECV_SIZE,
-    UNSET,
     CallLedger,
-    NotificationHandler,
     PendingCall,
-    breaker_force_args,
-    call_args,
-    call_timeout,
     client_timeout_error,
-    resolve_timeout,
 )
-from claykiln.daemon.client._errors import ConnectionLost, DaemonUnavailable
-from claykiln.daemon.client._paths import client_socket_path
+from claykiln.daemon.client._errors import ConnectionLost
+from claykiln.daemon.client._methods import ClientOptions, Rpc
 
 __all__ = ["TrioClient"]
 
@@ -67,26 +66,16 @@ class _Connection:
         self.reader_done = trio.Event()
 
 
-class TrioClient:
-    """A pipelining trio client (see the module docstring for the contract)."""
+class TrioClient(AsyncFront[_Connection]):
+    """A pipelining trio client (see the module docstring for the contract; the options:
+    ``ClientSurface``)."""
 
-    def __init__(
-        self,
-        socket_path: str | os.PathLike[str] | None = None,
-        *,
-        timeout: float = 30.0,
-        connect_timeout: float = 5.0,
-        on_notification: NotificationHandler | None = None,
-    ) -> None:
-        self.socket_path: Path = client_socket_path(socket_path)
-        self.timeout = resolve_timeout(timeout, timeout)
-        self.connect_timeout = resolve_timeout(connect_timeout, connect_timeout)
-        self._on_notification = on_notification
+    def _init_connections(self) -> None:
         self._nursery: trio.Nursery | None = None
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._connect_lock = trio.Lock()
         self._conn: _Connection | None = None
-        self._closed = False
+        self._live: set[_Connection] = set()  # the current one, and retired ones finishing
 
     @classmethod
     async def connect(
@@ -94,20 +83,13 @@ class TrioClient:
         socket_path: str | os.PathLike[str] | None = None,
         *,
         nursery: trio.Nursery,
-        timeout: float = 30.0,
-        connect_timeout: float = 5.0,
-        on_notification: NotificationHandler | None = None,
+        **options: Unpack[ClientOptions],
     ) -> TrioClient:
         """A connected client whose reader task runs in ``nursery``; ``aclose()`` it when done.
 
         Raises ``DaemonUnavailable`` when the daemon cannot be reached.
         """
-        client = cls(
-            socket_path,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            on_notification=on_notification,
-        )
+        client = cls(socket_path, **options)
         client._nursery = nursery
         await client._connection()
         return client
@@ -139,19 +121,12 @@ class TrioClient:
                 return False
             raise
 
-    @property
-    def in_flight(self) -> int:
-        """Replies the current connection still expects (abandoned calls included)."""
-        conn = self._conn
-        return conn.ledger.in_flight if conn is not None else 0
-
     async def aclose(self) -> None:
         """Close the connection and stop the reader; calls in flight fail with
         ``ConnectionLost``, later calls raise ``RuntimeError``. Idempotent; never blocks."""
         self._closed = True
-        conn = self._conn
         self._conn = None
-        if conn is not None:
+        for conn in list(self._live):
             conn.ledger.fail_all(lambda: ConnectionLost("the client was closed"))
             conn.reader_scope.cancel()
             with trio.CancelScope(shield=True):
@@ -162,18 +137,35 @@ class TrioClient:
     # -- connection management ---------------------------------------------------------------
 
     async def _open_stream(self) -> trio.SocketStream:
+        self._check_process()
+        return await self._wait_for_daemon(self._open_once)
+
+    async def _open_once(self, seconds: float) -> trio.SocketStream:
         try:
-            with trio.fail_after(self.connect_timeout):
+            with trio.fail_after(seconds):
                 return await trio.open_unix_socket(str(self.socket_path))
         except trio.TooSlowError:
-            raise DaemonUnavailable.at(self.socket_path, "connect timed out") from None
-        except OSError as exc:
-            raise DaemonUnavailable.at(self.socket_path, _reason(exc)) from None
+            raise TimeoutError from None
+
+    def _now(self) -> float:
+        return trio.current_time()
+
+    async def _sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+    def _check_process(self) -> None:
+        if self._pid != os.getpid():
+            msg = (
+                "this TrioClient was created before os.fork() and belongs to the parent's "
+                "trio.run; create a new TrioClient in the child"
+            )
+            raise RuntimeError(msg)
 
     def _install(self, stream: trio.SocketStream) -> _Connection:
         assert self._nursery is not None
         conn = _Connection(stream)
         self._conn = conn
+        self._live.add(conn)
         self._nursery.start_soon(self._read_loop, conn)
         return conn
 
@@ -182,6 +174,7 @@ class TrioClient:
         if self._closed:
             msg = "this TrioClient was closed; create a new one"
             raise RuntimeError(msg)
+        self._check_process()
         conn = self._conn
         if conn is not None and conn.ledger.failure is None:
             return conn
@@ -193,6 +186,11 @@ class TrioClient:
                 msg = "use `async with TrioClient(...)` or `await TrioClient.connect(nursery=...)`"
                 raise RuntimeError(msg)
             return self._install(await self._open_stream())
+
+    def _retire(self, conn: _Connection) -> None:
+        """Send no new calls on ``conn`` (its daemon is draining); those on it finish there."""
+        if self._conn is conn:
+            self._conn = None
 
     def _lose(self, conn: _Connection, why: str) -> None:
         """Fail the calls in flight on ``conn`` with ``ConnectionLost`` and stop its reader."""
@@ -223,6 +221,7 @@ class TrioClient:
                             self._on_notification(note.method, note.args)
         finally:
             self._lose(conn, "the connection was closed")
+            self._live.discard(conn)
             conn.reader_done.set()
             with trio.CancelScope(shield=True):
                 await conn.stream.aclose()
@@ -242,6 +241,7 @@ class TrioClient:
             try:
                 while sent < len(view):
                     sent += await conn.stream.socket.send(view[sent:])
+                call.sent = True
             except trio.ClosedResourceError:
                 # The reader closed the stream: the ledger already failed, with the reason.
                 self._lose(conn, "the connection was closed while sending")
@@ -256,18 +256,11 @@ class TrioClient:
                     self._lose(conn, f"the request {call.msgid} was interrupted mid-send")
                 raise
 
-    # -- the generic call ------------------------------------------------------------------
-
-    async def request(
-        self, method: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> Any:
-        """Send one request and return its result, or raise the mapped ``KilnError``."""
-        return await self._request(method, args, resolve_timeout(timeout, self.timeout))
-
-    async def _request(self, method: str, args: Mapping[str, Any] | None, timeout: float) -> Any:
-        conn = await self._connection()
+    async def _exchange(self, conn: _Connection, rpc: Rpc, timeout: float) -> PendingCall:
+        """Send ``rpc`` on ``conn`` and wait until it is resolved; ``KilnTimeout`` after
+        ``timeout`` seconds (the call is then abandoned: its late reply is dropped)."""
         replied = trio.Event()
-        call, frame = conn.ledger.start(method, args, replied.set)
+        call, frame = conn.ledger.start(rpc.method, rpc.args, replied.set)
         try:
             with trio.move_on_after(timeout):
                 await self._send(conn, call, frame)
@@ -276,71 +269,8 @@ class TrioClient:
             if not call.done:
                 conn.ledger.abandon(call)
         if call.abandoned:
-            raise client_timeout_error(method, timeout)
-        return call.outcome()
-
-    # -- the typed methods -----------------------------------------------------------------
-
-    async def hello(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``hello``: ``{protocol, server, limits, admin}``."""
-        result: dict[str, Any] = await self.request("hello", None, timeout=timeout)
-        return result
-
-    async def status(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """``status``: uptime, version, counters, storage, actors and health."""
-        result: dict[str, Any] = await self.request("status", None, timeout=timeout)
-        return result
-
-    async def call(
-        self,
-        operation: str,
-        *,
-        path_params: Mapping[str, Any] | None = None,
-        query: Mapping[str, Any] | None = None,
-        json: Any = UNSET,
-        body: bytes | str | None = None,
-        headers: Mapping[str, str] | None = None,
-        lane: str | None = None,
-        deadline_ms: int | None = None,
-        idempotency_key: str | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """``call``: run a configured operation; only the arguments given are sent.
-
-        Returns ``{status, headers, body, attempts, duration_ms, ...}``. The client timeout
-        defaults to ``deadline_ms`` plus a margin when a deadline is given.
-        """
-        args = call_args(
-            operation,
-            path_params=path_params,
-            query=query,
-            json=json,
-            body=body,
-            headers=headers,
-            lane=lane,
-            deadline_ms=deadline_ms,
-            idempotency_key=idempotency_key,
-        )
-        result: dict[str, Any] = await self._request(
-            "call", args, call_timeout(timeout, deadline_ms, self.timeout)
-        )
-        return result
-
-    async def breaker_list(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
-        """``breaker.list``: one map per breaker (``key``, ``state``, ``retry_after``, ...)."""
-        result: list[dict[str, Any]] = await self.request("breaker.list", None, timeout=timeout)
-        return result
-
-    async def breaker_force(
-        self, name: str, state: str, *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """``breaker.force`` (admin): ``open``, ``closed``, ``disabled`` or ``reset``.
-
-        Returns the breaker's new view (as in ``breaker_list``).
-        """
-        args = breaker_force_args(name, state)
-        result: dict[str, Any] = await self.request("breaker.force", args, timeout=timeout)
-        return result
+            raise client_timeout_error(rpc.method, timeout)
+        return call
 
 
 def _reason(exc: OSError) -> str:

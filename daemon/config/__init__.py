@@ -6,38 +6,8 @@
 - ``units``: durations and sizes; ``credentials``: secret files (``LoadCredential=``).
 """
 
-from claykiln.daemon.config.load import (
-    EMBEDDED_SOURCE,
-    METHODS,
-    RESTART_KEYS,
-    AuthConfig,
-    ConfigError,
-    DaemonConfig,
-    KilnConfig,
-    LimitsConfig,
-    OperationConfig,
-    StorageConfig,
-    UpstreamConfig,
-    default_toml,
-    describe,
-    load_config,
-    restart_required,
-)
+from claykiln.daemon.config import load
+from claykiln.daemon.config.load import *  # noqa: F403  (the public names, listed once there)
 
-__all__ = [
-    "EMBEDDED_SOURCE",
-    "METHODS",
-    "RESTART_KEYS",
-    "AuthConfig",
-    "ConfigError",
-    "DaemonConfig",
-    "KilnConfig",
-    "LimitsConfig",
-    "OperationConfig",
-    "StorageConfig",
-    "UpstreamConfig",
-    "default_toml",
-    "describe",
-    "load_config",
-    "restart_required",
-]
+__all__: list[str] = []
+__all__ += load.__all__

@@ -1,10 +1,9 @@
-"""The sans-I/O call ledger and the argument builders shared by the three client flavors."""
+"""The sans-I/O call ledger and the timeouts shared by the three client flavors."""
 
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
 
 import msgpack
 import pytest
@@ -15,10 +14,8 @@ from claykiln.daemon import ConnectionLost, KilnError, ProtocolViolation, RateLi
 from claykiln.daemon.client._core import (
     CALL_TIMEOUT_MARGIN,
     MSGID_MODULUS,
-    UNSET,
     CallLedger,
     PendingCall,
-    call_args,
     call_timeout,
     resolve_timeout,
 )
@@ -173,35 +170,6 @@ def test_hostile_bytes_never_raise(data: bytes) -> None:
         with pytest.raises(KilnError):
             call.outcome()
         assert ledger.failure is not None
-
-
-def test_call_args_hold_only_what_was_given() -> None:
-    """call_args omits unset arguments and sends json=None as JSON null."""
-    assert call_args("op") == {"operation": "op"}
-    assert call_args("op", json=None) == {"operation": "op", "json": None}
-    full: dict[str, Any] = call_args(
-        "op",
-        path_params={"id": "w1"},
-        query={"q": 1},
-        body=b"raw",
-        headers={"h": "v"},
-        lane="bulk",
-        deadline_ms=250,
-        idempotency_key="k",
-    )
-    assert full == {
-        "operation": "op",
-        "path_params": {"id": "w1"},
-        "query": {"q": 1},
-        "body": b"raw",
-        "headers": {"h": "v"},
-        "lane": "bulk",
-        "deadline_ms": 250,
-        "idempotency_key": "k",
-    }
-    with pytest.raises(ValueError, match="json= or body="):
-        call_args("op", json={}, body=b"x")
-    assert repr(UNSET) == "UNSET" and not UNSET
 
 
 def test_timeouts() -> None:
