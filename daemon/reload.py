@@ -10,25 +10,27 @@ Promises:
   connection settings of running upstream pools) are logged (``config.restart_required``) and
   keep their running values, so ``status`` and ``hello`` keep telling the truth.
 - systemd sees ``RELOADING=1`` and then ``READY=1`` whichever way it ends.
+
+``reload_config`` works on the daemon's ``Runtime`` (``runtime.py``) and a config loader (the
+lifecycle's ``load_config`` with the command-line overrides bound); it never sees the lifecycle.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import Final
 
 import attrs
 
 from claykiln.actors.breaker_types import BreakerPolicy
 from claykiln.daemon import sdnotify, wiring
-from claykiln.daemon.config import ConfigError, load_config, restart_required
+from claykiln.daemon.config import ConfigError, restart_required
 from claykiln.daemon.config.credentials import CredentialError
+from claykiln.daemon.config.types import KilnConfig
 from claykiln.daemon.logs import alert, configure_logging, get_logger
+from claykiln.daemon.runtime import Runtime, load_credentials, routes, start_pools
 
-if TYPE_CHECKING:
-    from claykiln.daemon.app import Daemon
-    from claykiln.daemon.config.types import KilnConfig
-
-__all__ = ["keep_restart_only", "pool_changes", "reload_daemon"]
+__all__ = ["keep_restart_only", "pool_changes", "reload_config"]
 
 log = get_logger("claykiln.daemon")  # reload events are the daemon's events
 
@@ -64,43 +66,46 @@ def keep_restart_only(old: KilnConfig, new: KilnConfig) -> KilnConfig:
     )
 
 
-async def reload_daemon(daemon: Daemon) -> bool:
-    """Apply a new config to ``daemon``, or keep the old one and say why. True when applied.
+async def reload_config(runtime: Runtime, load: Callable[[], KilnConfig]) -> bool:
+    """Apply the config ``load`` returns to ``runtime``, or keep the old one and say why.
+    True when applied.
 
-    A bad config or credential file is logged and answered with False, never raised.
+    ``load`` raises ``ConfigError`` for a bad file; that, or an unreadable credential file, is
+    logged and answered with False, never raised.
     """
     sdnotify.reloading()
     try:
-        new = load_config(daemon.config_path, **daemon.overrides)  # type: ignore[arg-type]
-        creds = daemon.load_credentials(new)
+        new = load()
+        creds = load_credentials(new)
     except (ConfigError, CredentialError) as exc:
         alert(
             log,
             "config.reload_failed",
             severity="warning",
             error=str(exc),
-            config=daemon.config.source,
+            config=runtime.config.source,
         )
         sdnotify.ready()
         return False
-    old = daemon.config
+    old = runtime.config
     needs_restart = [*restart_required(old, new), *pool_changes(old, new)]
     # Keys that need a restart keep their running values, so status and hello stay true.
     new = keep_restart_only(old, new)
     if needs_restart:
         log.warning("config.restart_required", keys=needs_restart)
-    daemon.creds = creds
-    await daemon.start_pools(new)  # an upstream the reload adds gets its pool now
-    daemon.breakers.reconfigure(wiring.breaker_policies(new), BreakerPolicy())
-    await daemon.gate.reconfigure(wiring.rate_policies(new))
-    await daemon.lanes.reconfigure(wiring.lane_policies(new))
-    daemon.pipeline.reconfigure(wiring.operations(new, creds), daemon.routes(new))
+    runtime.credentials = creds
+    # An upstream the reload adds gets its pool now.
+    await start_pools(runtime.actors, runtime.pools, new, creds)
+    runtime.breakers.reconfigure(wiring.breaker_policies(new), BreakerPolicy())
+    await runtime.gate.reconfigure(wiring.rate_policies(new))
+    await runtime.lanes.reconfigure(wiring.lane_policies(new))
+    runtime.pipeline.reconfigure(wiring.operations(new, creds), routes(runtime.pools, new))
     configure_logging(
         fmt=old.daemon.log_format,
         level=new.daemon.log_level,
         secrets=[*new.daemon.secrets, *creds.secrets()],
     )
-    daemon.config = new
+    runtime.config = new
     log.info("config.reloaded", config=new.source, restart_required=needs_restart)
     sdnotify.ready()
     return True

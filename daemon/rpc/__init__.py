@@ -5,6 +5,8 @@
 - ``listener``: binding or adopting the listening socket; peer credentials.
 - ``server``: accept loop, connection limits, idle sweep, drain.
 - ``connection``: one connection's reader, reply writer, backpressure and dispatch.
+- ``dispatch``: what a connection needs of its server (method table, limits, admin check,
+  counters, in-flight bookkeeping), so ``connection`` never imports ``server``.
 - ``types``: the values they share (``ServerLimits``, ``RequestContext``, ``Method``).
 
 This package knows nothing of the daemon's actors: the method table is built in

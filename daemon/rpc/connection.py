@@ -18,7 +18,9 @@ Promises:
   error map it cannot encode keeps its code with a generic message.
 
 The server (``server.py``) accepts connections, closes idle ones and drains; a connection
-reports idleness (``idle_for``) and flushes its last replies on ``close_output``.
+reports idleness (``idle_for``) and flushes its last replies on ``close_output``. A connection
+knows the server only through a ``Dispatch`` (``dispatch.py``): the method table, the limits, the
+admin check, the counters and the in-flight bookkeeping.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import structlog
 import trio
@@ -39,6 +41,7 @@ from claykiln.actors.errors import (
     StorageFullRefusal,
 )
 from claykiln.daemon.logs import get_logger
+from claykiln.daemon.rpc.dispatch import Dispatch
 from claykiln.daemon.rpc.listener import PeerCred
 from claykiln.daemon.rpc.protocol import (
     FrameParser,
@@ -50,9 +53,6 @@ from claykiln.daemon.rpc.protocol import (
 )
 from claykiln.daemon.rpc.types import Handler, RequestContext, ServerLimits
 from claykiln.storage import StoreFull
-
-if TYPE_CHECKING:
-    from claykiln.daemon.rpc.server import Server
 
 __all__ = ["RECV_SIZE", "WRITER_FLUSH_TIMEOUT", "Connection"]
 
@@ -91,13 +91,15 @@ class Connection:
     two from sending at once.
     """
 
-    def __init__(self, server: Server, stream: trio.SocketStream, conn_id: int, peer: PeerCred):
-        self.server = server
+    def __init__(
+        self, dispatch: Dispatch, stream: trio.SocketStream, conn_id: int, peer: PeerCred
+    ) -> None:
+        self.dispatch = dispatch
         self.stream = stream
         self.conn_id = conn_id
         self.peer = peer
-        self.admin = server.is_admin(peer)
-        self.parser = FrameParser(server.limits.protocol)
+        self.admin = dispatch.is_admin(peer)
+        self.parser = FrameParser(dispatch.limits.protocol)
         self.pending: list[bytes] = []
         self.writing = False
         self.in_chunk = False  # the reader is dispatching a chunk and will flush after it
@@ -192,7 +194,7 @@ class Connection:
         return self.in_flight + len(self.pending)
 
     async def run(self) -> None:
-        limits = self.server.limits
+        limits = self.dispatch.limits
         async with trio.open_nursery() as outer:
             outer.start_soon(self.writer)
             async with trio.open_nursery() as requests:
@@ -269,7 +271,7 @@ class Connection:
 
     def _violation(self, v: Violation) -> bool:
         """Answer a violation; True when the connection must close."""
-        self.server.stats_violations += 1
+        self.dispatch.counters.protocol_errors += 1
         log.warning("conn.protocol_error", code=v.code, detail=v.message, msgid=v.msgid)
         if v.msgid is not None and not v.fatal:
             self.send(encode_response(v.msgid, error_map(v.code, v.message), None))
@@ -281,17 +283,18 @@ class Connection:
         return True
 
     def _dispatch(self, nursery: trio.Nursery, req: Request) -> None:
-        server = self.server
-        server.stats_requests += 1
-        method = server.methods.get(req.method)
+        dispatch = self.dispatch
+        counters = dispatch.counters
+        counters.requests += 1
+        method = dispatch.methods.get(req.method)
         if method is None:
-            known = ", ".join(sorted(server.methods))
+            known = ", ".join(sorted(dispatch.methods))
             msg = f"unknown method {req.method!r}; this server knows: {known}"
             self.send(encode_response(req.msgid, error_map("unknown_method", msg), None))
             return
         ctx = RequestContext(self.peer, self.conn_id, req.msgid, self.admin)
         try:
-            if server.draining:
+            if counters.draining:
                 raise ShuttingDownRefusal(
                     "the daemon is shutting down; retry against the new instance"
                 )
@@ -314,7 +317,7 @@ class Connection:
             return
         assert method.handler is not None
         self.in_flight += 1
-        server.begin_request()
+        dispatch.begin_request()
         nursery.start_soon(self._run_request, method.handler, ctx, req, prepared)
 
     async def _run_request(
@@ -338,4 +341,4 @@ class Connection:
             self.in_flight -= 1
             self.last_active = trio.current_time()
             self.room.set()
-            self.server.end_request()
+            self.dispatch.end_request()

@@ -11,9 +11,10 @@ Promises:
   up to ``grace`` seconds for in-flight requests, then cancel what is left.
 
 What happens on one connection (pipelining, batched replies, inline methods and prechecks,
-per-connection backpressure, hostile input, hangups) is promised by ``connection.py``. The value
-types ``ServerLimits``, ``RequestContext`` and ``Method`` live in ``rpc_types.py`` and are
-re-exported here.
+per-connection backpressure, hostile input, hangups) is promised by ``connection.py``; a
+connection sees the server only through its ``Dispatch`` (``dispatch.py``: method table, limits,
+admin check, counters, in-flight bookkeeping). The value types ``ServerLimits``,
+``RequestContext`` and ``Method`` live in ``types.py`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import trio
 
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.connection import WRITER_FLUSH_TIMEOUT, Connection
+from claykiln.daemon.rpc.dispatch import Dispatch, ServerCounters
 from claykiln.daemon.rpc.listener import PeerCred, peer_credentials
 from claykiln.daemon.rpc.protocol import encode_notification, error_map
 from claykiln.daemon.rpc.types import Method, RequestContext, ServerLimits
@@ -47,44 +49,32 @@ class Server:
         *,
         is_admin: Callable[[PeerCred], bool] = lambda peer: True,
         is_allowed: Callable[[PeerCred], bool] = lambda peer: True,
+        counters: ServerCounters | None = None,
     ) -> None:
-        self.methods = dict(methods)
         self.limits = limits or ServerLimits()
-        self.is_admin = is_admin
         self.is_allowed = is_allowed
-        self.draining = False
-        self.connections = 0
-        self.stats_connections_total = 0
-        self.stats_requests = 0
-        self.stats_violations = 0
-        self.in_flight = 0
-        self._idle = trio.Event()
-        self._idle.set()
+        self.counters = counters or ServerCounters()
+        self.dispatch = Dispatch(methods, self.limits, is_admin, self.counters)
         self._ids = itertools.count(1)
         self._accept_scope: trio.CancelScope | None = None
         self._conn_scope = trio.CancelScope()
         self._live: set[Connection] = set()
 
-    # -- bookkeeping shared with connections -------------------------------------------------
-    def begin_request(self) -> None:
-        self.in_flight += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
+    @property
+    def connections(self) -> int:
+        return self.counters.connections
 
-    def end_request(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
+    @property
+    def in_flight(self) -> int:
+        return self.counters.in_flight
+
+    @property
+    def draining(self) -> bool:
+        return self.counters.draining
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "connections": self.connections,
-            "connections_total": self.stats_connections_total,
-            "requests": self.stats_requests,
-            "in_flight": self.in_flight,
-            "protocol_errors": self.stats_violations,
-            "draining": self.draining,
-        }
+        """The ``server`` section of ``status``."""
+        return self.counters.view()
 
     # -- serving -------------------------------------------------------------------------------
     async def serve(
@@ -140,19 +130,20 @@ class Server:
                 msg = f"uid {peer.uid} / gid {peer.gid} is not allowed to use this daemon"
                 await self._refuse(stream, "forbidden", msg)
                 return
-            if self.connections >= self.limits.max_connections:
+            counters = self.counters
+            if counters.connections >= self.limits.max_connections:
                 log.warning("conn.refused", reason="too many connections")
                 msg = f"the daemon already serves {self.limits.max_connections} connections"
                 await self._refuse(stream, "too_many_connections", msg)
                 return
-            self.connections += 1
-            self.stats_connections_total += 1
-            conn = Connection(self, stream, conn_id, peer)
+            counters.connections += 1
+            counters.connections_total += 1
+            conn = Connection(self.dispatch, stream, conn_id, peer)
             self._live.add(conn)
             try:
                 await conn.run()
             finally:
-                self.connections -= 1
+                counters.connections -= 1
                 self._live.discard(conn)
         finally:
             with trio.move_on_after(1) as cleanup:
@@ -165,12 +156,12 @@ class Server:
 
     async def drain(self, grace: float) -> bool:
         """Stop accepting; wait up to ``grace`` s for in-flight requests. True if all finished."""
-        self.draining = True
+        self.counters.draining = True
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         with trio.move_on_after(grace):
-            await self._idle.wait()
-        finished = self.in_flight == 0
+            await self.dispatch.wait_idle()
+        finished = self.counters.in_flight == 0
         # Let every writer put its last replies on the wire before the connections go.
         for conn in list(self._live):
             conn.close_output()

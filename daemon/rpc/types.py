@@ -2,7 +2,8 @@
 
 ``ServerLimits`` (what the server enforces), ``RequestContext`` (who asked, handed to a handler)
 and ``Method`` (one entry of the method table). They live apart from ``server.py`` and
-``connection.py`` so both, and ``methods.py``, import them without a cycle.
+``connection.py`` so both, and the method families (``claykiln.daemon.methods``), import them
+without a cycle.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ InlineHandler = Callable[[RequestContext, Any], Any]
 class Method:
     """One RPC method. Exactly one of ``handler`` (async, own task) or ``inline`` (sync) is set.
 
-    ``precheck`` (sync) validates on the reader and may raise a ``KilnError`` to refuse before a
+    ``precheck`` (sync) validates on the reader and may raise a ``Refusal`` to refuse before a
     task is spawned; when set, the handler receives what it returns instead of the raw args.
     ``admin`` methods are refused with ``forbidden`` for peers outside the admin set.
     """

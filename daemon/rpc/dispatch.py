@@ -1,0 +1,82 @@
+"""What the server shares with its connections: the method table and the request bookkeeping.
+
+A ``Connection`` depends on a ``Dispatch``, never on the ``Server``: the method table, the
+limits, the admin check, the counters (with the draining flag) and ``begin_request`` /
+``end_request``, which keep the in-flight count the drain waits on. The ``Server`` owns one
+``Dispatch`` and hands it to every connection it accepts.
+
+``ServerCounters`` are the figures ``status`` shows under ``server``; whoever builds the server
+may pass them in (the daemon does, so its views read them without holding the server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from claykiln.daemon.rpc.listener import PeerCred
+from claykiln.daemon.rpc.types import Method, ServerLimits
+
+__all__ = ["Dispatch", "ServerCounters"]
+
+
+@attrs.define(eq=False)
+class ServerCounters:
+    """The server's live figures; only the server and its connections write them."""
+
+    connections: int = 0
+    connections_total: int = 0
+    requests: int = 0
+    in_flight: int = 0
+    protocol_errors: int = 0
+    draining: bool = False  # set once by ``Server.drain``: new requests get ``shutting_down``
+
+    def view(self) -> dict[str, Any]:
+        """The ``server`` section of ``status`` (a fresh dict each time)."""
+        return {
+            "connections": self.connections,
+            "connections_total": self.connections_total,
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "protocol_errors": self.protocol_errors,
+            "draining": self.draining,
+        }
+
+
+class Dispatch:
+    """The method table a connection dispatches on, and the bookkeeping every request shares.
+
+    ``begin_request`` / ``end_request`` bracket each request that runs in its own task;
+    ``wait_idle`` returns when none is left (at once if none runs).
+    """
+
+    def __init__(
+        self,
+        methods: Mapping[str, Method],
+        limits: ServerLimits,
+        is_admin: Callable[[PeerCred], bool],
+        counters: ServerCounters,
+    ) -> None:
+        self.methods = dict(methods)
+        self.limits = limits
+        self.is_admin = is_admin
+        self.counters = counters
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def begin_request(self) -> None:
+        self.counters.in_flight += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def end_request(self) -> None:
+        self.counters.in_flight -= 1
+        if self.counters.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight."""
+        await self._idle.wait()
