@@ -186,7 +186,7 @@ class _Bench:
             **figures,
             **extra,
             "checks": _checks(side, upstream, figures, extra),
-            "phases_s": attrs.asdict(phases),
+            "phases_s": {name: round(v, 3) for name, v in attrs.asdict(phases).items()},
         }
 
     def restart_run(self) -> dict[str, Any]:
