@@ -8,6 +8,9 @@
     ├── RateLimitedRefusal       rate_limited      retry_after: seconds until a token / reopening
     ├── TimeoutRefusal           timeout           details.stage: connect|request|deadline|lane
     ├── UpstreamRefusal          upstream_error    details.status, details.body (excerpt)
+    ├── IdempotencyInFlightRefusal  idempotency_in_flight  retry_after: when the first may end
+    ├── IdempotencyMismatchRefusal  idempotency_mismatch   details: both fingerprints
+    ├── IdempotencyInDoubtRefusal   idempotency_in_doubt   details: started_at, what was sent
     ├── StorageFullRefusal       storage_full
     ├── ForbiddenRefusal         forbidden
     ├── ShuttingDownRefusal      shutting_down
@@ -30,6 +33,9 @@ __all__ = [
     "BadRequestRefusal",
     "BreakerOpenRefusal",
     "ForbiddenRefusal",
+    "IdempotencyInDoubtRefusal",
+    "IdempotencyInFlightRefusal",
+    "IdempotencyMismatchRefusal",
     "InternalRefusal",
     "LaneFullRefusal",
     "RateLimitedRefusal",
@@ -95,6 +101,18 @@ class TimeoutRefusal(Refusal):
 
 class UpstreamRefusal(Refusal):
     code = "upstream_error"
+
+
+class IdempotencyInFlightRefusal(Refusal):
+    code = "idempotency_in_flight"
+
+
+class IdempotencyMismatchRefusal(Refusal):
+    code = "idempotency_mismatch"
+
+
+class IdempotencyInDoubtRefusal(Refusal):
+    code = "idempotency_in_doubt"
 
 
 class StorageFullRefusal(Refusal):

@@ -1,0 +1,264 @@
+"""The idempotency record, its storage layout, and what a second call with a known key gets.
+
+Sans-I/O: values, encodings and the one decision ``decide_begin``. The actor
+(actors/idempotency.py) owns the records; this is what it decides with.
+
+Storage (LMDB tables, keys as bytes):
+
+    idempotency           key -> record map (below)
+    idempotency_expiry    uint64 expires_at in microseconds + key -> b""   (the sweeper's order)
+    idempotency_inflight  key -> boot count                              (what start converts)
+
+A record's life: ``in_flight`` (the intent, durable before a byte goes upstream) ->
+``completed`` (a final answer, durable before the caller gets it) | deleted (a failure that
+was never sent or that a retry may simply repeat) | ``in_doubt`` (it may have reached the
+upstream and nobody knows the answer: the daemon died meanwhile, or the call timed out after
+sending). Every record expires ``retention`` seconds after it started.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+
+from claykiln.actors.errors import (
+    BadRequestRefusal,
+    IdempotencyInDoubtRefusal,
+    IdempotencyMismatchRefusal,
+)
+from claykiln.storage import Delete, Op, Put, join_key, uint_key
+
+__all__ = [
+    "EXPIRY_TABLE",
+    "INFLIGHT_TABLE",
+    "RECORD_TABLE",
+    "BeginDecision",
+    "IdempotencyRecord",
+    "RecordState",
+    "check_key",
+    "decide_begin",
+    "expiry_key",
+    "in_doubt_refusal",
+    "mismatch_refusal",
+    "record_ops",
+    "removal_ops",
+    "split_expiry_key",
+    "storage_key",
+]
+
+RECORD_TABLE: Final = "idempotency"
+EXPIRY_TABLE: Final = "idempotency_expiry"
+INFLIGHT_TABLE: Final = "idempotency_inflight"
+_MICROS: Final = 1_000_000
+
+
+class RecordState(enum.Enum):
+    IN_FLIGHT = "in_flight"
+    COMPLETED = "completed"
+    IN_DOUBT = "in_doubt"
+
+
+class BeginDecision(enum.Enum):
+    """What ``decide_begin`` tells the actor to do with a ``begin``."""
+
+    LEAD = "lead"  # run the call; the caller must finish it
+    FOLLOW = "follow"  # the same call is running: wait for its answer
+    REPLAY = "replay"  # answer with the stored result
+
+
+def check_key(key: object) -> str:
+    """A caller's key: 1-255 printable ASCII characters (the header an upstream gets, too).
+
+    Raises BadRequestRefusal otherwise."""
+    if not isinstance(key, str) or not 0 < len(key) <= 255 or not all(" " <= c <= "~" for c in key):
+        msg = (
+            "call: idempotency_key must be a string of 1-255 printable ASCII characters "
+            "(it is also sent as an HTTP header), e.g. a UUID"
+        )
+        raise BadRequestRefusal(msg)
+    return key
+
+
+def storage_key(key: str) -> bytes:
+    return key.encode("ascii")
+
+
+def expiry_key(expires_at: float, key: str) -> bytes:
+    """The sweeper's index key: expiry in microseconds (big-endian, so byte order is time
+    order), NUL, the key."""
+    return join_key(uint_key(max(0, int(expires_at * _MICROS))), storage_key(key))
+
+
+def split_expiry_key(raw: bytes) -> tuple[int, str]:
+    """(expiry in microseconds, key) from an ``expiry_key``."""
+    return int.from_bytes(raw[:8], "big"), raw[9:].decode("ascii", "replace")
+
+
+@attrs.frozen
+class IdempotencyRecord:
+    """One key's record. Times are wall-clock seconds (they outlive the process).
+
+    ``sent`` says what was (or was about to be) sent upstream: ``{"method", "path"}`` and, for a
+    stamped row, ``"key_field"``. ``result`` is the wire result of a completed call. ``doubt``
+    says why a record is in doubt.
+    """
+
+    key: str
+    state: RecordState
+    operation: str
+    fingerprint: str
+    boot: int
+    started_at: float
+    expires_at: float
+    sent: Mapping[str, Any] = attrs.field(factory=dict)
+    completed_at: float | None = None
+    result: Mapping[str, Any] | None = None
+    doubt: str | None = None
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at
+
+    def to_value(self) -> dict[str, Any]:
+        """The msgpack map stored under the key."""
+        out: dict[str, Any] = {
+            "state": self.state.value,
+            "op": self.operation,
+            "fp": self.fingerprint,
+            "boot": self.boot,
+            "started": self.started_at,
+            "expires": self.expires_at,
+            "sent": dict(self.sent),
+        }
+        if self.completed_at is not None:
+            out["completed"] = self.completed_at
+        if self.result is not None:
+            out["result"] = dict(self.result)
+        if self.doubt is not None:
+            out["doubt"] = self.doubt
+        return out
+
+    @classmethod
+    def from_value(cls, key: str, value: Any) -> IdempotencyRecord | None:
+        """The record stored under ``key``, or None for a value that is not one (logged by the
+        caller; a malformed record is treated as absent rather than crashing a request)."""
+        if not isinstance(value, Mapping):
+            return None
+        try:
+            result = value.get("result")
+            return cls(
+                key=key,
+                state=RecordState(value["state"]),
+                operation=str(value["op"]),
+                fingerprint=str(value["fp"]),
+                boot=int(value["boot"]),
+                started_at=float(value["started"]),
+                expires_at=float(value["expires"]),
+                sent=dict(value.get("sent") or {}),
+                completed_at=value.get("completed"),
+                result=dict(result) if isinstance(result, Mapping) else None,
+                doubt=value.get("doubt"),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def to_wire(self) -> dict[str, Any]:
+        """What ``idempotency.get`` answers: every field, the stored result included."""
+        return {
+            "key": self.key,
+            "state": self.state.value,
+            "operation": self.operation,
+            "fingerprint": self.fingerprint,
+            "boot": self.boot,
+            "started_at": self.started_at,
+            "expires_at": self.expires_at,
+            "completed_at": self.completed_at,
+            "sent": dict(self.sent),
+            "doubt": self.doubt,
+            "result": dict(self.result) if self.result is not None else None,
+        }
+
+
+def record_ops(record: IdempotencyRecord, *, previous_expiry: float | None = None) -> list[Op]:
+    """Write ``record`` with its indexes: the expiry entry (moved if it changed) and, while
+    in flight, the in-flight entry (removed otherwise)."""
+    skey = storage_key(record.key)
+    ops: list[Op] = [Put(RECORD_TABLE, skey, record.to_value())]
+    if previous_expiry is not None and previous_expiry != record.expires_at:
+        ops.append(Delete(EXPIRY_TABLE, expiry_key(previous_expiry, record.key)))
+    ops.append(Put(EXPIRY_TABLE, expiry_key(record.expires_at, record.key), b""))
+    if record.state is RecordState.IN_FLIGHT:
+        ops.append(Put(INFLIGHT_TABLE, skey, record.boot))
+    else:
+        ops.append(Delete(INFLIGHT_TABLE, skey))
+    return ops
+
+
+def removal_ops(key: str, expires_at: float | None) -> list[Op]:
+    """Delete the record of ``key`` and its index entries (``expires_at`` None: no expiry
+    entry known)."""
+    skey = storage_key(key)
+    ops: list[Op] = [Delete(RECORD_TABLE, skey), Delete(INFLIGHT_TABLE, skey)]
+    if expires_at is not None:
+        ops.append(Delete(EXPIRY_TABLE, expiry_key(expires_at, key)))
+    return ops
+
+
+def mismatch_refusal(key: str, stored: str, requested: str) -> IdempotencyMismatchRefusal:
+    msg = (
+        f"idempotency key {key!r} was used for another request (fingerprint {stored[:16]}...) "
+        f"than this one ({requested[:16]}...); use a new key for a new request"
+    )
+    details = {"key": key, "fingerprint": stored, "request_fingerprint": requested}
+    return IdempotencyMismatchRefusal(msg, details=details)
+
+
+def in_doubt_refusal(record: IdempotencyRecord) -> IdempotencyInDoubtRefusal:
+    """The refusal of a key in doubt on an operation that is not safe to repeat: what is known,
+    so the app can check the upstream and decide (a new key runs again; ``kiln idempotency
+    forget`` clears this one)."""
+    sent = record.sent
+    msg = (
+        f"idempotency key {record.key!r}: the earlier {record.operation} call "
+        f"({sent.get('method', '?')} {sent.get('path', '?')}) may have reached the upstream, "
+        f"and its answer is unknown ({record.doubt or 'in doubt'}); running it again could do "
+        "it twice: check the upstream, then retry with a new key or forget this one"
+    )
+    details = {
+        "key": record.key,
+        "operation": record.operation,
+        "started_at": record.started_at,
+        "boot": record.boot,
+        "sent": dict(sent),
+        "reason": record.doubt,
+        "fingerprint": record.fingerprint,
+    }
+    return IdempotencyInDoubtRefusal(msg, details=details)
+
+
+def decide_begin(
+    record: IdempotencyRecord | None,
+    fp: str,
+    *,
+    repeatable: bool,
+    now: float,
+) -> BeginDecision:
+    """What a call with a key gets, from the key's stored record, when no call with the key is
+    running in this process (a running one is followed, or refused on a fingerprint mismatch,
+    before this is asked).
+
+    No record, or an expired one: LEAD. Another fingerprint: raise the mismatch. Completed:
+    REPLAY. In doubt (or in flight with nobody running it: its end was never written): LEAD
+    when the operation is safe to repeat, else raise ``idempotency_in_doubt``.
+    """
+    if record is None or record.expired(now):
+        return BeginDecision.LEAD
+    if record.fingerprint != fp:
+        raise mismatch_refusal(record.key, record.fingerprint, fp)
+    if record.state is RecordState.COMPLETED:
+        return BeginDecision.REPLAY
+    if repeatable:
+        return BeginDecision.LEAD
+    raise in_doubt_refusal(record)

@@ -1,0 +1,427 @@
+"""The call coordinator: idempotency keys and fallback answers around the call pipeline.
+
+Card
+- owns: the per-operation guards (``CallGuard``: idempotency mode, retention, key field, cache
+  policy, fallback); it is a coordinator, not an actor: ``precheck`` runs on the connection
+  reader, ``call`` in the request's task.
+- asks: the idempotency store (``begin``; the intent and outcome writes go through the storage
+  writer from the caller's task), the pipeline (``fail_fast``, ``call``); tells: the store
+  (``finish``), the fallback cache (``remember``).
+- ``precheck(request)`` (no await, no task): validates the key (``required`` without one is
+  ``bad_request``), derives it, stamps the ``key_field``, and answers at once what needs no
+  upstream: a replay of a completed key (``replayed: true``), a mismatch, a key in doubt, and,
+  for ``on_failure = "fallback"``, a fail-fast refusal answered from the cache. Otherwise it
+  returns the ``PreparedCall`` the handler runs.
+- ``call(prepared)``: lead, follow or replay under the key. A leader's intent is durable before
+  a byte goes upstream and its outcome before the caller gets it; final answers (2xx, 4xx but
+  408/409/425/429) are stored; failures are forgotten (a retry runs again) unless the request
+  may have reached the upstream unanswered on an operation not safe to repeat: then the key is
+  left in doubt. A follower waits for the leader's answer within its own deadline
+  (``coalesced: true``), then gets ``idempotency_in_flight``.
+- on failure of the upstream (``FALLBACK_CODES``) with ``on_failure = "fallback"``: the last
+  good answer with ``fallback: true``, its ``staleness``, ``age`` and ``error``; none, or one
+  past ``max_age``: the original error.
+- on cancellation (the caller went away): a leader's key is forgotten when the operation is
+  safe to repeat, else left in doubt (the request may be on its way); its followers get
+  ``idempotency_in_flight`` with ``retry_after: 0`` or the in-doubt refusal. The writes are
+  shielded and bounded by ``CLEANUP_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import attrs
+import trio
+
+from claykiln.actors.call import CallRequest, Operation
+from claykiln.actors.errors import (
+    BadRequestRefusal,
+    IdempotencyInFlightRefusal,
+    InternalRefusal,
+    Refusal,
+    StorageFullRefusal,
+)
+from claykiln.actors.fallback import FallbackCache
+from claykiln.actors.fallback_policy import (
+    CachePolicy,
+    cache_key,
+    fallback_result,
+    falls_back,
+    staleness,
+)
+from claykiln.actors.idempotency import Follow, IdempotencyStore, Lead, Replay
+from claykiln.actors.idempotency_keys import (
+    derived_key,
+    failure_leaves_doubt,
+    fingerprint,
+    is_final_status,
+    repeatable_in_doubt,
+    stamp_key_field,
+)
+from claykiln.actors.idempotency_record import (
+    IdempotencyRecord,
+    RecordState,
+    in_doubt_refusal,
+    mismatch_refusal,
+)
+from claykiln.actors.log import get_logger
+from claykiln.actors.pipeline import CallPipeline
+from claykiln.actors.upstream import render_path
+from claykiln.storage import StorageError, StoreFull
+
+__all__ = [
+    "CLEANUP_TIMEOUT",
+    "CallGuard",
+    "IdempotencyMode",
+    "KeyedCalls",
+    "PreparedCall",
+]
+
+CLEANUP_TIMEOUT: Final = 5.0
+IdempotencyMode = Literal["required", "derive", "off"]
+
+log = get_logger("claykiln.pipeline")
+
+
+@attrs.frozen
+class CallGuard:
+    """An operation's idempotency and degradation settings.
+
+    ``idempotency``: ``required`` (a call without ``idempotency_key`` is ``bad_request``),
+    ``derive`` (a call without one gets the derived key) or ``off`` (no records; a given key
+    is only sent upstream where the operation says so). ``retention``: seconds a record lives
+    after its call started. ``key_field``: the JSON field of the row the key is written into.
+    ``cache``: keep the last good answer (None: not cacheable). ``fallback``: answer failures
+    from the cache (``on_failure = "fallback"``; needs ``cache``).
+    """
+
+    idempotency: IdempotencyMode = "off"
+    retention: float = 86_400.0
+    key_field: str | None = None
+    cache: CachePolicy | None = None
+    fallback: bool = False
+
+
+NO_GUARD: Final = CallGuard()
+
+
+@attrs.frozen
+class PreparedCall:
+    """What ``precheck`` hands the handler: the request as it goes upstream (key set, row
+    stamped), and what the key's record and the cache need."""
+
+    request: CallRequest
+    operation: Operation
+    guard: CallGuard
+    key: str | None  # None: no record is kept
+    fingerprint: str | None
+    repeatable: bool
+    cache_key: str | None
+    sent: Mapping[str, Any] = attrs.field(factory=dict)  # what the key's record says was sent
+
+
+class KeyedCalls:
+    """``call`` with idempotency and fallback; see the module card."""
+
+    def __init__(
+        self,
+        pipeline: CallPipeline,
+        idempotency: IdempotencyStore,
+        cache: FallbackCache,
+        guards: Mapping[str, CallGuard],
+    ) -> None:
+        self.pipeline = pipeline
+        self.idempotency = idempotency
+        self.cache = cache
+        self.guards = dict(guards)
+
+    def reconfigure(self, guards: Mapping[str, CallGuard]) -> None:
+        """SIGHUP: new guards; calls in flight keep what they had."""
+        self.guards = dict(guards)
+
+    # -- on the connection reader ------------------------------------------------------------
+    def precheck(self, request: CallRequest) -> PreparedCall | dict[str, Any]:
+        """A ready answer (a replay, a fallback) or the ``PreparedCall`` to run; raises the
+        refusals that need no upstream (see the module card)."""
+        op = self.pipeline.operation(request.operation)
+        guard = self.guards.get(op.name, NO_GUARD)
+        fp = None
+        if guard.idempotency != "off" or guard.cache is not None:
+            fp = fingerprint(
+                op.name, request.path_params, request.query, request.json, request.body
+            )
+        key = request.idempotency_key
+        if key is None and guard.idempotency == "required":
+            msg = (
+                f"call: operation {op.name!r} requires an idempotency_key (running it twice "
+                "could do it twice); send a key that names this request, e.g. a UUID you keep"
+            )
+            raise BadRequestRefusal(msg)
+        if key is None and guard.idempotency == "derive":
+            assert fp is not None
+            key = derived_key(fp)
+        repeatable = repeatable_in_doubt(repeat_safe=op.repeat_safe, key_field=guard.key_field)
+        recorded = key if guard.idempotency != "off" else None
+        if recorded is not None:
+            assert fp is not None
+            replay = self._stored_answer(recorded, fp, repeatable)
+            if replay is not None:
+                return replay
+        if key is not None and guard.key_field is not None:
+            stamped = stamp_key_field(request.json, guard.key_field, key, operation=op.name)
+            request = attrs.evolve(request, json=stamped, idempotency_key=key)
+        elif key is not request.idempotency_key:
+            request = attrs.evolve(request, idempotency_key=key)
+        ckey = None
+        if guard.cache is not None:
+            assert fp is not None
+            ckey = cache_key(
+                op.name,
+                guard.cache,
+                fingerprint=fp,
+                path_params=request.path_params,
+                query=request.query,
+            )
+        sent: dict[str, Any] = {}
+        if recorded is not None:
+            sent = {"method": op.method, "path": render_path(op.path, request.path_params)}
+            if guard.key_field is not None:
+                sent["key_field"] = guard.key_field
+        prepared = PreparedCall(request, op, guard, recorded, fp, repeatable, ckey, sent)
+        try:
+            self.pipeline.fail_fast(request)
+        except Refusal as exc:
+            answer = self._fallback(prepared, exc)
+            if answer is None:
+                raise
+            return answer
+        return prepared
+
+    def _stored_answer(self, key: str, fp: str, repeatable: bool) -> dict[str, Any] | None:
+        """The replay of a completed key; raises a mismatch or an in-doubt refusal; None when
+        the call must go on (no record, expired, in flight, or in doubt but repeatable)."""
+        record = self.idempotency.lookup(key)
+        if record is None or record.expired(self.idempotency.now()):
+            return None
+        try:
+            if record.fingerprint != fp:
+                raise mismatch_refusal(key, record.fingerprint, fp)
+            if record.state is RecordState.IN_DOUBT and not repeatable:
+                raise in_doubt_refusal(record)
+        except Refusal as exc:
+            self.idempotency.note_refusal(exc)
+            raise
+        if record.state is RecordState.COMPLETED and record.result is not None:
+            self.idempotency.precheck_replays += 1
+            return _replayed(record)
+        return None
+
+    def _fallback(self, prepared: PreparedCall, error: Refusal) -> dict[str, Any] | None:
+        """The cached answer standing in for ``error``, or None (no fallback, nothing kept,
+        or too old)."""
+        policy = prepared.guard.cache
+        if not prepared.guard.fallback or policy is None or prepared.cache_key is None:
+            return None
+        if not falls_back(error):
+            return None
+        kept = self.cache.lookup(prepared.cache_key)
+        if kept is None:
+            return None
+        age = kept.age(self.cache.now())
+        label = staleness(age, policy)
+        if label is None:
+            return None
+        self.cache.served += 1
+        log.info(
+            "call.fallback",
+            operation=prepared.operation.name,
+            staleness=label.value,
+            age=round(age, 3),
+            error=error.code,
+        )
+        return fallback_result(kept.result, label, age, error)
+
+    # -- in the request's task ---------------------------------------------------------------
+    async def call(self, prepared: PreparedCall) -> dict[str, Any]:
+        """Run a prepared call (see the module card); raises what the call ends with."""
+        if prepared.key is None:
+            return await self._run(prepared)
+        assert prepared.fingerprint is not None
+        started = await self.idempotency.begin(
+            prepared.key,
+            prepared.fingerprint,
+            repeatable=prepared.repeatable,
+            deadline=prepared.request.deadline,
+        )
+        if isinstance(started, Replay):
+            return _replayed(started.record)
+        if isinstance(started, Follow):
+            return await self._follow(prepared, started)
+        return await self._lead(prepared, started)
+
+    async def _follow(self, prepared: PreparedCall, follow: Follow) -> dict[str, Any]:
+        deadline = prepared.request.deadline
+        with trio.move_on_at(math.inf if deadline is None else deadline):
+            answer = await follow.answer.wait()
+            out = dict(answer)
+            out["coalesced"] = True
+            return out
+        follow.answer.fail(IdempotencyInFlightRefusal("the follower gave up"))
+        now = trio.current_time()
+        ends = follow.leader_deadline
+        retry_after = max(0.0, ends - now) if ends is not None else 1.0
+        msg = (
+            f"a call with idempotency key {prepared.key!r} is still running and did not end "
+            "within this call's deadline; retry with the same key to get its answer"
+        )
+        raise IdempotencyInFlightRefusal(
+            msg, retry_after=retry_after, details={"key": prepared.key}
+        )
+
+    async def _lead(self, prepared: PreparedCall, lead: Lead) -> dict[str, Any]:
+        key = prepared.key
+        assert key is not None and prepared.fingerprint is not None
+        idem = self.idempotency
+        now = idem.now()
+        op, request = prepared.operation, prepared.request
+        intent = IdempotencyRecord(
+            key=key,
+            state=RecordState.IN_FLIGHT,
+            operation=op.name,
+            fingerprint=prepared.fingerprint,
+            boot=idem.boot,
+            started_at=now,
+            expires_at=now + prepared.guard.retention,
+            sent=prepared.sent,
+        )
+        previous = lead.previous.expires_at if lead.previous is not None else None
+        try:
+            await idem.save(intent, previous_expiry=previous)
+        except BaseException as exc:
+            error = _storage_refusal(exc)
+            with trio.CancelScope(shield=True):
+                await idem.finish(key, error or _gone())
+            if error is not None:
+                raise error from exc
+            raise
+        try:
+            result = await self.pipeline.call(request)
+        except Refusal as exc:
+            return await self._led_failure(prepared, intent, exc)
+        except BaseException as exc:
+            await self._led_abort(prepared, intent, exc)
+            raise
+        wire = result.to_wire()
+        wire["idempotency_key"] = key
+        with trio.CancelScope(shield=True):
+            try:
+                if is_final_status(result.status):
+                    done = attrs.evolve(
+                        intent, state=RecordState.COMPLETED, completed_at=idem.now(), result=wire
+                    )
+                    await idem.save(done)
+                else:
+                    await idem.remove(intent)
+            except StorageError as exc:
+                # The upstream acted and the caller gets its answer; the record stays in
+                # flight, so a retry of the key is refused as in doubt, never run twice.
+                log.warning("idempotency.outcome_not_saved", key=key, error=str(exc))
+            self._remember(prepared, result.status, wire)
+            await idem.finish(key, wire)
+        return wire
+
+    async def _led_failure(
+        self, prepared: PreparedCall, intent: IdempotencyRecord, error: Refusal
+    ) -> dict[str, Any]:
+        """The leader's call failed: forget the key or leave it in doubt, then fall back or
+        raise; followers get the same."""
+        idem = self.idempotency
+        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
+            try:
+                if failure_leaves_doubt(error, repeatable=prepared.repeatable):
+                    doubt = f"{error.code}: {error.message}"
+                    await idem.save(attrs.evolve(intent, state=RecordState.IN_DOUBT, doubt=doubt))
+                else:
+                    await idem.remove(intent)
+            except StorageError as exc:
+                log.warning("idempotency.outcome_not_saved", key=intent.key, error=str(exc))
+        answer = self._fallback(prepared, error)
+        with trio.CancelScope(shield=True):
+            await idem.finish(intent.key, answer if answer is not None else error)
+        if answer is None:
+            raise error
+        return answer
+
+    async def _led_abort(
+        self, prepared: PreparedCall, intent: IdempotencyRecord, exc: BaseException
+    ) -> None:
+        """The leader was cancelled (or hit a bug) mid-call: nobody knows whether the request
+        left; record that, and release the followers."""
+        idem = self.idempotency
+        answer: Refusal
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLEANUP_TIMEOUT):
+                try:
+                    if prepared.repeatable:
+                        await idem.remove(intent)
+                    else:
+                        why = "the call was interrupted before its answer was stored"
+                        if not isinstance(exc, trio.Cancelled):
+                            why += f" ({type(exc).__name__})"
+                        doubt = attrs.evolve(intent, state=RecordState.IN_DOUBT, doubt=why)
+                        await idem.save(doubt)
+                except StorageError as error:
+                    log.warning("idempotency.outcome_not_saved", key=intent.key, error=str(error))
+            if isinstance(exc, trio.Cancelled):
+                answer = (
+                    _gone()
+                    if prepared.repeatable
+                    else in_doubt_refusal(
+                        attrs.evolve(
+                            intent, state=RecordState.IN_DOUBT, doubt="the first caller went away"
+                        )
+                    )
+                )
+            else:
+                answer = InternalRefusal("internal error; see the daemon log")
+            await idem.finish(intent.key, answer)
+
+    # -- without a key -----------------------------------------------------------------------
+    async def _run(self, prepared: PreparedCall) -> dict[str, Any]:
+        try:
+            result = await self.pipeline.call(prepared.request)
+        except Refusal as exc:
+            answer = self._fallback(prepared, exc)
+            if answer is None:
+                raise
+            return answer
+        wire = result.to_wire()
+        self._remember(prepared, result.status, wire)
+        return wire
+
+    def _remember(self, prepared: PreparedCall, status: int, wire: Mapping[str, Any]) -> None:
+        if prepared.cache_key is not None and 200 <= status < 300:
+            self.cache.remember(prepared.cache_key, wire)
+
+
+def _replayed(record: IdempotencyRecord) -> dict[str, Any]:
+    out = dict(record.result or {})
+    out["replayed"] = True
+    out["idempotency_key"] = record.key
+    return out
+
+
+def _gone() -> IdempotencyInFlightRefusal:
+    msg = "the first caller with this idempotency key went away before its call ended; retry"
+    return IdempotencyInFlightRefusal(msg, retry_after=0.0)
+
+
+def _storage_refusal(exc: BaseException) -> Refusal | None:
+    if isinstance(exc, StoreFull):
+        return StorageFullRefusal(f"the idempotency record could not be saved: {exc}")
+    if isinstance(exc, StorageError):
+        return InternalRefusal(f"the idempotency record could not be saved: {exc}")
+    return None
