@@ -62,7 +62,7 @@ from claykiln.daemon.runtime import (
 )
 from claykiln.storage import StorageError, Store
 
-__all__ = ["Daemon", "kiln_version", "run_daemon"]
+__all__ = ["Daemon", "kiln_version", "run_daemon", "start_runtime"]
 
 log = get_logger("claykiln.daemon")
 
@@ -74,6 +74,7 @@ STORAGE_FLUSH_TIMEOUT: Final = 10.0
 
 
 def kiln_version() -> str:
+    """The installed claykiln's version (``0+unknown`` from a bare checkout)."""
     try:
         return version("claykiln")
     except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
@@ -95,6 +96,69 @@ def _server_limits(config: KilnConfig) -> ServerLimits:
     )
 
 
+async def start_runtime(
+    root: trio.Nursery,
+    config: KilnConfig,
+    credentials: CredentialStore,
+    store: Store,
+    *,
+    version: str,
+    started_at: float,
+) -> Runtime:
+    """Start the actors in ``root`` in dependency order (writer -> breakers, gate, lanes ->
+    upstream pools -> call pipeline) and return them as a ``Runtime``, every actor running.
+
+    ``runtime.socket`` is the configured path until the lifecycle opens the listener.
+    Raises what an actor raises before it is ready (the actors started so far keep running in
+    ``root``: cancel it to stop them).
+    """
+    actors = ActorRoster(root)
+    writer = Writer(store)
+    await actors.start("writer", writer.run)
+    breaker_records = StoredRecords(store, writer, "breakers")
+    breakers = BreakerBoard(
+        wiring.breaker_policies(config),
+        BreakerPolicy(),
+        persist=breaker_records.persist,
+        load=breaker_records.load,
+    )
+    await actors.start("breakers", breakers.run)
+    gate_records = StoredRecords(store, writer, "gate")
+    gate = GateBoard(
+        wiring.rate_policies(config),
+        persist=gate_records.persist,
+        load=gate_records.load,
+    )
+    await actors.start("gate", gate.run)
+    lanes = Lanes(wiring.lane_policies(config))
+    await actors.start("lanes", lanes.run)
+    pools: dict[str, UpstreamPool] = {}
+    await start_pools(actors, pools, config, credentials)
+    pipeline = CallPipeline(
+        wiring.operations(config, credentials),
+        routes(pools, config),
+        lanes=lanes,
+        breakers=breakers,
+        gate=gate,
+    )
+    return Runtime(
+        config=config,
+        credentials=credentials,
+        store=store,
+        writer=writer,
+        breakers=breakers,
+        gate=gate,
+        lanes=lanes,
+        pools=pools,
+        pipeline=pipeline,
+        actors=actors,
+        server=ServerCounters(),
+        version=version,
+        started_at=started_at,
+        socket=config.daemon.socket,
+    )
+
+
 class StateDirBusy(Exception):
     """Another daemon holds the state directory's lock."""
 
@@ -104,7 +168,7 @@ class Daemon:
 
     Holds only the lifecycle's own state (the config it was started with, the config loader a
     reload uses, the lock and the socket); the started components live in the ``Runtime`` that
-    ``_start`` builds and hands to the methods, the views and reload.
+    ``start_runtime`` builds and ``_start`` hands to the methods, the views and reload.
     """
 
     def __init__(
@@ -178,58 +242,19 @@ class Daemon:
     async def _start(
         self, root: trio.Nursery, store: Store, credentials: CredentialStore
     ) -> tuple[Runtime, Server]:
-        """Start the actors in dependency order (writer -> breakers, gate, lanes -> upstream
-        pools -> call pipeline), then the server on the socket; the runtime and the server."""
-        config = self._config
-        actors = ActorRoster(root)
-        writer = Writer(store)
-        await actors.start("writer", writer.run)
-        breaker_records = StoredRecords(store, writer, "breakers")
-        breakers = BreakerBoard(
-            wiring.breaker_policies(config),
-            BreakerPolicy(),
-            persist=breaker_records.persist,
-            load=breaker_records.load,
-        )
-        await actors.start("breakers", breakers.run)
-        gate_records = StoredRecords(store, writer, "gate")
-        gate = GateBoard(
-            wiring.rate_policies(config),
-            persist=gate_records.persist,
-            load=gate_records.load,
-        )
-        await actors.start("gate", gate.run)
-        lanes = Lanes(wiring.lane_policies(config))
-        await actors.start("lanes", lanes.run)
-        pools: dict[str, UpstreamPool] = {}
-        await start_pools(actors, pools, config, credentials)
-        pipeline = CallPipeline(
-            wiring.operations(config, credentials),
-            routes(pools, config),
-            lanes=lanes,
-            breakers=breakers,
-            gate=gate,
-        )
-        listener, socket = self._open_listener(config)
-        runtime = Runtime(
-            config=config,
-            credentials=credentials,
-            store=store,
-            writer=writer,
-            breakers=breakers,
-            gate=gate,
-            lanes=lanes,
-            pools=pools,
-            pipeline=pipeline,
-            actors=actors,
-            server=ServerCounters(),
+        """The components (``start_runtime``), then the server on the socket."""
+        runtime = await start_runtime(
+            root,
+            self._config,
+            credentials,
+            store,
             version=self.version,
             started_at=self.started_at,
-            socket=socket,
         )
+        listener, runtime.socket = self._open_listener(runtime.config)
         server = Server(
             build_methods(runtime),
-            _server_limits(config),
+            _server_limits(runtime.config),
             is_admin=partial(views.is_admin, runtime),
             is_allowed=partial(views.is_allowed, runtime),
             counters=runtime.server,

@@ -1,10 +1,10 @@
 """The started components of one daemon process, typed, and the helpers start and reload share.
 
-``Runtime`` is built once by the lifecycle (``app.py``), in dependency order, after every actor
-it names is running; the RPC methods (``methods/``), the views (``views.py``) and reload
-(``reload.py``) receive it and hold nothing else of the process. Every field is set once, except
-what a reload changes in place: ``config`` and ``credentials`` are replaced and ``pools`` gains
-the pools of upstreams the reload adds.
+``Runtime`` is built once by the lifecycle (``app.py``: ``start_runtime``), in dependency order,
+after every actor it names is running; the RPC methods (``methods/``), the views (``views.py``)
+and reload (``reload.py``) receive it and hold nothing else of the process. Every field is set
+once (``socket`` when the listener opens), except what a reload changes in place: ``config`` and
+``credentials`` are replaced and ``pools`` gains the pools of upstreams the reload adds.
 
 Also here, because both the start and a reload need them:
 - ``ActorRoster``: starts actors in the root nursery and knows whether each one runs.
@@ -128,7 +128,9 @@ class Runtime:
     server: ServerCounters
     version: str
     started_at: float  # time.monotonic() when the process began
-    socket: Path  # the socket actually served on (systemd's when socket-activated)
+    # The socket served on (systemd's when socket-activated): set by the lifecycle when it
+    # opens the listener, the configured path before that.
+    socket: Path
 
 
 def load_credentials(config: KilnConfig) -> CredentialStore:
