@@ -2,5 +2,6 @@
 
 ``command`` is the click command; ``run`` drives the phases (``phases``, ``phase_429``) through a
 real daemon (``daemon``) and simulator (``sim``) process, ``watch`` and ``model`` count what
-happened and ``render`` shows it. Nothing here is imported by the daemon itself.
+happened, ``render`` shows it and ``story`` words the summary. Nothing here is imported by the
+daemon itself.
 """

@@ -39,15 +39,18 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
-def run(duration: float, *, as_json: bool = False, keep: bool = False) -> int:
-    """Run the demo in a fresh trio run; print the summary; return the exit status."""
+def run(duration: float, *, as_json: bool = False, keep: bool = False, quick: bool = False) -> int:
+    """Run the demo in a fresh trio run; print the summary; return the exit status.
+
+    ``quick`` runs ``DemoPlan.quick`` (the same phases and checks on a faster clock, for tests)
+    instead of the tour that ``kiln demo`` shows."""
     import trio
 
     from claykiln.daemon.demo.model import DemoError, DemoPlan
     from claykiln.daemon.demo.render import DemoView, QuietView, RichView
     from claykiln.daemon.demo.run import run_demo
 
-    plan = DemoPlan.from_budget(duration)
+    plan = DemoPlan.quick(duration) if quick else DemoPlan.from_budget(duration)
     view: DemoView = QuietView() if as_json else RichView()
     try:
         summary = trio.run(partial(run_demo, plan, view, keep=keep))
@@ -77,7 +80,7 @@ def main_json(summary: dict[str, Any]) -> None:
 
 
 def demo_command() -> click.Command:
-    """The ``demo`` click command (options --duration, --json, --keep)."""
+    """The ``demo`` click command (options --duration, --json, --keep; --quick is hidden)."""
     from claykiln.daemon.demo.model import MAX_BUDGET, MIN_BUDGET
 
     @click.command("demo")
@@ -90,8 +93,14 @@ def demo_command() -> click.Command:
     )
     @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
     @click.option("--keep", is_flag=True, help="Keep the temp dir (config, log, state).")
-    def demo(duration: float, as_json: bool, keep: bool) -> None:
+    @click.option(
+        "--quick",
+        is_flag=True,
+        hidden=True,
+        help="The same phases and checks on a faster clock (1 s Retry-After and breaker reset).",
+    )
+    def demo(duration: float, as_json: bool, keep: bool, quick: bool) -> None:
         """Watch the daemon pace, back off, break and shed load against a local Clay simulator."""
-        sys.exit(run(duration, as_json=as_json, keep=keep))
+        sys.exit(run(duration, as_json=as_json, keep=keep, quick=quick))
 
     return demo

@@ -8,6 +8,7 @@ daemon's log.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable
 from typing import Any, Final
 
@@ -54,7 +55,11 @@ class DemoContext:
         return call
 
     def start_routine(self, routine: str, **kw: Any) -> Awaitable[dict[str, Any]]:
-        """Start a run of ``routine`` on Clay's public API (operation start_routine)."""
+        """Start a run of ``routine`` on Clay's public API (operation start_routine).
+
+        Starting twice runs twice, so the app names this start with an idempotency key (a
+        retry with the same key would get this start's answer)."""
+        kw.setdefault("idempotency_key", f"kiln-demo-start-{uuid.uuid4()}")
         call: Awaitable[dict[str, Any]] = self.app.call(
             "start_routine", path_params={"routine_id": routine}, json={"source": "kiln demo"}, **kw
         )
@@ -71,10 +76,10 @@ class DemoContext:
         assert phase.before is not None
         return (await self.sim.counters()).minus(phase.before)
 
-    def breaker_events(self, after: float) -> list[dict[str, Any]]:
-        """The clay breaker's transitions logged at or after wall time ``after``."""
+    def breaker_events(self, key: str, after: float) -> list[dict[str, Any]]:
+        """Breaker ``key``'s transitions logged at or after wall time ``after``."""
         return [
             e
             for e in self.daemon.events(BREAKER_EVENTS)
-            if e.get("key") == "clay" and (event_time(e) or 0.0) >= after
+            if e.get("key") == key and (event_time(e) or 0.0) >= after
         ]

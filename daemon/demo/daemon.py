@@ -41,7 +41,7 @@ grace_period = "3s"
 [upstreams.clay]
 base_url = "{base_url}"
 auth = {{ header = "clay-api-key", credential = "clay-api-key" }}
-rate = {{ per_second = {rate:g}, burst = {burst} }}
+rate = {{ per_second = {rate:g}, burst = {burst}, margin = "{margin_ms:g}ms" }}
 breaker = {{ error_threshold = 0.5, volume_threshold = {volume}, window = "{window:g}s", \
 reset_timeout = "{reset:g}s", half_open_probes = 1 }}
 retry = {{ attempts = 2, base = "100ms", cap = "500ms" }}
@@ -74,6 +74,7 @@ def demo_config(plan: DemoPlan, base_url: str) -> str:
         base_url=base_url,
         rate=plan.rate,
         burst=plan.gate_burst,
+        margin_ms=plan.gate_margin * 1000,
         volume=plan.volume_threshold,
         window=plan.breaker_window,
         reset=plan.reset_timeout,

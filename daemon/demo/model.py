@@ -34,6 +34,10 @@ MAX_BUDGET: Final = 50.0
 """Seconds: the hard cap; with the bounded shutdown the demo ends under a minute."""
 FULL_PROFILE_BUDGET: Final = 40.0
 """From this budget on, the 429 closure and the breaker's reset timeout last 3 s, not 2 s."""
+BURST_GAP: Final = 0.75
+"""Intervals (1 / rate): the first gap at least this long between arrivals ends a burst."""
+QUICK_RETRY_AFTER: Final = 1
+"""Seconds: the quick plan's Retry-After, the shortest an HTTP delay-seconds value can say."""
 
 
 class DemoError(Exception):
@@ -46,21 +50,27 @@ class DemoPlan:
     """What the demo does and the daemon config it generates; derived from the time budget.
 
     The simulator keeps Clay's documented webhook limit (``rate`` 10/s, ``clay_burst`` 20) and
-    the daemon's webhook gate (``clay``) is configured exactly the same: the gate's
-    arrival-jitter margin (150 ms of tokens, RatePolicy.margin) absorbs the slower first
-    requests of a burst (cold connections) that would otherwise meet a 429. The Public API's
+    the daemon's webhook gate (``clay``) is configured the same, with an arrival-jitter
+    ``gate_margin`` (150 ms of tokens, RatePolicy.margin) written into the generated config: the
+    gate spends at most ``gate_tokens_at_once`` (18.5) of Clay's 20 tokens at once, so the
+    slower first requests of a burst (cold connections) never meet a 429. The Public API's
     gate (``clay-public``, the embedded default's) does not pace; in phase 2 a Retry-After of
     ``closure`` seconds closes it while ``crowd_waiting`` dashboard calls wait,
     ``crowd_short_calls`` routine polls with ``short_deadline_ms`` are refused, and webhook
     pushes go on, one every ``1 / rate`` seconds.
+
+    ``profile`` is "tour" (``from_budget``, what ``kiln demo`` runs) or "quick" (``quick``:
+    the same phases and checks in about half the time, for tests).
     """
 
     budget: float
+    profile: str = "tour"
     rows: int = 40
     push_workers: int = 6
     rate: float = 10.0
     clay_burst: int = 20
     gate_burst: int = 20
+    gate_margin: float = 0.15
     closure: int = 2
     crowd_waiting: int = 6
     crowd_short_calls: int = 5
@@ -72,6 +82,7 @@ class DemoPlan:
     caller_pause: float = 0.1
     caller_deadline_ms: int = 2000
     healthy_lead: float = 0.5
+    recovery_tail: float = 0.5
     bulk_concurrency: int = 2
     bulk_queue: int = 8
     bulk_max_wait: float = 10.0
@@ -89,6 +100,29 @@ class DemoPlan:
             closure=3 if full else 2,
             reset_timeout=3.0 if full else 2.0,
         )
+
+    @classmethod
+    def quick(cls, budget: float) -> DemoPlan:
+        """The same story on a faster clock, for tests: a 1 s Retry-After and breaker reset, a
+        0.5 s breaker window, fewer rows, quicker callers and a faster slow upstream."""
+        return cls(
+            budget=min(MAX_BUDGET, max(MIN_BUDGET, budget)),
+            profile="quick",
+            rows=25,
+            closure=QUICK_RETRY_AFTER,
+            reset_timeout=1.0,
+            breaker_window=0.5,
+            caller_pause=0.05,
+            healthy_lead=0.15,
+            recovery_tail=0.2,
+            lane_latency=0.2,
+        )
+
+    @property
+    def gate_tokens_at_once(self) -> float:
+        """How many of its ``gate_burst`` tokens the webhook gate spends at once: the burst less
+        ``gate_margin`` seconds of tokens kept in hand for network jitter (18.5 of 20)."""
+        return self.gate_burst - self.gate_margin * self.rate
 
     def phase_bounds(self) -> dict[str, float]:
         """Seconds each phase may take before it is reported incomplete (generous: a loaded
@@ -278,8 +312,10 @@ class Phase:
 def pacing_figures(arrivals: Sequence[float], rate: float) -> dict[str, Any]:
     """How paced a series of arrival times is (seconds, any clock).
 
-    ``burst_rows``: the leading rows that arrived before the first gap of at least half an
-    interval (1 / ``rate``); ``steady_rows_per_s``: one over the median gap after them;
+    ``burst_rows``: the leading rows that arrived before the first gap of at least three
+    quarters of an interval (1 / ``rate``): a gate holding 18.5 tokens lets 18 go at once and the
+    19th half an interval later, then one per interval, so its burst counts 19 whatever the
+    first rows' jitter; ``steady_rows_per_s``: one over the median gap after them;
     ``peak_rows_per_1s``: the most rows in any 1 s window; ``span_s``: first to last.
     """
     times = sorted(arrivals)
@@ -288,7 +324,7 @@ def pacing_figures(arrivals: Sequence[float], rate: float) -> dict[str, Any]:
         return out
     out["span_s"] = round(times[-1] - times[0], 3)
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    burst = next((i + 1 for i, gap in enumerate(gaps) if gap >= 0.5 / rate), len(times))
+    burst = next((i + 1 for i, gap in enumerate(gaps) if gap >= BURST_GAP / rate), len(times))
     out["burst_rows"] = burst
     steady = sorted(gaps[burst:])
     if steady:

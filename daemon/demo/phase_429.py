@@ -7,16 +7,22 @@ closed the phase counts, from the run: dashboard calls held by the gate, routine
 short deadline refused at once with ``rate_limited`` (naming the gate), Public API requests that
 reached Clay (none), and webhook pushes, paced by their own gate ``clay``, that went on reaching
 Clay and being stored. The simulator's settings are restored on the way out, whatever happened.
+
+Two figures describe the closure and are never mixed up: its length (the Retry-After, read from
+the daemon's ``gate.closed`` log event) and what was left of it when the demo first saw it
+closed (the status's ``closed_for``, counting down).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Final
 
 import trio
 
 from claykiln.daemon.client._errors import KilnError
 from claykiln.daemon.demo.context import ROUTINE, TABLE, DemoContext
+from claykiln.daemon.demo.daemon import event_time
 from claykiln.daemon.demo.model import Phase, Tally
 from claykiln.daemon.demo.sim import DemoSimulator
 from claykiln.daemon.demo.watch import (
@@ -40,6 +46,7 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
     """Clay answers a Public API call 429 with Retry-After: the Public API's gate closes for
     every Public API caller meanwhile, while webhook pushes keep flowing through their own gate."""
     plan, sim, watch = ctx.plan, ctx.sim, ctx.watch
+    wall_start = time.time()
     original = await sim.settings()
     sightings_from = len(watch.gate_sightings)
     stored_before = await sim.row_count(TABLE)
@@ -73,8 +80,8 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
             with stuck_after(plan.closure + WAIT_SLACK, closing):
                 await watch.wait_for(lambda w: bool(w.gate(PUBLIC_GATE).get("closed")))
             seen_at = trio.current_time()
-            closed_for = float(watch.gate(PUBLIC_GATE).get("closed_for", 0.0))
-            window = max(0.0, closed_for - CLOSURE_MARGIN)
+            reopens_in = float(watch.gate(PUBLIC_GATE).get("closed_for", 0.0))
+            window = max(0.0, reopens_in - CLOSURE_MARGIN)
             # The other tool is done: Clay has budget again. The daemon still honors the
             # Retry-After it was given, so no Public API call goes out until it has passed (and
             # the callers it held do not meet a second 429 when it reopens).
@@ -108,10 +115,11 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
     refused_gates = sorted({str(e.details.get("gate")) for e in refusals})
     push_max_ms = round(max(pushes.durations_ms, default=0.0), 1)
     waited_s = round(min(waiting.durations_ms, default=0.0) / 1000, 2)
+    retry_after = _closure_length(ctx, wall_start)
     phase.facts.update(
         gate=PUBLIC_GATE,
-        retry_after_s=plan.closure,
-        gate_closed_for_s=round(closed_for, 3),
+        retry_after_s=retry_after,
+        gate_reopens_in_s_at_first_sight=round(reopens_in, 3),
         gate_sighting=None if sighting is None else sighting.to_json(),
         closure_window_s=round(window, 3),
         public_requests_during_closure=public_during,
@@ -134,9 +142,12 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
     )
     phase.check(
         "429: Clay's Retry-After closed the Public API's gate",
-        closed_for > 0 and clay.answered(429, "public") >= 1,
-        f"Clay answered 429 {clay.answered(429, 'public')} time(s) on the Public API; gate "
-        f"{PUBLIC_GATE} was seen closed for {closed_for:.2f} s more",
+        retry_after is not None
+        and 0 < reopens_in <= retry_after
+        and clay.answered(429, "public") >= 1,
+        f"Clay answered 429 {clay.answered(429, 'public')} time(s) on the Public API; its "
+        f"Retry-After closed gate {PUBLIC_GATE} for {_seconds(retry_after)}, of which "
+        f"{reopens_in:.2f} s were left when the demo first saw it closed",
     )
     phase.check(
         "429: no Public API call reached Clay while its gate was closed",
@@ -168,6 +179,20 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
         app_429 == 0,
         f"the app saw {app_429} answer(s) with status 429",
     )
+
+
+def _closure_length(ctx: DemoContext, after: float) -> float | None:
+    """The Retry-After (seconds) of the first closure of the Public API's gate logged at or
+    after wall time ``after`` (the daemon's ``gate.closed`` event); None if none was logged."""
+    for event in ctx.daemon.events(("gate.closed",)):
+        if event.get("gate") == PUBLIC_GATE and (event_time(event) or 0.0) >= after:
+            seconds = event.get("retry_after")
+            return float(seconds) if isinstance(seconds, int | float) else None
+    return None
+
+
+def _seconds(value: float | None) -> str:
+    return "an unknown time (no gate.closed logged)" if value is None else f"{value:g} s"
 
 
 async def _start_run(ctx: DemoContext, tally: Tally) -> str:

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final
+from functools import partial
+from typing import Any, Final
 
 import trio
 
 from claykiln.daemon.demo.context import BULK_TABLE, TABLE, DemoContext
 from claykiln.daemon.demo.model import Phase, SimCounters, pacing_figures
 from claykiln.daemon.demo.phase_429 import rate_limit
-from claykiln.daemon.demo.watch import WAIT_SLACK, stuck_after
+from claykiln.daemon.demo.watch import BREAKER_KEY, WAIT_SLACK, Watch, stuck_after
 
 __all__ = [
     "PHASES",
@@ -33,8 +34,25 @@ __all__ = [
 
 WEBHOOK_PATHS: Final = "/v3/sources/webhook/"
 PUBLIC_PATHS: Final = "/public/"
-RECOVERY_TAIL: Final = 0.5
-"""Seconds the callers keep calling after the breaker closed, to show calls passing again."""
+QUIET: Final = "quiet: the breaker's window forgets the earlier calls"
+BEFORE: Final = "before the outage"
+DURING: Final = "during the outage"
+HEALED_OPEN: Final = "healed, breaker waits out its reset timeout"
+AFTER_CLOSE: Final = "after the breaker closed"
+ROWS_STORED: Final = "rows stored by Clay"
+HEAL_SLACK: Final = 1.0
+"""Seconds a healed breaker may take past its open interval to close (the next caller's probe,
+the watch's poll)."""
+
+
+def rows_line(phase: Phase, watch: Watch, stored_before: int, rows: int) -> dict[str, str]:
+    """The pacing panel's row count: the watch's latest poll while the phase runs, then the
+    phase's own count (``rows_stored_by_clay``), the one its checks and summary quote."""
+    stored = phase.facts.get("rows_stored_by_clay")
+    if isinstance(stored, int):
+        return {ROWS_STORED: f"{stored} / {rows}"}
+    total, recent = watch.stored_per_s(TABLE)
+    return {ROWS_STORED: f"{total - stored_before} / {rows} · {recent} in the last second"}
 
 
 async def pacing(ctx: DemoContext, phase: Phase) -> None:
@@ -43,13 +61,7 @@ async def pacing(ctx: DemoContext, phase: Phase) -> None:
     stored_before = await sim.row_count(TABLE)
     tally = phase.stage("pushes")
     numbers = iter(range(plan.rows))
-
-    def live() -> dict[str, str]:
-        total, recent = ctx.watch.stored_per_s(TABLE)
-        done = total - stored_before
-        return {"rows stored by Clay": f"{done} / {plan.rows} · {recent} in the last second"}
-
-    phase.live_fn = live
+    phase.live_fn = partial(rows_line, phase, ctx.watch, stored_before, plan.rows)
 
     async def worker() -> None:
         for n in numbers:  # shared by the workers: each row is pushed once
@@ -68,7 +80,12 @@ async def pacing(ctx: DemoContext, phase: Phase) -> None:
         clay_429=clay.answered(429),
         app_429=tally.statuses[429],
         clay_limit={"per_second": plan.rate, "burst": plan.clay_burst},
-        gate={"per_second": plan.rate, "burst": plan.gate_burst},
+        gate={
+            "per_second": plan.rate,
+            "burst": plan.gate_burst,
+            "margin_s": plan.gate_margin,
+            "tokens_at_once": plan.gate_tokens_at_once,
+        },
         arrivals=figures,
     )
     phase.check(
@@ -96,23 +113,27 @@ async def pacing(ctx: DemoContext, phase: Phase) -> None:
 
 
 async def outage(ctx: DemoContext, phase: Phase) -> None:
-    """Clay's public API goes down while callers keep calling; the breaker opens, then heals."""
-    plan, sim = ctx.plan, ctx.sim
-    stage = ["quiet: the breaker's window forgets the earlier calls"]
+    """Clay's public API goes down while callers keep calling; the breaker opens, then heals.
+
+    The breaker watched is the one that opens (the Public API's); once Clay heals, the callers'
+    calls are tallied apart while that breaker still waits out its reset timeout, and again
+    once it closed, so a refusal after healing is shown as the wait it is."""
+    plan, sim, watch = ctx.plan, ctx.sim, ctx.watch
+    stage = [QUIET]
     stop = trio.Event()
     marks: dict[str, SimCounters] = {}
+    times: dict[str, float] = {}
 
     def live() -> dict[str, str]:
         return {"stage": stage[0]}
 
     phase.live_fn = live
-    # Let the breaker's rolling window forget the earlier phases' calls (webhook pushes share
-    # this breaker): the error rate it acts on is then this phase's alone, so how many requests
-    # reach Clay before it opens does not depend on how busy phase 2 was.
+    # Let the breaker's rolling window forget the earlier phases' calls: the error rate it acts
+    # on is then this phase's alone, so how many requests reach Clay before it opens does not
+    # depend on how busy phase 2 was.
     await trio.sleep(plan.breaker_window)
-    stage[0] = "before the outage"
+    stage[0] = BEFORE
     wall_start = time.time()
-    states_from = max(0, len(ctx.watch.breaker_states) - 1)
 
     async def caller() -> None:
         while not stop.is_set():
@@ -120,55 +141,83 @@ async def outage(ctx: DemoContext, phase: Phase) -> None:
             await tally.run(ctx.me(deadline_ms=plan.caller_deadline_ms))
             await trio.sleep(plan.caller_pause)
 
+    key = BREAKER_KEY
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(plan.callers):
                 nursery.start_soon(caller)
             await trio.sleep(plan.healthy_lead)
             marks["outage"] = await sim.counters()
-            stage[0] = "during the outage"
+            stage[0] = DURING
             await sim.set_faults(outage="unavailable", path_prefix=PUBLIC_PATHS)
-            with stuck_after(WAIT_SLACK, "the breaker to open"):
-                await ctx.watch.wait_for(lambda w: w.breaker_state() == "open")
+            with stuck_after(WAIT_SLACK, "the Public API's breaker to open"):
+                await watch.wait_for(lambda w: bool(w.refusing_breakers()))
+            key = watch.refusing_breakers()[0]
             # Clay stays down past the reset timeout: a half-open probe fails and the
             # breaker opens again, while the callers keep failing fast.
             probe = "a half-open probe to fail and reopen the breaker"
             with stuck_after(plan.reset_timeout + WAIT_SLACK, probe):
-                await ctx.watch.wait_for(lambda w: _opened(ctx, wall_start) >= 2)
+                await watch.wait_for(lambda w: _opened(ctx, key, wall_start) >= 2)
             await sim.clear_faults()
+            times["healed"] = trio.current_time()
             marks["healed"] = await sim.counters()
-            stage[0] = "after healing"
+            stage[0] = HEALED_OPEN
             healed = "the breaker to close again after healing"
             with stuck_after(plan.reset_timeout + WAIT_SLACK, healed):
-                await ctx.watch.wait_for(lambda w: w.breaker_state() == "closed")
-            await trio.sleep(RECOVERY_TAIL)
+                await watch.wait_for(lambda w: w.breaker_state(key) == "closed")
+            times["closed"] = trio.current_time()
+            stage[0] = AFTER_CLOSE
+            await trio.sleep(plan.recovery_tail)
             stop.set()
     finally:
         with trio.CancelScope(shield=True):
             await sim.clear_faults()
+    _outage_facts(ctx, phase, key, marks, times, wall_start)
+
+
+def _outage_facts(
+    ctx: DemoContext,
+    phase: Phase,
+    key: str,
+    marks: dict[str, SimCounters],
+    times: dict[str, float],
+    wall_start: float,
+) -> None:
+    plan, watch = ctx.plan, ctx.watch
     during = marks["healed"].minus(marks["outage"])
-    app_during = phase.stages["during the outage"]
-    transitions = [
-        {"event": e.get("event"), "previous": e.get("previous"), "reason": e.get("reason")}
-        for e in ctx.breaker_events(wall_start)
-    ]
-    opened = sum(1 for t in transitions if t["event"] == "breaker.opened")
+    app_during = phase.stage(DURING)
+    waiting, after = phase.stage(HEALED_OPEN), phase.stage(AFTER_CLOSE)
+    transitions = [_transition(e) for e in ctx.breaker_events(key, wall_start)]
+    intervals = [t["open_for_s"] for t in transitions if t["event"] == "breaker.opened"]
+    # Healed right after the second opening (a failed probe): that opening's length, as the
+    # daemon logged it, is what the callers had to wait out.
+    reopened_for = float(intervals[1]) if len(intervals) > 1 else plan.reset_timeout
+    opened = len(intervals)
     half_open = sum(1 for t in transitions if t["event"] == "breaker.half_open")
     closed = sum(1 for t in transitions if t["event"] == "breaker.closed")
+    reset_wait = times["closed"] - times["healed"]
+    state = watch.breaker_state(key)
     phase.facts.update(
+        breaker=key,
         app_calls_during_outage=app_during.calls,
         refused_breaker_open=app_during.errors["breaker_open"],
         failed_upstream_error=app_during.errors["upstream_error"],
         clay_requests_during_outage=during.requests,
         clay_503=during.answered(503),
+        reset_timeout_s=plan.reset_timeout,
+        open_intervals_s=intervals,
+        healed_breaker_open_for_s=round(reset_wait, 3),
+        refused_after_healing=waiting.errors["breaker_open"],
+        calls_after_close=after.calls,
+        ok_after_close=after.ok,
         breaker_transitions=transitions,
-        breaker_states_polled=ctx.watch.breaker_states[states_from:],
-        breaker_state_at_end=ctx.watch.breaker_state(),
+        breaker_states_polled=watch.breaker_states.get(key, []),
+        breaker_state_at_end=state,
     )
     phase.check(
         "outage: the breaker opened",
         opened >= 1,
-        f"breaker.opened logged {opened} time(s)",
+        f"breaker {key}: breaker.opened logged {opened} time(s)",
     )
     phase.check(
         "outage: callers failed fast with breaker_open",
@@ -182,9 +231,24 @@ async def outage(ctx: DemoContext, phase: Phase) -> None:
     )
     phase.check(
         "outage: half-open probe, then closed",
-        half_open >= 1 and closed >= 1 and ctx.watch.breaker_state() == "closed",
-        f"half_open {half_open}x, closed {closed}x; state now {ctx.watch.breaker_state()}",
+        half_open >= 1 and closed >= 1 and state == "closed",
+        f"half_open {half_open}x, closed {closed}x; state now {state}",
     )
+    phase.check(
+        "outage: after healing, refused only until the next probe",
+        reset_wait <= reopened_for + HEAL_SLACK and after.ok == after.calls > 0,
+        f"Clay healed while the breaker was open for {reopened_for:g} s after a failed probe; "
+        f"it refused {waiting.errors['breaker_open']} call(s) for {reset_wait:.2f} s more, then "
+        f"its next probe succeeded: {after.ok} of {after.calls} calls ok since",
+    )
+
+
+def _transition(event: dict[str, Any]) -> dict[str, Any]:
+    """A breaker transition from the daemon's log; an opening carries how long it lasts."""
+    out = {k: event.get(k) for k in ("event", "previous", "reason")}
+    if event.get("event") == "breaker.opened":
+        out["open_for_s"] = event.get("retry_after")
+    return out
 
 
 async def lanes(ctx: DemoContext, phase: Phase) -> None:
@@ -246,8 +310,8 @@ async def lanes(ctx: DemoContext, phase: Phase) -> None:
     )
 
 
-def _opened(ctx: DemoContext, after: float) -> int:
-    return sum(1 for e in ctx.breaker_events(after) if e.get("event") == "breaker.opened")
+def _opened(ctx: DemoContext, key: str, after: float) -> int:
+    return sum(1 for e in ctx.breaker_events(key, after) if e.get("event") == "breaker.opened")
 
 
 PhaseFn = Callable[[DemoContext, Phase], Awaitable[None]]
@@ -273,7 +337,8 @@ PHASES: Final[tuple[tuple[str, str, str, PhaseFn], ...]] = (
         "outage",
         "3. Outage",
         "Clay's public API goes down while the app keeps calling. The breaker opens; calls fail "
-        "fast; a half-open probe checks on Clay; once it heals, the breaker closes.",
+        "fast; after each reset timeout a half-open probe checks on Clay. Once Clay heals the "
+        "breaker still refuses until its next probe, which succeeds and closes it.",
         outage,
     ),
     (

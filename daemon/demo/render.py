@@ -2,7 +2,8 @@
 
 ``RichView`` renders from the live objects while the demo runs (the phase's tallies, the
 simulator's counters, the daemon's last status) and the final summary from the same JSON map
-``--json`` prints, so both outputs carry the same figures. ``QuietView`` renders nothing.
+``--json`` prints (its sentences from ``story``), so both outputs carry the same figures.
+``QuietView`` renders nothing.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from claykiln.daemon.demo.model import Phase, SimCounters, Tally
-from claykiln.daemon.demo.watch import PUBLIC_GATE, WEBHOOK_GATE, Watch
+from claykiln.daemon.demo.story import explain, highlight
+from claykiln.daemon.demo.watch import BREAKER_KEY, PUBLIC_GATE, WEBHOOK_GATE, Watch
 
-__all__ = ["DemoView", "QuietView", "RichView", "explain"]
+__all__ = ["DemoView", "QuietView", "RichView", "breaker_text", "gate_text"]
 
 REFRESH_INTERVAL = 0.25
 """Seconds between two renders of the live panel (the watch polls more often)."""
@@ -146,43 +148,16 @@ class RichView:
                 for key, value in phase.live_fn().items():
                     grid.add_row(key, value)
         if watch is not None and watch.status:
-            grid.add_row("breaker", self._breaker(watch))
+            for key in sorted({str(v.get("key")) for v in watch.breakers} or {BREAKER_KEY}):
+                grid.add_row(f"breaker {key}", breaker_text(watch.breaker(key)))
             for key, holds in GATE_ROWS:
                 grid.add_row(f"gate {key} ({holds})", self._gate(watch, key))
             grid.add_row("lanes", self._lanes(watch))
         return Panel(grid, border_style="blue")
 
     @staticmethod
-    def _breaker(watch: Watch) -> str:
-        view = watch.breaker()
-        state = str(view.get("state"))
-        out = f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
-        retry = view.get("retry_after")
-        if isinstance(retry, int | float) and state == "open":
-            out += f" (probe in {retry:.1f} s)"
-        rate = view.get("error_rate")
-        if isinstance(rate, int | float):
-            out += f" · error rate {rate:.0%} of {view.get('calls', 0)} calls"
-        return out
-
-    @staticmethod
     def _gate(watch: Watch, key: str) -> str:
-        gate = watch.gate(key)
-        if not gate:
-            return "[green]open[/] · not used yet"
-        refused = f"{gate.get('limited', 0)} refused so far"
-        if gate.get("closed"):
-            # An unpaced gate's callers wait without a reservation: its `waiting` stays 0.
-            waiting = f"{gate.get('waiting', 0)} waiting · " if gate.get("paced") else ""
-            return (
-                f"[red]closed[/] for {gate.get('closed_for', 0):.1f} s ({gate.get('reason')}) · "
-                f"{waiting}{refused}"
-            )
-        if not gate.get("paced"):
-            return f"[green]open[/] · no pacing · {refused}"
-        tokens = gate.get("tokens")
-        shown = f"{tokens:.1f}" if isinstance(tokens, int | float) else "?"
-        return f"[green]open[/] · {shown} tokens · {gate.get('waiting', 0)} waiting"
+        return gate_text(watch.gate(key))
 
     @staticmethod
     def _lanes(watch: Watch) -> str:
@@ -210,43 +185,44 @@ class RichView:
         console.print(f"{verdict} in {summary.get('elapsed_s', 0):.1f} s")
 
 
+def breaker_text(view: dict[str, Any]) -> str:
+    """One breaker on the live panel: its state, when an open one lets a probe through (the
+    reset timeout's end), and its window's error rate."""
+    state = str(view.get("state"))
+    out = f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+    retry = view.get("retry_after")
+    if isinstance(retry, int | float) and state == "open":
+        out += f" (waits out its reset timeout: probe in {retry:.1f} s)"
+    rate = view.get("error_rate")
+    if isinstance(rate, int | float):
+        out += f" · error rate {rate:.0%} of {view.get('calls', 0)} calls"
+    return out
+
+
+def gate_text(gate: dict[str, Any]) -> str:
+    """One gate on the live panel. A closed gate shows what is left of its closure ("reopens in"),
+    never as "closed for", which would read as the closure's length (the Retry-After)."""
+    if not gate:
+        return "[green]open[/] · not used yet"
+    refused = f"{gate.get('limited', 0)} refused so far"
+    if gate.get("closed"):
+        # An unpaced gate's callers wait without a reservation: its `waiting` stays 0.
+        waiting = f"{gate.get('waiting', 0)} waiting · " if gate.get("paced") else ""
+        return (
+            f"[red]closed[/] ({gate.get('reason')}), reopens in "
+            f"{gate.get('closed_for', 0):.1f} s · {waiting}{refused}"
+        )
+    if not gate.get("paced"):
+        return f"[green]open[/] · no pacing · {refused}"
+    tokens = gate.get("tokens")
+    shown = f"{tokens:.1f}" if isinstance(tokens, int | float) else "?"
+    return f"[green]open[/] · {shown} tokens · {gate.get('waiting', 0)} waiting"
+
+
 def _codes(app: dict[str, Any]) -> str:
     parts = [f"{n}x {s}" for s, n in app.get("statuses", {}).items() if not s.startswith("2")]
     parts += [f"{n}x {code}" for code, n in app.get("errors", {}).items()]
     return ", ".join(parts) or "-"
-
-
-def _highlight(name: str, facts: dict[str, Any]) -> str:
-    if name == "pacing":
-        arrivals = facts.get("arrivals", {})
-        return (
-            f"{facts.get('rows_stored_by_clay')} rows stored / "
-            f"{facts.get('rows_acknowledged')} acknowledged; "
-            f"burst {arrivals.get('burst_rows')}, then {arrivals.get('steady_rows_per_s')} "
-            f"rows/s; 429s: {facts.get('clay_429')}"
-        )
-    if name == "rate_limit":
-        return (
-            f"Retry-After {facts.get('retry_after_s')} s; {facts.get('gate')} seen closed "
-            f"{facts.get('gate_closed_for_s')} s more; "
-            f"{facts.get('public_requests_during_closure')} Public API requests to Clay "
-            f"meanwhile, {facts.get('rate_limited')} rate_limited; "
-            f"{facts.get('webhook_requests_during_closure')} webhook pushes went through"
-        )
-    if name == "outage":
-        return (
-            f"{facts.get('app_calls_during_outage')} calls during the outage, "
-            f"{facts.get('refused_breaker_open')} breaker_open, "
-            f"{facts.get('clay_requests_during_outage')} reached Clay; breaker now "
-            f"{facts.get('breaker_state_at_end')}"
-        )
-    if name == "lanes":
-        return (
-            f"{facts.get('lane_full')} lane_full, {facts.get('rows_stored_by_clay')} rows "
-            f"stored; critical {facts.get('critical_ok')} ok (max "
-            f"{facts.get('critical_max_ms')} ms)"
-        )
-    return ""
 
 
 def _phase_table(summary: dict[str, Any]) -> Table:
@@ -265,7 +241,7 @@ def _phase_table(summary: dict[str, Any]) -> Table:
             str(app.get("ok", 0)),
             _codes(app),
             seen,
-            _highlight(name, phase.get("facts", {})),
+            highlight(name, phase.get("facts", {})),
         )
     return table
 
@@ -282,67 +258,3 @@ def _checks_table(summary: dict[str, Any]) -> Table:
     for check in summary.get("checks", []):
         table.add_row("[green]✓[/]" if check["ok"] else "[red]✗[/]", check["name"], check["detail"])
     return table
-
-
-def _times(n: Any) -> str:
-    return "never" if n == 0 else "once" if n == 1 else f"{n} times"
-
-
-def explain(summary: dict[str, Any]) -> list[str]:
-    """A few paragraphs on what happened, quoting the summary's figures."""
-    phases = summary.get("phases", {})
-    out = []
-    pacing = phases.get("pacing", {}).get("facts", {})
-    if pacing:
-        arrivals = pacing.get("arrivals", {})
-        out.append(
-            f"Pacing: the app pushed {pacing.get('rows_pushed')} rows as fast as it could. Clay "
-            f"saw the first {arrivals.get('burst_rows')} arrive back to back (the burst its "
-            f"bucket allows), then {arrivals.get('steady_rows_per_s')} rows/s: the daemon's "
-            f"webhook gate held the rest until Clay had room. Clay answered 429 "
-            f"{_times(pacing.get('clay_429'))} and stored {pacing.get('rows_stored_by_clay')} "
-            f"rows for {pacing.get('rows_acknowledged')} acknowledged pushes."
-        )
-    limit = phases.get("rate_limit", {}).get("facts", {})
-    if limit:
-        pushes = limit.get("pushes_during_closure", {})
-        out.append(
-            f"429: one Public API call (me) got Clay's 429 with Retry-After "
-            f"{limit.get('retry_after_s')} s. The daemon closed the Public API's gate "
-            f"({limit.get('gate')}) for every Public API caller: "
-            f"{limit.get('rate_limited')} routine polls with short deadlines were told "
-            f"rate_limited at once, {limit.get('public_calls_waiting_at_window_end')} dashboard "
-            f"calls were held (each for at least {limit.get('waiting_calls_min_s')} s) and "
-            f"{limit.get('waiting_calls_ok')} then succeeded, and Clay got "
-            f"{limit.get('public_requests_during_closure')} Public API requests meanwhile. "
-            f"Webhook pushes, paced by their own gate ({limit.get('webhook_gate')}), kept "
-            f"flowing: {limit.get('webhook_requests_during_closure')} reached Clay during the "
-            f"closure, {pushes.get('ok')} of {pushes.get('calls')} answered 2xx, the slowest in "
-            f"{limit.get('push_max_ms')} ms. The 429'd call was retried after the Retry-After "
-            f"({limit.get('retried_call_attempts')} attempts) and the app never saw a 429."
-        )
-    outage = phases.get("outage", {}).get("facts", {})
-    if outage:
-        out.append(
-            f"Outage: while Clay was down the app made {outage.get('app_calls_during_outage')} "
-            f"calls; the open breaker refused {outage.get('refused_breaker_open')} of them at "
-            f"once, and only {outage.get('clay_requests_during_outage')} requests reached Clay. "
-            f"After each reset timeout one half-open probe checked on Clay: it failed while Clay "
-            f"was down (the breaker opened again) and succeeded once Clay healed, closing it."
-        )
-    lanes = phases.get("lanes", {}).get("facts", {})
-    if lanes:
-        bulk = lanes.get("bulk_lane", {})
-        out.append(
-            f"Lanes: the bulk lane holds {bulk.get('concurrency')} calls plus "
-            f"{bulk.get('queue')} queued; the rest of the backfill ({lanes.get('lane_full')} "
-            f"pushes) was refused at once with lane_full instead of piling up, and critical "
-            f"calls kept answering ({lanes.get('critical_ok')} ok, at most "
-            f"{lanes.get('critical_max_ms')} ms)."
-        )
-    out.append(
-        "Every figure above was counted from this run: the client library's results, the "
-        "simulator's counters and rows, the daemon's status and its log. Point the [upstreams."
-        "clay] base_url at api.clay.com and the same daemon does this for your apps."
-    )
-    return out

@@ -156,6 +156,7 @@ async def _run_phase(
     with trio.CancelScope(shield=True):
         await ctx.sim.clear_faults()
         phase.clay = (await ctx.sim.counters()).minus(phase.before)
+        await ctx.watch.poll(clay=True)  # the panel's last frame: the state at the phase's end
     phase.elapsed = trio.current_time() - phase.started
     phase.check(
         f"{phase.name}: phase ran to the end",
@@ -185,10 +186,13 @@ def _intro(
         f"{server} daemon, pid {daemon.pid}, socket {daemon.socket}",
         f"config {daemon.config_path} (the default operations; upstream clay -> the simulator)",
         f"Clay's webhook limit {plan.rate:g}/s burst {plan.clay_burst}; the daemon's webhook "
-        f"gate {WEBHOOK_GATE} {plan.rate:g}/s burst {plan.gate_burst} (with a 150 ms margin for "
-        f"network jitter); the Public API's gate {PUBLIC_GATE}: no pacing, Retry-After only",
+        f"gate {WEBHOOK_GATE} {plan.rate:g}/s burst {plan.gate_burst}, spending at most "
+        f"{plan.gate_tokens_at_once:g} tokens at once ({plan.gate_margin * 1000:g} ms of tokens "
+        f"kept in hand for network jitter); the Public API's gate {PUBLIC_GATE}: no pacing, "
+        f"Retry-After only",
         f"breaker reset {plan.reset_timeout:g} s; "
-        f"bulk lane {plan.bulk_concurrency} + {plan.bulk_queue} queued",
+        f"bulk lane {plan.bulk_concurrency} + {plan.bulk_queue} queued"
+        + ("; the quick plan (a faster clock, for tests)" if plan.profile == "quick" else ""),
         f"budget {plan.budget:g} s; temp dir {root}"
         + (" (kept)" if keep else " (removed at the end)"),
         f"first call (me): {warmup['status']}, workspace {warmup['workspace']!r}",
@@ -242,9 +246,13 @@ def _summary(
         "elapsed_s": round(trio.current_time() - t0, 3),
         "daemon": {"server": server, "pid": daemon.pid, "exit_code": exit_code},
         "plan": {
+            "profile": plan.profile,
+            "rows": plan.rows,
             "rate": plan.rate,
             "clay_burst": plan.clay_burst,
             "gate_burst": plan.gate_burst,
+            "gate_margin_s": plan.gate_margin,
+            "gate_tokens_at_once": plan.gate_tokens_at_once,
             "reset_timeout_s": plan.reset_timeout,
             "retry_after_s": plan.closure,
             "bulk_lane": {"concurrency": plan.bulk_concurrency, "queue": plan.bulk_queue},

@@ -3,9 +3,9 @@
 ``Watch`` polls the daemon's ``status`` and ``breaker.list`` over its socket and the simulator's
 ``/_sim/stats`` (every ``POLL_INTERVAL`` s in ``run``; the daemon alone, on demand, in
 ``wait_for``) and remembers the highlights a phase reports: each closure of every rate gate it
-saw (which gate, how long, why, how many callers waited), the breaker states in the order seen,
-the peak depth of every lane, and enough row counts to tell the rows Clay stored in the last
-second. A daemon or a simulator that stops answering raises ``DemoError``.
+saw (which gate, how long it had left, why, how many callers waited), every breaker's states in
+the order seen, the peak depth of every lane, and enough row counts to tell the rows Clay stored
+in the last second. A daemon or a simulator that stops answering raises ``DemoError``.
 
 Rate gates are read by key from ``status.gate.upstreams`` (keyed by gate name): the embedded
 default's ``clay`` paces webhook pushes and ``clay-public`` holds the Public API's calls. An
@@ -47,7 +47,9 @@ STATUS_TIMEOUT: Final = 5.0
 WAIT_SLACK: Final = 10.0
 """Seconds added to every wait for a state the daemon should reach (a loaded machine is slow)."""
 BREAKER_KEY: Final = "clay"
-"""The breaker every built-in Clay operation shares (``breaker = "upstream"``)."""
+"""The upstream's breaker (``breaker = "upstream"``), shown until a phase names another."""
+REFUSING_STATES: Final = ("open", "half_open", "forced_open")
+"""Breaker states that refuse calls (half-open admits only its probes)."""
 WEBHOOK_GATE: Final = "clay"
 """The gate pacing webhook pushes (``push_row``) at Clay's webhook limit."""
 PUBLIC_GATE: Final = "clay-public"
@@ -75,11 +77,14 @@ def stuck_after(seconds: float, what: str) -> Iterator[None]:
 
 @attrs.define
 class GateSighting:
-    """One closure of a gate as the status polls saw it (times: seconds since the start)."""
+    """One closure of a gate as the status polls saw it (times: seconds since the start).
+
+    ``reopens_in``: what was left of the closure when first seen (the status's ``closed_for``),
+    not its length (the Retry-After, in the daemon's ``gate.closed`` log event)."""
 
     gate: str
     first_seen: float
-    closed_for: float
+    reopens_in: float
     reason: str | None
     max_waiting: int = 0
     last_seen: float = 0.0
@@ -88,7 +93,7 @@ class GateSighting:
         return {
             "gate": self.gate,
             "first_seen_s": round(self.first_seen, 3),
-            "closed_for_at_first_sight_s": self.closed_for,
+            "reopens_in_at_first_sight_s": self.reopens_in,
             "seen_closed_for_s": round(self.last_seen - self.first_seen, 3),
             "reason": self.reason,
             "max_waiting": self.max_waiting,
@@ -107,7 +112,7 @@ class Watch:
         self.status: dict[str, Any] = {}
         self.breakers: list[dict[str, Any]] = []
         self.gate_sightings: list[GateSighting] = []
-        self.breaker_states: list[str] = []
+        self.breaker_states: dict[str, list[str]] = {}  # key -> its states, in the order seen
         self.lane_peaks: dict[str, dict[str, int]] = {}
         self.polls = 0
         self._in_closure: set[str] = set()  # gates whose current closure has a sighting
@@ -178,15 +183,20 @@ class Watch:
         """The latest closure of gate ``key`` seen so far, if any."""
         return next((s for s in reversed(self.gate_sightings) if s.gate == key), None)
 
-    def breaker(self) -> dict[str, Any]:
-        """The clay breaker's view (``state``, ``retry_after``, ``calls``, ``error_rate`` ...)."""
+    def breaker(self, key: str = BREAKER_KEY) -> dict[str, Any]:
+        """One breaker's view (``state``, ``retry_after``, ``calls``, ``error_rate`` ...);
+        closed while the daemon does not list it (never used)."""
         for view in self.breakers:
-            if view.get("key") == BREAKER_KEY:
+            if view.get("key") == key:
                 return view
-        return {"key": BREAKER_KEY, "state": "closed"}
+        return {"key": key, "state": "closed"}
 
-    def breaker_state(self) -> str:
-        return str(self.breaker().get("state", "closed"))
+    def breaker_state(self, key: str = BREAKER_KEY) -> str:
+        return str(self.breaker(key).get("state", "closed"))
+
+    def refusing_breakers(self) -> list[str]:
+        """Keys of the breakers that refuse calls now (open, half-open, forced open)."""
+        return [str(v.get("key")) for v in self.breakers if v.get("state") in REFUSING_STATES]
 
     def lane(self, name: str) -> dict[str, Any]:
         """One lane's stats (``active``, ``queued``, ``rejected`` ...)."""
@@ -194,9 +204,11 @@ class Watch:
         return lane
 
     def _learn(self, now: float) -> None:
-        state = self.breaker_state()
-        if not self.breaker_states or self.breaker_states[-1] != state:
-            self.breaker_states.append(state)
+        for view in self.breakers:
+            states = self.breaker_states.setdefault(str(view.get("key")), [])
+            state = str(view.get("state"))
+            if not states or states[-1] != state:
+                states.append(state)
         for name, lane in self.status.get("lanes", {}).get("lanes", {}).items():
             peak = self.lane_peaks.setdefault(name, {"active": 0, "queued": 0})
             peak["active"] = max(peak["active"], int(lane.get("active", 0)))
@@ -207,8 +219,8 @@ class Watch:
                 continue
             sighting = self.gate_sighting(key)
             if sighting is None or key not in self._in_closure:
-                closed_for = float(gate.get("closed_for", 0.0))
-                sighting = GateSighting(key, now, closed_for, gate.get("reason"))
+                reopens_in = float(gate.get("closed_for", 0.0))
+                sighting = GateSighting(key, now, reopens_in, gate.get("reason"))
                 self.gate_sightings.append(sighting)
                 self._in_closure.add(key)
             sighting.max_waiting = max(sighting.max_waiting, int(gate.get("waiting", 0)))
