@@ -1,7 +1,8 @@
 """The daemon's lifecycle: one root nursery, actors in dependency order, signals, drain.
 
-Start (in order): logging -> storage (reader_check, schema check) -> writer -> breakers, gate,
-lanes -> upstream pools -> call pipeline -> server on the Unix socket -> READY=1.
+Start (in order): logging -> storage (reader_check, schema check) -> writer -> idempotency
+store (records left in flight become in doubt), fallback cache -> breakers, gate, lanes ->
+upstream pools -> call pipeline -> server on the Unix socket -> READY=1.
 
 Stop (SIGTERM / SIGINT): STOPPING=1; the server stops accepting and answers new requests with
 ``shutting_down``; in-flight requests get ``grace_period`` seconds; the writer flushes everything
@@ -36,7 +37,10 @@ import trio
 
 from claykiln.actors.breaker import BreakerBoard
 from claykiln.actors.breaker_types import BreakerPolicy
+from claykiln.actors.fallback import FallbackCache
 from claykiln.actors.gate import GateBoard
+from claykiln.actors.idempotency import IdempotencyStore
+from claykiln.actors.keyed_call import KeyedCalls
 from claykiln.actors.lanes import Lanes
 from claykiln.actors.pipeline import CallPipeline
 from claykiln.actors.upstream import UpstreamPool
@@ -105,8 +109,9 @@ async def start_runtime(
     version: str,
     started_at: float,
 ) -> Runtime:
-    """Start the actors in ``root`` in dependency order (writer -> breakers, gate, lanes ->
-    upstream pools -> call pipeline) and return them as a ``Runtime``, every actor running.
+    """Start the actors in ``root`` in dependency order (writer -> idempotency, cache ->
+    breakers, gate, lanes -> upstream pools -> call pipeline) and return them as a
+    ``Runtime``, every actor running.
 
     ``runtime.socket`` is the configured path until the lifecycle opens the listener.
     Raises what an actor raises before it is ready (the actors started so far keep running in
@@ -115,6 +120,10 @@ async def start_runtime(
     actors = ActorRoster(root)
     writer = Writer(store)
     await actors.start("writer", writer.run)
+    idempotency = IdempotencyStore(store, writer)
+    await actors.start("idempotency", idempotency.run)
+    cache = FallbackCache(store, writer, config.daemon.cache)
+    await actors.start("cache", cache.run)
     breaker_records = StoredRecords(store, writer, "breakers")
     breakers = BreakerBoard(
         wiring.breaker_policies(config),
@@ -141,6 +150,7 @@ async def start_runtime(
         breakers=breakers,
         gate=gate,
     )
+    calls = KeyedCalls(pipeline, idempotency, cache, wiring.call_guards(config))
     return Runtime(
         config=config,
         credentials=credentials,
@@ -151,6 +161,9 @@ async def start_runtime(
         lanes=lanes,
         pools=pools,
         pipeline=pipeline,
+        idempotency=idempotency,
+        cache=cache,
+        calls=calls,
         actors=actors,
         server=ServerCounters(),
         version=version,

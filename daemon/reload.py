@@ -4,9 +4,11 @@ Promises:
 - The config file is read again (with the same command-line overrides). A bad one, or an
   unreadable credential file, keeps the old config in force and logs ``config.reload_failed``
   (an alert); nothing changes.
-- A good one applies lanes, breaker thresholds, rate policies, operations, credentials and the
-  log level in place; an upstream the reload adds gets its pool started now.
-- Keys that need a restart (socket, state dir, socket mode, log format, limits, storage, and the
+- A good one applies lanes, breaker thresholds, rate policies, operations (with their
+  idempotency and cache settings), credentials and the log level in place; an upstream the
+  reload adds gets its pool started now.
+- Keys that need a restart (socket, state dir, socket mode, log format, limits, storage, the
+  cache's bounds, and the
   connection settings of running upstream pools) are logged (``config.restart_required``) and
   keep their running values, so ``status`` and ``hello`` keep telling the truth.
 - systemd sees ``RELOADING=1`` and then ``READY=1`` whichever way it ends.
@@ -62,6 +64,7 @@ def keep_restart_only(old: KilnConfig, new: KilnConfig) -> KilnConfig:
             log_format=old.daemon.log_format,
             limits=old.daemon.limits,
             storage=old.daemon.storage,
+            cache=old.daemon.cache,
         ),
     )
 
@@ -100,6 +103,7 @@ async def reload_config(runtime: Runtime, load: Callable[[], KilnConfig]) -> boo
     await runtime.gate.reconfigure(wiring.rate_policies(new))
     await runtime.lanes.reconfigure(wiring.lane_policies(new))
     runtime.pipeline.reconfigure(wiring.operations(new, creds), routes(runtime.pools, new))
+    runtime.calls.reconfigure(wiring.call_guards(new))
     configure_logging(
         fmt=old.daemon.log_format,
         level=new.daemon.log_level,

@@ -23,7 +23,10 @@ import attrs
 import trio
 
 from claykiln.actors.breaker import BreakerBoard
+from claykiln.actors.fallback import FallbackCache
 from claykiln.actors.gate import GateBoard
+from claykiln.actors.idempotency import IdempotencyStore
+from claykiln.actors.keyed_call import KeyedCalls
 from claykiln.actors.lanes import Lanes
 from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
 from claykiln.actors.upstream import UpstreamPool
@@ -124,6 +127,9 @@ class Runtime:
     lanes: Lanes
     pools: dict[str, UpstreamPool]  # one per upstream; a reload adds new upstreams' pools
     pipeline: CallPipeline
+    idempotency: IdempotencyStore
+    cache: FallbackCache
+    calls: KeyedCalls  # ``call``: idempotency and fallback around the pipeline
     actors: ActorRoster
     server: ServerCounters
     version: str

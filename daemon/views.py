@@ -165,6 +165,8 @@ STATUS_SECTIONS: Final[tuple[tuple[str, StatusSection], ...]] = (
     ("breakers", lambda runtime: runtime.breakers.stats()),
     ("gate", lambda runtime: runtime.gate.stats()),
     ("lanes", lambda runtime: runtime.lanes.stats()),
+    ("idempotency", lambda runtime: runtime.idempotency.stats()),
+    ("cache", lambda runtime: runtime.cache.stats()),
     ("upstreams", lambda runtime: {name: pool.stats() for name, pool in runtime.pools.items()}),
     ("process", lambda runtime: process_stats()),
 )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from claykiln.actors.breaker_types import BreakerPolicy
 from claykiln.actors.call import Operation
 from claykiln.actors.gate import RatePolicy
+from claykiln.actors.keyed_call import CallGuard
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.upstream import UpstreamSettings
 from claykiln.daemon.config.credentials import CredentialStore
@@ -14,6 +15,7 @@ from claykiln.daemon.config.types import KilnConfig
 
 __all__ = [
     "breaker_policies",
+    "call_guards",
     "credential_names",
     "lane_policies",
     "operations",
@@ -66,6 +68,20 @@ def operations(config: KilnConfig, creds: CredentialStore) -> dict[str, Operatio
             gate=op.gate,
         )
     return out
+
+
+def call_guards(config: KilnConfig) -> dict[str, CallGuard]:
+    """Per operation: its idempotency mode, retention, key field, cache and fallback."""
+    return {
+        name: CallGuard(
+            idempotency=op.idempotency,
+            retention=op.idempotency_retention,
+            key_field=op.key_field,
+            cache=op.cache,
+            fallback=op.on_failure == "fallback",
+        )
+        for name, op in config.operations.items()
+    }
 
 
 def breaker_policies(config: KilnConfig) -> dict[str, BreakerPolicy]:

@@ -18,13 +18,22 @@ from typing import TYPE_CHECKING, Any
 from claykiln.daemon.client import _errors
 from claykiln.daemon.client._errors import *  # noqa: F403  (the exception tree, listed once there)
 from claykiln.daemon.client._paths import SOCKET_ENV, client_socket_path
+from claykiln.daemon.client._result import CallResult, new_idempotency_key
 from claykiln.daemon.client._sync import Client
 
 if TYPE_CHECKING:
     from claykiln.daemon.client._asyncio import AsyncioClient
     from claykiln.daemon.client._trio import TrioClient
 
-__all__ = ["SOCKET_ENV", "AsyncioClient", "Client", "TrioClient", "client_socket_path"]
+__all__ = [
+    "SOCKET_ENV",
+    "AsyncioClient",
+    "CallResult",
+    "Client",
+    "TrioClient",
+    "client_socket_path",
+    "new_idempotency_key",
+]
 __all__ += _errors.__all__
 
 _LAZY = {

@@ -26,6 +26,7 @@ from claykiln.daemon.client._resend import (
     Resend,
     resend_verdict,
 )
+from claykiln.daemon.client._result import CallResult
 
 __all__ = ["AsyncFront"]
 
@@ -44,6 +45,7 @@ class AsyncFront(
         Coroutine[Any, Any, Any],
         Coroutine[Any, Any, dict[str, Any]],
         Coroutine[Any, Any, list[dict[str, Any]]],
+        Coroutine[Any, Any, CallResult],
     ],
     Generic[ConnT],
 ):
@@ -79,7 +81,7 @@ class AsyncFront(
             conn = await self._connection()
             call = await self._exchange(conn, rpc, timeout)
             if resends == MAX_RESENDS or not await self._may_resend(conn, rpc, call):
-                return call.outcome()
+                return rpc.shaped(call.outcome())
             resends += 1
 
     async def _may_resend(self, conn: ConnT, rpc: Rpc, call: PendingCall) -> bool:

@@ -11,8 +11,9 @@
     ├── KilnTimeout           timeout                 also a builtin TimeoutError; details.stage
     │                                                 ("client" when this library gave up)
     ├── UpstreamError         upstream_error          .status and .body from details
-    ├── IdempotencyInFlight   idempotency_in_flight
-    ├── IdempotencyMismatch   idempotency_mismatch
+    ├── IdempotencyInFlight   idempotency_in_flight   retry_after: when the first call may end
+    ├── IdempotencyMismatch   idempotency_mismatch    details: fingerprint, request_fingerprint
+    ├── IdempotencyInDoubt    idempotency_in_doubt    details: started_at, sent, reason
     ├── StorageFull           storage_full
     ├── Forbidden             forbidden
     ├── ShuttingDown          shutting_down
@@ -39,6 +40,7 @@ __all__ = [
     "DaemonUnavailable",
     "Forbidden",
     "FrameTooLarge",
+    "IdempotencyInDoubt",
     "IdempotencyInFlight",
     "IdempotencyMismatch",
     "InternalError",
@@ -147,11 +149,34 @@ class UpstreamError(KilnError):
 
 
 class IdempotencyInFlight(KilnError):
+    """A call with the same key is still running and did not end within this call's deadline;
+    retry with the same key (after ``retry_after``) to get its answer."""
+
     CODE = "idempotency_in_flight"
 
 
 class IdempotencyMismatch(KilnError):
+    """The key was used for another request; ``details`` names both fingerprints."""
+
     CODE = "idempotency_mismatch"
+
+
+class IdempotencyInDoubt(KilnError):
+    """An earlier call with this key may have reached the upstream and its answer is unknown
+    (the daemon stopped, or it timed out after sending), and the operation is not safe to run
+    twice. ``details``: ``started_at`` (unix seconds), ``sent`` (method, path), ``reason``.
+    Check the upstream, then retry with a new key or have an admin forget this one."""
+
+    CODE = "idempotency_in_doubt"
+
+    @property
+    def started_at(self) -> float | None:
+        return _number(self.details.get("started_at"))
+
+    @property
+    def sent(self) -> dict[str, Any]:
+        value = self.details.get("sent")
+        return dict(value) if isinstance(value, Mapping) else {}
 
 
 class StorageFull(KilnError):
@@ -224,6 +249,7 @@ _BY_CODE: dict[str, type[KilnError]] = {
         UpstreamError,
         IdempotencyInFlight,
         IdempotencyMismatch,
+        IdempotencyInDoubt,
         StorageFull,
         Forbidden,
         ShuttingDown,

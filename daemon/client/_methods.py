@@ -1,10 +1,11 @@
 """The typed methods of the client library, written once for the sync, trio and asyncio flavors.
 
 Each typed method builds an ``Rpc`` (the wire method, its named arguments, the client timeout,
-what the caller said about repeating it) and hands it to the flavor's ``_dispatch``, which
-sends it and returns the result: a value for ``Client``, a coroutine for ``TrioClient`` and
-``AsyncioClient``. ``ClientSurface`` is generic in those return types, so ``kiln.status()`` is a
-``dict[str, Any]`` on a ``Client`` and a ``Coroutine[..., dict[str, Any]]`` on the others.
+what the caller said about repeating it, how its result is shaped) and hands it to the flavor's
+``_dispatch``, which sends it and returns the result: a value for ``Client``, a coroutine for
+``TrioClient`` and ``AsyncioClient``. ``ClientSurface`` is generic in those return types, so
+``kiln.status()`` is a ``dict[str, Any]`` on a ``Client`` and a ``Coroutine[..., dict[str,
+Any]]`` on the others; ``kiln.call(...)`` gives a ``CallResult`` (``_result.py``).
 
 A new daemon method is added here, once: build its arguments, return ``self._dispatch(...)``
 typed with the reply's shape (``MapReply``: a map, ``ListReply``: a list of maps, ``Reply``:
@@ -14,18 +15,20 @@ anything), and say in ``_resend.REPEAT_SAFE_METHODS`` whether it is safe to send
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Generic, TypedDict, TypeVar
 
 from claykiln.daemon.client._core import UNSET, NotificationHandler, call_timeout, resolve_timeout
 from claykiln.daemon.client._paths import client_socket_path
+from claykiln.daemon.client._result import call_result
 
 __all__ = ["ClientOptions", "ClientSurface", "Rpc"]
 
 Reply = TypeVar("Reply")  # anything: Any, or a coroutine of Any
 MapReply = TypeVar("MapReply")  # a map: dict[str, Any], or a coroutine of one
 ListReply = TypeVar("ListReply")  # a list of maps, or a coroutine of one
+CallReply = TypeVar("CallReply")  # a CallResult, or a coroutine of one
 
 
 class Rpc:
@@ -33,10 +36,11 @@ class Rpc:
 
     ``timeout`` is the caller's (None: the client's default, or ``deadline_ms`` plus a margin);
     ``retry_safe`` is the caller's word on repeating it after a lost connection (None: decide
-    from the method, the arguments and what the daemon advertises, ``_resend.py``).
+    from the method, the arguments and what the daemon advertises, ``_resend.py``); ``shape``
+    turns the daemon's result into what the method returns (None: as sent).
     """
 
-    __slots__ = ("args", "deadline_ms", "method", "retry_safe", "timeout")
+    __slots__ = ("args", "deadline_ms", "method", "retry_safe", "shape", "timeout")
 
     def __init__(
         self,
@@ -46,12 +50,18 @@ class Rpc:
         timeout: float | None = None,
         deadline_ms: int | None = None,
         retry_safe: bool | None = None,
+        shape: Callable[[Any], Any] | None = None,
     ) -> None:
         self.method = method
         self.args = args
         self.timeout = timeout
         self.deadline_ms = deadline_ms
         self.retry_safe = retry_safe
+        self.shape = shape
+
+    def shaped(self, result: Any) -> Any:
+        """``result`` as the typed method returns it."""
+        return result if self.shape is None else self.shape(result)
 
     def client_timeout(self, default: float) -> float:
         """Seconds to wait for each reply (``ValueError`` for a timeout that is not positive)."""
@@ -72,7 +82,7 @@ class ClientOptions(TypedDict, total=False):
     on_notification: NotificationHandler | None
 
 
-class ClientSurface(Generic[Reply, MapReply, ListReply]):
+class ClientSurface(Generic[Reply, MapReply, ListReply, CallReply]):
     """What every flavor has: its settings, and the daemon's methods as typed Python methods
     (the wire protocol: docs/protocol.md).
 
@@ -152,12 +162,16 @@ class ClientSurface(Generic[Reply, MapReply, ListReply]):
         idempotency_key: str | None = None,
         timeout: float | None = None,
         retry_safe: bool | None = None,
-    ) -> MapReply:
+    ) -> CallReply:
         """``call``: run a configured operation; only the arguments given are sent (``json``
         when given at all: ``json=None`` sends JSON null; ``json`` and ``body`` exclude each
         other, ``ValueError``).
 
-        Returns ``{status, headers, body, attempts, duration_ms, ...}``. The client timeout
+        Returns a ``CallResult``: the map ``{status, headers, body, attempts, duration_ms,
+        ...}`` with its fields as attributes, ``replayed`` / ``coalesced`` for an answer given
+        under an ``idempotency_key`` (see ``new_idempotency_key``), ``fallback`` /
+        ``staleness`` / ``age`` / ``error`` for a cached answer standing in for a failure. The
+        client timeout
         defaults to ``deadline_ms`` plus a margin when a deadline is given. After a lost
         connection the call is sent again when it carries an ``idempotency_key``, when the
         daemon lists ``operation`` as repeat-safe, or when ``retry_safe=True``.
@@ -178,8 +192,15 @@ class ClientSurface(Generic[Reply, MapReply, ListReply]):
         args.update({k: v for k, v in given.items() if v is not None})
         if json is not UNSET:  # json=None sends JSON null
             args["json"] = json
-        rpc = Rpc("call", args, timeout=timeout, deadline_ms=deadline_ms, retry_safe=retry_safe)
-        result: MapReply = self._dispatch(rpc)
+        rpc = Rpc(
+            "call",
+            args,
+            timeout=timeout,
+            deadline_ms=deadline_ms,
+            retry_safe=retry_safe,
+            shape=call_result,
+        )
+        result: CallReply = self._dispatch(rpc)
         return result
 
     def breaker_list(self, *, timeout: float | None = None) -> ListReply:

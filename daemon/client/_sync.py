@@ -55,6 +55,7 @@ from claykiln.daemon.client._resend import (
     Resend,
     resend_verdict,
 )
+from claykiln.daemon.client._result import CallResult
 
 __all__ = ["Client"]
 
@@ -73,7 +74,7 @@ class _Connection:
         self.ledger = CallLedger()
 
 
-class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]]]):
+class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]], CallResult]):
     """A blocking claykiln client (see the module docstring for the contract; the options:
     ``ClientSurface``)."""
 
@@ -140,7 +141,7 @@ class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]]]):
                 conn = self._usable_connection()
                 call = self._exchange(conn, rpc, timeout)
                 if resends == MAX_RESENDS or not self._may_resend(conn, rpc, call):
-                    return call.outcome()
+                    return rpc.shaped(call.outcome())
                 resends += 1
 
     def _may_resend(self, conn: _Connection, rpc: Rpc, call: PendingCall) -> bool:

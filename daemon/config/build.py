@@ -21,6 +21,7 @@ from claykiln.actors.gate import RatePolicy
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.retry import RetryPolicy
 from claykiln.actors.upstream import HTTP_CLIENTS, TimeoutClasses
+from claykiln.daemon.config.call_guards import read_guards
 from claykiln.daemon.config.credentials import credential_name_problem
 from claykiln.daemon.config.daemon_table import build_daemon
 from claykiln.daemon.config.schema import (
@@ -308,7 +309,7 @@ def _timeout(raw: object) -> tuple[str, float | None]:
 
 def _on_failure(raw: object) -> str:
     value = choice("error", "fallback", "dlq", fold_case=False)(raw)
-    if value != "error":
+    if value == "dlq":
         msg = f'"{value}" is not implemented in this version; use "error" for now'
         raise Invalid(msg)
     return value
@@ -337,8 +338,7 @@ def _operation(
     timeout_class, seconds = t.get("timeout", _timeout, ("request", no_seconds))
     on_failure = t.get("on_failure", _on_failure, "error")
     repeat_safe = t.get("repeat_safe", boolean, method in REPEAT_SAFE_METHODS)
-    idempotent = t.get("idempotent", boolean, False)
-    cacheable = t.get("cacheable", boolean, False)
+    guards = read_guards(t, method, on_failure)
     breaker = t.get("breaker", choice("upstream", "operation"), "upstream")
     gate = t.get("gate", string(example="clay-public"), None)
     headers: dict[str, str] = t.get("headers", _headers, {})
@@ -378,8 +378,12 @@ def _operation(
         timeout_class=timeout_class,
         on_failure=cast(OnFailure, on_failure),
         repeat_safe=repeat_safe,
-        idempotent=idempotent,
-        cacheable=cacheable,
+        idempotent=guards.header,
+        cacheable=guards.cache is not None,
+        idempotency=guards.idempotency,
+        idempotency_retention=guards.retention,
+        key_field=guards.key_field,
+        cache=guards.cache,
         breaker=cast(BreakerScope, breaker),
         headers=headers,
         auth=auth,

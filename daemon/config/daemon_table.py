@@ -1,5 +1,6 @@
 """The ``[daemon]`` section: paths (with their defaults from the environment), logging,
-access control, limits and storage. Part of :func:`claykiln.daemon.config.build.build_config`.
+access control, limits, storage and the fallback cache's bounds. Part of
+:func:`claykiln.daemon.config.build.build_config`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from claykiln.actors.fallback import CacheBounds
 from claykiln.daemon.client._paths import default_socket_path, default_state_dir
 from claykiln.daemon.config.schema import (
     Invalid,
@@ -64,6 +66,7 @@ def build_daemon(
         )
     limits_t = t.table("limits") or Table({}, t.sub_path("limits"), t.problems)
     storage_t = t.table("storage") or Table({}, t.sub_path("storage"), t.problems)
+    cache_t = t.table("cache") or Table({}, t.sub_path("cache"), t.problems)
     config = DaemonConfig(
         socket=sock,
         state_dir=state,
@@ -79,6 +82,7 @@ def build_daemon(
         secrets=t.get("secrets", _secrets, (), sensitive=True),
         limits=_limits(limits_t),
         storage=_storage(storage_t),
+        cache=_cache(cache_t),
     )
     t.finish()
     return config
@@ -117,6 +121,17 @@ def _storage(t: Table) -> StorageConfig:
             t.problems.bad_value(t.sub_path("map_size"), t.data["map_size"], why)
     t.finish()
     return storage
+
+
+def _cache(t: Table) -> CacheBounds:
+    """``[daemon.cache]``: how much the fallback cache may hold (the oldest answers go first)."""
+    d = CacheBounds()
+    bounds = CacheBounds(
+        max_entries=t.get("max_entries", integer(1, example=10000), d.max_entries),
+        max_bytes=t.get("max_bytes", size(1024, example="64MiB"), d.max_bytes),
+    )
+    t.finish()
+    return bounds
 
 
 def _path(base_dir: Path) -> Parser[Path]:

@@ -59,6 +59,7 @@ RESTART_KEYS = (
     "daemon.log_format",
     "daemon.limits",
     "daemon.storage",
+    "daemon.cache",
 )
 
 

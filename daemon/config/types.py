@@ -17,6 +17,8 @@ from typing import Literal
 import attrs
 
 from claykiln.actors.breaker import BreakerPolicy
+from claykiln.actors.fallback import CacheBounds
+from claykiln.actors.fallback_policy import CachePolicy
 from claykiln.actors.gate import RatePolicy
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.retry import RetryPolicy
@@ -27,6 +29,7 @@ __all__ = [
     "AuthConfig",
     "BreakerScope",
     "DaemonConfig",
+    "IdempotencyMode",
     "KilnConfig",
     "LimitsConfig",
     "LogFormat",
@@ -40,6 +43,7 @@ __all__ = [
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 OnFailure = Literal["error", "fallback", "dlq"]
+IdempotencyMode = Literal["required", "derive", "off"]
 BreakerScope = Literal["upstream", "operation"]
 
 
@@ -88,6 +92,7 @@ class DaemonConfig:
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
+    cache: CacheBounds = attrs.field(factory=CacheBounds)
 
 
 @attrs.frozen
@@ -138,6 +143,10 @@ class OperationConfig:
     repeat_safe: bool = False
     idempotent: bool = False
     cacheable: bool = False
+    idempotency: IdempotencyMode = "off"
+    idempotency_retention: float = 86_400.0
+    key_field: str | None = None
+    cache: CachePolicy | None = None
     breaker: BreakerScope = "upstream"
     headers: Mapping[str, str] = attrs.field(factory=dict)
     auth: AuthConfig | None = None

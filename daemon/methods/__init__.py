@@ -4,7 +4,8 @@ Each family is a module with one function ``methods(runtime: Runtime) -> list[Me
 checks its arguments at the edge (``args.py``: strict names, typed maps) and hands the work to
 the components in ``runtime`` (``claykiln.daemon.runtime``); read-side answers come from
 ``claykiln.daemon.views``. Families: ``core`` (hello, status), ``call`` (call), ``breaker``
-(breaker.list, breaker.force).
+(breaker.list, breaker.force), ``idempotency`` (idempotency.get, idempotency.forget), ``cache``
+(cache.list, cache.purge).
 
 To add a family: write ``methods/<family>.py`` with its ``methods(runtime)`` and add one line to
 ``FAMILIES`` below. Two families naming the same method is a programming error, raised at start.
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from claykiln.daemon.methods import breaker, call, core
+from claykiln.daemon.methods import breaker, cache, call, core, idempotency
 from claykiln.daemon.rpc.types import Method
 from claykiln.daemon.runtime import Runtime
 
@@ -27,6 +28,8 @@ FAMILIES: Final[tuple[Family, ...]] = (
     core.methods,
     call.methods,
     breaker.methods,
+    idempotency.methods,
+    cache.methods,
 )
 
 

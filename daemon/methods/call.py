@@ -1,10 +1,13 @@
 """The ``call`` method: validate the arguments at the edge, then hand the call to the pipeline.
 
 ``call`` has a precheck, run on the connection's reader before any task is spawned:
-``parse_call`` validates every argument, then ``CallPipeline.fail_fast`` refuses at once what the
-published snapshots already refuse (an unknown operation, an open breaker, a gate closed past
-the deadline, a full lane). What passes runs in its own task through ``CallPipeline.call``; the
-reply is the ``CallResult``'s wire map.
+``parse_call`` validates every argument, then ``KeyedCalls.precheck`` answers at once what needs
+no upstream (a replay of a completed idempotency key, a mismatch, a key in doubt, a required key
+missing) and ``CallPipeline.fail_fast`` refuses what the published snapshots already refuse (an
+unknown operation, an open breaker, a gate closed past the deadline, a full lane), or, for an
+operation with ``on_failure = "fallback"``, answers it from the cache. What passes runs in its
+own task through ``KeyedCalls.call`` (the key's record around ``CallPipeline.call``); the reply
+is the result's wire map (docs/protocol.md, ``call``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import trio
 
 from claykiln.actors.call import CallRequest
 from claykiln.actors.errors import BadRequestRefusal
+from claykiln.actors.idempotency_record import check_key
+from claykiln.actors.keyed_call import PreparedCall
 from claykiln.actors.upstream import NO_JSON
 from claykiln.daemon.methods.args import check_names, str_map
-from claykiln.daemon.rpc.types import Method, RequestContext
+from claykiln.daemon.rpc.types import Answered, Method, RequestContext
 from claykiln.daemon.runtime import Runtime
 
 __all__ = ["CALL_ARGS", "MAX_DEADLINE_MS", "methods", "parse_call"]
@@ -70,8 +75,8 @@ def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
     if lane is not None and not isinstance(lane, str):
         raise BadRequestRefusal("call: lane must be a string naming a lane")
     key = args.get("idempotency_key")
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 255):
-        raise BadRequestRefusal("call: idempotency_key must be a string of 1-255 characters")
+    if key is not None:
+        check_key(key)
     query = str_map("call", "query", args.get("query"), scalars=True)
     return CallRequest(
         operation=operation,
@@ -88,16 +93,15 @@ def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
 
 
 def methods(runtime: Runtime) -> list[Method]:
-    """``call``: precheck on the reader (``parse_call`` + fail-fast), then the pipeline."""
-    pipeline = runtime.pipeline  # set once at start; a reload reconfigures it in place
+    """``call``: precheck on the reader (``parse_call``, replays, fail-fast, fallbacks), then
+    the keyed call around the pipeline."""
+    calls = runtime.calls  # set once at start; a reload reconfigures it in place
 
-    def call_precheck(ctx: RequestContext, args: dict[str, Any]) -> CallRequest:
-        request = parse_call(args, trio.current_time())
-        pipeline.fail_fast(request)
-        return request
+    def call_precheck(ctx: RequestContext, args: dict[str, Any]) -> PreparedCall | Answered:
+        prepared = calls.precheck(parse_call(args, trio.current_time()))
+        return Answered(prepared) if isinstance(prepared, dict) else prepared
 
-    async def call(ctx: RequestContext, request: CallRequest) -> dict[str, Any]:
-        result = await pipeline.call(request)
-        return result.to_wire()
+    async def call(ctx: RequestContext, prepared: PreparedCall) -> dict[str, Any]:
+        return await calls.call(prepared)
 
     return [Method("call", handler=call, precheck=call_precheck)]

@@ -5,7 +5,8 @@ Promises:
   (out of order). Replies are written by one writer task per connection, which batches whatever
   is queued into one ``send_all``.
 - A method registered ``inline`` is answered on the reader without spawning a task; a method's
-  ``precheck`` may refuse at once (a fail-fast rejection) before a task is spawned. Everything
+  ``precheck`` may refuse at once (a fail-fast rejection) or answer at once (``Answered``: a
+  replay, a fallback) before a task is spawned. Everything
   else runs in a task per request inside the connection's nursery.
 - Per-connection in-flight limit: when reached, the reader stops reading that connection until
   replies drain (backpressure; nothing is dropped).
@@ -51,7 +52,7 @@ from claykiln.daemon.rpc.protocol import (
     encode_response,
     error_map,
 )
-from claykiln.daemon.rpc.types import Handler, RequestContext, ServerLimits
+from claykiln.daemon.rpc.types import Answered, Handler, RequestContext, ServerLimits
 from claykiln.storage import StoreFull
 
 __all__ = ["RECV_SIZE", "WRITER_FLUSH_TIMEOUT", "Connection"]
@@ -307,6 +308,9 @@ class Connection:
             prepared: Any = req.args
             if method.precheck is not None:
                 prepared = method.precheck(ctx, req.args)
+                if isinstance(prepared, Answered):
+                    self.send(_pack_reply(req.msgid, prepared.result))
+                    return
         except Refusal as exc:
             self.send(_pack_error(req.msgid, exc.to_wire()))
             return

@@ -16,7 +16,7 @@ import attrs
 from claykiln.daemon.rpc.listener import PeerCred
 from claykiln.daemon.rpc.protocol import Limits
 
-__all__ = ["Handler", "InlineHandler", "Method", "RequestContext", "ServerLimits"]
+__all__ = ["Answered", "Handler", "InlineHandler", "Method", "RequestContext", "ServerLimits"]
 
 
 @attrs.frozen
@@ -46,11 +46,20 @@ InlineHandler = Callable[[RequestContext, Any], Any]
 
 
 @attrs.frozen
+class Answered:
+    """What a ``precheck`` returns when it answered the request itself (an idempotent replay,
+    a fallback from the cache): the connection sends ``result`` as the reply, no task runs."""
+
+    result: Any
+
+
+@attrs.frozen
 class Method:
     """One RPC method. Exactly one of ``handler`` (async, own task) or ``inline`` (sync) is set.
 
     ``precheck`` (sync) validates on the reader and may raise a ``Refusal`` to refuse before a
-    task is spawned; when set, the handler receives what it returns instead of the raw args.
+    task is spawned, or return ``Answered(result)`` to reply at once; otherwise the handler
+    receives what it returns instead of the raw args.
     ``admin`` methods are refused with ``forbidden`` for peers outside the admin set.
     """
 

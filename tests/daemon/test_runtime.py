@@ -75,6 +75,8 @@ async def test_start_runtime_starts_every_actor_in_dependency_order(runtime: Run
     """Writer, breakers, gate, lanes, then one pool per upstream: all running, in that order."""
     assert list(runtime.actors.states.items()) == [
         ("writer", "running"),
+        ("idempotency", "running"),
+        ("cache", "running"),
         ("breakers", "running"),
         ("gate", "running"),
         ("lanes", "running"),

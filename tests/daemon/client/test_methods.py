@@ -13,7 +13,7 @@ from claykiln.daemon.client._core import CALL_TIMEOUT_MARGIN, UNSET
 from claykiln.daemon.client._methods import ClientSurface, Rpc
 
 
-class Recorder(ClientSurface[Rpc, Rpc, Rpc]):
+class Recorder(ClientSurface[Rpc, Rpc, Rpc, Rpc]):
     """A flavor whose every method returns the Rpc it would send."""
 
     def _init_connections(self) -> None:

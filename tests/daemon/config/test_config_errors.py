@@ -317,9 +317,9 @@ def test_bad_method(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("mode", ["fallback", "dlq"])
-def test_fallback_and_dlq_are_not_implemented_yet(tmp_path: Path, mode: str) -> None:
-    """on_failure fallback/dlq are contract names this version refuses, pointing to "error"."""
+@pytest.mark.parametrize("mode", ["dlq"])
+def test_dlq_is_not_implemented_yet(tmp_path: Path, mode: str) -> None:
+    """on_failure dlq is a contract name this version refuses, pointing to "error"."""
     found = one_problem(tmp_path, OP + f'on_failure = "{mode}"\n')
     assert found == (
         f'operations.op.on_failure = "{mode}": "{mode}" is not implemented in this version; '

@@ -68,4 +68,4 @@ async def test_call_precheck_refuses_an_unknown_operation_before_a_task(runtime:
     assert precheck is not None
     with pytest.raises(UnknownOperationRefusal, match=r"unknown operation 'nope'.*push_row"):
         precheck(CALLER, {"operation": "nope"})
-    assert precheck(CALLER, {"operation": "me"}).operation == "me"
+    assert precheck(CALLER, {"operation": "me"}).request.operation == "me"

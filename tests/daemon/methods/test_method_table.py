@@ -32,6 +32,10 @@ async def test_the_table_merges_every_family_with_its_dispatch_kind(runtime: Run
         "call": (False, True, True, False),
         "breaker.list": (True, False, False, False),
         "breaker.force": (False, True, False, True),
+        "idempotency.get": (True, False, False, False),
+        "idempotency.forget": (False, True, False, True),
+        "cache.list": (True, False, False, False),
+        "cache.purge": (False, True, False, True),
     }
 
 
