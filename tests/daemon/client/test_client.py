@@ -1,17 +1,4 @@
-"""The three client flavors against a small trio msgpack-rpc server on a real Unix socket.
-
-The fixture server (``FixtureServer``) speaks the protocol through ``daemon/protocol.py`` and
-answers a handful of test methods:
-
-- ``echo`` -> its args; ``hello`` -> a fixed ``HELLO``; ``status`` / ``breaker.*`` / ``call``
-  -> ``{method, args}``
-- ``slow`` ``{delay, value}`` -> ``value`` after ``delay`` seconds (trio time)
-- ``held`` ``{tag}`` -> ``tag`` once the test calls ``release(tag)`` (deterministic reordering)
-- ``fail`` ``{code, message, ...}`` -> that error map
-- ``drop`` closes the connection without a reply; ``violate`` sends a ``protocol_error``
-  notification and closes; ``garbage`` sends an undecodable byte.
-- input that breaks the protocol (e.g. a frame over 1 MiB) gets a ``protocol_error``
-  notification and the connection is closed, as the daemon does.
+"""The three client flavors against the fixture server (``fixture_server.py``) on a real socket.
 
 Trio-only tests run on ``autojump_clock``; the sync and asyncio flavors run in worker threads
 on the real clock and never assert on timing.
@@ -23,13 +10,13 @@ import asyncio
 import os
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from fixture_server import HELLO, FixtureServer, in_thread, run_asyncio
 
 from claykiln.daemon import (
     AsyncioClient,
@@ -43,161 +30,8 @@ from claykiln.daemon import (
     TrioClient,
     UpstreamError,
 )
-from claykiln.daemon.rpc.protocol import (
-    FrameParser,
-    Request,
-    Violation,
-    encode_notification,
-    encode_response,
-)
 
-T = TypeVar("T")
 TEST_TIMEOUT = 10.0
-ECHO_METHODS = frozenset({"status", "breaker.list", "breaker.force", "call"})
-HELLO = {"protocol": 1, "server": "claykiln fixture", "limits": {"max_frame": 1048576}}
-
-
-class FixtureServer:
-    """A test server; its state is touched only from the trio thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.accepted = 0
-        self.received: list[Request] = []
-        self.reply_order: list[Any] = []
-        self._gates: dict[str, trio.Event] = {}
-        self._sent: dict[str, trio.Event] = {}
-        self._arrival = trio.Event()
-        self._connections: set[trio.CancelScope] = set()
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        with sock:
-            await sock.bind(str(self.path))
-            sock.listen(64)
-            listener = trio.SocketListener(sock)
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    self.accepted += 1
-                    nursery.start_soon(self._connection, stream)
-
-    def gate(self, tag: str) -> trio.Event:
-        return self._gates.setdefault(tag, trio.Event())
-
-    def sent(self, tag: str) -> trio.Event:
-        """Set once the reply carrying ``tag`` has been written to the socket."""
-        return self._sent.setdefault(tag, trio.Event())
-
-    async def release(self, tag: str) -> None:
-        """Let the ``held`` call with ``tag`` answer, and wait until its reply is sent."""
-        self.gate(tag).set()
-        await self.sent(tag).wait()
-
-    async def wait_received(self, count: int) -> None:
-        while len(self.received) < count:
-            await self._arrival.wait()
-
-    def drop_all(self) -> None:
-        for scope in self._connections:
-            scope.cancel()
-
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        parser = FrameParser()
-        send_lock = trio.Lock()
-        try:
-            async with trio.open_nursery() as nursery:
-                self._connections.add(nursery.cancel_scope)
-                while True:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        break
-                    for event in parser.feed(data):
-                        if isinstance(event, Request):
-                            self.received.append(event)
-                            self._arrival.set()
-                            self._arrival = trio.Event()
-                            nursery.start_soon(
-                                self._answer, stream, send_lock, event, nursery.cancel_scope
-                            )
-                        elif isinstance(event, Violation):
-                            note = {"code": event.code, "message": event.message}
-                            frame = encode_notification("protocol_error", note)
-                            await self._send(stream, send_lock, frame)
-                            nursery.cancel_scope.cancel()
-                nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    async def _answer(
-        self, stream: trio.SocketStream, lock: trio.Lock, req: Request, conn: trio.CancelScope
-    ) -> None:
-        args, error, result, tag = req.args, None, None, None
-        if req.method == "echo":
-            result = args
-        elif req.method == "hello":
-            result = HELLO
-        elif req.method in ECHO_METHODS:
-            result = {"method": req.method, "args": args}
-        elif req.method == "slow":
-            await trio.sleep(args["delay"])
-            result = tag = args["value"]
-        elif req.method == "held":
-            tag = args["tag"]
-            await self.gate(tag).wait()
-            result = tag
-        elif req.method == "fail":
-            error = args
-        elif req.method == "drop":
-            conn.cancel()
-            return
-        elif req.method == "violate":
-            note = {"code": args["code"], "message": args["message"]}
-            await self._send(stream, lock, encode_notification("protocol_error", note))
-            conn.cancel()
-            return
-        elif req.method == "garbage":
-            await self._send(stream, lock, b"\xc1")
-            return
-        else:
-            error = {"code": "unknown_method", "message": f"no method {req.method!r}"}
-        if not await self._send(stream, lock, encode_response(req.msgid, error, result)):
-            return
-        self.reply_order.append(result)
-        if tag is not None:
-            self.sent(str(tag)).set()
-
-    @staticmethod
-    async def _send(stream: trio.SocketStream, lock: trio.Lock, data: bytes) -> bool:
-        """Write ``data``; False when the client already went away."""
-        try:
-            async with lock:
-                await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
-
-
-@pytest.fixture
-async def server(tmp_path: Path, nursery: trio.Nursery) -> FixtureServer:
-    path = tmp_path / "k.sock"
-    assert len(str(path)) < 100, "AF_UNIX paths are limited to ~107 bytes"
-    srv = FixtureServer(path)
-    await nursery.start(srv.serve)
-    return srv
-
-
-async def in_thread(fn: Callable[[], T]) -> T:
-    """Run blocking client code in a worker thread (abandoned if the test times out)."""
-    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
-
-
-def run_asyncio(make: Callable[[], Any]) -> Callable[[], Any]:
-    """A thread body that runs the coroutine ``make()`` in a fresh asyncio loop."""
-    return lambda: asyncio.run(make())
 
 
 # -- trio flavor -------------------------------------------------------------------------------
