@@ -1,17 +1,21 @@
-"""Circuit breaker actor: one breaker per upstream (or ``"upstream/operation"``) key.
+"""Circuit breaker actor: one breaker per key (an upstream, ``"upstream/operation"`` or a name).
 
 Card
-- owns: one ``BreakerMachine`` per key (the pure machine in breaker_state.py) and the published
-  snapshot ``board.snapshot`` (key -> ``BreakerView``, replaced wholesale; the actor is the only
-  writer). Keys of the configured policies are loaded at start; others on first use.
+- owns: a ``BreakerBook`` (breaker_book.py: one ``BreakerMachine`` per key, the pure machine of
+  breaker_state.py, and an opening event per key) and the published snapshot
+  ``board.snapshot`` (key -> ``BreakerView``, replaced wholesale; the actor is the only writer).
+  Keys of the configured policies are loaded at start; others on first use.
 - receives: ``_Acquire`` (ask; only for a half-open probe slot or a key never seen),
-  ``_Record`` (fire-and-forget outcome), ``_Force`` (ask), ``_Reconfigure`` (a wake-up: the new
-  policies wait in a hand-over slot, applied first thing on the next wake).
-- replies: ``Ticket`` or ``BreakerOpenRefusal`` to ``_Acquire``; the new ``BreakerView`` to
-  ``_Force``.
+  ``_Record`` (fire-and-forget outcome), ``_Settle`` (ask: a probe's outcome, then a ticket for
+  the caller's own call), ``_Force`` (ask), ``_Reconfigure`` (a wake-up: the new policies wait
+  in a hand-over slot, applied first thing on the next wake).
+- replies: ``Ticket`` or ``BreakerOpenRefusal`` to ``_Acquire`` and ``_Settle``; the new
+  ``BreakerView`` to ``_Force``.
 - sends to: ``persist(key, record)`` once per key per wake that changed its state (fire-and-
   forget into the storage writer); structlog events breaker.opened (alert), breaker.half_open,
-  breaker.closed, breaker.forced, breaker.restored.
+  breaker.closed (alert), breaker.forced, breaker.restored.
+- publishes: the snapshot, and ``opening(key)``: an Event set when ``key`` opens, which a caller
+  waiting in retry backoff watches (an opening cuts the wait short: it gets ``breaker_open``).
 - on cancellation: the inbox closes; asks still queued fail with ``ActorStopped``; later asks
   raise ``ActorStopped`` at once; later records are dropped (counted). Acquire answers from the
   snapshot keep working (the pipeline may still drain).
@@ -23,21 +27,23 @@ Request path: ``acquire_nowait`` answers closed / forced-closed / disabled break
 shared ticket and open / forced-open / full half-open ones with ``BreakerOpenRefusal``, straight
 from the snapshot, with no ask and no checkpoint (``check`` applies the same refusal, taking
 nothing); ``record`` is ``send_nowait`` (a full inbox drops the outcome and counts it; a
-dropped probe outcome is caught by ``probe_timeout``).
+dropped probe outcome is caught by ``probe_timeout``). A probe ticket that names a
+``probe_operation`` asks its caller to make that call first and report it with
+``settle_probe``, instead of risking its own request on a doubtful upstream.
 """
 
 from __future__ import annotations
 
-import math
+import random
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
 
-from claykiln.actors.breaker_state import BreakerMachine, restore_from_record, to_record
+from claykiln.actors.breaker_book import BreakerBook, LoadFn, PersistFn
 from claykiln.actors.breaker_types import (
     BreakerPolicy,
     BreakerState,
@@ -46,13 +52,10 @@ from claykiln.actors.breaker_types import (
     Outcome,
     Rejection,
     Ticket,
-    Transition,
     decide_from_view,
-    policy_for,
     view_to_wire,
 )
 from claykiln.actors.errors import BadRequestRefusal, BreakerOpenRefusal
-from claykiln.actors.log import alert, get_logger
 from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
 
 __all__ = [
@@ -70,15 +73,6 @@ __all__ = [
 
 BREAKER_INBOX_SIZE = 1024
 _COMMANDS = ("open", "closed", "disabled", "reset")
-log = get_logger("claykiln.breaker")
-
-
-class PersistFn(Protocol):
-    def __call__(self, key: str, record: dict[str, Any], /) -> None: ...
-
-
-class LoadFn(Protocol):
-    def __call__(self, key: str, /) -> dict[str, Any] | None: ...
 
 
 @attrs.frozen(eq=False)
@@ -95,6 +89,16 @@ class _Record:
 
 
 @attrs.frozen(eq=False)
+class _Settle:
+    """A probe's outcome, and the ask for the caller's own ticket right after it."""
+
+    probe: Ticket
+    outcome: Outcome
+    duration: float
+    reply: Reply[Ticket]
+
+
+@attrs.frozen(eq=False)
 class _Force:
     key: str
     command: ForceCommand
@@ -106,7 +110,7 @@ class _Reconfigure:
     """Wake the actor to apply the policies waiting in the board's hand-over slot."""
 
 
-_Message = _Acquire | _Record | _Force | _Reconfigure
+_Message = _Acquire | _Record | _Settle | _Force | _Reconfigure
 
 
 def _rejection_error(rejection: Rejection) -> BreakerOpenRefusal:
@@ -130,10 +134,13 @@ class BreakerBoard:
         persist: PersistFn,
         load: LoadFn,
         wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
     ) -> None:
         self._wall_clock = wall_clock
         self._mailbox: Mailbox[_Message] = Mailbox("breaker", BREAKER_INBOX_SIZE)
-        self._state = _BreakersState(dict(policies), default, persist, load, wall_clock)
+        self._state = BreakerBook(
+            dict(policies), default, persist, load, wall_clock, rng or random.Random()
+        )
         self._pending_config: tuple[Mapping[str, BreakerPolicy], BreakerPolicy] | None = None
         self._snapshot: Mapping[str, BreakerView] = MappingProxyType({})
         self._started = False
@@ -185,6 +192,35 @@ class BreakerBoard:
                 else:
                     self.record(granted, Outcome.IGNORED, 0.0)
             raise
+
+    async def settle_probe(self, probe: Ticket, outcome: Outcome, duration: float) -> Ticket:
+        """Report the outcome of a probe made with ``probe.probe_operation``, then acquire for
+        the caller's own call, in one ask (so the answer already knows the verdict).
+
+        Returns a ticket (the breaker closed, or another probe of the round) or raises
+        ``BreakerOpenRefusal`` (the probe failed, or the round is still open). Cancelled, the
+        probe counts as IGNORED if its outcome was not delivered yet.
+        """
+        reply: Reply[Ticket] = Reply()
+        try:
+            return await self._mailbox.ask(_Settle(probe, outcome, duration, reply), reply)
+        except BaseException:
+            if not reply.done:
+                reply.fail(ActorStopped("the asker gave up"))  # the outcome is still applied
+            else:
+                try:
+                    granted = reply.result()
+                except Exception:
+                    pass
+                else:
+                    self.record(granted, Outcome.IGNORED, 0.0)
+            raise
+
+    def opening(self, key: str) -> trio.Event:
+        """An Event set the next time ``key`` opens (or is forced open): what a caller waiting
+        in backoff watches, so an opening cuts its wait short. Never set for a key never seen."""
+        opening = self._state.openings.get(key)
+        return trio.Event() if opening is None else opening
 
     def record(self, ticket: Ticket, outcome: Outcome, duration: float) -> None:
         """Report a call's outcome and duration (seconds); never blocks, never raises."""
@@ -252,7 +288,7 @@ class BreakerBoard:
                     state.reconfigure(*pending, now)
                 state.tick_due(now)
                 for message in batch:
-                    state.handle(message, now)
+                    _handle(state, message, now)
                 self._publish(now)
         finally:
             self._mailbox.stop(batch)
@@ -264,146 +300,26 @@ class BreakerBoard:
             self._snapshot = MappingProxyType({**self._snapshot, **changed})
 
 
-@attrs.define
-class _BreakersState:
-    """Everything the breaker task owns; only that task touches it (no awaits here)."""
-
-    policies: Mapping[str, BreakerPolicy]
-    default: BreakerPolicy
-    persist: PersistFn
-    load: LoadFn
-    wall_clock: Callable[[], float]
-    machines: dict[str, BreakerMachine] = attrs.Factory(dict)
-    changed: set[str] = attrs.Factory(set)
-    asks: int = 0
-    stale_records: int = 0
-    persist_failures: int = 0
-
-    def load_configured(self, now: float) -> None:
-        """Create (and restore) the machine of every configured key."""
-        for key in self.policies:
-            self.machine(key, now)
-
-    def handle(self, message: _Message, now: float) -> None:
-        """Apply one message (a ``_Reconfigure`` only woke the actor: nothing to do)."""
-        if isinstance(message, _Record):
-            machine = self.machines.get(message.ticket.key)
-            counted = machine is not None and machine.record(
-                message.ticket, message.outcome, message.duration, now
-            )
-            if counted:
-                self.changed.add(message.ticket.key)
-            else:
-                self.stale_records += 1
-        elif isinstance(message, _Acquire):
-            self.asks += 1
-            if message.reply.done:
-                return  # the asker gave up: take no probe slot for it
-            machine = self.machine(message.key, now)
-            decided = machine.acquire(now)
-            self.changed.add(message.key)
-            if isinstance(decided, Rejection):
-                message.reply.fail(_rejection_error(decided))
-            else:
-                message.reply.set(decided)
-        elif isinstance(message, _Force):
-            self.asks += 1
-            machine = self.machine(message.key, now)
-            machine.force(message.command, now)
-            self.changed.add(message.key)
-            message.reply.set(machine.view(now))
-
-    def machine(self, key: str, now: float) -> BreakerMachine:
-        """The machine of ``key``, created (and restored from ``load``) on first use."""
-        machine = self.machines.get(key)
-        if machine is not None:
-            return machine
-        policy = policy_for(key, self.policies, self.default)
-        machine = BreakerMachine(key, policy)
-        self.machines[key] = machine
-        self.changed.add(key)
-        try:
-            record = self.load(key)
-            if record is not None:
-                restored = restore_from_record(record, policy, now, self.wall_clock())
-                machine.restore(restored, now)
-                log.info("breaker.restored", key=key, state=machine.state.value)
-        except Exception as exc:
-            log.warning("breaker.restore_failed", key=key, error=repr(exc))
-        return machine
-
-    def reconfigure(
-        self, policies: Mapping[str, BreakerPolicy], default: BreakerPolicy, now: float
-    ) -> None:
-        """New policies for every machine (states kept); configured keys never seen appear."""
-        self.policies, self.default = policies, default
-        for key, machine in self.machines.items():
-            machine.reconfigure(policy_for(key, policies, default), now)
-            self.changed.add(key)
-        self.load_configured(now)
-        log.info("breaker.reconfigured", keys=sorted(policies))
-
-    def tick_due(self, now: float) -> None:
-        """Apply the time-driven transitions that came due (end of OPEN, hung probes)."""
-        for key, machine in self.machines.items():
-            deadline = machine.next_deadline()
-            if deadline is not None and deadline <= now:
-                machine.tick(now)
-                self.changed.add(key)
-
-    def next_deadline(self) -> float:
-        """When the loop must wake for ``tick_due`` (inf: only for a message)."""
-        deadlines = [m.next_deadline() for m in self.machines.values()]
-        return min((d for d in deadlines if d is not None), default=math.inf)
-
-    def finish_wake(self, now: float) -> dict[str, BreakerView]:
-        """Log and persist the transitions of this wake; the new views of the changed keys."""
-        views: dict[str, BreakerView] = {}
-        wall_now = self.wall_clock()
-        for key in self.changed:
-            machine = self.machines[key]
-            transitions = machine.take_transitions()
-            for transition in transitions:
-                _log_transition(transition, machine)
-            if transitions:
-                self._persist(machine, now, wall_now)
-            views[key] = machine.view(now)
-        self.changed.clear()
-        return views
-
-    def _persist(self, machine: BreakerMachine, now: float, wall_now: float) -> None:
-        try:
-            self.persist(machine.key, to_record(machine, now, wall_now))
-        except Exception as exc:
-            self.persist_failures += 1
-            alert(
-                log,
-                "breaker.persist_failed",
-                severity="warning",
-                level="error",
-                key=machine.key,
-                error=repr(exc),
-            )
-
-
-def _log_transition(t: Transition, machine: BreakerMachine) -> None:
-    fields = {"key": t.key, "previous": t.before.value, "reason": t.reason}
-    if t.reason.startswith("forced_"):
-        log.warning("breaker.forced", state=t.after.value, **fields)
-    elif t.after is BreakerState.OPEN:
-        alert(
-            log,
-            "breaker.opened",
-            severity="warning",
-            calls=t.calls,
-            failures=t.failures,
-            slow_calls=t.slow_calls,
-            error_rate=t.failures / t.calls if t.calls else 0.0,
-            retry_after=machine.policy.reset_timeout,
-            **fields,
-        )
-    elif t.after is BreakerState.HALF_OPEN:
-        log.info("breaker.half_open", **fields)
-    elif t.after is BreakerState.CLOSED:
-        # An alert (the all-clear for breaker.opened) so it passes any log level.
-        alert(log, "breaker.closed", severity="info", **fields)
+def _handle(book: BreakerBook, message: _Message, now: float) -> None:
+    """Apply one message and answer its slot (a ``_Reconfigure`` only woke the actor)."""
+    if isinstance(message, _Record):
+        book.record(message.ticket, message.outcome, message.duration, now)
+        return
+    if isinstance(message, _Reconfigure):
+        return
+    book.asks += 1
+    if isinstance(message, _Force):
+        message.reply.set(book.force(message.key, message.command, now))
+        return
+    if isinstance(message, _Settle):
+        book.record(message.probe, message.outcome, message.duration, now)
+        key = message.probe.key
+    else:
+        key = message.key
+    if message.reply.done:
+        return  # the asker gave up: take no (probe) ticket for it
+    decided = book.acquire(key, now)
+    if isinstance(decided, Rejection):
+        message.reply.fail(_rejection_error(decided))
+    else:
+        message.reply.set(decided)

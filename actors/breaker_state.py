@@ -1,26 +1,30 @@
 """The circuit breaker's state machine: pure and sans-I/O; every method takes ``now`` (trio time).
 
-    CLOSED ──(window holds >= volume_threshold calls and the error rate >= error_threshold,
-              or the slow-call rate >= slow_call_threshold)──────────────────────> OPEN
-    OPEN ──(now >= open_until = opened + reset_timeout)──────────────────────────> HALF_OPEN
+    CLOSED ──(consecutive_failures failures in a row, or consecutive_connect_failures connect
+              failures in a row, or the window holds >= volume_threshold calls and the error
+              rate >= error_threshold or the slow-call rate >= slow_call_threshold)──> OPEN
+    OPEN ──(now >= open_until = opened + the open interval)──────────────────────> HALF_OPEN
     HALF_OPEN ──(half_open_probes probes succeeded)──────────────────────────────> CLOSED
     HALF_OPEN ──(a probe failed, was slow, or was not reported by probe_timeout)──> OPEN
     any ──force──> FORCED_OPEN | FORCED_CLOSED | DISABLED;  any ──reset──> CLOSED
 
-The trip check runs as each call is counted (not as old calls expire from the window).
-Every state change starts a new ``generation``; a ticket carries the generation it was issued
-in, so an outcome reported after a change (a call admitted before a trip, a probe reported after
-its timeout) is stale and ignored. Entering CLOSED, FORCED_CLOSED or DISABLED starts a fresh
-window. FORCED_CLOSED counts calls but never trips; DISABLED counts nothing.
-Half-open admits a round of ``half_open_probes`` probes: a probe slot is free while
-``successes + in flight < half_open_probes``; an IGNORED probe (a 429, a cancelled caller)
-frees its slot without a verdict. A probe that succeeded but took longer than
-``slow_call_duration`` (when set) counts as a failed probe.
+The trip checks run as each call is counted (not as old calls expire from the window).
+The open interval grows with each opening in a row (``streak``): ``BreakerPolicy.open_interval``,
+jittered by the machine's ``rng``; an opening after ``healthy_period`` seconds closed (or a
+reset) starts the streak again. Every state change starts a new ``generation``; a ticket
+carries the generation it was issued in, so an outcome reported after a change (a call admitted
+before a trip, a probe reported after its timeout) is stale and ignored. Entering CLOSED,
+FORCED_CLOSED or DISABLED starts a fresh window and fresh in-a-row counts. FORCED_CLOSED counts
+calls but never trips; DISABLED counts nothing. Half-open admits a round of
+``half_open_probes`` probes: a probe slot is free while ``successes + in flight <
+half_open_probes``; an IGNORED probe (a 429, a cancelled caller) frees its slot without a
+verdict. A probe that succeeded but took longer than ``slow_call_duration`` (when set) counts as
+a failed probe.
 """
 
 from __future__ import annotations
 
-import math
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +32,7 @@ import attrs
 
 from claykiln.actors.breaker_types import (
     COUNTING_STATES,
+    FAILURES,
     FORCED_STATES,
     BreakerPolicy,
     BreakerState,
@@ -39,6 +44,7 @@ from claykiln.actors.breaker_types import (
     Transition,
     decide_from_view,
 )
+from claykiln.actors.breaker_window import RollingWindow
 
 __all__ = ["BreakerMachine", "Restored", "RollingWindow", "restore_from_record", "to_record"]
 
@@ -51,66 +57,10 @@ _FORCED_BY_COMMAND: Mapping[str, BreakerState] = {
 }
 
 
-class RollingWindow:
-    """Counts of the last ``window`` seconds in ``buckets`` buckets (the newest one partial)."""
-
-    __slots__ = (
-        "_buckets",
-        "_counts",
-        "_head",
-        "_width",
-        "_window",
-        "calls",
-        "failures",
-        "slow_calls",
-    )
-
-    def __init__(self, window: float, buckets: int) -> None:
-        self._window = window
-        self._width = window / buckets
-        self._buckets = buckets
-        self._counts = [[0, 0, 0] for _ in range(buckets)]  # calls, failures, slow per bucket
-        self._head: int | None = None  # absolute index of the newest bucket
-        self.calls = 0
-        self.failures = 0
-        self.slow_calls = 0
-
-    def geometry(self) -> tuple[float, int]:
-        return self._window, self._buckets
-
-    def advance(self, now: float) -> None:
-        """Expire buckets older than the window; time that goes backwards stays in the newest."""
-        index = math.floor(now / self._width)
-        if self._head is None:
-            self._head = index
-            return
-        if index <= self._head:
-            return
-        for step in range(1, min(index - self._head, self._buckets) + 1):
-            bucket = self._counts[(self._head + step) % self._buckets]
-            self.calls -= bucket[0]
-            self.failures -= bucket[1]
-            self.slow_calls -= bucket[2]
-            bucket[0] = bucket[1] = bucket[2] = 0
-        self._head = index
-
-    def add(self, now: float, *, failed: bool, slow: bool) -> None:
-        """Count one completed call at ``now``."""
-        self.advance(now)
-        assert self._head is not None
-        bucket = self._counts[self._head % self._buckets]
-        bucket[0] += 1
-        bucket[1] += failed
-        bucket[2] += slow
-        self.calls += 1
-        self.failures += failed
-        self.slow_calls += slow
-
-
 class BreakerMachine:
     """One breaker's state (the actor's only; no awaits). Transitions queue for the actor."""
 
-    def __init__(self, key: str, policy: BreakerPolicy) -> None:
+    def __init__(self, key: str, policy: BreakerPolicy, rng: random.Random | None = None) -> None:
         self.key = key
         self.policy = policy
         self.state = BreakerState.CLOSED
@@ -118,6 +68,11 @@ class BreakerMachine:
         self.open_until: float | None = None
         self.opened_at: float | None = None
         self.window = RollingWindow(policy.window, policy.buckets)
+        self.streak = 0  # openings in a row: the next open interval grows with it
+        self.closed_since: float | None = None  # when CLOSED began (None: since creation)
+        self.failures_in_row = 0
+        self.connect_failures_in_row = 0
+        self._rng = rng or random.Random()
         self._probes: dict[int, float] = {}  # probe id -> deadline
         self._successes = 0
         self._next_probe = 1
@@ -188,7 +143,13 @@ class BreakerMachine:
             probe_id = self._next_probe
             self._next_probe += 1
             self._probes[probe_id] = now + self.policy.probe_timeout
-            return Ticket(self.key, self.generation, probe=True, probe_id=probe_id)
+            return Ticket(
+                self.key,
+                self.generation,
+                probe=True,
+                probe_id=probe_id,
+                probe_operation=self.policy.probe_operation,
+            )
         decided = decide_from_view(self.view(now), now)
         assert decided is not None  # the view of a ticked machine never defers to an ask
         return decided
@@ -203,7 +164,7 @@ class BreakerMachine:
         if ticket.probe:
             if self._probes.pop(ticket.probe_id, None) is None:
                 return False
-            if outcome is Outcome.FAILURE:
+            if outcome in FAILURES:
                 self._open(now, "probe_failed")
             elif outcome is Outcome.SUCCESS and slow:
                 self._open(now, "probe_slow")
@@ -216,7 +177,11 @@ class BreakerMachine:
             return self.state is BreakerState.DISABLED
         if outcome is Outcome.IGNORED:
             return True
-        self.window.add(now, failed=outcome is Outcome.FAILURE, slow=slow)
+        failed = outcome in FAILURES
+        self.window.add(now, failed=failed, slow=slow)
+        self.failures_in_row = self.failures_in_row + 1 if failed else 0
+        connect = outcome is Outcome.CONNECT_FAILURE
+        self.connect_failures_in_row = self.connect_failures_in_row + 1 if connect else 0
         if self.state is BreakerState.CLOSED:
             reason = self._trip_reason()
             if reason is not None:
@@ -232,10 +197,15 @@ class BreakerMachine:
         self._enter(target, now, f"forced_{command}")
 
     def restore(self, restored: Restored, now: float) -> None:
-        """Adopt a persisted state (see ``restore_from_record``), then apply what came due."""
+        """Adopt a persisted state (see ``restore_from_record``), then apply what came due.
+
+        A restored CLOSED breaker counts its healthy period from ``now``.
+        """
         self._set_state(restored.state)
         self.open_until = restored.open_until
         self.opened_at = restored.opened_at
+        self.streak = restored.streak
+        self.closed_since = now if restored.state is BreakerState.CLOSED else None
         self.tick(now)
 
     def reconfigure(self, policy: BreakerPolicy, now: float) -> None:
@@ -252,6 +222,10 @@ class BreakerMachine:
     # -- internals -----------------------------------------------------------------------
     def _trip_reason(self) -> str | None:
         w, p = self.window, self.policy
+        if 0 < p.consecutive_connect_failures <= self.connect_failures_in_row:
+            return "consecutive_connect_failures"
+        if 0 < p.consecutive_failures <= self.failures_in_row:
+            return "consecutive_failures"
         if w.calls < p.volume_threshold:
             return None
         if w.failures / w.calls >= p.error_threshold:
@@ -261,23 +235,45 @@ class BreakerMachine:
         return None
 
     def _open(self, now: float, reason: str) -> None:
-        self._enter(BreakerState.OPEN, now, reason)
+        """Open for the streak's interval; a first opening after a healthy period starts over."""
+        since = self.closed_since
+        if self.state is BreakerState.CLOSED and since is not None:
+            self.streak = 0 if now - since >= self.policy.healthy_period else self.streak
+        interval = self.policy.open_interval(self.streak, self._rng.random())
+        self.streak += 1
+        self._enter(BreakerState.OPEN, now, reason, open_for=interval)
         self.opened_at = now
-        self.open_until = now + self.policy.reset_timeout
+        self.open_until = now + interval
 
-    def _enter(self, state: BreakerState, now: float, reason: str) -> None:
+    def _enter(
+        self, state: BreakerState, now: float, reason: str, open_for: float | None = None
+    ) -> None:
         self.window.advance(now)
         w = self.window
         self._transitions.append(
-            Transition(self.key, self.state, state, reason, now, w.calls, w.failures, w.slow_calls)
+            Transition(
+                self.key,
+                self.state,
+                state,
+                reason,
+                now,
+                w.calls,
+                w.failures,
+                w.slow_calls,
+                open_for,
+            )
         )
         self._set_state(state)
         if state in COUNTING_STATES or state is BreakerState.DISABLED:
             self.window = RollingWindow(self.policy.window, self.policy.buckets)
+            self.failures_in_row = self.connect_failures_in_row = 0
             self.open_until = None
             self.opened_at = None
         elif state is BreakerState.FORCED_OPEN:
             self.open_until = None
+        self.closed_since = now if state is BreakerState.CLOSED else None
+        if reason == "forced_reset":
+            self.streak = 0
 
     def _set_state(self, state: BreakerState) -> None:
         self.state = state
@@ -294,6 +290,7 @@ class Restored:
     state: BreakerState
     open_until: float | None
     opened_at: float | None
+    streak: int = 0
 
 
 def to_record(machine: BreakerMachine, now: float, wall_now: float) -> dict[str, Any]:
@@ -308,6 +305,7 @@ def to_record(machine: BreakerMachine, now: float, wall_now: float) -> dict[str,
         "forced": machine.state in FORCED_STATES,
         "opened_at": wall(machine.opened_at),
         "open_until": wall(machine.open_until),
+        "streak": machine.streak,
     }
 
 
@@ -316,9 +314,11 @@ def restore_from_record(
 ) -> Restored:
     """Convert a persisted record to trio time; raise ValueError if it is malformed.
 
-    An OPEN breaker keeps the rest of its reset timeout (at most ``reset_timeout``, in case the
-    wall clock moved back); if that time passed during the downtime, ``open_until`` is ``now``
-    and the machine comes up half-open. Forced states stay forced; probes do not survive.
+    An OPEN breaker keeps the rest of its open interval (at most the policy's longest, in case
+    the wall clock moved back); if that time passed during the downtime, ``open_until`` is
+    ``now`` and the machine comes up half-open. The streak of openings survives (a record
+    without one, from an earlier version, has none); forced states stay forced; probes do not
+    survive.
     """
     try:
         state = BreakerState(record["state"])
@@ -340,7 +340,11 @@ def restore_from_record(
     if state is BreakerState.OPEN:
         if open_until is None:
             open_until = now + policy.reset_timeout
-        open_until = min(max(open_until, now), now + policy.reset_timeout)
+        open_until = min(max(open_until, now), now + policy.longest_open)
     else:
         open_until = None
-    return Restored(state, open_until, opened_at)
+    streak = record.get("streak", 0)
+    if not isinstance(streak, int) or isinstance(streak, bool) or streak < 0:
+        msg = f"breaker record field 'streak' is not a count: {streak!r}"
+        raise ValueError(msg)
+    return Restored(state, open_until, opened_at, streak)

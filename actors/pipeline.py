@@ -52,7 +52,7 @@ from claykiln.actors.gate import GateBoard
 from claykiln.actors.lanes import Lanes
 from claykiln.actors.log import alert, get_logger
 from claykiln.actors.retry import Outcome as RetryOutcome
-from claykiln.actors.retry import RetryPolicy, plan_retry
+from claykiln.actors.retry import RetryBudget, RetryPolicy, plan_retry
 from claykiln.actors.upstream import HttpRequest, HttpResponse, UpstreamPool, render_path
 
 __all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRoute"]
@@ -87,6 +87,7 @@ class CallPipeline:
         self.breakers = breakers
         self.gate = gate
         self.rng = rng or random.Random()
+        self.budgets: dict[str, RetryBudget] = {}  # upstream -> its retry budget
 
     def reconfigure(
         self, operations: Mapping[str, Operation], routes: Mapping[str, UpstreamRoute]
@@ -152,40 +153,62 @@ class CallPipeline:
         deadline: float | None,
         started: float,
     ) -> CallResult:
+        budget = self.budgets.setdefault(op.upstream, RetryBudget())
+        budget.calls += 1
+        retry_held = False  # a retry slot of the budget, from its grant to its attempt's end
         attempt = 0
-        while True:
-            attempt += 1
-            response, error = await self._one_attempt(op, route, http, deadline)
-            now = trio.current_time()
-            if response is not None:
-                outcome = RetryOutcome.from_status(
-                    response.status, retry_after=response.retry_after()
+        try:
+            while True:
+                attempt += 1
+                try:
+                    response, error = await self._one_attempt(op, route, http, deadline)
+                finally:
+                    if retry_held:
+                        budget.retries -= 1
+                        retry_held = False
+                now = trio.current_time()
+                if response is not None:
+                    outcome = RetryOutcome.from_status(
+                        response.status, retry_after=response.retry_after()
+                    )
+                else:
+                    assert error is not None
+                    outcome = RetryOutcome.from_error(error)
+                plan = plan_retry(
+                    route.retry,
+                    attempt=attempt,
+                    outcome=outcome,
+                    method=op.method,
+                    repeat_safe=op.repeat_safe,
+                    now=now,
+                    deadline=deadline,
+                    rng=self.rng,
                 )
-            else:
-                assert error is not None
-                outcome = RetryOutcome.from_error(error)
-            plan = plan_retry(
-                route.retry,
-                attempt=attempt,
-                outcome=outcome,
-                method=op.method,
-                repeat_safe=op.repeat_safe,
-                now=now,
-                deadline=deadline,
-                rng=self.rng,
-            )
-            if not plan.retry:
-                return self._final(op, response, error, attempt, now - started)
-            delay = plan.delay
-            log.info(
-                "call.retry",
-                operation=op.name,
-                attempt=attempt,
-                delay=round(delay, 3),
-                status=response.status if response is not None else None,
-                error=error.code if error is not None else None,
-            )
-            await trio.sleep(delay)
+                if not plan.retry or not budget.try_retry(route.retry):
+                    return self._final(op, response, error, attempt, now - started)
+                retry_held = True
+                log.info(
+                    "call.retry",
+                    operation=op.name,
+                    attempt=attempt,
+                    delay=round(plan.delay, 3),
+                    status=response.status if response is not None else None,
+                    error=error.code if error is not None else None,
+                )
+                await self._backoff(op.breaker_key, plan.delay)
+        finally:
+            budget.calls -= 1
+            if retry_held:
+                budget.retries -= 1
+
+    async def _backoff(self, breaker_key: str, delay: float) -> None:
+        """Wait ``delay`` before the next attempt, cut short when the breaker opens: the next
+        attempt then gets ``breaker_open`` from the snapshot (raised here at once if it is
+        already open), so no caller waits out a backoff for an upstream known to be down."""
+        opening = self.breakers.opening(breaker_key)
+        self.breakers.check(breaker_key)
+        with trio.move_on_after(delay):
+            await opening.wait()
 
     def _final(
         self,
@@ -225,25 +248,57 @@ class CallPipeline:
     async def _one_attempt(
         self, op: Operation, route: UpstreamRoute, http: HttpRequest, deadline: float | None
     ) -> tuple[HttpResponse | None, Refusal | None]:
-        """One try: breaker ticket, gate token, HTTP exchange; the outcome is always recorded."""
+        """One try: breaker ticket (a probe first where the breaker asks for one), gate token,
+        HTTP exchange; the outcome is always recorded."""
         ticket: Ticket = await self.breakers.acquire(op.breaker_key)
-        outcome = Outcome.IGNORED
-        started = trio.current_time()
+        while ticket.probe and ticket.probe_operation not in (None, op.name):
+            ticket = await self._probe(ticket, deadline)
+        report = _Report()
         try:
-            await self.gate.acquire(op.gate, deadline)
-            started = trio.current_time()
-            try:
-                response = await route.pool.execute(
-                    http, timeout=op.timeout, stage_deadline=deadline
-                )
-            except (TimeoutRefusal, UpstreamRefusal) as exc:
-                outcome = error_outcome(exc)
-                return None, exc
-            outcome = health_outcome(response.status)
-            self._learn(op, response)
-            return response, None
+            return await self._exchange(op, route, http, deadline, report)
         finally:
-            self.breakers.record(ticket, outcome, trio.current_time() - started)
+            self.breakers.record(ticket, report.outcome, trio.current_time() - report.started)
+
+    async def _probe(self, probe: Ticket, deadline: float | None) -> Ticket:
+        """Test a half-open breaker with its probe operation, then get the caller's own ticket
+        (``settle_probe``): a ticket, another probe of the round, or ``BreakerOpenRefusal``.
+        A probe operation that cannot be made here leaves the caller's call as the probe."""
+        op = self.operations.get(probe.probe_operation or "")
+        route = self.routes.get(op.upstream) if op is not None else None
+        if op is None or route is None or "{" in op.path:  # a probe takes no parameters
+            return attrs.evolve(probe, probe_operation=None)
+        report = _Report()
+        settled = False
+        try:
+            http = self._http_request(op, CallRequest(operation=op.name))
+            await self._exchange(op, route, http, deadline, report)
+            settled = True
+            duration = trio.current_time() - report.started
+            return await self.breakers.settle_probe(probe, report.outcome, duration)
+        finally:
+            if not settled:
+                self.breakers.record(probe, report.outcome, trio.current_time() - report.started)
+
+    async def _exchange(
+        self,
+        op: Operation,
+        route: UpstreamRoute,
+        http: HttpRequest,
+        deadline: float | None,
+        report: _Report,
+    ) -> tuple[HttpResponse | None, Refusal | None]:
+        """Gate token and HTTP exchange; ``report`` learns what it meant for health."""
+        report.started = trio.current_time()
+        await self.gate.acquire(op.gate, deadline)
+        report.started = trio.current_time()
+        try:
+            response = await route.pool.execute(http, timeout=op.timeout, stage_deadline=deadline)
+        except (TimeoutRefusal, UpstreamRefusal) as exc:
+            report.outcome = _transport_outcome(exc)
+            return None, exc
+        report.outcome = health_outcome(response.status)
+        self._learn(op, response)
+        return response, None
 
     def _learn(self, op: Operation, response: HttpResponse) -> None:
         status = response.status
@@ -262,3 +317,23 @@ class CallPipeline:
                 status=status,
                 body=excerpt(response.body),
             )
+
+
+class _Report:
+    """What one exchange meant for the breaker (IGNORED until known) and when it started."""
+
+    __slots__ = ("outcome", "started")
+
+    def __init__(self) -> None:
+        self.outcome = Outcome.IGNORED
+        self.started = trio.current_time()
+
+
+def _transport_outcome(error: Refusal) -> Outcome:
+    """``error_outcome``, with a failure to connect told apart (the request never left)."""
+    outcome = error_outcome(error)
+    details = error.details or {}
+    connect = details.get("kind") == "connect" or (
+        isinstance(error, TimeoutRefusal) and details.get("stage") == "connect"
+    )
+    return Outcome.CONNECT_FAILURE if outcome is Outcome.FAILURE and connect else outcome

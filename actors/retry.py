@@ -15,6 +15,9 @@ The pipeline asks :func:`plan_retry` after every attempt; it answers "stop" (wit
   floor that wins over the cap (the upstream said when it will take the call; coming back sooner
   only burns an attempt on another 429/503);
 - no retry is planned whose delay would end at or past the caller's deadline.
+
+Beyond a single call, ``RetryBudget`` keeps retries from amplifying an outage: the upstream's
+retries in flight stay within a share of its calls in flight (Envoy's retry budget).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "REPEAT_SAFE_METHODS",
     "RETRYABLE_STATUSES",
     "Outcome",
+    "RetryBudget",
     "RetryPlan",
     "RetryPolicy",
     "backoff_delay",
@@ -64,14 +68,55 @@ def _at_least_one(_inst: object, attribute: attrs.Attribute[Any], value: int) ->
         raise ValueError(msg)
 
 
+def _fraction(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 < value <= 1:
+        msg = f"retry.{attribute.name} must be in (0, 1], got {value!r}"
+        raise ValueError(msg)
+
+
+def _count(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value < 0:
+        msg = f"retry.{attribute.name} must be >= 0, got {value!r}"
+        raise ValueError(msg)
+
+
 @attrs.frozen
 class RetryPolicy:
     """``attempts`` counts every try, the first included; backoff doubles from ``base`` up to
-    ``cap`` seconds."""
+    ``cap`` seconds. The upstream's retry budget (Envoy's): retries in flight may be at most
+    ``budget`` of the calls in flight, but ``min_retries`` are always allowed (``budget = 1``
+    turns the budget off: every call may have its retry)."""
 
     attempts: int = attrs.field(default=3, validator=_at_least_one)
     base: float = attrs.field(default=0.25, validator=_positive)
     cap: float = attrs.field(default=10.0, validator=_positive)
+    budget: float = attrs.field(default=0.2, validator=_fraction)
+    min_retries: int = attrs.field(default=3, validator=_count)
+
+
+class RetryBudget:
+    """The retry budget of one upstream: counts its calls and retries in flight.
+
+    Not an actor: the pipeline's tasks change it between awaits only (one trio thread). A call
+    is in flight from entering the pipeline to its answer; a retry from the moment it is granted
+    (its backoff included) until its attempt ends. ``try_retry`` grants one while
+    ``retries < max(min_retries, budget * calls)``.
+    """
+
+    __slots__ = ("calls", "refused", "retries")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.retries = 0
+        self.refused = 0  # retries the budget refused, for status
+
+    def try_retry(self, policy: RetryPolicy) -> bool:
+        """Take a retry slot if the budget has one; False (counted in ``refused``) if not."""
+        if self.retries < max(policy.min_retries, policy.budget * self.calls):
+            self.retries += 1
+            return True
+        self.refused += 1
+        return False
 
 
 @attrs.frozen

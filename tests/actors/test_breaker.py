@@ -17,7 +17,15 @@ from claykiln.actors.errors import BadRequestRefusal, BreakerOpenRefusal
 from claykiln.actors.mailbox import ActorStopped
 
 KEY = "clay"
-POLICY = BreakerPolicy(volume_threshold=4, reset_timeout=30.0, probe_timeout=10.0)
+# The window-only breaker with a fixed 30 s open interval; the in-a-row signals and the growing
+# interval are pinned in test_breaker_signals.py.
+FIXED: dict[str, Any] = {
+    "consecutive_failures": 0,
+    "consecutive_connect_failures": 0,
+    "reset_backoff": 1.0,
+    "reset_jitter": 0.0,
+}
+POLICY = BreakerPolicy(**FIXED, volume_threshold=4, reset_timeout=30.0, probe_timeout=10.0)
 TIMEOUT = 3600.0  # virtual seconds: a hang fails the test instead of stalling it
 
 
@@ -151,7 +159,7 @@ async def test_half_open_lets_exactly_n_concurrent_probes_through(
     store: MemoryStore, autojump_clock: Any
 ) -> None:
     """With two probe slots, of three concurrent callers two get probes and one is refused."""
-    policy = BreakerPolicy(volume_threshold=4, half_open_probes=2, probe_timeout=10.0)
+    policy = BreakerPolicy(**FIXED, volume_threshold=4, half_open_probes=2, probe_timeout=10.0)
     async with running(make_board(store, {KEY: policy})) as board:
         await trip(board)
         await trio.sleep(30.0)
@@ -180,7 +188,7 @@ async def test_half_open_lets_exactly_n_concurrent_probes_through(
 
 async def test_closes_when_the_probes_succeed(store: MemoryStore, autojump_clock: Any) -> None:
     """Successful probes close the breaker with a fresh window; callers pass without asking."""
-    policy = BreakerPolicy(volume_threshold=4, half_open_probes=2)
+    policy = BreakerPolicy(**FIXED, volume_threshold=4, half_open_probes=2)
     with structlog.testing.capture_logs() as logs:
         async with running(make_board(store, {KEY: policy})) as board:
             await trip(board)
@@ -375,7 +383,7 @@ async def test_reconfigure_keeps_states_and_applies_new_thresholds(
     store: MemoryStore, autojump_clock: Any
 ) -> None:
     """After reconfigure, open breakers stay open, counts stay, and new thresholds apply."""
-    lax = BreakerPolicy(volume_threshold=100)
+    lax = BreakerPolicy(**FIXED, volume_threshold=100)
     async with running(make_board(store, {KEY: POLICY, "slack": lax})) as board:
         await trip(board)
         for _ in range(5):
@@ -383,7 +391,7 @@ async def test_reconfigure_keeps_states_and_applies_new_thresholds(
         await settle()
         assert state(board, "slack") is BreakerState.CLOSED
         board.reconfigure(
-            {KEY: POLICY, "slack": BreakerPolicy(volume_threshold=6), "new": POLICY},
+            {KEY: POLICY, "slack": BreakerPolicy(**FIXED, volume_threshold=6), "new": POLICY},
             BreakerPolicy(),
         )
         await settle()
@@ -414,7 +422,9 @@ async def test_operation_key_uses_its_upstream_policy_on_first_use(
 
 async def test_slow_calls_open_the_breaker(store: MemoryStore, autojump_clock: Any) -> None:
     """Durations reported with outcomes drive the slow-call threshold."""
-    policy = BreakerPolicy(volume_threshold=4, slow_call_duration=1.0, slow_call_threshold=0.5)
+    policy = BreakerPolicy(
+        **FIXED, volume_threshold=4, slow_call_duration=1.0, slow_call_threshold=0.5
+    )
     async with running(make_board(store, {KEY: policy})) as board:
         for duration in (0.1, 0.1, 2.0, 3.0):
             board.record(await board.acquire(KEY), Outcome.SUCCESS, duration)

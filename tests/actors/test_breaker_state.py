@@ -30,8 +30,18 @@ from claykiln.actors.breaker_types import (
 S, F, I = Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED  # noqa: E741
 
 
+# The window-only breaker with a fixed 30 s open interval (the seed's shape): the in-a-row
+# signals and the growing interval have their own tests in test_breaker_signals.py.
+FIXED: dict[str, Any] = {
+    "consecutive_failures": 0,
+    "consecutive_connect_failures": 0,
+    "reset_backoff": 1.0,
+    "reset_jitter": 0.0,
+}
+
+
 def machine(**overrides: Any) -> BreakerMachine:
-    policy = BreakerPolicy(**{"volume_threshold": 4, "reset_timeout": 30.0, **overrides})
+    policy = BreakerPolicy(**{**FIXED, "volume_threshold": 4, "reset_timeout": 30.0, **overrides})
     return BreakerMachine("clay", policy)
 
 
@@ -67,6 +77,12 @@ def tripped(**overrides: Any) -> BreakerMachine:
         {"slow_call_duration": 0},
         {"slow_call_threshold": 0},
         {"reset_timeout": -1},
+        {"consecutive_failures": -1},
+        {"consecutive_connect_failures": -1},
+        {"reset_backoff": 0.5},
+        {"max_reset_timeout": -1},
+        {"reset_jitter": 1.0},
+        {"healthy_period": -1},
         {"half_open_probes": 0},
         {"probe_timeout": 0},
     ],
@@ -78,11 +94,14 @@ def test_policy_rejects_nonsense(bad: dict[str, Any]) -> None:
 
 
 def test_policy_defaults_are_the_documented_ones() -> None:
-    """The stub's field names and defaults are kept."""
+    """The defaults are the documented ones (docs/configuration.md)."""
     p = BreakerPolicy()
     assert (p.error_threshold, p.volume_threshold, p.window, p.buckets) == (0.5, 10, 10.0, 10)
-    assert (p.slow_call_duration, p.slow_call_threshold, p.reset_timeout) == (None, 1.0, 30.0)
-    assert (p.half_open_probes, p.probe_timeout) == (1, 60.0)
+    assert (p.slow_call_duration, p.slow_call_threshold) == (None, 1.0)
+    assert (p.consecutive_failures, p.consecutive_connect_failures) == (5, 3)
+    assert (p.reset_timeout, p.reset_backoff, p.max_reset_timeout) == (0.5, 2.0, 60.0)
+    assert (p.reset_jitter, p.healthy_period) == (0.1, 60.0)
+    assert (p.half_open_probes, p.probe_timeout, p.probe_operation) == (1, 60.0, None)
 
 
 def test_policy_for_falls_back_from_operation_to_upstream_to_default() -> None:
@@ -316,7 +335,7 @@ def test_reconfigure_keeps_state_and_counts_and_applies_new_thresholds() -> None
     """New thresholds apply to the counts already in the window; the state is kept."""
     m = machine(volume_threshold=100)
     feed(m, [F] * 5, 0.0)
-    m.reconfigure(BreakerPolicy(volume_threshold=6), 0.0)
+    m.reconfigure(BreakerPolicy(**FIXED, volume_threshold=6), 0.0)
     assert m.view(0.0).calls == 5
     feed(m, [F], 0.0)
     assert m.state is BreakerState.OPEN
@@ -326,7 +345,7 @@ def test_reconfigure_with_another_window_shape_restarts_the_window() -> None:
     """Changing window or buckets empties the window (the old buckets do not map)."""
     m = machine()
     feed(m, [F, S], 0.0)
-    m.reconfigure(BreakerPolicy(volume_threshold=4, buckets=5), 0.0)
+    m.reconfigure(BreakerPolicy(**FIXED, volume_threshold=4, buckets=5), 0.0)
     assert m.view(0.0).calls == 0
 
 
@@ -334,7 +353,7 @@ def test_reconfigure_to_fewer_probes_closes_a_round_already_good_enough() -> Non
     """Lowering half_open_probes below the successes already seen closes the breaker."""
     m = tripped(half_open_probes=3)
     m.record(ticket(m, 30.0), S, 0.1, 30.0)
-    m.reconfigure(BreakerPolicy(volume_threshold=4, half_open_probes=1), 30.5)
+    m.reconfigure(BreakerPolicy(**FIXED, volume_threshold=4, half_open_probes=1), 30.5)
     assert m.state is BreakerState.CLOSED
 
 
@@ -349,6 +368,7 @@ def test_record_round_trip_keeps_the_remaining_open_time() -> None:
         "forced": False,
         "opened_at": 1000.0,
         "open_until": 1030.0,
+        "streak": 1,
     }
     msgpack.packb(record)
     restored = restore_from_record(record, m.policy, now=500.0, wall_now=1010.0)
@@ -370,7 +390,7 @@ def test_open_record_whose_reset_passed_during_downtime_comes_up_half_open() -> 
 
 
 def test_restore_clamps_open_time_when_the_wall_clock_went_back() -> None:
-    """A wall clock moved back never extends the open time beyond reset_timeout."""
+    """A wall clock moved back never extends the open time beyond the longest interval."""
     m = tripped()
     record = to_record(m, now=0.0, wall_now=1000.0)
     restored = restore_from_record(record, m.policy, now=0.0, wall_now=500.0)
@@ -433,6 +453,8 @@ policies = st.builds(
     slow_call_duration=st.none() | st.sampled_from([0.5, 1.0]),
     slow_call_threshold=st.sampled_from([0.3, 0.6, 1.0]),
     half_open_probes=st.integers(1, 4),
+    consecutive_failures=st.just(0),  # the window alone, as the reference computes it
+    consecutive_connect_failures=st.just(0),
 )
 calls = st.lists(
     st.tuples(
@@ -512,7 +534,11 @@ def test_half_open_never_admits_more_than_the_probe_count(
 ) -> None:
     """Any interleaving: at most half_open_probes live probes; a round closes on that many."""
     policy = BreakerPolicy(
-        volume_threshold=1, reset_timeout=10.0, half_open_probes=probes, probe_timeout=15.0
+        **FIXED,
+        volume_threshold=1,
+        reset_timeout=10.0,
+        half_open_probes=probes,
+        probe_timeout=15.0,
     )
     m = BreakerMachine("k", policy)
     now = 0.0

@@ -12,7 +12,7 @@ from claykiln.actors.breaker import BreakerBoard, BreakerPolicy, BreakerState, O
 from claykiln.actors.writer import Writer
 from claykiln.storage import Put, Store, text_key
 
-POLICY = BreakerPolicy(volume_threshold=2, reset_timeout=300.0)
+POLICY = BreakerPolicy(volume_threshold=2, reset_timeout=300.0, reset_backoff=1, reset_jitter=0)
 
 
 async def test_open_breaker_survives_a_restart_through_lmdb(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from claykiln.actors.errors import BadRequestRefusal, TimeoutRefusal, UpstreamRefusal
 from claykiln.actors.retry import (
     Outcome,
+    RetryBudget,
     RetryPlan,
     RetryPolicy,
     backoff_delay,
@@ -192,3 +193,24 @@ def test_policy_validation(kwargs: dict[str, float]) -> None:
     """A policy with no tries or a non-positive duration is refused."""
     with pytest.raises(ValueError, match="retry"):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_retry_budget_grants_the_floor_then_a_share_of_the_calls() -> None:
+    """max(min_retries, budget x calls in flight): 3 with 10 calls, 4 with 20 at 20 %."""
+    policy = RetryPolicy(budget=0.2, min_retries=3)
+    budget = RetryBudget()
+    budget.calls = 10
+    assert [budget.try_retry(policy) for _ in range(4)] == [True, True, True, False]
+    budget.calls = 20
+    assert budget.try_retry(policy)
+    assert not budget.try_retry(policy)
+    assert (budget.retries, budget.refused) == (4, 2)
+    budget.retries -= 1  # a retry's attempt ended
+    assert budget.try_retry(policy)
+
+
+@pytest.mark.parametrize("bad", [{"budget": 0.0}, {"budget": 1.5}, {"min_retries": -1}])
+def test_retry_budget_settings_are_checked(bad: dict[str, float]) -> None:
+    """A budget outside (0, 1] or a negative floor cannot be built."""
+    with pytest.raises(ValueError, match=r"retry\.(budget|min_retries)"):
+        RetryPolicy(**bad)  # type: ignore[arg-type]
