@@ -20,6 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import trio
 from kiln_harness import KilnProcess, clay_config
 
@@ -51,6 +52,10 @@ class Outcomes:
 
     def keep(self, name: str, outcome: Any) -> None:
         self.held[name] = outcome
+
+    def looping(self) -> bool:
+        """Whether the loop goes on: until it made AFTER_RESTART calls to the new daemon."""
+        return self.loop_after_restart < AFTER_RESTART and not self.loop_errors
 
     def check(self) -> None:
         """No error for repeat-safe calls; connection_lost for the unsafe one."""
@@ -98,15 +103,62 @@ async def scenario(
     return outcomes
 
 
-def counted(outcomes: Outcomes, call: Callable[[], Any]) -> None:
-    """One loop call: an error is kept; a success after the restart is counted."""
-    after = outcomes.restarted.is_set()
+# The calls each flavor has in flight at the kill: name -> (operation, call arguments).
+HELD_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "unsafe": ("push_row", push("u")),
+    "marked": ("me", {"retry_safe": True}),
+    "keyed": ("push_row", push("k", idempotency_key="key-k")),
+}
+LOOP_METHODS = ("hello", "status", "breaker_list")
+
+
+def held_sync(proc: KilnProcess, outcomes: Outcomes, name: str) -> None:
+    operation, kw = HELD_CALLS[name]
+    with Client(proc.socket, connect_timeout=CONNECT_TIMEOUT) as kiln:
+        try:
+            outcomes.keep(name, kiln.call(operation, **kw))
+        except KilnError as exc:
+            outcomes.keep(name, exc)
+
+
+def loop_sync(proc: KilnProcess, outcomes: Outcomes) -> None:
+    with Client(proc.socket, connect_timeout=CONNECT_TIMEOUT) as kiln:
+        n = 0
+        while outcomes.looping():
+            after = outcomes.restarted.is_set()
+            try:
+                getattr(kiln, LOOP_METHODS[n % 3])()
+            except KilnError as exc:
+                outcomes.loop_errors.append(exc)
+            else:
+                outcomes.loop_after_restart += after
+            n += 1
+
+
+async def held_async(
+    kiln: TrioClient | AsyncioClient,
+    outcomes: Outcomes,
+    name: str,
+    calls: dict[str, tuple[str, dict[str, Any]]] = HELD_CALLS,
+) -> None:
+    operation, kw = calls[name]
     try:
-        call()
+        outcomes.keep(name, await kiln.call(operation, **kw))
     except KilnError as exc:
-        outcomes.loop_errors.append(exc)
-    else:
-        outcomes.loop_after_restart += after
+        outcomes.keep(name, exc)
+
+
+async def loop_async(kiln: TrioClient | AsyncioClient, outcomes: Outcomes) -> None:
+    n = 0
+    while outcomes.looping():
+        after = outcomes.restarted.is_set()
+        try:
+            await getattr(kiln, LOOP_METHODS[n % 3])()
+        except KilnError as exc:
+            outcomes.loop_errors.append(exc)
+        else:
+            outcomes.loop_after_restart += after
+        n += 1
 
 
 async def test_sync_clients_ride_through_kill_and_restart(
@@ -116,33 +168,10 @@ async def test_sync_clients_ride_through_kill_and_restart(
     errs; the unsafe call gets connection_lost."""
 
     async def app(proc: KilnProcess, outcomes: Outcomes) -> None:
-        def held(name: str, operation: str, **kw: Any) -> None:
-            with Client(proc.socket, connect_timeout=CONNECT_TIMEOUT) as kiln:
-                try:
-                    outcomes.keep(name, kiln.call(operation, **kw))
-                except KilnError as exc:
-                    outcomes.keep(name, exc)
-
-        def loop() -> None:
-            with Client(proc.socket, connect_timeout=CONNECT_TIMEOUT) as kiln:
-                methods = [kiln.hello, kiln.status, kiln.breaker_list]
-                n = 0
-                while outcomes.loop_after_restart < AFTER_RESTART and not outcomes.loop_errors:
-                    counted(outcomes, methods[n % 3])
-                    n += 1
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                trio.to_thread.run_sync, lambda: held("unsafe", "push_row", **push("u"))
-            )
-            nursery.start_soon(
-                trio.to_thread.run_sync, lambda: held("marked", "me", retry_safe=True)
-            )
-            nursery.start_soon(
-                trio.to_thread.run_sync,
-                lambda: held("keyed", "push_row", **push("k", idempotency_key="sync-k")),
-            )
-            nursery.start_soon(trio.to_thread.run_sync, loop)
+            for name in HELD_CALLS:
+                nursery.start_soon(trio.to_thread.run_sync, held_sync, proc, outcomes, name)
+            nursery.start_soon(trio.to_thread.run_sync, loop_sync, proc, outcomes)
 
     (await scenario(kiln, simulator, app)).check()
 
@@ -154,34 +183,13 @@ async def test_trio_client_rides_through_kill_and_restart(
     unsafe call gets connection_lost."""
 
     async def app(proc: KilnProcess, outcomes: Outcomes) -> None:
-        async with TrioClient(proc.socket, connect_timeout=CONNECT_TIMEOUT) as kiln:
-
-            async def held(name: str, operation: str, **kw: Any) -> None:
-                try:
-                    outcomes.keep(name, await kiln.call(operation, **kw))
-                except KilnError as exc:
-                    outcomes.keep(name, exc)
-
-            async def loop() -> None:
-                methods = [kiln.hello, kiln.status, kiln.breaker_list]
-                n = 0
-                while outcomes.loop_after_restart < AFTER_RESTART and not outcomes.loop_errors:
-                    after = outcomes.restarted.is_set()
-                    try:
-                        await methods[n % 3]()
-                    except KilnError as exc:
-                        outcomes.loop_errors.append(exc)
-                    else:
-                        outcomes.loop_after_restart += after
-                    n += 1
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(lambda: held("unsafe", "push_row", **push("u")))
-                nursery.start_soon(lambda: held("marked", "me", retry_safe=True))
-                nursery.start_soon(
-                    lambda: held("keyed", "push_row", **push("k", idempotency_key="trio-k"))
-                )
-                nursery.start_soon(loop)
+        async with (
+            TrioClient(proc.socket, connect_timeout=CONNECT_TIMEOUT) as kiln,
+            trio.open_nursery() as nursery,
+        ):
+            for name in HELD_CALLS:
+                nursery.start_soon(held_async, kiln, outcomes, name)
+            nursery.start_soon(loop_async, kiln, outcomes)
 
     (await scenario(kiln, simulator, app)).check()
 
@@ -194,32 +202,8 @@ async def test_asyncio_client_rides_through_kill_and_restart(
 
     async def main(proc: KilnProcess, outcomes: Outcomes) -> None:
         async with AsyncioClient(proc.socket, connect_timeout=CONNECT_TIMEOUT) as kiln:
-
-            async def held(name: str, operation: str, **kw: Any) -> None:
-                try:
-                    outcomes.keep(name, await kiln.call(operation, **kw))
-                except KilnError as exc:
-                    outcomes.keep(name, exc)
-
-            async def loop() -> None:
-                methods = [kiln.hello, kiln.status, kiln.breaker_list]
-                n = 0
-                while outcomes.loop_after_restart < AFTER_RESTART and not outcomes.loop_errors:
-                    after = outcomes.restarted.is_set()
-                    try:
-                        await methods[n % 3]()
-                    except KilnError as exc:
-                        outcomes.loop_errors.append(exc)
-                    else:
-                        outcomes.loop_after_restart += after
-                    n += 1
-
-            await asyncio.gather(
-                held("unsafe", "push_row", **push("u")),
-                held("marked", "me", retry_safe=True),
-                held("keyed", "push_row", **push("k", idempotency_key="asyncio-k")),
-                loop(),
-            )
+            held = [held_async(kiln, outcomes, name) for name in HELD_CALLS]
+            await asyncio.gather(*held, loop_async(kiln, outcomes))
 
     async def app(proc: KilnProcess, outcomes: Outcomes) -> None:
         await trio.to_thread.run_sync(lambda: asyncio.run(main(proc, outcomes)))
@@ -265,3 +249,32 @@ async def test_graceful_restart_callers_do_not_notice(
                 stop.set()
     assert errors == []
     assert any(isinstance(r, dict) and r.get("status") == 200 for r in replies)
+
+
+async def test_an_operation_the_daemon_lists_as_repeat_safe_is_resent_unmarked(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """A ``me`` call (GET: repeat_safe by default) in flight at a kill -9 is resent without
+    retry_safe=True once the daemon's hello lists it; ``push_row`` is not listed."""
+    proc = kiln(clay_config(simulator.url))
+    await proc.start()
+    with trio.fail_after(WAIT):
+        async with TrioClient(proc.socket, connect_timeout=CONNECT_TIMEOUT) as client:
+            hello = await client.hello()
+            if "repeat_safe" not in hello:
+                pytest.skip("this daemon's hello does not list repeat_safe operations yet")
+            assert "me" in hello["repeat_safe"]["operations"]
+            assert "push_row" not in hello["repeat_safe"]["operations"]
+            simulator.sim.set_faults(Faults(hang=True))
+            outcomes = Outcomes()
+            calls = {"me": ("me", {}), "unsafe": HELD_CALLS["unsafe"]}
+            async with trio.open_nursery() as nursery:
+                for name in calls:
+                    nursery.start_soon(held_async, client, outcomes, name, calls)
+                await simulator.sim.wait_until(lambda s: s.stats.hanging == 2)
+                await proc.kill()
+                simulator.sim.clear_faults()
+                await trio.sleep(RESTART_DELAY)
+                await proc.start()
+    assert outcomes.held["me"]["status"] == 200
+    assert isinstance(outcomes.held["unsafe"], ConnectionLost)
