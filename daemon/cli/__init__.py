@@ -25,6 +25,8 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "hello": ("claykiln.daemon.cli.status", "hello"),
     "call": ("claykiln.daemon.cli.call", "call"),
     "breaker": ("claykiln.daemon.cli.breaker", "breaker"),
+    "idempotency": ("claykiln.daemon.cli.idempotency", "idempotency"),
+    "cache": ("claykiln.daemon.cli.cache", "cache"),
     "demo": ("claykiln.daemon.demo.command", "demo_command"),
     "bench": ("claykiln.daemon.bench.command", "bench_command"),
 }
