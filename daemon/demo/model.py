@@ -33,7 +33,8 @@ MIN_BUDGET: Final = 20.0
 MAX_BUDGET: Final = 50.0
 """Seconds: the hard cap; with the bounded shutdown the demo ends under a minute."""
 FULL_PROFILE_BUDGET: Final = 40.0
-"""From this budget on, the 429 closure and the breaker's reset timeout last 3 s, not 2 s."""
+"""From this budget on, the 429 closure and the breaker's reset timeout last 3 s; below it, 2 s
+and 1 s, with fewer rows and a faster slow upstream."""
 BURST_GAP: Final = 0.75
 """Intervals (1 / rate): the first gap at least this long between arrivals ends a burst."""
 QUICK_RETRY_AFTER: Final = 1
@@ -94,11 +95,17 @@ class DemoPlan:
     def from_budget(cls, budget: float) -> DemoPlan:
         """The plan for a ``--duration`` of ``budget`` seconds (clamped to the allowed range)."""
         budget = min(MAX_BUDGET, max(MIN_BUDGET, budget))
-        full = budget >= FULL_PROFILE_BUDGET
+        if budget >= FULL_PROFILE_BUDGET:
+            return cls(budget=budget, closure=3, reset_timeout=3.0)
+        # The outage costs the reset timeout at least three times over (the daemon lengthens
+        # each opening in a row), so a short budget gets a short reset and quicker phases.
         return cls(
             budget=budget,
-            closure=3 if full else 2,
-            reset_timeout=3.0 if full else 2.0,
+            closure=2,
+            reset_timeout=1.0,
+            breaker_window=1.0,
+            rows=30,
+            lane_latency=0.4,
         )
 
     @classmethod

@@ -420,19 +420,19 @@ def test_sim_counters_read_stats_and_subtract() -> None:
 
 
 def test_plan_budget_is_clamped_and_picks_the_profile() -> None:
-    """Budgets are clamped to the allowed range; long ones get 3 s closures and resets; the
-    quick plan (for tests) has a 1 s Retry-After, a shorter reset and fewer rows."""
+    """Budgets are clamped to the allowed range; long ones get 3 s closures and resets, short
+    ones 2 s and 1 s; the quick plan (for tests) has a 1 s Retry-After and fewer rows."""
     assert DemoPlan.from_budget(5).budget == MIN_BUDGET
     assert DemoPlan.from_budget(500).budget == MAX_BUDGET
     short, full = DemoPlan.from_budget(MIN_BUDGET), DemoPlan.from_budget(45)
-    assert (short.closure, short.reset_timeout) == (2, 2.0)
+    assert (short.closure, short.reset_timeout) == (2, 1.0)
     assert (full.closure, full.reset_timeout) == (3, 3.0)
     assert full.gate_burst == full.clay_burst  # the gate margin absorbs cold connections
     assert full.bulk_concurrency + full.bulk_queue < full.lane_burst  # phase 4 must overflow
     assert full.push_workers <= full.bulk_concurrency + full.bulk_queue  # phase 1 must not
     quick = DemoPlan.quick(5)
     assert (quick.budget, quick.profile, quick.closure) == (MIN_BUDGET, "quick", 1)
-    assert quick.reset_timeout < short.reset_timeout and quick.rows < short.rows
+    assert quick.closure < short.closure and quick.rows < short.rows
     assert quick.gate_tokens_at_once == full.gate_tokens_at_once  # the same pacing story
 
 
