@@ -7,11 +7,11 @@ Card
 - asks: the idempotency store (``begin``; the intent and outcome writes go through the storage
   writer from the caller's task), the pipeline (``fail_fast``, ``call``); tells: the store
   (``finish``), the fallback cache (``remember``).
-- ``precheck(request)`` (no await, no task): validates the key (``required`` without one is
-  ``bad_request``), derives it, stamps the ``key_field``, and answers at once what needs no
-  upstream: a replay of a completed key (``replayed: true``), a mismatch, a key in doubt, and,
-  for ``on_failure = "fallback"``, a fail-fast refusal answered from the cache. Otherwise it
-  returns the ``PreparedCall`` the handler runs.
+- ``precheck(request)`` (no await, no task): validates the headers and the key (``required``
+  without one is ``bad_request``), derives it, stamps the ``key_field``, and answers at once
+  what needs no upstream: a replay of a completed key (``replayed: true``), a mismatch, a key
+  in doubt, and, for ``on_failure = "fallback"``, a fail-fast refusal answered from the cache.
+  Otherwise it returns the ``PreparedCall`` the handler runs.
 - ``call(prepared)``: lead, follow or replay under the key. A leader's intent is durable before
   a byte goes upstream and its outcome before the caller gets it; final answers (2xx, 4xx but
   408/409/425/429) are stored; failures are forgotten (a retry runs again) unless the request
@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
-from claykiln.actors.call import CallRequest, Operation
+from claykiln.actors.call import CallRequest, Operation, check_headers
 from claykiln.actors.errors import (
     BadRequestRefusal,
     IdempotencyInFlightRefusal,
@@ -147,6 +147,7 @@ class KeyedCalls:
         """A ready answer (a replay, a fallback) or the ``PreparedCall`` to run; raises the
         refusals that need no upstream (see the module card)."""
         op = self.pipeline.operation(request.operation)
+        check_caller_headers(op, request.headers)
         guard = self.guards.get(op.name, NO_GUARD)
         fp = None
         if guard.idempotency != "off" or guard.cache is not None:
@@ -405,6 +406,19 @@ class KeyedCalls:
     def _remember(self, prepared: PreparedCall, status: int, wire: Mapping[str, Any]) -> None:
         if prepared.cache_key is not None and 200 <= status < 300:
             self.cache.remember(prepared.cache_key, wire)
+
+
+def check_caller_headers(op: Operation, headers: Mapping[str, str]) -> None:
+    """Refuse headers a caller may not send (``check_headers``) and the operation's credential
+    header, before anything is answered: a replay or a fallback must not accept a request the
+    pipeline would refuse."""
+    check_headers(headers)
+    if op.auth_header:
+        auth = op.auth_header.lower()
+        for name in headers:
+            if name.lower() == auth:
+                msg = f"header {name!r} is the operation's credential; the daemon sets it"
+                raise BadRequestRefusal(msg)
 
 
 def _replayed(record: IdempotencyRecord) -> dict[str, Any]:
