@@ -163,7 +163,8 @@ async def outage(ctx: DemoContext, phase: Phase) -> None:
             marks["healed"] = await sim.counters()
             stage[0] = HEALED_OPEN
             healed = "the breaker to close again after healing"
-            with stuck_after(plan.reset_timeout + WAIT_SLACK, healed):
+            reopened_for = max(_open_intervals(ctx, key, wall_start), default=plan.reset_timeout)
+            with stuck_after(reopened_for + WAIT_SLACK, healed):
                 await watch.wait_for(lambda w: w.breaker_state(key) == "closed")
             times["closed"] = trio.current_time()
             stage[0] = AFTER_CLOSE
@@ -312,6 +313,16 @@ async def lanes(ctx: DemoContext, phase: Phase) -> None:
 
 def _opened(ctx: DemoContext, key: str, after: float) -> int:
     return sum(1 for e in ctx.breaker_events(key, after) if e.get("event") == "breaker.opened")
+
+
+def _open_intervals(ctx: DemoContext, key: str, after: float) -> list[float]:
+    """How long each opening of ``key`` since wall time ``after`` lasts (breaker.opened's
+    retry_after in the daemon's log)."""
+    return [
+        float(e["retry_after"])
+        for e in ctx.breaker_events(key, after)
+        if e.get("event") == "breaker.opened" and isinstance(e.get("retry_after"), int | float)
+    ]
 
 
 PhaseFn = Callable[[DemoContext, Phase], Awaitable[None]]
