@@ -186,12 +186,7 @@ class KeyedCalls:
                 path_params=request.path_params,
                 query=request.query,
             )
-        sent: dict[str, Any] = {}
-        if recorded is not None:
-            sent = {"method": op.method, "path": render_path(op.path, request.path_params)}
-            if guard.key_field is not None:
-                sent["key_field"] = guard.key_field
-        prepared = PreparedCall(request, op, guard, recorded, fp, repeatable, ckey, sent)
+        prepared = PreparedCall(request, op, guard, recorded, fp, repeatable, ckey)
         try:
             self.pipeline.fail_fast(request)
         except Refusal as exc:
@@ -199,7 +194,13 @@ class KeyedCalls:
             if answer is None:
                 raise
             return answer
-        return prepared
+        if recorded is None:
+            return prepared
+        # What the key's record says was sent (the path also checks the path parameters).
+        sent = {"method": op.method, "path": render_path(op.path, request.path_params)}
+        if guard.key_field is not None:
+            sent["key_field"] = guard.key_field
+        return attrs.evolve(prepared, sent=sent)
 
     def _stored_answer(self, key: str, fp: str, repeatable: bool) -> dict[str, Any] | None:
         """The replay of a completed key; raises a mismatch or an in-doubt refusal; None when

@@ -159,7 +159,8 @@ async def test_gate_closure_survives_a_restart(kiln: Factory, simulator: Running
             refusals = []
             # Another operation on the same gate (clay-public) is held too: the closure is
             # host-wide. (push_row is paced by the webhook's gate "clay": test_call_gates_split.)
-            for op, params in (("me", {}), ("start_routine", {"path_params": {"routine_id": "r"}})):
+            start = {"path_params": {"routine_id": "r"}, "idempotency_key": "start-r"}
+            for op, params in (("me", {}), ("start_routine", start)):
                 with pytest.raises(RateLimited) as info:
                     await client.call(op, deadline_ms=2_000, **params)
                 refusals.append(info.value)

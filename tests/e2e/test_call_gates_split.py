@@ -47,8 +47,9 @@ async def test_a_public_api_429_holds_public_calls_but_not_webhook_pushes(
             refusals = []
             for op in ("me", "start_routine", "poll_routine"):
                 params = {"routine_id": "r1", "run_id": "x1"} if op != "me" else {}
+                key = "start-r1" if op == "start_routine" else None  # a start needs a key
                 with pytest.raises(RateLimited) as info:
-                    await client.call(op, deadline_ms=300, path_params=params)
+                    await client.call(op, deadline_ms=300, path_params=params, idempotency_key=key)
                 refusals.append(info.value)
             pushed = await client.call("push_row", deadline_ms=2_000, **_push(1))
             status = await client.status()
