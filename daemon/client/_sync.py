@@ -81,6 +81,7 @@ class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]], CallResult
     def _init_connections(self) -> None:
         self._lock = threading.Lock()
         self._conn: _Connection | None = None
+        self._closing = threading.Event()  # wakes a call waiting for the daemon when closed
         _LIVE_CLIENTS.add(self)
 
     def __enter__(self) -> Client:
@@ -103,6 +104,7 @@ class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]], CallResult
     def close(self) -> None:
         """Close the connection; later calls raise ``RuntimeError``. Idempotent."""
         self._closed = True
+        self._closing.set()
         if self._pid != os.getpid():
             self._forget_parent()
             return
@@ -125,6 +127,9 @@ class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]], CallResult
         """
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        if self._closed:
+            self._closing.set()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.sock.close()
@@ -197,8 +202,7 @@ class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]], CallResult
                 sock.connect(str(self.socket_path))
             except OSError as exc:
                 sock.close()
-                time.sleep(backoff.after_failure(exc, time.monotonic()))
-                if self._closed:
+                if self._closing.wait(backoff.after_failure(exc, time.monotonic())):
                     msg = "this Client was closed while it waited for the daemon"
                     raise RuntimeError(msg) from None
                 continue

@@ -209,6 +209,26 @@ async def test_sync_waits_for_a_late_daemon_and_resends_safe_calls(
     assert late.accepted == 3
 
 
+async def test_sync_close_wakes_a_call_waiting_for_the_daemon(late: FixtureServer) -> None:
+    """close() from another thread ends a call that waits for a daemon (RuntimeError at once,
+    not after connect_timeout)."""
+    kiln = Client(late.path, connect_timeout=600)
+    outcome: list[BaseException] = []
+
+    def waiting() -> None:
+        try:
+            kiln.hello()
+        except RuntimeError as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(in_thread, waiting)
+            await trio.sleep(0.05)  # it is waiting (or not yet started: it fails either way)
+            await in_thread(kiln.close)
+    assert len(outcome) == 1 and "closed" in str(outcome[0])
+
+
 async def test_asyncio_waits_for_a_late_daemon_and_resends_safe_calls(
     late: FixtureServer, nursery: trio.Nursery
 ) -> None:
