@@ -65,9 +65,13 @@ class Operation:
 
     @property
     def breaker_key(self) -> str:
-        return (
-            f"{self.upstream}/{self.name}" if self.breaker_scope == "operation" else self.upstream
-        )
+        """The upstream's name (``breaker_scope`` "upstream"), ``upstream/name`` ("operation"),
+        or the name of a shared breaker (``[breakers.NAME]``)."""
+        if self.breaker_scope == "upstream":
+            return self.upstream
+        if self.breaker_scope == "operation":
+            return f"{self.upstream}/{self.name}"
+        return self.breaker_scope
 
 
 @attrs.frozen

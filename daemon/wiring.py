@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import attrs
+
 from claykiln.actors.breaker_types import BreakerPolicy
 from claykiln.actors.call import Operation
 from claykiln.actors.gate import RatePolicy
@@ -85,11 +87,17 @@ def call_guards(config: KilnConfig) -> dict[str, CallGuard]:
 
 
 def breaker_policies(config: KilnConfig) -> dict[str, BreakerPolicy]:
-    """Per breaker key: the upstream's policy, also for per-operation breakers."""
+    """Per breaker key: the upstream's policy (also for per-operation breakers), each named
+    breaker's own, and on the breaker of an upstream's probe operation that operation."""
     out = {name: up.breaker for name, up in config.upstreams.items()}
     for name, op in config.operations.items():
         if op.breaker == "operation":
             out[f"{op.upstream}/{name}"] = config.upstreams[op.upstream].breaker
+    out.update(config.breakers)
+    for up in config.upstreams.values():
+        if up.probe is not None and up.probe.operation in config.operations:
+            key = config.breaker_key(config.operations[up.probe.operation])
+            out[key] = attrs.evolve(out[key], probe_operation=up.probe.operation)
     return out
 
 

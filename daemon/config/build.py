@@ -1,8 +1,9 @@
 """From parsed TOML to a :class:`KilnConfig`: every section, every cross-check, all problems.
 
 Sections absent from a file take the embedded default's (``[upstreams]``, ``[gates]``,
-``[lanes]``, ``[operations]``); a section present replaces the default one whole, except that a
-lane named like a built-in lane takes the built-in values for the keys it leaves out.
+``[breakers]``, ``[lanes]``, ``[operations]``); a section present replaces the default one
+whole, except that a lane named like a built-in lane takes the built-in values for the keys it
+leaves out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from claykiln.actors.gate import RatePolicy
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.retry import RetryPolicy
 from claykiln.actors.upstream import HTTP_CLIENTS, TimeoutClasses
+from claykiln.daemon.config import breakers as breaker_keys
 from claykiln.daemon.config.call_guards import read_guards
 from claykiln.daemon.config.credentials import credential_name_problem
 from claykiln.daemon.config.daemon_table import build_daemon
@@ -41,7 +43,6 @@ from claykiln.daemon.config.schema import (
 )
 from claykiln.daemon.config.types import (
     AuthConfig,
-    BreakerScope,
     KilnConfig,
     OnFailure,
     OperationConfig,
@@ -68,6 +69,12 @@ BREAKER_RULES: Mapping[str, Parser[Any]] = {
     "reset_timeout": duration(example="30s"),
     "half_open_probes": integer(1, example=1),
     "probe_timeout": duration(example="60s"),
+    "consecutive_failures": integer(0, example=5),
+    "consecutive_connect_failures": integer(0, example=3),
+    "reset_backoff": number(1, low_open=False, example=2),
+    "max_reset_timeout": duration(example="60s"),
+    "reset_jitter": number(0, 0.99, low_open=False, example=0.1),
+    "healthy_period": duration(example="60s", allow_zero=True),
 }
 RATE_RULES: Mapping[str, Parser[Any]] = {
     "per_second": number(0, example=10),
@@ -113,7 +120,8 @@ def build_config(
     lanes_table = root.table("lanes")
     lanes = builtin if lanes_table is None else _lanes(lanes_table, builtin_lanes)
 
-    up_table = root.table("upstreams") or Table(embedded["upstreams"], "upstreams", problems)
+    own_up_table = root.table("upstreams")
+    up_table = own_up_table or Table(embedded["upstreams"], "upstreams", problems)
     upstreams: dict[str, UpstreamConfig | None] = {
         name: _upstream(name, t) for name, t in up_table.named_tables()
     }
@@ -127,6 +135,13 @@ def build_config(
     gates, declared_gates = _gates(gates_table, upstreams, gates_note)
     gate_names = dict.fromkeys([*upstreams, *declared_gates])
 
+    breakers_table = root.table("breakers")
+    breakers_note = ""
+    if breakers_table is None:
+        breakers_table = Table(embedded.get("breakers", {}), "breakers", problems)
+        breakers_note = " (the embedded default breakers apply: the file has no [breakers])"
+    declared_breakers = breaker_keys.declared_breakers(breakers_table, upstreams, breakers_note)
+
     note = ""
     ops_table = root.table("operations")
     if ops_table is None:
@@ -138,17 +153,26 @@ def build_config(
         if op is not None:
             operations[name] = op
     ops_table.finish()
+    valid_upstreams = {k: v for k, v in upstreams.items() if v is not None}
+    breaker_keys.check_breaker_names(operations, declared_breakers, problems, breakers_note)
+    breakers = breaker_keys.named_breakers(
+        declared_breakers, valid_upstreams, operations, BREAKER_RULES
+    )
+    valid_upstreams = breaker_keys.resolve_probes(
+        valid_upstreams, operations, problems, embedded=own_up_table is None
+    )
     root.finish()
 
     if problems.lines:
         raise ConfigError.from_problems(source, problems.lines)
     return KilnConfig(
         daemon=daemon,
-        upstreams={k: v for k, v in upstreams.items() if v is not None},
+        upstreams=valid_upstreams,
         lanes={k: v for k, v in lanes.items() if v is not None},
         operations=operations,
         source=source,
         gates=gates,
+        breakers=breakers,
     )
 
 
@@ -222,6 +246,7 @@ def _upstream(name: str, t: Table) -> UpstreamConfig | None:
     max_connections = t.get("max_connections", integer(1, example=64), 64)
     headers: dict[str, str] = t.get("headers", _headers, {})
     http_client = t.get("http_client", choice(*HTTP_CLIENTS, fold_case=False), "h11")
+    probe = breaker_keys.probe(t.table("probe"))
     t.finish()
     if base_url is None or breaker is None or retry is None or timeouts is None or t.invalid:
         return None
@@ -238,6 +263,7 @@ def _upstream(name: str, t: Table) -> UpstreamConfig | None:
         max_connections=max_connections,
         headers=headers,
         http_client=http_client,
+        probe=probe,
     )
 
 
@@ -339,7 +365,7 @@ def _operation(
     on_failure = t.get("on_failure", _on_failure, "error")
     repeat_safe = t.get("repeat_safe", boolean, method in REPEAT_SAFE_METHODS)
     guards = read_guards(t, method, on_failure)
-    breaker = t.get("breaker", choice("upstream", "operation"), "upstream")
+    breaker = t.get("breaker", breaker_keys.breaker_scope, "upstream")
     gate = t.get("gate", string(example="clay-public"), None)
     headers: dict[str, str] = t.get("headers", _headers, {})
     auth_t = t.table("auth")
@@ -384,7 +410,7 @@ def _operation(
         idempotency_retention=guards.retention,
         key_field=guards.key_field,
         cache=guards.cache,
-        breaker=cast(BreakerScope, breaker),
+        breaker=breaker,
         headers=headers,
         auth=auth,
         path_params=tuple(dict.fromkeys(_PLACEHOLDER.findall(path))),

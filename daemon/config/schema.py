@@ -375,8 +375,8 @@ def build_policy(
         return base if base is not None else cls()
     kwargs: dict[str, Any] = {}
     for field in attrs.fields(cls):
-        if not field.init or field.name.startswith("_"):
-            continue
+        if not field.init or field.name.startswith("_") or field.metadata.get("config") is False:
+            continue  # private, or set by the daemon (metadata config=False), not by a key
         parse = rules.get(field.name) or _rule_for_field(field.name, field.type)
         if parse is None:
             continue

@@ -36,6 +36,7 @@ __all__ = [
     "LogLevel",
     "OnFailure",
     "OperationConfig",
+    "ProbeConfig",
     "StorageConfig",
     "UpstreamConfig",
 ]
@@ -44,7 +45,7 @@ LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 OnFailure = Literal["error", "fallback", "dlq"]
 IdempotencyMode = Literal["required", "derive", "off"]
-BreakerScope = Literal["upstream", "operation"]
+BreakerScope = str  # "upstream", "operation" or a [breakers] name
 
 
 @attrs.frozen
@@ -104,6 +105,15 @@ class AuthConfig:
 
 
 @attrs.frozen
+class ProbeConfig:
+    """``[upstreams.NAME] probe``: the operation a half-open breaker of it is tested with, and
+    how often the health monitor probes the upstream (seconds; None: not set)."""
+
+    operation: str
+    every: float | None = None
+
+
+@attrs.frozen
 class UpstreamConfig:
     """One HTTP API. ``base_url`` has no trailing slash; ``rate`` None means no pacing."""
 
@@ -117,6 +127,7 @@ class UpstreamConfig:
     max_connections: int = 64
     headers: Mapping[str, str] = attrs.field(factory=dict)
     http_client: str = "h11"
+    probe: ProbeConfig | None = None
 
 
 @attrs.frozen
@@ -165,6 +176,8 @@ class KilnConfig:
     ``gates`` holds the ``[gates]`` section: a rate gate per name, ``None`` for one that only
     honours Retry-After closures (no pacing). The gate named after an upstream is that
     upstream's ``rate``, which is never repeated here (a gate may not share an upstream's name).
+    ``breakers`` holds the ``[breakers]`` section, each policy resolved over the breaker of the
+    upstream whose operations name it (see ``breaker_key``).
     """
 
     daemon: DaemonConfig
@@ -173,6 +186,16 @@ class KilnConfig:
     operations: Mapping[str, OperationConfig]
     source: str
     gates: Mapping[str, RatePolicy | None] = attrs.field(factory=dict)
+    breakers: Mapping[str, BreakerPolicy] = attrs.field(factory=dict)
+
+    def breaker_key(self, operation: OperationConfig) -> str:
+        """The key of the breaker an operation reports to: its upstream's name, ``upstream/op``
+        for ``breaker = "operation"``, or the ``[breakers]`` name it gives."""
+        if operation.breaker == "upstream":
+            return operation.upstream
+        if operation.breaker == "operation":
+            return f"{operation.upstream}/{operation.name}"
+        return operation.breaker
 
     def gate_policy(self, gate: str) -> RatePolicy | None:
         """The pacing of gate ``gate`` (an upstream's ``rate`` or a ``[gates]`` entry); None:

@@ -25,7 +25,7 @@ UPSTREAM = """
 base_url = "{base_url}"
 auth = {{ header = "clay-api-key", credential = "clay-api-key" }}
 rate = {{ per_second = {rate}, burst = {burst} }}
-breaker = {{ error_threshold = 0.5, volume_threshold = {volume}, window = "10s", reset_timeout = "{reset}", half_open_probes = {probes} }}
+breaker = {{ error_threshold = 0.5, volume_threshold = {volume}, window = "10s", reset_timeout = "{reset}", half_open_probes = {probes}, consecutive_failures = {consecutive}, consecutive_connect_failures = {consecutive_connect} }}
 retry = {{ attempts = {attempts}, base = "{retry_base}", cap = "{retry_cap}" }}
 timeouts = {{ connect = "2s", request = "{request_timeout}", upload = "10s", long_poll = "10s" }}
 max_connections = 64
@@ -40,6 +40,10 @@ def clay_config(base_url: str, *, extra: str = "", **kw: Any) -> str:
         "volume": 10,
         "reset": "30s",
         "probes": 1,
+        # The window alone, as these tests count calls against it; the in-a-row signals are
+        # tested in test_breaker_outage.py with the embedded default's breaker.
+        "consecutive": 0,
+        "consecutive_connect": 0,
         "attempts": 1,
         "retry_base": "50ms",
         "retry_cap": "200ms",

@@ -152,8 +152,18 @@ def test_embedded_default_upstream_and_lanes() -> None:
     assert clay.base_url == "https://api.clay.com"
     assert clay.rate == RatePolicy(per_second=10.0, burst=20)
     assert clay.breaker == BreakerPolicy(
-        error_threshold=0.5, volume_threshold=10, window=10.0, reset_timeout=30.0
+        error_threshold=0.5,
+        volume_threshold=10,
+        window=10.0,
+        consecutive_failures=5,
+        consecutive_connect_failures=3,
+        reset_timeout=0.5,
+        reset_backoff=2.0,
+        max_reset_timeout=60.0,
+        reset_jitter=0.1,
+        healthy_period=60.0,
     )
+    assert config.breakers == {"clay-webhook": clay.breaker}
     assert clay.retry == RetryPolicy(attempts=3, base=0.25, cap=10.0)
     assert clay.timeouts == TimeoutClasses(connect=5.0, request=30.0, upload=120.0, long_poll=300.0)
     assert config.lanes == {
