@@ -179,19 +179,7 @@ class BreakerBoard:
         if ticket is not None:
             return ticket
         reply: Reply[Ticket] = Reply()
-        try:
-            return await self._mailbox.ask(_Acquire(key, reply), reply)
-        except BaseException:
-            if not reply.done:
-                reply.fail(ActorStopped("the asker gave up"))  # the actor skips done slots
-            else:
-                try:
-                    granted = reply.result()
-                except Exception:
-                    pass  # a refusal: nothing was granted
-                else:
-                    self.record(granted, Outcome.IGNORED, 0.0)
-            raise
+        return await self._ask_ticket(_Acquire(key, reply), reply)
 
     async def settle_probe(self, probe: Ticket, outcome: Outcome, duration: float) -> Ticket:
         """Report the outcome of a probe made with ``probe.probe_operation``, then acquire for
@@ -199,19 +187,28 @@ class BreakerBoard:
 
         Returns a ticket (the breaker closed, or another probe of the round) or raises
         ``BreakerOpenRefusal`` (the probe failed, or the round is still open). Cancelled, the
-        probe counts as IGNORED if its outcome was not delivered yet.
+        outcome is still reported (told; stale and ignored if the ask was applied).
         """
         reply: Reply[Ticket] = Reply()
         try:
-            return await self._mailbox.ask(_Settle(probe, outcome, duration, reply), reply)
+            return await self._ask_ticket(_Settle(probe, outcome, duration, reply), reply)
+        except trio.Cancelled:
+            self.record(probe, outcome, duration)
+            raise
+
+    async def _ask_ticket(self, message: _Acquire | _Settle, reply: Reply[Ticket]) -> Ticket:
+        """Ask for a ticket; an asker that gives up keeps no slot: an unanswered ask is marked
+        (the actor skips it), a ticket granted meanwhile is released as IGNORED."""
+        try:
+            return await self._mailbox.ask(message, reply)
         except BaseException:
             if not reply.done:
-                reply.fail(ActorStopped("the asker gave up"))  # the outcome is still applied
+                reply.fail(ActorStopped("the asker gave up"))
             else:
                 try:
                     granted = reply.result()
                 except Exception:
-                    pass
+                    pass  # a refusal: nothing was granted
                 else:
                     self.record(granted, Outcome.IGNORED, 0.0)
             raise

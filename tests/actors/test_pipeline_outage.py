@@ -23,7 +23,7 @@ from claykiln.actors.gate import GateBoard
 from claykiln.actors.lanes import LanePolicy, Lanes
 from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
 from claykiln.actors.retry import RetryPolicy
-from claykiln.actors.upstream import HttpRequest, HttpResponse, UpstreamPool
+from claykiln.actors.upstream import HttpRequest, HttpResponse, UpstreamFailure, UpstreamPool
 
 TIMEOUT = 3600.0  # virtual seconds
 LATENCY = 0.001  # the scripted upstream answers after 1 ms
@@ -58,6 +58,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.down = False
+        self.refusing = False  # connections refused: the request never leaves
         self.sent: list[tuple[float, str, str]] = []  # (when, method, path)
         self.while_down = 0
 
@@ -65,6 +66,9 @@ class Upstream:
         self, request: HttpRequest, *, timeout: float, stage_deadline: float | None = None
     ) -> HttpResponse:
         self.sent.append((trio.current_time(), request.method, request.path))
+        if self.refusing:
+            details = {"kind": "connect", "retryable": True, "sent": False, "upstream": "clay"}
+            raise UpstreamFailure("upstream clay: could not connect", details=details)
         down = self.down
         self.while_down += down
         await trio.sleep(LATENCY)
@@ -216,6 +220,19 @@ async def test_a_probe_operation_tests_the_upstream_before_a_callers_post(
         assert await call(r.pipeline, "push_row") == 200
         assert [m for _, m, _ in r.upstream.sent[6:]] == ["GET", "POST"]
         assert r.breakers.snapshot["clay"].state is BreakerState.CLOSED
+
+
+async def test_refused_connections_trip_on_the_connect_signal(autojump_clock: Any) -> None:
+    """Three refused connections in a row open the breaker (consecutive_connect_failures) before
+    the five failures of consecutive_failures."""
+    async with rig(BreakerPolicy(reset_jitter=0.0), RetryPolicy(attempts=1)) as r:
+        r.upstream.refusing = True
+        for _ in range(3):
+            with pytest.raises(UpstreamRefusal):
+                await call(r.pipeline, "poll")
+        await trio.testing.wait_all_tasks_blocked()
+        view = r.breakers.snapshot["clay"]
+        assert (view.state, view.failures) == (BreakerState.OPEN, 3)
 
 
 # -- the outage-peers shape --------------------------------------------------------------------
