@@ -9,13 +9,14 @@ daemon's log.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
+import trio
 
 from claykiln.daemon.demo.daemon import DemoDaemon, event_time
-from claykiln.daemon.demo.model import DemoPlan, Phase, SimCounters
+from claykiln.daemon.demo.model import DemoPlan, Phase, SimCounters, Tally
 from claykiln.daemon.demo.sim import DemoSimulator
 from claykiln.daemon.demo.watch import Watch
 
@@ -32,7 +33,10 @@ BREAKER_EVENTS: Final = ("breaker.opened", "breaker.half_open", "breaker.closed"
 
 @attrs.frozen
 class DemoContext:
-    """What every phase works with; ``t0`` is the trio time the demo started."""
+    """What every phase works with; ``t0`` is the trio time the demo started.
+
+    ``public_breaker`` and ``webhook_breaker``: the breaker keys of ``me`` (the Public API) and
+    of ``push_row`` (table webhooks) under the daemon's config (``operation_breaker``)."""
 
     plan: DemoPlan
     sim: DemoSimulator
@@ -40,6 +44,8 @@ class DemoContext:
     app: Any  # TrioClient: the "application" making calls
     watch: Watch
     t0: float
+    public_breaker: str = "clay"
+    webhook_breaker: str = "clay"
 
     def push(self, table: str, n: int, **kw: Any) -> Awaitable[dict[str, Any]]:
         """Push row ``n`` into a table's webhook through the daemon (operation push_row)."""
@@ -48,6 +54,15 @@ class DemoContext:
             "push_row", path_params={"webhook_id": table}, json=row, **kw
         )
         return call
+
+    async def push_while(self, tally: Tally, first_row: int, going: Callable[[], bool]) -> None:
+        """Push rows ``first_row``, ``first_row + 1`` ... into TABLE, one every ``1 / rate`` s
+        (the webhook's own pace), while ``going()`` holds."""
+        n = first_row
+        while going():
+            await tally.run(self.push(TABLE, n))
+            n += 1
+            await trio.sleep(1.0 / self.plan.rate)
 
     def me(self, **kw: Any) -> Awaitable[dict[str, Any]]:
         """Ask Clay's public API who we are through the daemon (operation me)."""

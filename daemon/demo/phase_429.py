@@ -91,7 +91,8 @@ async def rate_limit(ctx: DemoContext, phase: Phase) -> None:
                 nursery.start_soon(waiting.run, ctx.me())
             for _ in range(plan.crowd_short_calls):
                 nursery.start_soon(poll_in_a_hurry)
-            nursery.start_soon(_push_until, ctx, pushes, seen_at + window)
+            end = seen_at + window
+            nursery.start_soon(ctx.push_while, pushes, FLOW_ROWS, lambda: trio.current_time() < end)
             await trio.sleep_until(seen_at + window)
             during = (await sim.counters()).minus(before)
             await watch.poll()
@@ -210,12 +211,3 @@ async def _restore_public_budget(sim: DemoSimulator, original: dict[str, Any]) -
     await sim.update_settings(
         public_rate=original["public_rate"], public_burst=original["public_burst"]
     )
-
-
-async def _push_until(ctx: DemoContext, tally: Tally, until: float) -> None:
-    """Push rows one after another, one every ``1 / rate`` s, until trio time ``until``."""
-    n = 0
-    while trio.current_time() < until:
-        await tally.run(ctx.push(TABLE, FLOW_ROWS + n))
-        n += 1
-        await trio.sleep(1.0 / ctx.plan.rate)

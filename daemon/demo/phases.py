@@ -1,6 +1,6 @@
 """The four phases of ``kiln demo``: pacing, a 429, an outage, a flooded lane.
 
-The 429 phase lives in ``claykiln.daemon.demo.phase_429`` (re-exported here).
+The 429 and outage phases live in ``phase_429`` and ``phase_outage`` (re-exported here).
 
 Each phase drives real traffic through the client library into the daemon process, steers the
 Clay simulator process (settings, faults), and fills its ``Phase`` with what it counted:
@@ -11,17 +11,17 @@ simulator's settings and clears its faults on the way out, whatever happened.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Final
+from typing import Final
 
 import trio
 
 from claykiln.daemon.demo.context import BULK_TABLE, TABLE, DemoContext
-from claykiln.daemon.demo.model import Phase, SimCounters, pacing_figures
+from claykiln.daemon.demo.model import Phase, pacing_figures
 from claykiln.daemon.demo.phase_429 import rate_limit
-from claykiln.daemon.demo.watch import BREAKER_KEY, WAIT_SLACK, Watch, stuck_after
+from claykiln.daemon.demo.phase_outage import outage
+from claykiln.daemon.demo.watch import WAIT_SLACK, Watch, stuck_after
 
 __all__ = [
     "PHASES",
@@ -33,16 +33,7 @@ __all__ = [
 ]
 
 WEBHOOK_PATHS: Final = "/v3/sources/webhook/"
-PUBLIC_PATHS: Final = "/public/"
-QUIET: Final = "quiet: the breaker's window forgets the earlier calls"
-BEFORE: Final = "before the outage"
-DURING: Final = "during the outage"
-HEALED_OPEN: Final = "healed, breaker waits out its reset timeout"
-AFTER_CLOSE: Final = "after the breaker closed"
 ROWS_STORED: Final = "rows stored by Clay"
-HEAL_SLACK: Final = 1.0
-"""Seconds a healed breaker may take past its open interval to close (the next caller's probe,
-the watch's poll)."""
 
 
 def rows_line(phase: Phase, watch: Watch, stored_before: int, rows: int) -> dict[str, str]:
@@ -112,146 +103,6 @@ async def pacing(ctx: DemoContext, phase: Phase) -> None:
     )
 
 
-async def outage(ctx: DemoContext, phase: Phase) -> None:
-    """Clay's public API goes down while callers keep calling; the breaker opens, then heals.
-
-    The breaker watched is the one that opens (the Public API's); once Clay heals, the callers'
-    calls are tallied apart while that breaker still waits out its reset timeout, and again
-    once it closed, so a refusal after healing is shown as the wait it is."""
-    plan, sim, watch = ctx.plan, ctx.sim, ctx.watch
-    stage = [QUIET]
-    stop = trio.Event()
-    marks: dict[str, SimCounters] = {}
-    times: dict[str, float] = {}
-
-    def live() -> dict[str, str]:
-        return {"stage": stage[0]}
-
-    phase.live_fn = live
-    # Let the breaker's rolling window forget the earlier phases' calls: the error rate it acts
-    # on is then this phase's alone, so how many requests reach Clay before it opens does not
-    # depend on how busy phase 2 was.
-    await trio.sleep(plan.breaker_window)
-    stage[0] = BEFORE
-    wall_start = time.time()
-
-    async def caller() -> None:
-        while not stop.is_set():
-            tally = phase.stage(stage[0])
-            await tally.run(ctx.me(deadline_ms=plan.caller_deadline_ms))
-            await trio.sleep(plan.caller_pause)
-
-    key = BREAKER_KEY
-    try:
-        async with trio.open_nursery() as nursery:
-            for _ in range(plan.callers):
-                nursery.start_soon(caller)
-            await trio.sleep(plan.healthy_lead)
-            marks["outage"] = await sim.counters()
-            stage[0] = DURING
-            await sim.set_faults(outage="unavailable", path_prefix=PUBLIC_PATHS)
-            with stuck_after(WAIT_SLACK, "the Public API's breaker to open"):
-                await watch.wait_for(lambda w: bool(w.refusing_breakers()))
-            key = watch.refusing_breakers()[0]
-            # Clay stays down past the reset timeout: a half-open probe fails and the
-            # breaker opens again, while the callers keep failing fast.
-            probe = "a half-open probe to fail and reopen the breaker"
-            with stuck_after(plan.reset_timeout + WAIT_SLACK, probe):
-                await watch.wait_for(lambda w: _opened(ctx, key, wall_start) >= 2)
-            await sim.clear_faults()
-            times["healed"] = trio.current_time()
-            marks["healed"] = await sim.counters()
-            stage[0] = HEALED_OPEN
-            healed = "the breaker to close again after healing"
-            reopened_for = max(_open_intervals(ctx, key, wall_start), default=plan.reset_timeout)
-            with stuck_after(reopened_for + WAIT_SLACK, healed):
-                await watch.wait_for(lambda w: w.breaker_state(key) == "closed")
-            times["closed"] = trio.current_time()
-            stage[0] = AFTER_CLOSE
-            await trio.sleep(plan.recovery_tail)
-            stop.set()
-    finally:
-        with trio.CancelScope(shield=True):
-            await sim.clear_faults()
-    _outage_facts(ctx, phase, key, marks, times, wall_start)
-
-
-def _outage_facts(
-    ctx: DemoContext,
-    phase: Phase,
-    key: str,
-    marks: dict[str, SimCounters],
-    times: dict[str, float],
-    wall_start: float,
-) -> None:
-    plan, watch = ctx.plan, ctx.watch
-    during = marks["healed"].minus(marks["outage"])
-    app_during = phase.stage(DURING)
-    waiting, after = phase.stage(HEALED_OPEN), phase.stage(AFTER_CLOSE)
-    transitions = [_transition(e) for e in ctx.breaker_events(key, wall_start)]
-    intervals = [t["open_for_s"] for t in transitions if t["event"] == "breaker.opened"]
-    # Healed right after the second opening (a failed probe): that opening's length, as the
-    # daemon logged it, is what the callers had to wait out.
-    reopened_for = float(intervals[1]) if len(intervals) > 1 else plan.reset_timeout
-    opened = len(intervals)
-    half_open = sum(1 for t in transitions if t["event"] == "breaker.half_open")
-    closed = sum(1 for t in transitions if t["event"] == "breaker.closed")
-    reset_wait = times["closed"] - times["healed"]
-    state = watch.breaker_state(key)
-    phase.facts.update(
-        breaker=key,
-        app_calls_during_outage=app_during.calls,
-        refused_breaker_open=app_during.errors["breaker_open"],
-        failed_upstream_error=app_during.errors["upstream_error"],
-        clay_requests_during_outage=during.requests,
-        clay_503=during.answered(503),
-        reset_timeout_s=plan.reset_timeout,
-        open_intervals_s=intervals,
-        healed_breaker_open_for_s=round(reset_wait, 3),
-        refused_after_healing=waiting.errors["breaker_open"],
-        calls_after_close=after.calls,
-        ok_after_close=after.ok,
-        breaker_transitions=transitions,
-        breaker_states_polled=watch.breaker_states.get(key, []),
-        breaker_state_at_end=state,
-    )
-    phase.check(
-        "outage: the breaker opened",
-        opened >= 1,
-        f"breaker {key}: breaker.opened logged {opened} time(s)",
-    )
-    phase.check(
-        "outage: callers failed fast with breaker_open",
-        app_during.errors["breaker_open"] > 0,
-        f"{app_during.errors['breaker_open']} of {app_during.calls} calls refused at once",
-    )
-    phase.check(
-        "outage: Clay was spared",
-        during.requests * 3 <= app_during.calls,
-        f"{during.requests} request(s) reached Clay for {app_during.calls} calls by the app",
-    )
-    phase.check(
-        "outage: half-open probe, then closed",
-        half_open >= 1 and closed >= 1 and state == "closed",
-        f"half_open {half_open}x, closed {closed}x; state now {state}",
-    )
-    phase.check(
-        "outage: after healing, refused only until the next probe",
-        reset_wait <= reopened_for + HEAL_SLACK and after.ok == after.calls > 0,
-        f"Clay healed while the breaker was open for {reopened_for:g} s after a failed probe; "
-        f"it refused {waiting.errors['breaker_open']} call(s) for {reset_wait:.2f} s more, then "
-        f"its next probe succeeded: {after.ok} of {after.calls} calls ok since",
-    )
-
-
-def _transition(event: dict[str, Any]) -> dict[str, Any]:
-    """A breaker transition from the daemon's log; an opening carries how long it lasts."""
-    out = {k: event.get(k) for k in ("event", "previous", "reason")}
-    if event.get("event") == "breaker.opened":
-        out["open_for_s"] = event.get("retry_after")
-    return out
-
-
 async def lanes(ctx: DemoContext, phase: Phase) -> None:
     """A burst of slow bulk pushes overflows the bulk lane; critical calls still go through."""
     plan, sim = ctx.plan, ctx.sim
@@ -311,20 +162,6 @@ async def lanes(ctx: DemoContext, phase: Phase) -> None:
     )
 
 
-def _opened(ctx: DemoContext, key: str, after: float) -> int:
-    return sum(1 for e in ctx.breaker_events(key, after) if e.get("event") == "breaker.opened")
-
-
-def _open_intervals(ctx: DemoContext, key: str, after: float) -> list[float]:
-    """How long each opening of ``key`` since wall time ``after`` lasts (breaker.opened's
-    retry_after in the daemon's log)."""
-    return [
-        float(e["retry_after"])
-        for e in ctx.breaker_events(key, after)
-        if e.get("event") == "breaker.opened" and isinstance(e.get("retry_after"), int | float)
-    ]
-
-
 PhaseFn = Callable[[DemoContext, Phase], Awaitable[None]]
 
 PHASES: Final[tuple[tuple[str, str, str, PhaseFn], ...]] = (
@@ -347,9 +184,10 @@ PHASES: Final[tuple[tuple[str, str, str, PhaseFn], ...]] = (
     (
         "outage",
         "3. Outage",
-        "Clay's public API goes down while the app keeps calling. The breaker opens; calls fail "
+        "Clay's Public API goes down while the app keeps calling. Its breaker opens; calls fail "
         "fast; after each reset timeout a half-open probe checks on Clay. Once Clay heals the "
-        "breaker still refuses until its next probe, which succeeds and closes it.",
+        "breaker still refuses until its next probe, which succeeds and closes it. Table "
+        "webhooks have a breaker of their own: row pushes keep flowing all along.",
         outage,
     ),
     (

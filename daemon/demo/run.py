@@ -26,6 +26,7 @@ from claykiln.daemon.demo.daemon import (
     DemoDaemon,
     demo_config,
     event_time,
+    operation_breaker,
 )
 from claykiln.daemon.demo.model import DemoError, DemoPlan, Phase
 from claykiln.daemon.demo.phases import PHASES, PhaseFn
@@ -68,7 +69,8 @@ async def run_demo(plan: DemoPlan, view: DemoView, *, keep: bool = False) -> dic
     daemon: DemoDaemon | None = None
     try:
         await sim.start({TABLE: DEMO_WEBHOOK_TOKEN, BULK_TABLE: DEMO_WEBHOOK_TOKEN})
-        daemon = DemoDaemon(root, demo_config(plan, sim.url))
+        config = demo_config(plan, sim.url)
+        daemon = DemoDaemon(root, config)
         await daemon.start()
         phases: list[Phase] = []
         try:
@@ -81,8 +83,9 @@ async def run_demo(plan: DemoPlan, view: DemoView, *, keep: bool = False) -> dic
                 watch = Watch(observer, sim, t0)
                 view.attach(watch)
                 watch.on_tick = view.refresh
-                view.intro(_intro(plan, sim, daemon, server, root, keep, warmup))
-                ctx = DemoContext(plan, sim, daemon, app, watch, t0)
+                breakers = (operation_breaker(config, "me"), operation_breaker(config, "push_row"))
+                view.intro(_intro(plan, sim, daemon, server, root, keep, warmup, breakers))
+                ctx = DemoContext(plan, sim, daemon, app, watch, t0, *breakers)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(watch.run)
                     await _run_phases(ctx, view, phases, t0 + plan.budget - STOP_RESERVE)
@@ -180,7 +183,13 @@ def _intro(
     root: Path,
     keep: bool,
     warmup: dict[str, Any],
+    breakers: tuple[str, str],
 ) -> list[str]:
+    public, webhook = breakers
+    if public == webhook:
+        breaker_line = f"breaker {public} (the Public API and table webhooks)"
+    else:
+        breaker_line = f"breakers {public} (the Public API) and {webhook} (table webhooks)"
     return [
         f"Clay simulator on {sim.url} (pid {sim.pid}; no Clay account, loopback only)",
         f"{server} daemon, pid {daemon.pid}, socket {daemon.socket}",
@@ -190,7 +199,7 @@ def _intro(
         f"{plan.gate_tokens_at_once:g} tokens at once ({plan.gate_margin * 1000:g} ms of tokens "
         f"kept in hand for network jitter); the Public API's gate {PUBLIC_GATE}: no pacing, "
         f"Retry-After only",
-        f"breaker reset {plan.reset_timeout:g} s; "
+        f"{breaker_line}, reset {plan.reset_timeout:g} s; "
         f"bulk lane {plan.bulk_concurrency} + {plan.bulk_queue} queued"
         + ("; the quick plan (a faster clock, for tests)" if plan.profile == "quick" else ""),
         f"budget {plan.budget:g} s; temp dir {root}"

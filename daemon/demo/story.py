@@ -42,7 +42,7 @@ def highlight(name: str, facts: dict[str, Any]) -> str:
             f"{facts.get('clay_requests_during_outage')} reached Clay; after healing "
             f"{facts.get('refused_after_healing')} refused while breaker {facts.get('breaker')} "
             f"waited out its open interval; breaker now "
-            f"{facts.get('breaker_state_at_end')}"
+            f"{facts.get('breaker_state_at_end')}{_pushes_highlight(facts)}"
         )
     if name == "lanes":
         return (
@@ -51,6 +51,16 @@ def highlight(name: str, facts: dict[str, Any]) -> str:
             f"{facts.get('critical_max_ms')} ms)"
         )
     return ""
+
+
+def _pushes_highlight(facts: dict[str, Any]) -> str:
+    pushes = facts.get("webhook_pushes_during_outage")
+    if not isinstance(pushes, dict):
+        return ""
+    return (
+        f"; webhook pushes meanwhile {pushes.get('ok')}/{pushes.get('calls')} ok on breaker "
+        f"{facts.get('webhook_breaker')}"
+    )
 
 
 def num(value: Any, places: int | None = None) -> str:
@@ -157,6 +167,21 @@ def _explain_outage(facts: dict[str, Any]) -> list[str]:
         f"({facts.get('refused_after_healing')} calls, refused at once rather than failed), "
         f"then the probe succeeded and closed it: {facts.get('ok_after_close')} of "
         f"{facts.get('calls_after_close')} calls ok since.",
+        *_webhook_breaker(facts),
+    ]
+
+
+def _webhook_breaker(facts: dict[str, Any]) -> list[str]:
+    """Whether table webhooks kept flowing on a breaker of their own during the outage."""
+    pushes = facts.get("webhook_pushes_during_outage")
+    if not isinstance(pushes, dict):
+        return []
+    states = " -> ".join(facts.get("webhook_breaker_states") or ["closed"])
+    return [
+        f"Table webhooks have a breaker of their own ({facts.get('webhook_breaker')}), so the "
+        f"outage never held row pushes back: {pushes.get('ok')} of {pushes.get('calls')} pushes "
+        f"made meanwhile answered 2xx and {facts.get('rows_stored_during_outage')} rows were "
+        f"stored; breaker {facts.get('webhook_breaker')}: {states}.",
     ]
 
 

@@ -30,7 +30,7 @@ import trio.testing
 
 from claykiln.actors.gate import Bucket, RatePolicy
 from claykiln.daemon import BreakerOpen
-from claykiln.daemon.demo.daemon import DemoDaemon, demo_config
+from claykiln.daemon.demo.daemon import DemoDaemon, demo_config, operation_breaker
 from claykiln.daemon.demo.model import (
     MAX_BUDGET,
     MIN_BUDGET,
@@ -41,7 +41,8 @@ from claykiln.daemon.demo.model import (
     Tally,
     pacing_figures,
 )
-from claykiln.daemon.demo.phases import AFTER_CLOSE, DURING, HEALED_OPEN, rows_line
+from claykiln.daemon.demo.phase_outage import AFTER_CLOSE, DURING, HEALED_OPEN
+from claykiln.daemon.demo.phases import rows_line
 from claykiln.daemon.demo.render import breaker_text, gate_text
 from claykiln.daemon.demo.sim import DemoSimulator
 from claykiln.daemon.demo.story import explain, highlight
@@ -49,6 +50,7 @@ from claykiln.daemon.demo.watch import Watch
 
 DURATION = "20"  # the shortest budget allowed; the quick plan ends in ~8 s of it
 QUICK = DemoPlan.quick(float(DURATION))
+WEBHOOK_BREAKER = operation_breaker(demo_config(QUICK, "http://127.0.0.1:1"), "push_row")
 RUN_TIMEOUT = 90.0
 KEPT = r"kept the demo's files in (\S+)"
 CHILD_WAIT = 30.0
@@ -228,6 +230,12 @@ async def test_demo_json_summary_figures_are_consistent(demo_runs: dict[str, Dem
     after = stages[AFTER_CLOSE]
     assert after["calls"] == after["ok"] == outage["ok_after_close"] > 0
     assert after["errors"] == {}
+    # Table webhooks: on a breaker of their own (the embedded default's), rows kept flowing.
+    assert outage["webhook_breaker"] == WEBHOOK_BREAKER
+    if outage["breaker"] != WEBHOOK_BREAKER:
+        pushes = outage["webhook_pushes_during_outage"]
+        assert pushes["calls"] == pushes["ok"] == outage["rows_stored_during_outage"] > 0
+        assert "open" not in outage["webhook_breaker_states"]
 
     lanes = phases["lanes"]["facts"]
     assert lanes["lane_full"] > 0
@@ -312,6 +320,18 @@ async def test_demo_rich_output_tells_the_story_and_keep_keeps_the_files(
     assert stage is not None and told is not None, text
     assert stage.group(1) == told.group(1)
     assert "refused only until the next probe" in text
+    if WEBHOOK_BREAKER != "clay":  # the outage's breaker: the Public API's
+        flowed = re.search(
+            rf"app: webhook pushes meanwhile \(breaker {WEBHOOK_BREAKER}\) (\d+) calls · (\d+) ok",
+            outage,
+        )
+        said = re.search(
+            rf"Table webhooks have a breaker of their own \({WEBHOOK_BREAKER}\), so the outage "
+            r"never held row pushes back: (\d+) of (\d+) pushes",
+            text,
+        )
+        assert flowed is not None and said is not None, outage
+        assert flowed.group(1) == flowed.group(2) == said.group(1) == said.group(2)
     assert "It stayed open" in text and "then a half-open probe found Clay still down" in text
 
 
@@ -595,6 +615,10 @@ def test_explain_tells_each_figure_from_what_it_could_be_mistaken_for() -> None:
                     "refused_after_healing": 115,
                     "ok_after_close": 19,
                     "calls_after_close": 19,
+                    "webhook_breaker": "clay-webhook",
+                    "webhook_pushes_during_outage": {"calls": 60, "ok": 60},
+                    "rows_stored_during_outage": 60,
+                    "webhook_breaker_states": ["closed"],
                 }
             },
         }
@@ -614,6 +638,11 @@ def test_explain_tells_each_figure_from_what_it_could_be_mistaken_for() -> None:
     ) in outage
     assert "kept refusing for 2.95 s (115 calls, refused at once rather than failed)" in outage
     assert "19 of 19 calls ok since" in outage
+    assert (
+        "Table webhooks have a breaker of their own (clay-webhook), so the outage never held "
+        "row pushes back: 60 of 60 pushes made meanwhile answered 2xx and 60 rows were stored; "
+        "breaker clay-webhook: closed."
+    ) in outage
 
 
 def test_an_open_breaker_shows_it_waits_out_its_reset_timeout() -> None:
