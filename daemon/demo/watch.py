@@ -47,9 +47,7 @@ STATUS_TIMEOUT: Final = 5.0
 WAIT_SLACK: Final = 10.0
 """Seconds added to every wait for a state the daemon should reach (a loaded machine is slow)."""
 BREAKER_KEY: Final = "clay"
-"""The upstream's breaker (``breaker = "upstream"``), shown until a phase names another."""
-REFUSING_STATES: Final = ("open", "half_open", "forced_open")
-"""Breaker states that refuse calls (half-open admits only its probes)."""
+"""The breaker shown before the daemon lists any (the upstream's, ``breaker = "upstream"``)."""
 WEBHOOK_GATE: Final = "clay"
 """The gate pacing webhook pushes (``push_row``) at Clay's webhook limit."""
 PUBLIC_GATE: Final = "clay-public"
@@ -194,9 +192,6 @@ class Watch:
     def breaker_state(self, key: str = BREAKER_KEY) -> str:
         return str(self.breaker(key).get("state", "closed"))
 
-    def refusing_breakers(self) -> list[str]:
-        """Keys of the breakers that refuse calls now (open, half-open, forced open)."""
-        return [str(v.get("key")) for v in self.breakers if v.get("state") in REFUSING_STATES]
 
     def lane(self, name: str) -> dict[str, Any]:
         """One lane's stats (``active``, ``queued``, ``rejected`` ...)."""
