@@ -44,6 +44,7 @@ from claykiln.actors.idempotency_record import (
     IdempotencyRecord,
     RecordState,
     decide_begin,
+    intent_ops,
     mismatch_refusal,
     record_ops,
     removal_ops,
@@ -113,6 +114,7 @@ class _Begin:
 class _Finish:
     key: str
     answer: FlightAnswer
+    intent_kept: bool
 
 
 @attrs.frozen(eq=False)
@@ -136,6 +138,9 @@ class _IdempotencyState:
     """Touched only by the actor task."""
 
     flights: dict[str, _Flight] = attrs.Factory(dict)
+    # Keys whose leader could not write its outcome: the intent is still in flight in storage,
+    # so the key is in doubt (rare: storage full or failing).
+    stale_intents: set[str] = attrs.Factory(set)
     next_sweep: float = 0.0
     begun: int = 0
     led: int = 0
@@ -180,14 +185,27 @@ class IdempotencyStore:
         return self._wall_clock()
 
     # -- request path (any task) ---------------------------------------------------------
+    def stored_value(self, key: str) -> Any:
+        """The stored map of ``key`` as it is in storage (None if absent), read inline."""
+        return self._store.get(RECORD_TABLE, storage_key(key))
+
     def lookup(self, key: str) -> IdempotencyRecord | None:
-        """The stored record of ``key`` (expired ones included), read inline; None if absent."""
-        value = self._store.get(RECORD_TABLE, storage_key(key))
+        """The stored record of ``key`` (completed or in doubt, expired ones included), read
+        inline; None if absent."""
+        return self._read(RECORD_TABLE, key)
+
+    def lookup_current(self, key: str) -> IdempotencyRecord | None:
+        """What is known of ``key`` now: the intent of a call in flight (or left in flight),
+        else its record (what ``idempotency.get`` shows)."""
+        return self._read(INFLIGHT_TABLE, key) or self._read(RECORD_TABLE, key)
+
+    def _read(self, table: str, key: str) -> IdempotencyRecord | None:
+        value = self._store.get(table, storage_key(key))
         if value is None:
             return None
         record = IdempotencyRecord.from_value(key, value)
         if record is None:
-            log.warning("idempotency.malformed_record", key=key)
+            log.warning("idempotency.malformed_record", key=key, table=table)
         return record
 
     async def begin(
@@ -223,24 +241,36 @@ class IdempotencyStore:
             with trio.CancelScope(shield=True):
                 await self.finish(key, IdempotencyInFlightRefusal(msg, retry_after=0.0))
 
-    async def finish(self, key: str, answer: FlightAnswer) -> None:
+    async def finish(self, key: str, answer: FlightAnswer, *, intent_kept: bool = False) -> None:
         """The leader's end, once its outcome is durable: followers get ``answer`` and the flight
-        ends. Waits for room in the inbox (call it shielded when cancelled); a stopped actor has
-        no followers left to tell."""
-        with contextlib.suppress(ActorStopped):
-            await self._mailbox.post(_Finish(key, answer))
+        ends. ``intent_kept``: the outcome could not be written, so the intent stays in flight
+        and the key is in doubt from now on. Waits for room in the inbox only when it is full
+        (call it shielded when cancelled); a stopped actor has no followers left to tell."""
+        message = _Finish(key, answer, intent_kept)
+        try:
+            self._mailbox.post_nowait(message)
+        except trio.WouldBlock:
+            with contextlib.suppress(ActorStopped):
+                await self._mailbox.post(message)
+        except ActorStopped:
+            pass
+
+    async def save_intent(self, intent: IdempotencyRecord) -> None:
+        """Write the intent of a call about to run, durably, from the caller's task (through
+        the storage writer). Raises what ``Writer.write`` raises (StoreFull, StorageError)."""
+        await self._writer.write(intent_ops(intent))
 
     async def save(
         self, record: IdempotencyRecord, *, previous_expiry: float | None = None
     ) -> None:
-        """Write ``record`` with its index entries, durably, from the caller's task (through
-        the storage writer; ``previous_expiry``: the expiry of the record it replaces). Raises
-        what ``Writer.write`` raises (StoreFull, StorageError)."""
+        """Write a completed or in-doubt ``record`` in place of its intent, durably
+        (``previous_expiry``: the expiry of the record it replaces). Raises as ``save_intent``."""
         await self._writer.write(record_ops(record, previous_expiry=previous_expiry))
 
-    async def remove(self, record: IdempotencyRecord) -> None:
-        """Delete ``record`` and its index entries, durably (a failure a retry may repeat)."""
-        await self._writer.write(removal_ops(record.key, record.expires_at))
+    async def end_intent(self, intent: IdempotencyRecord) -> None:
+        """Delete the intent of a call that failed before it could matter (a retry runs again);
+        a record it was re-running stays as it was. Raises as ``save_intent``."""
+        await self._writer.write([Delete(INFLIGHT_TABLE, storage_key(intent.key))])
 
     async def forget(self, key: str) -> bool:
         """Delete the record of ``key`` durably (admin); False if there was none. Raises
@@ -306,6 +336,10 @@ class IdempotencyStore:
         if isinstance(message, _Begin):
             self._begin(message)
         elif isinstance(message, _Finish):
+            if message.intent_kept:
+                self._state.stale_intents.add(message.key)
+            else:
+                self._state.stale_intents.discard(message.key)
             flight = self._state.flights.pop(message.key, None)
             if flight is not None:
                 for follower in flight.followers:
@@ -328,7 +362,10 @@ class IdempotencyStore:
                 state.followed += 1
                 message.reply.set(Follow(answer, flight.deadline))
                 return
-            record = self.lookup(message.key)
+            record = None
+            if message.key in state.stale_intents:
+                record = self._read(INFLIGHT_TABLE, message.key)
+            record = record or self.lookup(message.key)
             decision = decide_begin(
                 record, message.fingerprint, repeatable=message.repeatable, now=self.now()
             )
@@ -352,34 +389,41 @@ class IdempotencyStore:
             msg = f"idempotency key {message.key!r} is in flight; forget it once its call ended"
             message.reply.fail(IdempotencyInFlightRefusal(msg, retry_after=1.0))
             return
-        record = self.lookup(message.key)
-        if record is None and self._store.get(RECORD_TABLE, storage_key(message.key)) is None:
+        skey = storage_key(message.key)
+        known = [self._store.get(t, skey) is not None for t in (RECORD_TABLE, INFLIGHT_TABLE)]
+        if not any(known):
             message.reply.set(False)
             return
+        record = self.lookup(message.key)
         expires = record.expires_at if record is not None else None
         try:
-            await self._writer.write(removal_ops(message.key, expires))
+            await self._writer.write(removal_ops(message.key, expires, intent=True))
         except StorageError as exc:
             message.reply.fail(exc)
             return
+        self._state.stale_intents.discard(message.key)
         log.info("idempotency.forgotten", key=message.key)
         message.reply.set(True)
 
     async def _convert_in_flight(self) -> None:
-        """Start-up: records in flight under an earlier boot become in doubt (one write)."""
+        """Start-up: intents left in flight by an earlier boot become in-doubt records (one
+        write); each replaces the record its call was re-running, if any."""
         entries = self._store.items(INFLIGHT_TABLE)
         if not entries:
             return
         ops: list[Op] = []
         keys: list[str] = []
-        for raw_key, _boot in entries:
+        for raw_key, value in entries:
             key = raw_key.decode("ascii", "replace")
-            record = self.lookup(key)
-            if record is None or record.state is not RecordState.IN_FLIGHT:
+            intent = IdempotencyRecord.from_value(key, value)
+            if intent is None:
+                log.warning("idempotency.malformed_record", key=key, table=INFLIGHT_TABLE)
                 ops.append(Delete(INFLIGHT_TABLE, raw_key))
                 continue
-            doubt = f"the daemon stopped (boot {record.boot}) before the answer was stored"
-            ops.extend(record_ops(attrs.evolve(record, state=RecordState.IN_DOUBT, doubt=doubt)))
+            old = self.lookup(key)
+            doubt = f"the daemon stopped (boot {intent.boot}) before the answer was stored"
+            record = attrs.evolve(intent, state=RecordState.IN_DOUBT, doubt=doubt)
+            ops.extend(record_ops(record, previous_expiry=old.expires_at if old else None))
             keys.append(key)
         await self._writer.write(ops)
         self._state.in_doubt_at_start = len(keys)

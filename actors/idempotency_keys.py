@@ -51,9 +51,17 @@ NOT_FINAL_STATUSES: Final = frozenset({408, 409, 425, 429})
 
 
 def _sorted(value: Any) -> Any:
-    """``value`` with every map rebuilt in the byte order of its packed keys (msgpack keeps a
-    map's insertion order, so this makes the encoding independent of it)."""
+    """``value`` with every map rebuilt in one key order (msgpack keeps a map's insertion order,
+    so this makes the encoding independent of it): string keys in code point order, which is
+    their UTF-8 byte order; a map with any other key in the byte order of the packed keys."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value  # the common leaves, without the isinstance walk below
     if isinstance(value, Mapping):
+        if not value:
+            return {}
+        if all(type(k) is str for k in value):
+            return {k: _sorted(value[k]) for k in sorted(value)}
         items = [(_pack(k), k, _sorted(v)) for k, v in value.items()]
         items.sort(key=lambda item: item[0])
         return {k: v for _, k, v in items}

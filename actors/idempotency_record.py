@@ -5,15 +5,17 @@ Sans-I/O: values, encodings and the one decision ``decide_begin``. The actor
 
 Storage (LMDB tables, keys as bytes):
 
-    idempotency           key -> record map (below)
+    idempotency           key -> a completed or in-doubt record (map below)
     idempotency_expiry    uint64 expires_at in microseconds + key -> b""   (the sweeper's order)
-    idempotency_inflight  key -> boot count                              (what start converts)
+    idempotency_inflight  key -> the intent of a call running now        (what start converts)
 
-A record's life: ``in_flight`` (the intent, durable before a byte goes upstream) ->
-``completed`` (a final answer, durable before the caller gets it) | deleted (a failure that
-was never sent or that a retry may simply repeat) | ``in_doubt`` (it may have reached the
-upstream and nobody knows the answer: the daemon died meanwhile, or the call timed out after
-sending). Every record expires ``retention`` seconds after it started.
+A call's life under a key: its intent (state ``in_flight``) is put in ``idempotency_inflight``,
+durably, before a byte goes upstream (one put); the outcome moves it to ``idempotency`` as
+``completed`` (a final answer, durable before the caller gets it) or ``in_doubt`` (it may have
+reached the upstream and nobody knows the answer: the call timed out after sending, or the
+daemon died, and the next start converts what it finds in flight), or deletes it (a failure
+that was never sent, or that a retry may simply repeat: a record it re-ran stays as it was).
+Every record expires ``retention`` seconds after its call started.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "decide_begin",
     "expiry_key",
     "in_doubt_refusal",
+    "intent_ops",
     "mismatch_refusal",
     "record_ops",
     "removal_ops",
@@ -73,13 +76,14 @@ def check_key(key: object) -> str:
     """A caller's key: 1-255 printable ASCII characters (the header an upstream gets, too).
 
     Raises BadRequestRefusal otherwise."""
-    if not isinstance(key, str) or not 0 < len(key) <= 255 or not all(" " <= c <= "~" for c in key):
-        msg = (
-            "call: idempotency_key must be a string of 1-255 printable ASCII characters "
-            "(it is also sent as an HTTP header), e.g. a UUID"
-        )
-        raise BadRequestRefusal(msg)
-    return key
+    # ASCII and printable is exactly " " .. "~" (isprintable alone would admit non-ASCII).
+    if isinstance(key, str) and 0 < len(key) <= 255 and key.isascii() and key.isprintable():
+        return key
+    msg = (
+        "call: idempotency_key must be a string of 1-255 printable ASCII characters "
+        "(it is also sent as an HTTP header), e.g. a UUID"
+    )
+    raise BadRequestRefusal(msg)
 
 
 def storage_key(key: str) -> bytes:
@@ -181,26 +185,30 @@ class IdempotencyRecord:
         }
 
 
+def intent_ops(intent: IdempotencyRecord) -> list[Op]:
+    """Write the intent of a call (state ``in_flight``): one put in the in-flight table."""
+    return [Put(INFLIGHT_TABLE, storage_key(intent.key), intent.to_value())]
+
+
 def record_ops(record: IdempotencyRecord, *, previous_expiry: float | None = None) -> list[Op]:
-    """Write ``record`` with its indexes: the expiry entry (moved if it changed) and, while
-    in flight, the in-flight entry (removed otherwise)."""
+    """Write a completed or in-doubt ``record``, its expiry entry (``previous_expiry``: the one
+    of the record it replaces, deleted when it differs), and end its intent."""
     skey = storage_key(record.key)
     ops: list[Op] = [Put(RECORD_TABLE, skey, record.to_value())]
     if previous_expiry is not None and previous_expiry != record.expires_at:
         ops.append(Delete(EXPIRY_TABLE, expiry_key(previous_expiry, record.key)))
     ops.append(Put(EXPIRY_TABLE, expiry_key(record.expires_at, record.key), b""))
-    if record.state is RecordState.IN_FLIGHT:
-        ops.append(Put(INFLIGHT_TABLE, skey, record.boot))
-    else:
-        ops.append(Delete(INFLIGHT_TABLE, skey))
+    ops.append(Delete(INFLIGHT_TABLE, skey))
     return ops
 
 
-def removal_ops(key: str, expires_at: float | None) -> list[Op]:
-    """Delete the record of ``key`` and its index entries (``expires_at`` None: no expiry
-    entry known)."""
+def removal_ops(key: str, expires_at: float | None, *, intent: bool = False) -> list[Op]:
+    """Delete the record of ``key`` and its expiry entry (``expires_at`` None: none known),
+    and with ``intent`` an intent left in flight too (what ``forget`` deletes)."""
     skey = storage_key(key)
-    ops: list[Op] = [Delete(RECORD_TABLE, skey), Delete(INFLIGHT_TABLE, skey)]
+    ops: list[Op] = [Delete(RECORD_TABLE, skey)]
+    if intent:
+        ops.append(Delete(INFLIGHT_TABLE, skey))
     if expires_at is not None:
         ops.append(Delete(EXPIRY_TABLE, expiry_key(expires_at, key)))
     return ops

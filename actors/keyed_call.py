@@ -186,50 +186,60 @@ class KeyedCalls:
                 path_params=request.path_params,
                 query=request.query,
             )
-        prepared = PreparedCall(request, op, guard, recorded, fp, repeatable, ckey)
         try:
             self.pipeline.fail_fast(request)
         except Refusal as exc:
-            answer = self._fallback(prepared, exc)
+            answer = self._fallback(op.name, guard, ckey, exc)
             if answer is None:
                 raise
             return answer
-        if recorded is None:
-            return prepared
-        # What the key's record says was sent (the path also checks the path parameters).
-        sent = {"method": op.method, "path": render_path(op.path, request.path_params)}
-        if guard.key_field is not None:
-            sent["key_field"] = guard.key_field
-        return attrs.evolve(prepared, sent=sent)
+        sent: dict[str, Any] = {}
+        if recorded is not None:
+            # What the key's record says was sent (the path also checks the path parameters).
+            sent = {"method": op.method, "path": render_path(op.path, request.path_params)}
+            if guard.key_field is not None:
+                sent["key_field"] = guard.key_field
+        return PreparedCall(request, op, guard, recorded, fp, repeatable, ckey, sent)
 
     def _stored_answer(self, key: str, fp: str, repeatable: bool) -> dict[str, Any] | None:
         """The replay of a completed key; raises a mismatch or an in-doubt refusal; None when
-        the call must go on (no record, expired, in flight, or in doubt but repeatable)."""
-        record = self.idempotency.lookup(key)
-        if record is None or record.expired(self.idempotency.now()):
+        the call must go on (no record, expired, in flight, in doubt but repeatable, or a
+        malformed record, which ``begin`` reports). Reads the stored map itself, without
+        building the record: this is the replay's hot path, on the connection reader."""
+        value = self.idempotency.stored_value(key)
+        if not isinstance(value, dict):
+            return None
+        stored_fp, state, expires = value.get("fp"), value.get("state"), value.get("expires")
+        if not isinstance(expires, int | float) or self.idempotency.now() >= expires:
             return None
         try:
-            if record.fingerprint != fp:
-                raise mismatch_refusal(key, record.fingerprint, fp)
-            if record.state is RecordState.IN_DOUBT and not repeatable:
-                raise in_doubt_refusal(record)
+            if stored_fp != fp:
+                raise mismatch_refusal(key, str(stored_fp), fp)
+            if state == RecordState.IN_DOUBT.value and not repeatable:
+                record = IdempotencyRecord.from_value(key, value)
+                if record is not None:
+                    raise in_doubt_refusal(record)
         except Refusal as exc:
             self.idempotency.note_refusal(exc)
             raise
-        if record.state is RecordState.COMPLETED and record.result is not None:
-            self.idempotency.precheck_replays += 1
-            return _replayed(record)
-        return None
+        result = value.get("result")
+        if state != RecordState.COMPLETED.value or not isinstance(result, dict):
+            return None
+        self.idempotency.precheck_replays += 1
+        out = dict(result)
+        out["replayed"] = True
+        out["idempotency_key"] = key
+        return out
 
-    def _fallback(self, prepared: PreparedCall, error: Refusal) -> dict[str, Any] | None:
-        """The cached answer standing in for ``error``, or None (no fallback, nothing kept,
-        or too old)."""
-        policy = prepared.guard.cache
-        if not prepared.guard.fallback or policy is None or prepared.cache_key is None:
+    def _fallback(
+        self, operation: str, guard: CallGuard, key: str | None, error: Refusal
+    ) -> dict[str, Any] | None:
+        """The cached answer (kept under ``key``) standing in for ``error``, or None (no
+        fallback, nothing kept, or too old)."""
+        policy = guard.cache
+        if not guard.fallback or policy is None or key is None or not falls_back(error):
             return None
-        if not falls_back(error):
-            return None
-        kept = self.cache.lookup(prepared.cache_key)
+        kept = self.cache.lookup(key)
         if kept is None:
             return None
         age = kept.age(self.cache.now())
@@ -239,7 +249,7 @@ class KeyedCalls:
         self.cache.served += 1
         log.info(
             "call.fallback",
-            operation=prepared.operation.name,
+            operation=operation,
             staleness=label.value,
             age=round(age, 3),
             error=error.code,
@@ -299,9 +309,11 @@ class KeyedCalls:
             expires_at=now + prepared.guard.retention,
             sent=prepared.sent,
         )
+        # The record this call replaces (expired, or in doubt and safe to repeat): its expiry
+        # entry goes when the outcome is written.
         previous = lead.previous.expires_at if lead.previous is not None else None
         try:
-            await idem.save(intent, previous_expiry=previous)
+            await idem.save_intent(intent)
         except BaseException as exc:
             error = _storage_refusal(exc)
             with trio.CancelScope(shield=True):
@@ -312,91 +324,103 @@ class KeyedCalls:
         try:
             result = await self.pipeline.call(request)
         except Refusal as exc:
-            return await self._led_failure(prepared, intent, exc)
+            return await self._led_failure(prepared, intent, previous, exc)
         except BaseException as exc:
-            await self._led_abort(prepared, intent, exc)
+            await self._led_abort(prepared, intent, previous, exc)
             raise
         wire = result.to_wire()
         wire["idempotency_key"] = key
+        kept = True
         with trio.CancelScope(shield=True):
             try:
                 if is_final_status(result.status):
                     done = attrs.evolve(
                         intent, state=RecordState.COMPLETED, completed_at=idem.now(), result=wire
                     )
-                    await idem.save(done)
+                    await idem.save(done, previous_expiry=previous)
                 else:
-                    await idem.remove(intent)
+                    await idem.end_intent(intent)
+                kept = False
             except StorageError as exc:
-                # The upstream acted and the caller gets its answer; the record stays in
-                # flight, so a retry of the key is refused as in doubt, never run twice.
+                # The upstream acted and the caller gets its answer; the intent stays, so a
+                # retry of the key is refused as in doubt, never run twice.
                 log.warning("idempotency.outcome_not_saved", key=key, error=str(exc))
             self._remember(prepared, result.status, wire)
-            await idem.finish(key, wire)
+            await idem.finish(key, wire, intent_kept=kept)
         return wire
 
     async def _led_failure(
-        self, prepared: PreparedCall, intent: IdempotencyRecord, error: Refusal
+        self,
+        prepared: PreparedCall,
+        intent: IdempotencyRecord,
+        previous: float | None,
+        error: Refusal,
     ) -> dict[str, Any]:
         """The leader's call failed: forget the key or leave it in doubt, then fall back or
         raise; followers get the same."""
         idem = self.idempotency
+        kept = True
         with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
             try:
                 if failure_leaves_doubt(error, repeatable=prepared.repeatable):
-                    doubt = f"{error.code}: {error.message}"
-                    await idem.save(attrs.evolve(intent, state=RecordState.IN_DOUBT, doubt=doubt))
+                    doubt = attrs.evolve(
+                        intent, state=RecordState.IN_DOUBT, doubt=f"{error.code}: {error.message}"
+                    )
+                    await idem.save(doubt, previous_expiry=previous)
                 else:
-                    await idem.remove(intent)
+                    await idem.end_intent(intent)
+                kept = False
             except StorageError as exc:
                 log.warning("idempotency.outcome_not_saved", key=intent.key, error=str(exc))
-        answer = self._fallback(prepared, error)
+        answer = self._fallback(prepared.operation.name, prepared.guard, prepared.cache_key, error)
         with trio.CancelScope(shield=True):
-            await idem.finish(intent.key, answer if answer is not None else error)
+            await idem.finish(intent.key, answer if answer is not None else error, intent_kept=kept)
         if answer is None:
             raise error
         return answer
 
     async def _led_abort(
-        self, prepared: PreparedCall, intent: IdempotencyRecord, exc: BaseException
+        self,
+        prepared: PreparedCall,
+        intent: IdempotencyRecord,
+        previous: float | None,
+        exc: BaseException,
     ) -> None:
         """The leader was cancelled (or hit a bug) mid-call: nobody knows whether the request
         left; record that, and release the followers."""
         idem = self.idempotency
-        answer: Refusal
+        why = "the call was interrupted before its answer was stored"
+        if not isinstance(exc, trio.Cancelled):
+            why += f" ({type(exc).__name__})"
+        doubt = attrs.evolve(intent, state=RecordState.IN_DOUBT, doubt=why)
+        kept = True
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLEANUP_TIMEOUT):
                 try:
                     if prepared.repeatable:
-                        await idem.remove(intent)
+                        await idem.end_intent(intent)
                     else:
-                        why = "the call was interrupted before its answer was stored"
-                        if not isinstance(exc, trio.Cancelled):
-                            why += f" ({type(exc).__name__})"
-                        doubt = attrs.evolve(intent, state=RecordState.IN_DOUBT, doubt=why)
-                        await idem.save(doubt)
+                        await idem.save(doubt, previous_expiry=previous)
+                    kept = False
                 except StorageError as error:
                     log.warning("idempotency.outcome_not_saved", key=intent.key, error=str(error))
-            if isinstance(exc, trio.Cancelled):
-                answer = (
-                    _gone()
-                    if prepared.repeatable
-                    else in_doubt_refusal(
-                        attrs.evolve(
-                            intent, state=RecordState.IN_DOUBT, doubt="the first caller went away"
-                        )
-                    )
-                )
-            else:
+            answer: Refusal
+            if not isinstance(exc, trio.Cancelled):
                 answer = InternalRefusal("internal error; see the daemon log")
-            await idem.finish(intent.key, answer)
+            elif prepared.repeatable:
+                answer = _gone()
+            else:
+                answer = in_doubt_refusal(attrs.evolve(doubt, doubt="the first caller went away"))
+            await idem.finish(intent.key, answer, intent_kept=kept)
 
     # -- without a key -----------------------------------------------------------------------
     async def _run(self, prepared: PreparedCall) -> dict[str, Any]:
         try:
             result = await self.pipeline.call(prepared.request)
         except Refusal as exc:
-            answer = self._fallback(prepared, exc)
+            answer = self._fallback(
+                prepared.operation.name, prepared.guard, prepared.cache_key, exc
+            )
             if answer is None:
                 raise
             return answer

@@ -1,7 +1,7 @@
 """``kiln bench``: measure the performance budget (docs/performance.md) on this machine.
 
-    kiln bench [--scenario writes|hello|call|breaker-open|outage|outage-peers|all] [--duration S]
-               [--concurrency N] [--json]
+    kiln bench [--scenario writes|hello|call|breaker-open|outage|outage-peers|replay|
+                           call-idempotent|all] [--duration S] [--concurrency N] [--json]
 
 Scenarios (docs/performance.md has the budget, the method and measured figures):
 
@@ -11,7 +11,9 @@ Scenarios (docs/performance.md has the budget, the method and measured figures):
 - ``breaker-open``: fail-fast rejections with the breaker forced open;
 - ``outage``: upstream requests during an outage, daemon vs a naive retry loop;
 - ``outage-peers``: per-process pybreaker + tenacity vs one daemon, same outage, two lengths,
-  and a ``kill -9`` restart under the callers (daemon/bench/peers.py; ~6 min at full scale).
+  and a ``kill -9`` restart under the callers (daemon/bench/peers.py; ~6 min at full scale);
+- ``replay``: replays of a completed idempotency key, closed loop and paced (daemon/bench/keyed.py);
+- ``call-idempotent``: ``call`` with durable idempotency records vs without, and direct httpx.
 
 Each measured run lasts ``--duration`` seconds (a scenario makes 1 to 4 of them) and is bounded
 in count too. Figures are ratios of two measurements made in the same run; the absolute numbers
@@ -39,6 +41,7 @@ from typing import Any, Final
 
 import click
 
+from claykiln.daemon.bench.keyed import bench_call_idempotent, bench_replay
 from claykiln.daemon.bench.measure import BenchOptions
 from claykiln.daemon.bench.outage import bench_outage
 from claykiln.daemon.bench.peers import bench_outage_peers
@@ -60,6 +63,8 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "breaker-open": bench_breaker_open,
     "outage": bench_outage,
     "outage-peers": bench_outage_peers,
+    "replay": bench_replay,
+    "call-idempotent": bench_call_idempotent,
 }
 MAX_DURATION: Final = 600.0
 MAX_CONCURRENCY: Final = 1024

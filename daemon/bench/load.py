@@ -16,6 +16,10 @@ Modes (the same request frame every time, ``[0, msgid, method, [args]]``):
   shows the service time at that offered load, not the queueing a closed loop builds up (with
   N closed-loop callers the mean latency is N / throughput, whatever the server does).
 
+With ``unique_arg`` set, every request carries that argument with a value of its own (a run
+nonce and a counter), e.g. a fresh ``idempotency_key`` per call; the frame is then packed per
+request.
+
 Bounds: no request is issued after ``seconds`` nor beyond ``max_requests`` in all; replies still
 outstanding then get ``DRAIN_GRACE`` seconds, after which they are counted as ``lost``. A
 connection the server closes counts its outstanding requests as lost and is not reopened.
@@ -27,6 +31,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import selectors
 import socket
 import sys
@@ -80,6 +85,7 @@ class LoadSpec:
     seconds: float = attrs.field(default=5.0, validator=_positive)
     max_requests: int = attrs.field(default=1_000_000, validator=_positive)
     rate: float = attrs.field(default=1000.0, validator=_positive)  # paced mode only
+    unique_arg: str = ""  # an argument given a fresh value per request ("": none)
 
     def argv(self) -> list[str]:
         """The command line that runs this spec in a fresh interpreter."""
@@ -103,6 +109,8 @@ class LoadSpec:
             str(self.max_requests),
             "--rate",
             str(self.rate),
+            "--unique-arg",
+            self.unique_arg,
         ]
 
 
@@ -125,6 +133,8 @@ class _Run:
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.tail = msgpack.packb(spec.method) + msgpack.packb([spec.args])
+        self.head = msgpack.packb(spec.method)
+        self.nonce = f"{os.getpid()}-{time.time_ns()}-"
         self.next_id = 0
         self.issued = 0
         self.outstanding = 0
@@ -145,7 +155,12 @@ class _Run:
             return
         self.next_id = (self.next_id + 1) % MSGID_LIMIT
         # A fixed-width uint32 msgid (0xce) keeps the frame a constant template.
-        out.append(b"\x94\x00\xce" + self.next_id.to_bytes(4, "big") + self.tail)
+        tail = self.tail
+        if self.spec.unique_arg:
+            args = dict(self.spec.args)
+            args[self.spec.unique_arg] = f"{self.nonce}{self.issued}"
+            tail = self.head + msgpack.packb([args])
+        out.append(b"\x94\x00\xce" + self.next_id.to_bytes(4, "big") + tail)
         conn.pending[self.next_id] = now
         self.issued += 1
         self.outstanding += 1
@@ -296,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--max-requests", type=int, default=1_000_000)
     p.add_argument("--rate", type=float, default=1000.0, help="requests/s in paced mode")
+    p.add_argument("--unique-arg", default="", help="an argument given a fresh value per request")
     ns = p.parse_args(argv)
     spec = LoadSpec(
         socket=ns.socket,
@@ -306,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds=ns.seconds,
         max_requests=ns.max_requests,
         rate=ns.rate,
+        unique_arg=ns.unique_arg,
     )
     # A bounded run that makes little cyclic garbage: a collector pause here would be measured
     # as the server's latency, so the generator does not collect while it measures.

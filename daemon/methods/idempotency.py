@@ -38,7 +38,7 @@ def methods(runtime: Runtime) -> list[Method]:
 
     def get(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any] | None:
         key = _key("idempotency.get", args)
-        record = idempotency.lookup(key)
+        record = idempotency.lookup_current(key)
         if record is None:
             return None
         out = record.to_wire()

@@ -130,7 +130,7 @@ async def test_a_completed_record_replays_and_survives_a_restart(store_path: Pat
         async with running(store_path, clock) as (idem, _, _):
             await idem.begin("k", FP, repeatable=False, deadline=None)
             record = intent(idem, "k")
-            await idem.save(record)
+            await idem.save_intent(record)
             await idem.save(completed(record, result))
             await idem.finish("k", result)
         async with running(store_path, clock) as (idem, _, _):
@@ -147,7 +147,7 @@ async def test_records_left_in_flight_are_in_doubt_after_a_restart(store_path: P
     with trio.fail_after(10):
         async with running(store_path, clock) as (idem, _, _):
             await idem.begin("k", FP, repeatable=False, deadline=None)
-            await idem.save(intent(idem, "k"))
+            await idem.save_intent(intent(idem, "k"))
             old_boot = idem.boot
             # the process "dies" here: no outcome, no finish
         with structlog.testing.capture_logs() as logs:
@@ -172,7 +172,7 @@ async def test_an_expired_record_leads_again(store_path: Path) -> None:
         async with running(store_path, clock, sweep_interval=3600) as (idem, _, _):
             await idem.begin("k", FP, repeatable=False, deadline=None)
             record = intent(idem, "k", retention=10)
-            await idem.save(record)
+            await idem.save_intent(record)
             await idem.save(completed(record, {"status": 200}))
             await idem.finish("k", {"status": 200})
             clock.now += 10
@@ -255,3 +255,18 @@ async def test_a_stopped_actor_fails_followers_and_later_asks(store_path: Path) 
                 outer.cancel_scope.cancel()
         finally:
             store.close()
+
+
+async def test_an_intent_whose_outcome_was_not_saved_is_in_doubt(store_path: Path) -> None:
+    """A leader that could not write its outcome leaves its intent: the key is in doubt at
+    once (no restart needed), and idempotency.get's lookup shows the intent."""
+    with trio.fail_after(10):
+        async with running(store_path, WallClock()) as (idem, _, _):
+            await idem.begin("k", FP, repeatable=False, deadline=None)
+            await idem.save_intent(intent(idem, "k"))
+            await idem.finish("k", {"status": 200}, intent_kept=True)
+            with pytest.raises(IdempotencyInDoubtRefusal):
+                await idem.begin("k", FP, repeatable=False, deadline=None)
+            shown = idem.lookup_current("k")
+            assert shown is not None and shown.state is RecordState.IN_FLIGHT
+            assert isinstance(await idem.begin("k", FP, repeatable=True, deadline=None), Lead)

@@ -19,6 +19,7 @@ from claykiln.actors.idempotency_record import (
     check_key,
     decide_begin,
     expiry_key,
+    intent_ops,
     record_ops,
     removal_ops,
     split_expiry_key,
@@ -76,26 +77,26 @@ def test_expiry_keys_sort_by_time(a: float, b: float) -> None:
     assert split_expiry_key(ka) == (int(a * 1_000_000), "k1")
 
 
-def test_record_ops_keep_the_indexes_in_step() -> None:
-    """In flight: record, expiry and in-flight entries; done: the in-flight entry goes; a moved
-    expiry deletes the old index entry; removal deletes all three."""
+def test_an_intent_is_one_put_and_its_outcome_moves_it() -> None:
+    """The intent: one put in the in-flight table. The outcome: the record, its expiry entry
+    (the replaced record's deleted when it differs), the intent deleted. Removal: the record
+    and its expiry entry, and the intent only when asked (forget)."""
     intent = attrs.evolve(RECORD, state=RecordState.IN_FLIGHT, result=None, completed_at=None)
-    ops = record_ops(intent, previous_expiry=500.0)
+    assert intent_ops(intent) == [Put("idempotency_inflight", b"order-17", intent.to_value())]
+    ops = record_ops(RECORD, previous_expiry=500.0)
     assert [type(op).__name__ + ":" + op.table for op in ops] == [
         "Put:idempotency",
         "Delete:idempotency_expiry",
         "Put:idempotency_expiry",
-        "Put:idempotency_inflight",
+        "Delete:idempotency_inflight",
     ]
-    done = record_ops(RECORD, previous_expiry=RECORD.expires_at)
-    assert done[-1] == Delete("idempotency_inflight", b"order-17")
-    assert not any(isinstance(op, Delete) and op.table == "idempotency_expiry" for op in done)
+    same = record_ops(RECORD, previous_expiry=RECORD.expires_at)
+    assert not any(isinstance(op, Delete) and op.table == "idempotency_expiry" for op in same)
     assert removal_ops("order-17", 10.0) == [
         Delete("idempotency", b"order-17"),
-        Delete("idempotency_inflight", b"order-17"),
         Delete("idempotency_expiry", expiry_key(10.0, "order-17")),
     ]
-    assert isinstance(ops[0], Put)
+    assert Delete("idempotency_inflight", b"order-17") in removal_ops("order-17", None, intent=True)
 
 
 NOW = 2000.0
