@@ -50,7 +50,7 @@ async def test_a_public_api_storm_leaves_webhook_pushes_flowing(
 ) -> None:
     """The embedded operations: 500s on `me` open breaker "clay" (the Public API's) while
     push_row, on its own breaker "clay-webhook", keeps reaching Clay."""
-    proc = kiln(clay_config(simulator.url))
+    proc = kiln(clay_config(simulator.url, consecutive=5))
     await proc.start()
     sim = simulator.sim
     with trio.fail_after(30):
