@@ -45,6 +45,12 @@ TABLES = (
     "idempotency_inflight",
     "jobs",
     "jobs_due",
+    "jobs_retry",
+    "jobs_inflight",
+    "jobs_dead",
+    "jobs_done",
+    "jobs_keys",
+    "quota",
     "breakers",
     "gate",
     "cache",
@@ -53,7 +59,7 @@ TABLES = (
 DEFAULT_MAP_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_MAP_SIZE = 4 * 1024 * 1024 * 1024
 MAX_READERS = 126
-MAX_DBS = 16
+MAX_DBS = 32  # named tables an environment may hold (TABLES plus room to grow)
 _PAGE = mmap.PAGESIZE
 
 # Directory identities (st_dev, st_ino) of stores open in this process: LMDB forbids a second

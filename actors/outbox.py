@@ -1,0 +1,337 @@
+"""The submit side of the durable outbox: check a job, write it durably, then acknowledge it.
+
+Card
+- owns: the idempotency keys being written right now (key -> an Event set once the write ended),
+  so two submits with one key make one job; nothing else (jobs live in storage, ``JobStore``).
+- a coordinator, not an actor: ``prepare`` runs on the connection reader (no await, no task);
+  ``submit``, ``submit_many`` and ``bury`` run in the request's task.
+- ``prepare(request)``: refuses at once what can never succeed (an unknown operation, bad path
+  parameters or headers, an unknown lane, a row Clay would refuse: ``check_row``; a push to a
+  webhook source held at Clay's lifetime cap) with ``bad_request`` / ``unknown_operation``;
+  names the job with its key (the one given, the derived one where the operation derives keys,
+  else ``job:<id>``), stamps the key into the row's ``key_field``; answers a key that already
+  has a job with that job (``existing: true``), or ``idempotency_mismatch`` when the key was
+  used for another request.
+- ``submit(prepared)``: writes the job and its index entries in one durable write (group
+  commit: concurrent submits share one fsync), then tells the scheduler the job's queue is due,
+  then answers ``{job_id, state, existing, idempotency_key, due_at}``. ``submit_many`` writes a
+  whole batch in one transaction and answers per item.
+- ``bury(request, error)``: keeps a ``call`` that failed (``on_failure = "dlq"``) as a dead job.
+- on failure: a full store is ``storage_full``, another storage error ``internal``; nothing was
+  acknowledged, so nothing is lost. Cancelled while writing, the job may still be committed
+  (the writer does not abandon a queued write); it was not acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from claykiln.actors.call import CallRequest, Operation
+from claykiln.actors.errors import (
+    BadRequestRefusal,
+    InternalRefusal,
+    Refusal,
+    StorageFullRefusal,
+)
+from claykiln.actors.idempotency_keys import derived_key, fingerprint, stamp_key_field
+from claykiln.actors.idempotency_record import mismatch_refusal
+from claykiln.actors.jobs import Attempt, Job, JobState, new_job_id, transition_ops
+from claykiln.actors.jobs_policy import JobPolicy, OutboxSettings, check_row
+from claykiln.actors.jobs_quota import source_name
+from claykiln.actors.jobs_store import JobStore, alert_dead
+from claykiln.actors.log import get_logger
+from claykiln.actors.pipeline import CallPipeline
+from claykiln.actors.upstream import NO_JSON, render_path
+from claykiln.storage import Op, StorageError, StoreFull
+
+__all__ = ["Outbox", "PreparedJob", "attempt_request"]
+
+log = get_logger("claykiln.outbox")
+
+DueNotice = Callable[[str, float], None]
+"""Tells the scheduler that ``queue`` holds a job due at wall time ``due_at``."""
+
+
+@attrs.frozen
+class PreparedJob:
+    """A checked submit: the job as it will be written (state pending)."""
+
+    job: Job
+
+    @property
+    def key(self) -> str:
+        return self.job.key
+
+
+def _stored_request(request: CallRequest, deadline_ms: float | None) -> dict[str, Any]:
+    """The call arguments a job keeps (what ``attempt_request`` rebuilds a call from)."""
+    out: dict[str, Any] = {}
+    if request.path_params:
+        out["path_params"] = dict(request.path_params)
+    if request.query:
+        out["query"] = dict(request.query)
+    if request.json is not NO_JSON:
+        out["json"] = request.json
+    if request.body is not None:
+        out["body"] = bytes(request.body)
+    if request.headers:
+        out["headers"] = dict(request.headers)
+    if request.lane is not None:
+        out["lane"] = request.lane
+    if deadline_ms is not None:
+        out["deadline_ms"] = deadline_ms
+    return out
+
+
+def attempt_request(job: Job, lane: str, now: float) -> CallRequest:
+    """The call one attempt of ``job`` makes: its stored arguments, in ``lane`` unless the job
+    names its own, with a deadline ``deadline_ms`` after ``now`` (trio time) if it has one."""
+    req = job.request
+    deadline_ms = req.get("deadline_ms")
+    return CallRequest(
+        operation=job.operation,
+        path_params=dict(req.get("path_params") or {}),
+        query=req.get("query"),
+        json=req.get("json", NO_JSON),
+        body=req.get("body"),
+        headers=dict(req.get("headers") or {}),
+        lane=req.get("lane") or lane,
+        deadline=now + deadline_ms / 1000 if deadline_ms else None,
+        idempotency_key=job.key,
+    )
+
+
+def job_answer(job: Job, *, existing: bool) -> dict[str, Any]:
+    """What ``submit`` answers for ``job``."""
+    return {
+        "job_id": job.id,
+        "state": job.state.value,
+        "existing": existing,
+        "idempotency_key": job.key,
+        "due_at": job.due_at,
+    }
+
+
+class Outbox:
+    """Accepts jobs durably; see the module card."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        pipeline: CallPipeline,
+        settings: Callable[[], OutboxSettings],
+        notify: DueNotice,
+    ) -> None:
+        self.jobs = jobs
+        self.pipeline = pipeline
+        self._settings = settings
+        self._notify = notify
+        self._writing: dict[str, trio.Event] = {}
+        self.accepted = 0  # jobs written since start
+        self.existing = 0  # submits answered with the job their key already had
+
+    # -- on the connection reader ------------------------------------------------------------
+    def prepare(
+        self,
+        request: CallRequest,
+        *,
+        not_before: float | None = None,
+        deadline_ms: float | None = None,
+    ) -> PreparedJob | dict[str, Any]:
+        """A checked job to write, or the answer of a key that already has one (see the card).
+
+        Raises ``BadRequestRefusal``, ``UnknownOperationRefusal``, ``IdempotencyMismatchRefusal``.
+        """
+        op = self.pipeline.operation(request.operation)
+        settings = self._settings()
+        policy = settings.policy(op.name)
+        path = render_path(op.path, request.path_params)
+        check_row(policy, op.name, request.json, request.body, request.headers)
+        self._check_lane(request.lane)
+        fp = fingerprint(op.name, request.path_params, request.query, request.json, request.body)
+        now = self.jobs.now()
+        job_id = new_job_id(now)
+        key = request.idempotency_key
+        if key is None and policy.derive_key:
+            key = derived_key(fp)
+        indexed = key is not None
+        if indexed:
+            assert key is not None
+            found = self._existing(key, fp)
+            if found is not None:
+                return found
+        else:
+            key = f"job:{job_id}"
+        if policy.key_field is not None:
+            stamped = stamp_key_field(request.json, policy.key_field, key, operation=op.name)
+            request = attrs.evolve(request, json=stamped)
+        source = None
+        if policy.webhook is not None:
+            source = source_name(op.upstream, path)
+            self._check_source(op, source)
+        due = now if not_before is None else max(now, not_before)
+        job = Job(
+            id=job_id,
+            operation=op.name,
+            request=_stored_request(request, deadline_ms),
+            key=key,
+            fingerprint=fp,
+            queue=source or op.name,
+            state=JobState.PENDING,
+            created_at=now,
+            due_at=due,
+            max_attempts=policy.max_attempts,
+            source=source,
+            indexed=indexed,
+        )
+        return PreparedJob(job)
+
+    def _existing(self, key: str, fp: str) -> dict[str, Any] | None:
+        """The answer for a key that already has a job; raises a mismatch for another request."""
+        job = self.jobs.job_for_key(key)
+        if job is None:
+            return None
+        if job.fingerprint != fp:
+            raise mismatch_refusal(key, job.fingerprint, fp)
+        self.existing += 1
+        return job_answer(job, existing=True)
+
+    def _check_lane(self, lane: str | None) -> None:
+        if lane is None:
+            return
+        views = self.pipeline.lanes.views
+        if lane not in views or views[lane].retired:
+            known = ", ".join(sorted(n for n, v in views.items() if not v.retired))
+            msg = f"submit: unknown lane {lane!r}; configured lanes: {known}"
+            raise BadRequestRefusal(msg)
+
+    def _check_source(self, op: Operation, source: str) -> None:
+        quota = self.jobs.quota(source)
+        if quota.held:
+            msg = (
+                f"{op.name}: the webhook source {source} is held at Clay's lifetime cap "
+                f"({quota.rows} rows counted, held by {quota.held_by}); Clay drops every row "
+                "it is sent: point the job at a new webhook, or release the source "
+                "(kiln quota release) once its cap was raised"
+            )
+            raise BadRequestRefusal(msg, details={"reason": "quota_exhausted", "source": source})
+
+    # -- in the request's task ---------------------------------------------------------------
+    async def submit(self, prepared: PreparedJob) -> dict[str, Any]:
+        """Write the job durably, then answer (see the card)."""
+        (answer,) = await self.submit_many([prepared])
+        if isinstance(answer, Refusal):
+            raise answer
+        return answer
+
+    async def submit_many(
+        self, items: Sequence[PreparedJob | dict[str, Any] | Refusal]
+    ) -> list[dict[str, Any] | Refusal]:
+        """Write every ``PreparedJob`` of ``items`` in one durable transaction; answer per item
+        (answers and refusals made by ``prepare`` pass through). Jobs of one key share the
+        first one's job; a key another submit is writing waits for that write. A storage
+        failure fails every job of the batch (``storage_full`` / ``internal``)."""
+        keys = {item.key for item in items if isinstance(item, PreparedJob) and item.job.indexed}
+        for key in keys:
+            while key in self._writing:
+                await self._writing[key].wait()
+        mine = {key: trio.Event() for key in keys}
+        self._writing.update(mine)
+        try:
+            return await self._write_batch(items)
+        finally:
+            for key, event in mine.items():
+                del self._writing[key]
+                event.set()
+
+    async def _write_batch(
+        self, items: Sequence[PreparedJob | dict[str, Any] | Refusal]
+    ) -> list[dict[str, Any] | Refusal]:
+        answers: list[dict[str, Any] | Refusal] = []
+        claimed: dict[str, Job] = {}
+        ops: list[Op] = []
+        written: list[tuple[int, Job]] = []
+        for item in items:
+            if not isinstance(item, PreparedJob):
+                answers.append(item)
+                continue
+            job = item.job
+            if job.indexed:
+                try:
+                    earlier = claimed.get(job.key)
+                    if earlier is not None:
+                        if earlier.fingerprint != job.fingerprint:
+                            raise mismatch_refusal(job.key, earlier.fingerprint, job.fingerprint)
+                        answers.append(job_answer(earlier, existing=True))
+                        continue
+                    found = self._existing(job.key, job.fingerprint)
+                except Refusal as exc:
+                    answers.append(exc)
+                    continue
+                if found is not None:  # written by another submit while this one waited
+                    answers.append(found)
+                    continue
+                claimed[job.key] = job
+            ops.extend(transition_ops(None, job))
+            written.append((len(answers), job))
+            answers.append(job_answer(job, existing=False))
+        if not ops:
+            return answers
+        try:
+            await self.jobs.write(ops)
+        except StorageError as exc:
+            error = _storage_refusal(exc)
+            for index, _ in written:
+                answers[index] = type(error)(error.message)
+            return answers
+        self.accepted += len(written)
+        for _, job in written:
+            if job.waiting:
+                self._notify(job.queue, job.due_at)
+        return answers
+
+    async def bury(
+        self, request: CallRequest, error: Refusal, *, attempts: int, duration_ms: float
+    ) -> str:
+        """Keep a failed ``call`` as a dead job (reason ``call_failed``) with the error as its
+        one history entry; answer its job id (the existing job's when its key has one).
+        Raises ``StorageFullRefusal`` / ``InternalRefusal`` when it could not be written."""
+        prepared = self.prepare(request)
+        if not isinstance(prepared, PreparedJob):
+            return str(prepared["job_id"])
+        now = self.jobs.now()
+        text = f"{error.code}: {error.message}"[:300]
+        entry = Attempt(now, error.code, burned=True, error=text, duration_ms=duration_ms)
+        dead = prepared.job.with_entry(
+            entry,
+            state=JobState.DEAD,
+            attempts=max(1, attempts),
+            dead_at=now,
+            reason="call_failed",
+            error=text,
+        )
+        (answer,) = await self.submit_many([PreparedJob(dead)])
+        if isinstance(answer, Refusal):
+            raise answer
+        if not answer["existing"]:
+            alert_dead(dead)
+        return str(answer["job_id"])
+
+    def stats(self) -> dict[str, Any]:
+        """For ``status``: jobs accepted and key hits since start."""
+        return {"accepted": self.accepted, "existing": self.existing}
+
+    @staticmethod
+    def policy_lane(op: Operation, policy: JobPolicy) -> str:
+        """The lane a job of ``op`` runs in: the policy's, else the operation's."""
+        return policy.lane or op.lane
+
+
+def _storage_refusal(exc: StorageError) -> Refusal:
+    if isinstance(exc, StoreFull):
+        return StorageFullRefusal(f"the job was not saved: {exc}")
+    return InternalRefusal(f"the job was not saved: {exc}")

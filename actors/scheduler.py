@@ -1,0 +1,528 @@
+"""The scheduler actor: runs due jobs through the call pipeline and moves each one on.
+
+Card
+- owns: the jobs in flight in this process (at most ``concurrency``, each in its own runner
+  task in the actor's nursery), when each queue next needs a look (``look_at``), the webhook
+  sources held at Clay's cap and their counts, the sweeper's schedule. Jobs live in storage
+  (actors/jobs.py); every change to one is made under ``JobStore.lock``.
+- receives: ``_Due`` (tell: a queue holds a job due at a time: the submit side, an operator's
+  retry), ``_Finished`` (post: a runner's outcome), ``_Release`` (ask: un-hold a source),
+  ``_Drain`` (ask: stop starting jobs).
+- replies: ``_Release`` -> the source's ``SourceQuota``; ``_Drain`` -> None at once.
+- sends to: the call pipeline (one ``call`` per attempt, lane -> breaker -> gate -> upstream),
+  the storage writer; alerts ``dlq.dead`` (every move to dead), ``outbox.in_doubt`` (start-up),
+  ``quota.near_cap`` (80 %, 95 %), ``quota.exhausted``.
+- picking (each wake): for every queue whose look is due, its first waiting jobs by due time
+  (an index read, never a scan); a job starts only when its breaker admits calls and its gate
+  admits it within ``LEAD`` seconds (read from the published snapshots: no attempt burns on an
+  open breaker or a closed gate, and a job is not left in flight waiting for a token); held
+  sources are not looked at. The move to ``in_flight`` is durable before the runner sends.
+- outcomes: judged by ``jobs_policy.judge`` and written in one transaction per wake (done,
+  retry_wait with backoff, pending or retry_wait again when deferred, dead); a webhook's 2xx
+  counts a row for its source (``jobs_quota``).
+- at start (before ``task_status.started``): jobs in flight under an earlier boot are in doubt:
+  due again where the operation is safe to repeat (or has a ``key_field``), else dead with reason
+  ``in_doubt``; the queues are found with one seek each, held sources read.
+- sweeper: every ``SWEEP_INTERVAL`` seconds, up to ``SWEEP_BATCH`` done jobs older than the
+  retention are deleted in one write; a full batch is followed by the next one at once.
+- shutdown: ``drain(grace)`` stops starting jobs and waits up to ``grace`` seconds for those in
+  flight to end and be written. Cancelled, a runner's job stays ``in_flight`` in storage: the
+  next start treats it as in doubt.
+- on failure: an outcome whose write fails is kept and written again ``WRITE_RETRY`` seconds
+  later (the job holds its slot meanwhile); a pick whose write fails starts nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+import trio
+
+from claykiln.actors.call import CallResult, Operation
+from claykiln.actors.errors import BreakerOpenRefusal, InternalRefusal, Refusal
+from claykiln.actors.idempotency_keys import repeatable_in_doubt
+from claykiln.actors.jobs import Attempt, Job, JobState, micros, transition_ops
+from claykiln.actors.jobs_policy import (
+    OutboxSettings,
+    Verdict,
+    apply_judgement,
+    judge,
+    start_attempt,
+)
+from claykiln.actors.jobs_quota import SourceQuota, quota_put
+from claykiln.actors.jobs_store import JobStore, WaitingHead, alert_dead
+from claykiln.actors.log import alert, get_logger
+from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
+from claykiln.actors.outbox import attempt_request
+from claykiln.actors.pipeline import CallPipeline
+from claykiln.actors.scheduler_upkeep import recover_in_flight, sweep_done
+from claykiln.storage import Delete, Op, StorageError
+
+__all__ = ["LEAD", "SCHEDULER_INBOX", "SWEEP_INTERVAL", "Scheduler"]
+
+SCHEDULER_INBOX: Final = 4096
+LEAD: Final = 0.05
+"""A job starts when its gate admits it within this many seconds (not long before)."""
+MIN_WAIT: Final = 0.01
+BREAKER_LOOK: Final = 0.5
+"""A queue whose breaker refuses calls is looked at again this often (at most)."""
+SWEEP_INTERVAL: Final = 5.0
+WRITE_RETRY: Final = 1.0
+
+log = get_logger("claykiln.outbox")
+
+
+@attrs.frozen(eq=False)
+class _Due:
+    queue: str
+    due_at: float  # wall clock
+
+
+@attrs.frozen(eq=False)
+class _Finished:
+    job_id: str
+    outcome: CallResult | Refusal
+    duration_ms: float
+
+
+@attrs.frozen(eq=False)
+class _Release:
+    source: str
+    reply: Reply[SourceQuota]
+
+
+@attrs.frozen(eq=False)
+class _Drain:
+    reply: Reply[None]
+
+
+_Message = _Due | _Finished | _Release | _Drain
+
+
+@attrs.define
+class _SchedulerState:
+    """Touched only by the actor task (runners only post ``_Finished``)."""
+
+    running: dict[str, tuple[Job, Operation]] = attrs.Factory(dict)
+    look_at: dict[str, float] = attrs.Factory(dict)  # queue -> trio time of its next look
+    held: set[str] = attrs.Factory(set)
+    quotas: dict[str, SourceQuota] = attrs.Factory(dict)
+    unwritten: list[_Finished] = attrs.Factory(list)
+    retry_writes_at: float = math.inf
+    next_sweep: float = 0.0
+    draining: bool = False
+    counters: dict[str, int] = attrs.Factory(
+        lambda: dict.fromkeys(
+            ("started", "done", "retried", "deferred", "dead", "swept", "in_doubt_at_start"), 0
+        )
+    )
+
+
+class Scheduler:
+    """The outbox's scheduler actor; see the module card."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        pipeline: CallPipeline,
+        settings: Callable[[], OutboxSettings],
+        *,
+        rng: random.Random | None = None,
+        sweep_interval: float = SWEEP_INTERVAL,
+    ) -> None:
+        self.jobs = jobs
+        self.pipeline = pipeline
+        self._settings = settings
+        self._rng = rng or random.Random()
+        self._sweep_interval = sweep_interval
+        self._mailbox: Mailbox[_Message] = Mailbox("scheduler", SCHEDULER_INBOX)
+        self._state = _SchedulerState()
+        self._idle = trio.Event()
+        self._started = False
+        self._runners: trio.Nursery | None = None
+
+    # -- any task ----------------------------------------------------------------------------
+    def job_due(self, queue: str, due_at: float) -> None:
+        """Tell the actor ``queue`` holds a job due at wall time ``due_at`` (never blocks; a
+        full inbox drops the notice, and the queue is looked at on the next sweep)."""
+        self._mailbox.tell(_Due(queue, due_at))
+
+    async def release(self, source: str) -> SourceQuota:
+        """Un-hold webhook source ``source`` durably; its jobs run again. Raises
+        ``ActorStopped`` if the actor is not running, ``StorageError`` if it was not saved."""
+        reply: Reply[SourceQuota] = Reply()
+        return await self._mailbox.ask(_Release(source, reply), reply)
+
+    async def drain(self, grace: float) -> bool:
+        """Stop starting jobs; wait up to ``grace`` seconds for the jobs in flight to end and be
+        written. True when none is left in flight."""
+        reply: Reply[None] = Reply()
+        try:
+            await self._mailbox.ask(_Drain(reply), reply)
+        except ActorStopped:
+            return not self._state.running
+        with trio.move_on_after(grace):
+            await self._idle.wait()
+        return self._idle.is_set()
+
+    def held_sources(self) -> dict[str, dict[str, Any]]:
+        """The sources held at their cap, with their counts (for ``status``)."""
+        s = self._state
+        return {
+            source: s.quotas.get(source, SourceQuota(source)).to_wire(None) for source in s.held
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """For ``status``: jobs per state (from the indexes), in flight here, the counters."""
+        s = self._state
+        out: dict[str, Any] = dict(self.jobs.counts())
+        out["running"] = len(s.running)
+        out["queues"] = len(s.look_at)
+        out["held_sources"] = sorted(s.held)
+        out["draining"] = s.draining
+        out.update(s.counters)
+        return out
+
+    # -- the actor ---------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover jobs left in flight, then pick, run and settle jobs until cancelled."""
+        if self._started:
+            msg = "Scheduler.run was already started; make a new Scheduler to restart"
+            raise RuntimeError(msg)
+        self._started = True
+        s = self._state
+        recovered = await recover_in_flight(self.jobs, self.pipeline, self._settings())
+        s.counters["in_doubt_at_start"] = recovered.in_doubt
+        s.held = recovered.held
+        now = trio.current_time()
+        s.look_at = dict.fromkeys(recovered.queues, now)
+        s.next_sweep = now + self._sweep_interval
+        batch: list[_Message] = []
+        try:
+            async with trio.open_nursery() as runners:
+                self._runners = runners
+                task_status.started()
+                while True:
+                    batch = []
+                    with trio.move_on_at(self._next_wake()):
+                        batch = await self._mailbox.drain()
+                    await self._handle(batch)
+                    await self._pick()
+                    if trio.current_time() >= s.next_sweep:
+                        await self._sweep()
+        finally:
+            self._mailbox.stop(batch)
+            self._idle.set()
+
+    def _next_wake(self) -> float:
+        s = self._state
+        wake = min(s.next_sweep, s.retry_writes_at)
+        if not s.draining and len(s.running) < self._settings().concurrency and s.look_at:
+            wake = min(wake, *s.look_at.values())
+        return wake
+
+    async def _handle(self, batch: list[_Message]) -> None:
+        s = self._state
+        finished: list[_Finished] = []
+        for message in batch:
+            if isinstance(message, _Due):
+                at = trio.current_time() + max(0.0, message.due_at - self.jobs.now())
+                s.look_at[message.queue] = min(s.look_at.get(message.queue, math.inf), at)
+            elif isinstance(message, _Finished):
+                finished.append(message)
+            elif isinstance(message, _Release):
+                await self._release(message)
+            else:
+                s.draining = True
+                message.reply.set(None)
+        if s.unwritten and trio.current_time() >= s.retry_writes_at:
+            finished = [*s.unwritten, *finished]
+            s.unwritten = []
+            s.retry_writes_at = math.inf
+        if finished:
+            await self._settle(finished)
+        if s.draining and not s.running:
+            self._idle.set()
+
+    # -- picking -----------------------------------------------------------------------------
+    async def _pick(self) -> None:
+        s = self._state
+        free = self._settings().concurrency - len(s.running)
+        now = trio.current_time()
+        looks = [q for q, at in s.look_at.items() if at <= now]
+        if s.draining or free <= 0 or not looks or self._runners is None:
+            return
+        async with self.jobs.lock:
+            started, ops = self._choose(looks, free, now)
+            if ops:
+                try:
+                    await self.jobs.write(ops)
+                except StorageError as exc:
+                    log.warning("outbox.write_failed", error=str(exc), jobs=len(started))
+                    for q in looks:
+                        s.look_at[q] = trio.current_time() + WRITE_RETRY
+                    return
+        for job, op in started:
+            s.running[job.id] = (job, op)
+            s.counters["started"] += 1
+            self._runners.start_soon(self._attempt, job, op)
+
+    def _choose(
+        self, looks: list[str], free: int, now: float
+    ) -> tuple[list[tuple[Job, Operation]], list[Op]]:
+        """Which due jobs start now (and the write that takes them in flight); moves each looked
+        at queue's next look to its next due job, or to when its breaker or gate admits one."""
+        s = self._state
+        now_us = micros(self.jobs.now())
+        candidates: list[tuple[WaitingHead, str]] = []
+        for queue in looks:
+            if queue in s.held:
+                del s.look_at[queue]  # released sources are looked at again
+                continue
+            heads = self.jobs.waiting_heads(queue, free)
+            if not heads:
+                del s.look_at[queue]
+                continue
+            if heads[0][0] > now_us:
+                s.look_at[queue] = now + (heads[0][0] - now_us) / 1e6
+                continue
+            s.look_at[queue] = now  # more may be due: look again when a slot frees
+            candidates.extend((head, queue) for head in heads if head[0] <= now_us)
+        candidates.sort()
+        started: list[tuple[Job, Operation]] = []
+        ops: list[Op] = []
+        blocked: set[str] = set()
+        starts: dict[str, int] = {}
+        for (_, job_id, table, raw), queue in candidates:
+            if len(started) >= free:
+                break
+            if queue in blocked:
+                continue
+            job = self.jobs.get(job_id)
+            if job is None or not job.waiting:
+                ops.append(Delete(table, raw))  # an index entry its job no longer has
+                continue
+            op = self.pipeline.operations.get(job.operation)
+            if op is None:
+                ops.extend(self._refuse_unknown(job))
+                continue
+            wait = self._wait_for(op, starts.get(op.gate, 0), now)
+            if wait > 0:
+                blocked.add(queue)
+                s.look_at[queue] = now + wait
+                continue
+            taken = start_attempt(job, self.jobs.boot)
+            ops.extend(transition_ops(job, taken))
+            started.append((taken, op))
+            starts[op.gate] = starts.get(op.gate, 0) + 1
+        return started, ops
+
+    def _wait_for(self, op: Operation, started_on_gate: int, now: float) -> float:
+        """Seconds before a job of ``op`` may start: the breaker's reopening, the gate's
+        closure or its next admission beyond ``LEAD`` (counting the jobs started on it in
+        this pass); 0 when it may start now."""
+        try:
+            self.pipeline.breakers.check(op.breaker_key)
+        except BreakerOpenRefusal as exc:
+            # Looked at again soon: a half-open breaker's hint is the probe timeout, and its
+            # closing is not announced.
+            return min(max(exc.retry_after or BREAKER_LOOK, MIN_WAIT), BREAKER_LOOK)
+        view = self.pipeline.gate.views.get(op.gate)
+        if view is None:
+            return 0.0
+        at = view.earliest(now)
+        if view.policy is not None and started_on_gate:
+            # The jobs started in this pass have not reserved their tokens yet.
+            policy = view.policy
+            tat = max(view.tat, now) + started_on_gate * policy.interval
+            at = max(at, tat - policy.tolerance)
+        ahead = at - now
+        return max(ahead - LEAD, MIN_WAIT) if ahead > LEAD else 0.0
+
+    def _refuse_unknown(self, job: Job) -> list[Op]:
+        """A waiting job whose operation a reload removed: dead, ``refused`` (a retry after the
+        operation is configured again runs it)."""
+        now = self.jobs.now()
+        why = f"unknown_operation: operation {job.operation!r} is not configured any more"
+        dead = job.with_entry(
+            Attempt(now, "unknown_operation", error=why),
+            state=JobState.DEAD,
+            dead_at=now,
+            reason="refused",
+            error=why,
+        )
+        self._state.counters["dead"] += 1
+        alert_dead(dead)
+        return transition_ops(job, dead)
+
+    async def _attempt(self, job: Job, op: Operation) -> None:
+        """One attempt of ``job`` (a runner task); its outcome goes to the actor."""
+        policy = self._settings().policy(job.operation)
+        started = trio.current_time()
+        outcome: CallResult | Refusal
+        try:
+            outcome = await self.pipeline.call(
+                attempt_request(job, policy.lane or op.lane, started)
+            )
+        except Refusal as exc:
+            outcome = exc
+        except Exception as exc:
+            log.exception("outbox.attempt_crashed", job_id=job.id, operation=job.operation)
+            outcome = InternalRefusal(f"the attempt failed inside the daemon: {exc!r}")
+        duration_ms = (trio.current_time() - started) * 1000
+        try:
+            await self._mailbox.post(_Finished(job.id, outcome, duration_ms))
+        except ActorStopped:
+            pass  # stopping: the job stays in flight in storage, in doubt at the next start
+
+    # -- outcomes ----------------------------------------------------------------------------
+    async def _settle(self, finished: list[_Finished]) -> None:
+        """Judge and write the outcomes of ``finished`` in one transaction."""
+        s = self._state
+        settings = self._settings()
+        now, wall = trio.current_time(), self.jobs.now()
+        ops: list[Op] = []
+        moved: list[tuple[Job, Job, float]] = []
+        quotas: dict[str, SourceQuota] = {}
+        crossings: list[tuple[SourceQuota, int, int]] = []
+        async with self.jobs.lock:
+            for item in finished:
+                entry = s.running.get(item.job_id)
+                if entry is None:
+                    continue
+                job, op = entry
+                policy = settings.policy(job.operation)
+                op = self.pipeline.operations.get(job.operation, op)
+                judgement = judge(
+                    item.outcome,
+                    job=job,
+                    policy=policy,
+                    repeatable=repeatable_in_doubt(
+                        repeat_safe=op.repeat_safe, key_field=policy.key_field
+                    ),
+                    breaker_refusing=self._refusing(op.breaker_key),
+                    now=wall,
+                    duration_ms=item.duration_ms,
+                    rng=self._rng,
+                )
+                new = apply_judgement(job, judgement, wall)
+                if job.source is not None and policy.webhook is not None:
+                    quota = quotas.get(job.source) or self._quota(job.source)
+                    cap = policy.webhook.lifetime_rows
+                    if judgement.verdict is Verdict.DONE:
+                        quota, level = quota.count_row(cap, wall)
+                        if level is not None:
+                            crossings.append((quota, level, cap))
+                    elif judgement.reason == "quota_exhausted":
+                        quota = quota.exhausted(wall)
+                    quotas[job.source] = quota
+                ops.extend(transition_ops(job, new))
+                moved.append((job, new, judgement.delay))
+            ops.extend(quota_put(q) for q in quotas.values())
+            try:
+                await self.jobs.write(ops)
+            except StorageError as exc:
+                log.warning("outbox.write_failed", error=str(exc), jobs=len(moved))
+                s.unwritten.extend(finished)
+                s.retry_writes_at = trio.current_time() + WRITE_RETRY
+                return
+        for job, new, delay in moved:
+            del s.running[job.id]
+            self._after(new, delay, now)
+        self._apply_quotas(quotas, crossings)
+
+    def _after(self, new: Job, delay: float, now: float) -> None:
+        """Counters, logs and the queue's next look once ``new`` is written."""
+        s = self._state
+        if new.state is JobState.DONE:
+            s.counters["done"] += 1
+            log.debug("job.done", job_id=new.id, operation=new.operation, attempts=new.attempts)
+        elif new.state is JobState.DEAD:
+            s.counters["dead"] += 1
+            alert_dead(new)
+        else:
+            retried = new.deferrals == 0
+            s.counters["retried" if retried else "deferred"] += 1
+            log.debug(
+                "job.retry" if retried else "job.deferred",
+                job_id=new.id,
+                operation=new.operation,
+                attempts=new.attempts,
+                delay=round(delay, 3),
+                error=new.error,
+            )
+            s.look_at[new.queue] = min(s.look_at.get(new.queue, math.inf), now + delay)
+
+    def _quota(self, source: str) -> SourceQuota:
+        s = self._state
+        if source not in s.quotas:
+            s.quotas[source] = self.jobs.quota(source)
+        return s.quotas[source]
+
+    def _apply_quotas(
+        self,
+        quotas: dict[str, SourceQuota],
+        crossings: list[tuple[SourceQuota, int, int]],
+    ) -> None:
+        s = self._state
+        for quota, level, cap in crossings:
+            alert(
+                log,
+                "quota.near_cap",
+                severity="warning",
+                source=quota.source,
+                rows=quota.rows,
+                cap=cap,
+                percent=level,
+            )
+        for source, quota in quotas.items():
+            if quota.held and source not in s.held:
+                s.held.add(source)
+                alert(
+                    log,
+                    "quota.exhausted",
+                    severity="critical",
+                    source=source,
+                    rows=quota.rows,
+                    held_by=quota.held_by,
+                )
+            s.quotas[source] = quota
+
+    def _refusing(self, breaker_key: str) -> bool:
+        try:
+            self.pipeline.breakers.check(breaker_key)
+        except BreakerOpenRefusal:
+            return True
+        return False
+
+    async def _release(self, message: _Release) -> None:
+        s = self._state
+        if message.reply.done:
+            return
+        quota = self._quota(message.source).released()
+        try:
+            await self.jobs.write([quota_put(quota)])
+        except StorageError as exc:
+            message.reply.fail(exc)
+            return
+        s.quotas[message.source] = quota
+        s.held.discard(message.source)
+        s.look_at[message.source] = trio.current_time()
+        log.info("quota.released", source=message.source, rows=quota.rows)
+        message.reply.set(quota)
+
+    # -- upkeep ------------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        s = self._state
+        retention = self._settings().done_retention
+        swept, full = await sweep_done(self.jobs, retention)
+        s.counters["swept"] += swept
+        s.next_sweep = trio.current_time() + (0.0 if full else self._sweep_interval)
+        if not s.look_at:
+            # A due notice dropped by a full inbox is caught here: queues found again.
+            now = trio.current_time()
+            s.look_at = dict.fromkeys(self.jobs.queues(), now)
