@@ -51,6 +51,7 @@ path = "/v3/sources/webhook/{{webhook_id}}"
 lane = "bulk"
 idempotency = "required"
 key_field = "kiln_key"
+idempotency_header = true
 {AUTH}
 
 [operations.push_plain]
@@ -204,7 +205,8 @@ async def test_kill_9_while_held_at_clay_leaves_the_keys_in_doubt(
     kiln: Factory, simulator: RunningSimulator
 ) -> None:
     """kill -9 with three keyed pushes held at Clay; after the restart the keys are in doubt:
-    the repeat-safe push runs again, the key_field push runs again with the key in its row,
+    the repeat-safe push runs again, the key_field push runs again with the key in its row
+    (and in its Idempotency-Key header),
     the plain push is refused with what is known and never reaches Clay again."""
     proc = await started(kiln, simulator)
     sim = simulator.sim
@@ -241,6 +243,7 @@ async def test_kill_9_while_held_at_clay_leaves_the_keys_in_doubt(
     assert shown["state"] == "in_doubt" and "stopped" in shown["doubt"]
     assert (safe.status, keyed.status, replayed.replayed) == (200, 200, True)
     assert [row.body for row in sim.rows("wk")] == [{"n": 1, "kiln_key": "doubt-keyed"}]
+    assert sim.rows("wk")[0].headers["idempotency-key"] == "doubt-keyed"
     assert sim.row_count("ws") == 1
     assert sim.row_count("wp") == 0
     assert sim.stats.received["webhook"] == 5  # 3 held + the two that were safe to repeat
