@@ -97,13 +97,23 @@ def fingerprint(
     three different requests even when their bytes would look alike.
     """
     if json is not NO_JSON:
-        payload: list[Any] = ["json", json]
+        payload: list[Any] = ["json", _sorted(json)]
     elif body is not None:
         payload = ["body", bytes(body)]
     else:
         payload = ["none"]
-    parts = [operation, dict(path_params or {}), dict(query or {}), *payload]
-    return hashlib.sha256(canonical(parts)).hexdigest()
+    parts = [
+        operation,
+        _sorted(path_params) if path_params else {},
+        _sorted(query) if query else {},
+        *payload,
+    ]
+    try:
+        packed = _pack(parts)  # every map in it is sorted already
+    except (TypeError, ValueError, OverflowError) as exc:
+        msg = f"the call's parameters cannot be fingerprinted ({exc}); send plain msgpack values"
+        raise BadRequestRefusal(msg) from exc
+    return hashlib.sha256(packed).hexdigest()
 
 
 def derived_key(fp: str) -> str:
