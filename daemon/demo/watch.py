@@ -192,7 +192,6 @@ class Watch:
     def breaker_state(self, key: str = BREAKER_KEY) -> str:
         return str(self.breaker(key).get("state", "closed"))
 
-
     def lane(self, name: str) -> dict[str, Any]:
         """One lane's stats (``active``, ``queued``, ``rejected`` ...)."""
         lane: dict[str, Any] = self.status.get("lanes", {}).get("lanes", {}).get(name, {})
