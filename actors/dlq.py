@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import attrs
+import trio
+import trio.lowlevel
 
 from claykiln.actors.errors import BadRequestRefusal
 from claykiln.actors.jobs import (
@@ -151,6 +153,20 @@ class DeadLetters:
         more = last is not None and (len(items) >= limit or scanned >= SCAN_BUDGET)
         return {"items": items, "next": _cursor(last) if more and last is not None else None}
 
+    async def count(self, filters: DeadFilter) -> int:
+        """Dead jobs ``filters`` selects (a checkpoint every ``CHUNK`` keys: other tasks run)."""
+        matched = 0
+        start: bytes | None = None
+        while True:
+            last = None
+            for raw, job in self._scan(filters, start, CHUNK):
+                last = raw
+                matched += job is not None
+            if last is None:
+                return matched
+            start = last + b"\x00"
+            await trio.lowlevel.checkpoint()
+
     # -- changes ------------------------------------------------------------------------------
     async def retry(
         self,
@@ -233,8 +249,7 @@ class DeadLetters:
     async def purge(self, filters: DeadFilter, *, confirm: bool) -> dict[str, Any]:
         """Delete the dead jobs ``filters`` selects (with ``confirm``); ``{matched, purged}``."""
         if not confirm:
-            matched = sum(1 for _, job in self._scan(filters, None, None) if job is not None)
-            return {"matched": matched, "purged": 0, "dry_run": True}
+            return {"matched": await self.count(filters), "purged": 0, "dry_run": True}
         purged = await self._change_dead(filters, None)
         if purged:
             log.info("dlq.purged", jobs=purged)

@@ -34,7 +34,8 @@ def source_name(upstream: str, path: str) -> str:
 
 @attrs.frozen
 class SourceQuota:
-    """One source's count. ``alerted``: the highest level (percent) already alerted, 0 none.
+    """One source's count (``cap``: the cap it was last counted against, None before the
+    first). ``alerted``: the highest level (percent) already alerted, 0 none.
     ``held_at``: wall time the source was held (a 403 with the cap message, or the count
     reached the cap), None while it is open; ``held_by``: ``"clay"`` or ``"count"``."""
 
@@ -43,6 +44,7 @@ class SourceQuota:
     alerted: int = 0
     held_at: float | None = None
     held_by: str | None = None
+    cap: int | None = None  # the cap it was last counted against
 
     @property
     def held(self) -> bool:
@@ -57,7 +59,7 @@ class SourceQuota:
             if level > self.alerted and rows * 100 >= level * cap:
                 crossed = level
         alerted = crossed if crossed is not None else self.alerted
-        out = attrs.evolve(self, rows=rows, alerted=alerted)
+        out = attrs.evolve(self, rows=rows, alerted=alerted, cap=cap)
         if rows == cap and not self.held:
             out = attrs.evolve(out, held_at=now, held_by="count")
         return out, crossed
@@ -74,6 +76,8 @@ class SourceQuota:
 
     def to_value(self) -> dict[str, Any]:
         out: dict[str, Any] = {"rows": self.rows, "alerted": self.alerted}
+        if self.cap is not None:
+            out["cap"] = self.cap
         if self.held_at is not None:
             out["held_at"] = self.held_at
             out["held_by"] = self.held_by
@@ -92,13 +96,14 @@ class SourceQuota:
                 alerted=int(value.get("alerted", 0)),
                 held_at=float(held_at) if held_at is not None else None,
                 held_by=value.get("held_by"),
+                cap=int(value["cap"]) if value.get("cap") is not None else None,
             )
         except (TypeError, ValueError):
             return cls(source)
 
-    def to_wire(self, cap: int | None) -> dict[str, Any]:
-        """What ``quota.list`` answers for this source (``cap``: None when no operation
-        configures one for it any more)."""
+    def to_wire(self) -> dict[str, Any]:
+        """What ``quota.list`` answers for this source."""
+        cap = self.cap
         return {
             "source": self.source,
             "rows": self.rows,

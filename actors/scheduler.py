@@ -173,7 +173,7 @@ class Scheduler:
         """The sources held at their cap, with their counts (for ``status``)."""
         s = self._state
         return {
-            source: s.quotas.get(source, SourceQuota(source)).to_wire(None) for source in s.held
+            source: s.quotas.get(source, SourceQuota(source)).to_wire() for source in s.held
         }
 
     def stats(self) -> dict[str, Any]:
@@ -418,7 +418,7 @@ class Scheduler:
                         if level is not None:
                             crossings.append((quota, level, cap))
                     elif judgement.reason == "quota_exhausted":
-                        quota = quota.exhausted(wall)
+                        quota = attrs.evolve(quota.exhausted(wall), cap=cap)
                     quotas[job.source] = quota
                 ops.extend(transition_ops(job, new))
                 moved.append((job, new, judgement.delay))

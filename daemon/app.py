@@ -2,10 +2,13 @@
 
 Start (in order): logging -> storage (reader_check, schema check) -> writer -> idempotency
 store (records left in flight become in doubt), fallback cache -> breakers, gate, lanes ->
-upstream pools -> call pipeline -> server on the Unix socket -> READY=1.
+upstream pools -> call pipeline -> outbox scheduler (jobs left in flight become in doubt) ->
+server on the Unix socket -> READY=1.
 
 Stop (SIGTERM / SIGINT): STOPPING=1; the server stops accepting and answers new requests with
-``shutting_down``; in-flight requests get ``grace_period`` seconds; the writer flushes everything
+``shutting_down``; in-flight requests get ``grace_period`` seconds, and so do jobs in flight
+(the scheduler starts no new one; one still running then stays in flight on disk, in doubt at
+the next start); the writer flushes everything
 queued; the environment is closed; exit 0. A second SIGTERM/SIGINT during the drain cuts the
 grace period short.
 
@@ -37,12 +40,16 @@ import trio
 
 from claykiln.actors.breaker import BreakerBoard
 from claykiln.actors.breaker_types import BreakerPolicy
+from claykiln.actors.dlq import DeadLetters
 from claykiln.actors.fallback import FallbackCache
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.idempotency import IdempotencyStore
+from claykiln.actors.jobs_store import JobStore
 from claykiln.actors.keyed_call import KeyedCalls
 from claykiln.actors.lanes import Lanes
+from claykiln.actors.outbox import Outbox
 from claykiln.actors.pipeline import CallPipeline
+from claykiln.actors.scheduler import Scheduler
 from claykiln.actors.upstream import UpstreamPool
 from claykiln.actors.writer import Writer
 from claykiln.daemon import sdnotify, views, wiring
@@ -151,7 +158,12 @@ async def start_runtime(
         gate=gate,
     )
     calls = KeyedCalls(pipeline, idempotency, cache, wiring.call_guards(config))
-    return Runtime(
+    # The outbox reads the running config (a reload applies to the next job); ``runtime`` is
+    # bound below, before the scheduler starts and before any method runs.
+    outbox_settings = wiring.outbox_settings_of(lambda: runtime.config)
+    jobs = JobStore(store, writer)
+    scheduler = Scheduler(jobs, pipeline, outbox_settings)
+    runtime = Runtime(
         config=config,
         credentials=credentials,
         store=store,
@@ -164,12 +176,19 @@ async def start_runtime(
         idempotency=idempotency,
         cache=cache,
         calls=calls,
+        jobs=jobs,
+        outbox=Outbox(jobs, pipeline, outbox_settings, scheduler.job_due),
+        scheduler=scheduler,
+        dlq=DeadLetters(jobs, outbox_settings, scheduler.job_due),
         actors=actors,
         server=ServerCounters(),
         version=version,
         started_at=started_at,
         socket=config.daemon.socket,
     )
+    # Jobs left in flight by an earlier boot are settled (in doubt) before READY.
+    await actors.start("scheduler", scheduler.run)
+    return runtime
 
 
 class StateDirBusy(Exception):
@@ -315,9 +334,20 @@ class Daemon:
                         return
 
             stopper.start_soon(hurry)
-            drained = await server.drain(grace)
+            jobs_drained: list[bool] = []
+
+            async def drain_jobs() -> None:
+                # A job still in flight past the grace period stays in_flight on disk: the
+                # next start treats it as in doubt.
+                jobs_drained.append(await runtime.scheduler.drain(grace))
+
+            async with trio.open_nursery() as drains:
+                drains.start_soon(drain_jobs)
+                drained = await server.drain(grace)
             stopper.cancel_scope.cancel()
-        log.info("daemon.drained", complete=drained, grace_period=grace)
+        log.info(
+            "daemon.drained", complete=drained, jobs_complete=all(jobs_drained), grace_period=grace
+        )
         with trio.move_on_after(STORAGE_FLUSH_TIMEOUT) as flush:
             flush.shield = True
             await runtime.writer.aclose()

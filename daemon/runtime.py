@@ -23,12 +23,16 @@ import attrs
 import trio
 
 from claykiln.actors.breaker import BreakerBoard
+from claykiln.actors.dlq import DeadLetters
 from claykiln.actors.fallback import FallbackCache
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.idempotency import IdempotencyStore
+from claykiln.actors.jobs_store import JobStore
 from claykiln.actors.keyed_call import KeyedCalls
 from claykiln.actors.lanes import Lanes
+from claykiln.actors.outbox import Outbox
 from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
+from claykiln.actors.scheduler import Scheduler
 from claykiln.actors.upstream import UpstreamPool
 from claykiln.actors.writer import Writer
 from claykiln.daemon import wiring
@@ -130,6 +134,10 @@ class Runtime:
     idempotency: IdempotencyStore
     cache: FallbackCache
     calls: KeyedCalls  # ``call``: idempotency and fallback around the pipeline
+    jobs: JobStore  # the durable outbox's tables
+    outbox: Outbox  # ``submit``: jobs checked, then written durably
+    scheduler: Scheduler  # runs due jobs through the pipeline
+    dlq: DeadLetters  # the dead-letter queue's methods
     actors: ActorRoster
     server: ServerCounters
     version: str

@@ -4,9 +4,11 @@ These functions own nothing and start nothing; the RPC methods, the server's pee
 watchdog call them once the daemon has started. They promise:
 - ``status(runtime)``: a header (version, pid, uptime, health, config, socket) and one section
   per component, in ``STATUS_SECTIONS`` order (server, storage, actors, breakers, gate, lanes,
-  upstreams, process). A new component adds its section there, in one place.
+  idempotency, cache, outbox, upstreams, process). A new component adds its section there, in
+  one place.
 - ``health(runtime)``: ``unhealthy`` when an actor is not running or storage is >= 95 % full,
-  ``degraded`` when a breaker refuses calls or storage is >= 80 % full, else ``healthy``.
+  ``degraded`` when a breaker refuses calls, storage is >= 80 % full or the dead-letter queue
+  holds more than ``[daemon.outbox] dlq_degraded`` jobs, else ``healthy``.
 - ``limits_view(config)``: the protocol and connection limits ``hello`` reports (restart-only).
 - ``breaker_keys()`` / ``breaker_view()``: what ``breaker.force`` checks and answers with.
 - ``storage_mark()`` / ``durable_flush(mark)``: "is it on disk" for replies that promise it;
@@ -112,6 +114,8 @@ def health(runtime: Runtime) -> str:
         return "unhealthy"
     if runtime.breakers.stats().get("open", 0) or usage.ratio >= 0.8:
         return "degraded"
+    if runtime.dlq.size() > runtime.config.daemon.outbox.dlq_degraded:
+        return "degraded"
     return "healthy"
 
 
@@ -131,6 +135,16 @@ def storage_section(runtime: Runtime) -> dict[str, Any]:
         "failed": writer.failed,
         "map_grows": writer.map_grows,
     }
+
+
+def outbox_section(runtime: Runtime) -> dict[str, Any]:
+    """Jobs per state (pending, retry_wait, in_flight, dead, done: the DLQ size is ``dead``),
+    the scheduler's counters, and the webhook sources held at Clay's lifetime cap."""
+    out = runtime.scheduler.stats()
+    out.update(runtime.outbox.stats())
+    out["held_sources"] = runtime.scheduler.held_sources()
+    out["dlq_degraded"] = runtime.config.daemon.outbox.dlq_degraded
+    return out
 
 
 def process_stats() -> dict[str, Any]:
@@ -167,6 +181,7 @@ STATUS_SECTIONS: Final[tuple[tuple[str, StatusSection], ...]] = (
     ("lanes", lambda runtime: runtime.lanes.stats()),
     ("idempotency", lambda runtime: runtime.idempotency.stats()),
     ("cache", lambda runtime: runtime.cache.stats()),
+    ("outbox", lambda runtime: outbox_section(runtime)),
     ("upstreams", lambda runtime: {name: pool.stats() for name, pool in runtime.pools.items()}),
     ("process", lambda runtime: process_stats()),
 )

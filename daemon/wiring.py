@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 
 from claykiln.actors.breaker_types import BreakerPolicy
 from claykiln.actors.call import Operation
 from claykiln.actors.gate import RatePolicy
+from claykiln.actors.jobs_policy import JobPolicy, OutboxSettings
 from claykiln.actors.keyed_call import CallGuard
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.upstream import UpstreamSettings
@@ -21,6 +22,8 @@ __all__ = [
     "credential_names",
     "lane_policies",
     "operations",
+    "outbox_settings",
+    "outbox_settings_of",
     "rate_policies",
     "upstream_settings",
 ]
@@ -112,3 +115,41 @@ def rate_policies(config: KilnConfig) -> dict[str, RatePolicy]:
 
 def lane_policies(config: KilnConfig) -> Mapping[str, LanePolicy]:
     return dict(config.lanes)
+
+
+def outbox_settings(config: KilnConfig) -> OutboxSettings:
+    """``[daemon.outbox]`` and, per operation, how its submitted jobs are keyed, checked,
+    retried and laned (``outbox``, ``webhook``, ``idempotency = "derive"``, ``key_field``)."""
+    box = config.daemon.outbox
+    return OutboxSettings(
+        concurrency=box.concurrency,
+        done_retention=box.done_retention,
+        dlq_degraded=box.dlq_degraded,
+        retry_rate=box.retry_rate,
+        policies={
+            name: JobPolicy(
+                max_attempts=op.outbox.max_attempts,
+                base=op.outbox.backoff_base,
+                cap=op.outbox.backoff_cap,
+                lane=op.outbox.lane,
+                derive_key=op.idempotency == "derive",
+                key_field=op.key_field,
+                webhook=op.webhook,
+            )
+            for name, op in config.operations.items()
+        },
+    )
+
+
+def outbox_settings_of(config: Callable[[], KilnConfig]) -> Callable[[], OutboxSettings]:
+    """A function answering ``outbox_settings`` of the config ``config()`` returns now (the
+    running one: a reload applies at the next job), computed once per config."""
+    memo: list[tuple[KilnConfig, OutboxSettings]] = []
+
+    def current() -> OutboxSettings:
+        running = config()
+        if not memo or memo[0][0] is not running:
+            memo[:] = [(running, outbox_settings(running))]
+        return memo[0][1]
+
+    return current

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypedDict, TypeVar
 
 from claykiln.daemon.client._core import UNSET, NotificationHandler, call_timeout, resolve_timeout
+from claykiln.daemon.client._jobs import OutboxMethods
 from claykiln.daemon.client._paths import client_socket_path
 from claykiln.daemon.client._result import call_result
 
@@ -82,9 +83,11 @@ class ClientOptions(TypedDict, total=False):
     on_notification: NotificationHandler | None
 
 
-class ClientSurface(Generic[Reply, MapReply, ListReply, CallReply]):
+class ClientSurface(
+    OutboxMethods[Reply, MapReply, ListReply], Generic[Reply, MapReply, ListReply, CallReply]
+):
     """What every flavor has: its settings, and the daemon's methods as typed Python methods
-    (the wire protocol: docs/protocol.md).
+    (the wire protocol: docs/protocol.md; the outbox and dead-letter ones in ``_jobs.py``).
 
     ``socket_path``: the argument, else ``$KILN_SOCKET``, else the default (``_paths.py``).
     ``timeout``: seconds to wait for a reply (per call: ``timeout=``). ``connect_timeout``:

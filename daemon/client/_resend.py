@@ -65,7 +65,10 @@ REPEAT_SAFE_METHODS: Final = frozenset(
         "breaker.force",
         "dlq.list",
         "dlq.get",
+        "dlq.export",
         "jobs.get",
+        "jobs.list",
+        "quota.list",
         "idempotency.get",
     }
 )

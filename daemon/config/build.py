@@ -26,6 +26,7 @@ from claykiln.daemon.config import breakers as breaker_keys
 from claykiln.daemon.config.call_guards import read_guards
 from claykiln.daemon.config.credentials import credential_name_problem
 from claykiln.daemon.config.daemon_table import build_daemon
+from claykiln.daemon.config.outbox import read_outbox
 from claykiln.daemon.config.schema import (
     ConfigError,
     Invalid,
@@ -334,11 +335,7 @@ def _timeout(raw: object) -> tuple[str, float | None]:
 
 
 def _on_failure(raw: object) -> str:
-    value = choice("error", "fallback", "dlq", fold_case=False)(raw)
-    if value == "dlq":
-        msg = f'"{value}" is not implemented in this version; use "error" for now'
-        raise Invalid(msg)
-    return value
+    return choice("error", "fallback", "dlq", fold_case=False)(raw)
 
 
 def _known(name: str, defined: Mapping[str, object]) -> str:
@@ -365,6 +362,7 @@ def _operation(
     on_failure = t.get("on_failure", _on_failure, "error")
     repeat_safe = t.get("repeat_safe", boolean, method in REPEAT_SAFE_METHODS)
     guards = read_guards(t, method, on_failure)
+    job_keys, webhook = read_outbox(t, lane, lanes)
     breaker = t.get("breaker", breaker_keys.breaker_scope, "upstream")
     gate = t.get("gate", string(example="clay-public"), None)
     headers: dict[str, str] = t.get("headers", _headers, {})
@@ -410,6 +408,8 @@ def _operation(
         idempotency_retention=guards.retention,
         key_field=guards.key_field,
         cache=guards.cache,
+        outbox=job_keys,
+        webhook=webhook,
         breaker=breaker,
         headers=headers,
         auth=auth,

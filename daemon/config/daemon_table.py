@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from claykiln.actors.fallback import CacheBounds
 from claykiln.daemon.client._paths import default_socket_path, default_state_dir
+from claykiln.daemon.config.outbox import read_daemon_outbox
 from claykiln.daemon.config.schema import (
     Invalid,
     Parser,
@@ -67,6 +68,7 @@ def build_daemon(
     limits_t = t.table("limits") or Table({}, t.sub_path("limits"), t.problems)
     storage_t = t.table("storage") or Table({}, t.sub_path("storage"), t.problems)
     cache_t = t.table("cache") or Table({}, t.sub_path("cache"), t.problems)
+    outbox_t = t.table("outbox") or Table({}, t.sub_path("outbox"), t.problems)
     config = DaemonConfig(
         socket=sock,
         state_dir=state,
@@ -83,6 +85,7 @@ def build_daemon(
         limits=_limits(limits_t),
         storage=_storage(storage_t),
         cache=_cache(cache_t),
+        outbox=read_daemon_outbox(outbox_t),
     )
     t.finish()
     return config

@@ -20,9 +20,11 @@ from claykiln.actors.breaker import BreakerPolicy
 from claykiln.actors.fallback import CacheBounds
 from claykiln.actors.fallback_policy import CachePolicy
 from claykiln.actors.gate import RatePolicy
+from claykiln.actors.jobs_policy import WebhookRules
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.retry import RetryPolicy
 from claykiln.actors.upstream import TimeoutClasses
+from claykiln.daemon.config.outbox import OutboxConfig, OutboxKeys
 from claykiln.daemon.config.schema import ConfigError, check_base_url
 
 __all__ = [
@@ -94,6 +96,7 @@ class DaemonConfig:
     limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     storage: StorageConfig = attrs.field(factory=StorageConfig)
     cache: CacheBounds = attrs.field(factory=CacheBounds)
+    outbox: OutboxConfig = attrs.field(factory=OutboxConfig)
 
 
 @attrs.frozen
@@ -158,6 +161,8 @@ class OperationConfig:
     idempotency_retention: float = 86_400.0
     key_field: str | None = None
     cache: CachePolicy | None = None
+    outbox: OutboxKeys = attrs.field(factory=OutboxKeys)  # submit's jobs: attempts, backoff, lane
+    webhook: WebhookRules | None = None  # Clay's table webhook rules (row size, lifetime cap)
     breaker: BreakerScope = "upstream"
     headers: Mapping[str, str] = attrs.field(factory=dict)
     auth: AuthConfig | None = None

@@ -5,7 +5,9 @@ checks its arguments at the edge (``args.py``: strict names, typed maps) and han
 the components in ``runtime`` (``claykiln.daemon.runtime``); read-side answers come from
 ``claykiln.daemon.views``. Families: ``core`` (hello, status), ``call`` (call), ``breaker``
 (breaker.list, breaker.force), ``idempotency`` (idempotency.get, idempotency.forget), ``cache``
-(cache.list, cache.purge).
+(cache.list, cache.purge), ``jobs`` (submit, submit_many, jobs.get, jobs.list), ``dlq``
+(dlq.list, dlq.get, dlq.export, dlq.retry, dlq.kill, dlq.purge), ``quota`` (quota.list,
+quota.release).
 
 To add a family: write ``methods/<family>.py`` with its ``methods(runtime)`` and add one line to
 ``FAMILIES`` below. Two families naming the same method is a programming error, raised at start.
@@ -16,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from claykiln.daemon.methods import breaker, cache, call, core, idempotency
+from claykiln.daemon.methods import breaker, cache, call, core, dlq, idempotency, jobs, quota
 from claykiln.daemon.rpc.types import Method
 from claykiln.daemon.runtime import Runtime
 
@@ -30,6 +32,9 @@ FAMILIES: Final[tuple[Family, ...]] = (
     breaker.methods,
     idempotency.methods,
     cache.methods,
+    jobs.methods,
+    dlq.methods,
+    quota.methods,
 )
 
 

@@ -38,9 +38,9 @@ def test_a_record_limit_403_holds_and_a_release_opens() -> None:
 
 def test_the_stored_value_round_trips_and_garbage_reads_as_zero() -> None:
     """to_value / from_value keep every field; a malformed value is a fresh count."""
-    quota = SourceQuota("s", rows=5, alerted=80, held_at=2.0, held_by="clay")
+    quota = SourceQuota("s", rows=5, alerted=80, held_at=2.0, held_by="clay", cap=10)
     put = quota_put(quota)
     assert (put.table, put.key) == (QUOTA_TABLE, b"s")
     assert SourceQuota.from_value("s", put.value) == quota
     assert SourceQuota.from_value("s", "junk") == SourceQuota("s")
-    assert quota.to_wire(10)["used"] == 0.5
+    assert quota.to_wire()["used"] == 0.5

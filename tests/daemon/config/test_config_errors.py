@@ -317,14 +317,6 @@ def test_bad_method(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("mode", ["dlq"])
-def test_dlq_is_not_implemented_yet(tmp_path: Path, mode: str) -> None:
-    """on_failure dlq is a contract name this version refuses, pointing to "error"."""
-    found = one_problem(tmp_path, OP + f'on_failure = "{mode}"\n')
-    assert found == (
-        f'operations.op.on_failure = "{mode}": "{mode}" is not implemented in this version; '
-        'use "error" for now'
-    )
 
 
 def test_unknown_on_failure_and_timeout(tmp_path: Path) -> None:
@@ -443,7 +435,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         '[daemon]\nlog_level = "loud"\n'
         "[upstreams.clay]\nbase_url = 'ftp://x'\nbreaker = { error_threshold = 2 }\n"
         + OP.replace('"POST"', '"FETCH"')
-        + 'on_failure = "dlq"\nlanes = "x"\n'
+        + 'on_failure = "retry"\nlanes = "x"\n'
     )
     path = tmp_path / "kiln.toml"
     path.write_text(text)

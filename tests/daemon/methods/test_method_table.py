@@ -36,6 +36,18 @@ async def test_the_table_merges_every_family_with_its_dispatch_kind(runtime: Run
         "idempotency.forget": (False, True, False, True),
         "cache.list": (True, False, False, False),
         "cache.purge": (False, True, False, True),
+        "submit": (False, True, True, False),
+        "submit_many": (False, True, True, False),
+        "jobs.get": (True, False, False, False),
+        "jobs.list": (True, False, False, False),
+        "dlq.list": (True, False, False, False),
+        "dlq.get": (True, False, False, False),
+        "dlq.export": (True, False, False, False),
+        "dlq.retry": (False, True, False, True),
+        "dlq.kill": (False, True, False, True),
+        "dlq.purge": (False, True, False, True),
+        "quota.list": (True, False, False, False),
+        "quota.release": (False, True, False, True),
     }
 
 
