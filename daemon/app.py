@@ -389,7 +389,14 @@ class Daemon:
             stuck = now - last_progress > STUCK_WRITER_SECONDS
             dead = [name for name, state in runtime.actors.states.items() if state != "running"]
             if dead or stuck:
-                alert(log, "watchdog.missed", severity="critical", dead=dead, stuck_writer=stuck)
+                alert(
+                    log,
+                    "watchdog.missed",
+                    severity="critical",
+                    level="error",
+                    dead=dead,
+                    stuck_writer=stuck,
+                )
                 continue
             if interval:
                 sdnotify.watchdog()

@@ -40,10 +40,18 @@ def test_wheel_contains_the_three_packages_and_imports(tmp_path: Path) -> None:
     assert "claykiln/daemon/config/default.toml" in names
     assert "claykiln/daemon/simulator/__init__.py" in names
     assert not any(n.startswith(("daemon/", "actors/", "storage/", "tests/")) for n in names)
+    # Every package of the source tree is in the wheel (a room missing from pyproject.toml's
+    # package list would install a daemon that fails on import).
+    for init in sorted(ROOT.glob("*/**/__init__.py")):
+        top = init.relative_to(ROOT).parts[0]
+        if top in ("daemon", "actors", "storage"):
+            wheel_path = "claykiln/" + init.relative_to(ROOT).as_posix()
+            assert wheel_path in names, f"{wheel_path} missing: add it to pyproject.toml packages"
     # The unpacked wheel imports on its own (dependencies from this environment).
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"))
     code = (
         "import claykiln.daemon, claykiln.actors, claykiln.storage, claykiln.daemon.config as c;"
+        "import claykiln.daemon.app, claykiln.daemon.cli;"
         "print(claykiln.storage.__file__);"
         "print(c.load_config(None).operations['push_row'].path)"
     )

@@ -296,9 +296,9 @@ class Connection:
         ctx = RequestContext(self.peer, self.conn_id, req.msgid, self.admin)
         try:
             if counters.draining:
-                raise ShuttingDownRefusal(
-                    "the daemon is shutting down; retry against the new instance"
-                )
+                # started=False: nothing of this request ran, so any client may resend it.
+                msg = "the daemon is shutting down; retry against the new instance"
+                raise ShuttingDownRefusal(msg, details={"started": False})
             if method.admin and not self.admin:
                 msg = f"{req.method} is an admin method; peer uid {self.peer.uid} is not an admin"
                 raise ForbiddenRefusal(msg)

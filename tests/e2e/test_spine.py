@@ -247,6 +247,9 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(
     proc = await _started(kiln, simulator)
     simulator.sim.set_faults(Faults(latency=1.0, path_prefix="/public"))
     results: list[Any] = []
+    # A raw connection, opened before the drain: the client library would resend a refused
+    # request to the next instance (details.started is false), hiding the refusal.
+    raw = await trio.open_unix_socket(str(proc.socket))
     async with TrioClient(str(proc.socket)) as client:
 
         async def one() -> None:
@@ -261,11 +264,14 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(
                 proc.signal(signal.SIGTERM)
                 # A request that arrives during the drain is refused, not dropped.
                 while True:
-                    try:
-                        await client.hello()
-                    except ShuttingDown:
+                    await raw.send_all(msgpack.packb([0, 1, "hello", [{}]]))
+                    reply = msgpack.unpackb(await raw.receive_some(65536))
+                    if reply[2] is not None:
                         break
                     await trio.sleep(0.01)
+    assert reply[2]["code"] == ShuttingDown.CODE
+    assert reply[2]["details"] == {"started": False}
+    await raw.aclose()
     assert [r["status"] for r in results] == [200] * 5
     assert await proc.wait() == 0
     assert proc.events("daemon.drained")[0]["complete"] is True

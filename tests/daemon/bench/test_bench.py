@@ -170,7 +170,11 @@ def test_bench_command_prints_json(monkeypatch: pytest.MonkeyPatch) -> None:
         "duration": 0.5,
         "n": 3,
     }
-    assert set(SCENARIOS) == {"writes", "hello", "call", "breaker-open", "outage"}
+    # Every scenario the command offers is documented in docs/performance.md.
+    perf = (Path(__file__).resolve().parents[3] / "docs" / "performance.md").read_text()
+    assert {"writes", "hello", "call", "breaker-open", "outage"} <= set(SCENARIOS)
+    for name in SCENARIOS:
+        assert f"`{name}`" in perf, f"scenario {name} is not documented in performance.md"
 
 
 @pytest.mark.timeout(60)
