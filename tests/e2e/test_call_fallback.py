@@ -75,9 +75,12 @@ async def test_a_failure_is_answered_from_the_cache_also_after_a_restart(
                 await client.call("me")
             sim.clear_faults()
             good = await client.call("me")
+            cached: list[Any] = []
+            while not cached:  # the cache actor keeps the answer just after the reply
+                await trio.sleep(0.01)
+                cached = await client.request("cache.list", {"operation": "me"})
             sim.set_faults(DOWN)
             answered = await client.call("me")
-            cached = await client.request("cache.list", {"operation": "me"})
         assert await proc.stop() == 0
         await proc.start()
         async with TrioClient(str(proc.socket)) as client:
@@ -110,6 +113,8 @@ async def test_an_open_breaker_is_answered_on_the_reader(
             polled = await client.call(
                 "poll_routine", path_params={"routine_id": "r1", "run_id": run_id}
             )
+            while not await client.request("cache.list", {"operation": "poll_routine"}):
+                await trio.sleep(0.01)  # the cache actor keeps the answer just after the reply
             await client.breaker_force("clay", "open")
             seen = sim.stats.received["public"]
             other_run = await client.call(
