@@ -172,19 +172,19 @@ class Scheduler:
     def held_sources(self) -> dict[str, dict[str, Any]]:
         """The sources held at their cap, with their counts (for ``status``)."""
         s = self._state
-        return {
-            source: s.quotas.get(source, SourceQuota(source)).to_wire() for source in s.held
-        }
+        return {source: s.quotas.get(source, SourceQuota(source)).to_wire() for source in s.held}
 
     def stats(self) -> dict[str, Any]:
-        """For ``status``: jobs per state (from the indexes), in flight here, the counters."""
+        """For ``status``: jobs per state (from the indexes: ``dead`` is the DLQ's size), jobs
+        running in this process, queues being watched, held sources, and ``since_start``:
+        jobs started, done, retried, deferred, moved to dead, swept, in doubt at start."""
         s = self._state
         out: dict[str, Any] = dict(self.jobs.counts())
         out["running"] = len(s.running)
         out["queues"] = len(s.look_at)
         out["held_sources"] = sorted(s.held)
         out["draining"] = s.draining
-        out.update(s.counters)
+        out["since_start"] = dict(s.counters)
         return out
 
     # -- the actor ---------------------------------------------------------------------------

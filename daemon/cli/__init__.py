@@ -27,6 +27,10 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "breaker": ("claykiln.daemon.cli.breaker", "breaker"),
     "idempotency": ("claykiln.daemon.cli.idempotency", "idempotency"),
     "cache": ("claykiln.daemon.cli.cache", "cache"),
+    "submit": ("claykiln.daemon.cli.jobs", "submit"),
+    "jobs": ("claykiln.daemon.cli.jobs", "jobs"),
+    "dlq": ("claykiln.daemon.cli.dlq", "dlq"),
+    "quota": ("claykiln.daemon.cli.quota", "quota"),
     "demo": ("claykiln.daemon.demo.command", "demo_command"),
     "bench": ("claykiln.daemon.bench.command", "bench_command"),
 }

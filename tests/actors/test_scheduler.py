@@ -137,7 +137,7 @@ async def test_a_crash_leaves_jobs_in_doubt_for_the_next_start(tmp_path: Path) -
                 stats = rig.scheduler.stats()
     assert (plain.state, plain.reason) == (JobState.DEAD, "in_doubt")
     assert keyed.state is JobState.DONE
-    assert stats["in_doubt_at_start"] == 2 and stats["in_flight"] == 0
+    assert stats["since_start"]["in_doubt_at_start"] == 2 and stats["in_flight"] == 0
     (summary,) = [e for e in logs if e["event"] == "outbox.in_doubt"]
     assert (summary["requeued"], summary["dead"]) == (1, 1)
 
