@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
 from claykiln.daemon.client._core import CallLedger, PendingCall
-from claykiln.daemon.client._errors import KilnError, ShuttingDown
+from claykiln.daemon.client._errors import ConnectionLost, KilnError, ShuttingDown
 from claykiln.daemon.client._methods import HELLO, ClientSurface, Rpc
 from claykiln.daemon.client._resend import (
     MAX_RESENDS,
@@ -97,14 +97,20 @@ class AsyncFront(
 
     async def _advertised(self) -> RepeatSafe:
         """What the daemon (back after a restart, or not) advertises as safe to repeat."""
-        try:
-            conn = await self._connection()
-            if conn.ledger.repeat_safe is None:
-                hello = (await self._exchange(conn, HELLO, self.timeout)).outcome()
-                conn.ledger.repeat_safe = RepeatSafe.from_hello(hello)
-        except KilnError:  # it did not come back, or could not say
-            return RepeatSafe()
-        return conn.ledger.repeat_safe
+        # A hello may always be sent again: after a kill -9 the first reconnect can land in the
+        # dying daemon's listen backlog and be reset before the new instance answers.
+        for _ in range(MAX_RESENDS + 1):
+            try:
+                conn = await self._connection()
+                if conn.ledger.repeat_safe is None:
+                    hello = (await self._exchange(conn, HELLO, self.timeout)).outcome()
+                    conn.ledger.repeat_safe = RepeatSafe.from_hello(hello)
+            except ConnectionLost:
+                continue
+            except KilnError:  # it did not come back, or could not say
+                return RepeatSafe()
+            return conn.ledger.repeat_safe
+        return RepeatSafe()
 
     async def _wait_for_daemon(self, connect_once: Callable[[float], Awaitable[T]]) -> T:
         """``await connect_once(seconds)`` until it succeeds, waiting while the daemon restarts.

@@ -162,14 +162,20 @@ class Client(ClientSurface[Any, dict[str, Any], list[dict[str, Any]], CallResult
 
     def _advertised(self) -> RepeatSafe:
         """What the daemon (back after a restart, or not) advertises as safe to repeat."""
-        try:
-            conn = self._usable_connection()
-            if conn.ledger.repeat_safe is None:
-                hello = self._exchange(conn, HELLO, self.timeout).outcome()
-                conn.ledger.repeat_safe = RepeatSafe.from_hello(hello)
-        except KilnError:  # it did not come back, or could not say
-            return RepeatSafe()
-        return conn.ledger.repeat_safe
+        # A hello may always be sent again: after a kill -9 the first reconnect can land in the
+        # dying daemon's listen backlog and be reset before the new instance answers.
+        for _ in range(MAX_RESENDS + 1):
+            try:
+                conn = self._usable_connection()
+                if conn.ledger.repeat_safe is None:
+                    hello = self._exchange(conn, HELLO, self.timeout).outcome()
+                    conn.ledger.repeat_safe = RepeatSafe.from_hello(hello)
+            except ConnectionLost:
+                continue
+            except KilnError:  # it did not come back, or could not say
+                return RepeatSafe()
+            return conn.ledger.repeat_safe
+        return RepeatSafe()
 
     def _exchange(self, conn: _Connection, rpc: Rpc, timeout: float) -> PendingCall:
         """Send ``rpc`` on ``conn`` and read until it is resolved; ``KilnTimeout`` after

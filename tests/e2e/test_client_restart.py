@@ -276,5 +276,6 @@ async def test_an_operation_the_daemon_lists_as_repeat_safe_is_resent_unmarked(
                 simulator.sim.clear_faults()
                 await trio.sleep(RESTART_DELAY)
                 await proc.start()
+    assert isinstance(outcomes.held["me"], dict), repr(outcomes.held["me"])
     assert outcomes.held["me"]["status"] == 200
     assert isinstance(outcomes.held["unsafe"], ConnectionLost)
