@@ -38,42 +38,23 @@ from typing import Final
 
 import trio
 
-from claykiln.actors.breaker import BreakerBoard
-from claykiln.actors.breaker_types import BreakerPolicy
-from claykiln.actors.dlq import DeadLetters
-from claykiln.actors.fallback import FallbackCache
-from claykiln.actors.gate import GateBoard
-from claykiln.actors.idempotency import IdempotencyStore
-from claykiln.actors.jobs_store import JobStore
-from claykiln.actors.keyed_call import KeyedCalls
-from claykiln.actors.lanes import Lanes
-from claykiln.actors.outbox import Outbox
-from claykiln.actors.pipeline import CallPipeline
-from claykiln.actors.scheduler import Scheduler
-from claykiln.actors.upstream import UpstreamPool
-from claykiln.actors.writer import Writer
-from claykiln.daemon import sdnotify, views, wiring
+from claykiln.daemon import sdnotify, views
 from claykiln.daemon.config import ConfigError, load_config
 from claykiln.daemon.config.credentials import CredentialError, CredentialStore
 from claykiln.daemon.config.types import KilnConfig
 from claykiln.daemon.logs import alert, configure_logging, get_logger
 from claykiln.daemon.methods import build_methods
 from claykiln.daemon.reload import reload_config
-from claykiln.daemon.rpc.dispatch import ServerCounters
 from claykiln.daemon.rpc.listener import SocketInUse, adopt_listener, bind_unix_listener
-from claykiln.daemon.rpc.protocol import Limits
-from claykiln.daemon.rpc.server import Server, ServerLimits
+from claykiln.daemon.rpc.server import Server
 from claykiln.daemon.runtime import (
-    ActorRoster,
     Runtime,
-    StoredRecords,
     load_credentials,
-    routes,
-    start_pools,
 )
+from claykiln.daemon.start import server_limits, start_runtime
 from claykiln.storage import StorageError, Store
 
-__all__ = ["Daemon", "kiln_version", "run_daemon", "start_runtime"]
+__all__ = ["Daemon", "kiln_version", "run_daemon"]
 
 log = get_logger("claykiln.daemon")
 
@@ -90,105 +71,6 @@ def kiln_version() -> str:
         return version("claykiln")
     except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         return "0+unknown"
-
-
-def _server_limits(config: KilnConfig) -> ServerLimits:
-    lim = config.daemon.limits
-    return ServerLimits(
-        protocol=Limits(
-            max_frame=lim.max_frame,
-            max_array_len=lim.max_array_len,
-            max_map_len=lim.max_map_len,
-            max_depth=lim.max_depth,
-        ),
-        max_connections=lim.max_connections,
-        max_in_flight=lim.max_in_flight,
-        idle_timeout=lim.idle_timeout,
-    )
-
-
-async def start_runtime(
-    root: trio.Nursery,
-    config: KilnConfig,
-    credentials: CredentialStore,
-    store: Store,
-    *,
-    version: str,
-    started_at: float,
-) -> Runtime:
-    """Start the actors in ``root`` in dependency order (writer -> idempotency, cache ->
-    breakers, gate, lanes -> upstream pools -> call pipeline) and return them as a
-    ``Runtime``, every actor running.
-
-    ``runtime.socket`` is the configured path until the lifecycle opens the listener.
-    Raises what an actor raises before it is ready (the actors started so far keep running in
-    ``root``: cancel it to stop them).
-    """
-    actors = ActorRoster(root)
-    writer = Writer(store)
-    await actors.start("writer", writer.run)
-    idempotency = IdempotencyStore(store, writer)
-    await actors.start("idempotency", idempotency.run)
-    cache = FallbackCache(store, writer, config.daemon.cache)
-    await actors.start("cache", cache.run)
-    breaker_records = StoredRecords(store, writer, "breakers")
-    breakers = BreakerBoard(
-        wiring.breaker_policies(config),
-        BreakerPolicy(),
-        persist=breaker_records.persist,
-        load=breaker_records.load,
-    )
-    await actors.start("breakers", breakers.run)
-    gate_records = StoredRecords(store, writer, "gate")
-    gate = GateBoard(
-        wiring.rate_policies(config),
-        persist=gate_records.persist,
-        load=gate_records.load,
-    )
-    await actors.start("gate", gate.run)
-    lanes = Lanes(wiring.lane_policies(config))
-    await actors.start("lanes", lanes.run)
-    pools: dict[str, UpstreamPool] = {}
-    await start_pools(actors, pools, config, credentials)
-    pipeline = CallPipeline(
-        wiring.operations(config, credentials),
-        routes(pools, config),
-        lanes=lanes,
-        breakers=breakers,
-        gate=gate,
-    )
-    calls = KeyedCalls(pipeline, idempotency, cache, wiring.call_guards(config))
-    # The outbox reads the running config (a reload applies to the next job); ``runtime`` is
-    # bound below, before the scheduler starts and before any method runs.
-    outbox_settings = wiring.outbox_settings_of(lambda: runtime.config)
-    jobs = JobStore(store, writer)
-    scheduler = Scheduler(jobs, pipeline, outbox_settings)
-    runtime = Runtime(
-        config=config,
-        credentials=credentials,
-        store=store,
-        writer=writer,
-        breakers=breakers,
-        gate=gate,
-        lanes=lanes,
-        pools=pools,
-        pipeline=pipeline,
-        idempotency=idempotency,
-        cache=cache,
-        calls=calls,
-        jobs=jobs,
-        outbox=Outbox(jobs, pipeline, outbox_settings, scheduler.job_due),
-        scheduler=scheduler,
-        dlq=DeadLetters(jobs, outbox_settings, scheduler.job_due),
-        actors=actors,
-        server=ServerCounters(),
-        version=version,
-        started_at=started_at,
-        socket=config.daemon.socket,
-    )
-    # Jobs left in flight by an earlier boot are settled (in doubt) before READY.
-    await actors.start("scheduler", scheduler.run)
-    return runtime
 
 
 class StateDirBusy(Exception):
@@ -286,7 +168,7 @@ class Daemon:
         listener, runtime.socket = self._open_listener(runtime.config)
         server = Server(
             build_methods(runtime),
-            _server_limits(runtime.config),
+            server_limits(runtime.config),
             is_admin=partial(views.is_admin, runtime),
             is_allowed=partial(views.is_allowed, runtime),
             counters=runtime.server,

@@ -1,6 +1,6 @@
 """The started components of one daemon process, typed, and the helpers start and reload share.
 
-``Runtime`` is built once by the lifecycle (``app.py``: ``start_runtime``), in dependency order,
+``Runtime`` is built once by the lifecycle (``start.py``: ``start_runtime``), in dependency order,
 after every actor it names is running; the RPC methods (``methods/``), the views (``views.py``)
 and reload (``reload.py``) receive it and hold nothing else of the process. Every field is set
 once (``socket`` when the listener opens), except what a reload changes in place: ``config`` and

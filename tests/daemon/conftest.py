@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from claykiln.daemon.app import start_runtime
+from claykiln.daemon.start import start_runtime
 from claykiln.daemon.config import load_config
 from claykiln.daemon.config.credentials import CredentialStore
 from claykiln.daemon.runtime import Runtime
