@@ -70,6 +70,7 @@ REPEAT_SAFE_METHODS: Final = frozenset(
         "jobs.list",
         "quota.list",
         "idempotency.get",
+        "cache.list",
     }
 )
 # A daemon that is starting or restarting: no socket file yet, or nobody accepting on it.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from claykiln.daemon import BreakerOpen, CallResult, new_idempotency_key
+from claykiln.daemon import BreakerOpen, CallResult, IdempotencyInDoubt, new_idempotency_key
+from claykiln.daemon.client._errors import error_from_wire
 from claykiln.daemon.client._result import call_result
 
 PLAIN = {"status": 200, "headers": {"a": "b"}, "body": {"x": 1}, "attempts": 2, "duration_ms": 3.5}
@@ -59,3 +60,18 @@ def test_anything_but_a_map_is_left_alone() -> None:
     """A result that is not a map (a newer daemon, a test server) comes back as it was."""
     assert call_result([1, 2]) == [1, 2]
     assert call_result(None) is None
+
+
+def test_the_in_doubt_error_says_what_is_known() -> None:
+    """idempotency_in_doubt maps to IdempotencyInDoubt with when it started and what was sent."""
+    error = error_from_wire(
+        {
+            "code": "idempotency_in_doubt",
+            "message": "maybe sent",
+            "details": {"started_at": 1764367000.5, "sent": {"method": "POST", "path": "/x"}},
+        }
+    )
+    assert isinstance(error, IdempotencyInDoubt)
+    assert error.started_at == 1764367000.5
+    assert error.sent == {"method": "POST", "path": "/x"}
+    assert IdempotencyInDoubt("no details").sent == {}
