@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import os
+import random
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -80,6 +81,7 @@ WAITING_TABLES: Final = (DUE_TABLE, RETRY_TABLE)
 HISTORY_KEPT: Final = 32
 """Attempt entries a job keeps (the oldest are dropped first; ``attempts`` stays exact)."""
 _MICROS: Final = 1_000_000
+_ids = random.Random(os.urandom(32))
 _SEP: Final = b"\x00"
 
 
@@ -98,9 +100,10 @@ def micros(seconds: float) -> int:
 
 def new_job_id(now: float | None = None) -> str:
     """A fresh job id: 12 hex digits of milliseconds, then 20 random ones (32 in all), so ids
-    sort by creation time and never repeat."""
+    sort by creation time and never repeat. The random part comes from a generator seeded
+    from the OS once (ids need to be unique, not secret), so making one is no system call."""
     ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms & 0xFFFF_FFFF_FFFF:012x}{os.urandom(10).hex()}"
+    return f"{ms & 0xFFFF_FFFF_FFFF:012x}{_ids.getrandbits(80):020x}"
 
 
 @attrs.frozen

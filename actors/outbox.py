@@ -125,11 +125,14 @@ class Outbox:
         pipeline: CallPipeline,
         settings: Callable[[], OutboxSettings],
         notify: DueNotice,
+        *,
+        held: Callable[[str], bool] | None = None,
     ) -> None:
         self.jobs = jobs
         self.pipeline = pipeline
         self._settings = settings
         self._notify = notify
+        self._held = held  # the scheduler's view of held sources (None: read storage)
         self._writing: dict[str, trio.Event] = {}
         self.accepted = 0  # jobs written since start
         self.existing = 0  # submits answered with the job their key already had
@@ -210,6 +213,8 @@ class Outbox:
             raise BadRequestRefusal(msg)
 
     def _check_source(self, op: Operation, source: str) -> None:
+        if self._held is not None and not self._held(source):
+            return
         quota = self.jobs.quota(source)
         if quota.held:
             msg = (

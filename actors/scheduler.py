@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 import attrs
@@ -144,12 +145,25 @@ class Scheduler:
         self._idle = trio.Event()
         self._started = False
         self._runners: trio.Nursery | None = None
+        # Published for other tasks (the actor is the only writer): when each queue is looked
+        # at next (a read-only view of the actor's own dict) and the held sources.
+        self._looks: Mapping[str, float] = MappingProxyType(self._state.look_at)
+        self._held: frozenset[str] = frozenset()
 
     # -- any task ----------------------------------------------------------------------------
     def job_due(self, queue: str, due_at: float) -> None:
         """Tell the actor ``queue`` holds a job due at wall time ``due_at`` (never blocks; a
-        full inbox drops the notice, and the queue is looked at on the next sweep)."""
+        full inbox drops the notice, and the queue is looked at on the next sweep). Nothing is
+        sent when the actor already plans to look at the queue by then: it reads the queue's
+        jobs from storage when it looks, and the job is written before this is called."""
+        at = trio.current_time() + max(0.0, due_at - self.jobs.now())
+        if self._looks.get(queue, math.inf) <= at:
+            return
         self._mailbox.tell(_Due(queue, due_at))
+
+    def is_held(self, source: str) -> bool:
+        """Whether webhook source ``source`` is held at its cap (read without an ask)."""
+        return source in self._held
 
     async def release(self, source: str) -> SourceQuota:
         """Un-hold webhook source ``source`` durably; its jobs run again. Raises
@@ -198,8 +212,9 @@ class Scheduler:
         recovered = await recover_in_flight(self.jobs, self.pipeline, self._settings())
         s.counters["in_doubt_at_start"] = recovered.in_doubt
         s.held = recovered.held
+        self._held = frozenset(s.held)
         now = trio.current_time()
-        s.look_at = dict.fromkeys(recovered.queues, now)
+        s.look_at.update(dict.fromkeys(recovered.queues, now))
         s.next_sweep = now + self._sweep_interval
         batch: list[_Message] = []
         try:
@@ -482,6 +497,7 @@ class Scheduler:
         for source, quota in quotas.items():
             if quota.held and source not in s.held:
                 s.held.add(source)
+                self._held = frozenset(s.held)
                 alert(
                     log,
                     "quota.exhausted",
@@ -511,6 +527,7 @@ class Scheduler:
             return
         s.quotas[message.source] = quota
         s.held.discard(message.source)
+        self._held = frozenset(s.held)
         s.look_at[message.source] = trio.current_time()
         log.info("quota.released", source=message.source, rows=quota.rows)
         message.reply.set(quota)
@@ -525,4 +542,4 @@ class Scheduler:
         if not s.look_at:
             # A due notice dropped by a full inbox is caught here: queues found again.
             now = trio.current_time()
-            s.look_at = dict.fromkeys(self.jobs.queues(), now)
+            s.look_at.update(dict.fromkeys(self.jobs.queues(), now))

@@ -126,7 +126,7 @@ async def start_runtime(
         cache=cache,
         calls=calls,
         jobs=jobs,
-        outbox=Outbox(jobs, pipeline, outbox_settings, scheduler.job_due),
+        outbox=Outbox(jobs, pipeline, outbox_settings, scheduler.job_due, held=scheduler.is_held),
         scheduler=scheduler,
         dlq=DeadLetters(jobs, outbox_settings, scheduler.job_due),
         actors=actors,

@@ -1,7 +1,8 @@
 """``kiln bench``: measure the performance budget (docs/performance.md) on this machine.
 
     kiln bench [--scenario writes|hello|call|breaker-open|outage|outage-peers|replay|
-                           call-idempotent|all] [--duration S] [--concurrency N] [--json]
+                           call-idempotent|submit|drain|outbox-scale|all] [--duration S]
+               [--concurrency N] [--json]
 
 Scenarios (docs/performance.md has the budget, the method and measured figures):
 
@@ -14,6 +15,10 @@ Scenarios (docs/performance.md has the budget, the method and measured figures):
   and a ``kill -9`` restart under the callers (daemon/bench/peers.py; ~6 min at full scale);
 - ``replay``: replays of a completed idempotency key, closed loop and paced (daemon/bench/keyed.py);
 - ``call-idempotent``: ``call`` with durable idempotency records vs without, and direct httpx.
+- ``submit``: durable ``submit`` acknowledgements, fsync group commit vs ``sync = false``;
+- ``drain``: queued jobs drained through the gate against the configured rate, with no 429;
+- ``outbox-scale``: start-up and RSS on 1,000 vs 1,000,000 waiting jobs, ``dlq.list`` pages
+  (daemon/bench/outbox.py; seeding 1.1M jobs takes about a minute).
 
 Each measured run lasts ``--duration`` seconds (a scenario makes 1 to 4 of them) and is bounded
 in count too. Figures are ratios of two measurements made in the same run; the absolute numbers
@@ -44,6 +49,7 @@ import click
 from claykiln.daemon.bench.keyed import bench_call_idempotent, bench_replay
 from claykiln.daemon.bench.measure import BenchOptions
 from claykiln.daemon.bench.outage import bench_outage
+from claykiln.daemon.bench.outbox import bench_drain, bench_outbox_scale, bench_submit
 from claykiln.daemon.bench.peers import bench_outage_peers
 from claykiln.daemon.bench.scenarios import (
     bench_breaker_open,
@@ -65,6 +71,9 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "outage-peers": bench_outage_peers,
     "replay": bench_replay,
     "call-idempotent": bench_call_idempotent,
+    "submit": bench_submit,
+    "drain": bench_drain,
+    "outbox-scale": bench_outbox_scale,
 }
 MAX_DURATION: Final = 600.0
 MAX_CONCURRENCY: Final = 1024

@@ -169,7 +169,9 @@ async def outbox_rig(
                 rng=random.Random(9),
                 sweep_interval=sweep_interval,
             )
-            outbox = Outbox(jobs, pipeline, lambda: settings, scheduler.job_due)
+            outbox = Outbox(
+                jobs, pipeline, lambda: settings, scheduler.job_due, held=scheduler.is_held
+            )
             dlq = DeadLetters(jobs, lambda: settings, scheduler.job_due)
             await nursery.start(scheduler.run)
             yield Rig(store, jobs, outbox, scheduler, dlq, pipeline, breakers, settings)

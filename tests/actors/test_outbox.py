@@ -149,13 +149,15 @@ async def test_a_key_field_is_stamped_into_the_row(tmp_path: Path) -> None:
 
 async def test_a_held_source_refuses_new_rows(tmp_path: Path) -> None:
     """A source held at Clay's cap refuses a push with the reason; other sources accept."""
+    held = SourceQuota("clay:/v3/sources/webhook/capped").exhausted(1.0)
     with trio.fail_after(30):
-        async with open_simulator() as sim, outbox_rig(tmp_path / "s", sim.url) as rig:
-            held = SourceQuota("clay:/v3/sources/webhook/capped").exhausted(1.0)
-            await rig.jobs.write([quota_put(held)])
-            with pytest.raises(BadRequestRefusal) as info:
-                rig.outbox.prepare(push("capped"))
-            assert isinstance(rig.outbox.prepare(push("open")), PreparedJob)
+        async with open_simulator() as sim:
+            async with outbox_rig(tmp_path / "s", sim.url) as rig:
+                await rig.jobs.write([quota_put(held)])  # as a 403 would have left it
+            async with outbox_rig(tmp_path / "s", sim.url) as rig:  # holds are read at start
+                with pytest.raises(BadRequestRefusal) as info:
+                    rig.outbox.prepare(push("capped"))
+                assert isinstance(rig.outbox.prepare(push("open")), PreparedJob)
     assert info.value.details == {"reason": "quota_exhausted", "source": held.source}
 
 

@@ -317,8 +317,6 @@ def test_bad_method(tmp_path: Path) -> None:
     )
 
 
-
-
 def test_unknown_on_failure_and_timeout(tmp_path: Path) -> None:
     """on_failure lists its names; timeout takes a class name or a duration."""
     assert problems(tmp_path, OP + 'on_failure = "retry"\ntimeout = "forever"\n') == (

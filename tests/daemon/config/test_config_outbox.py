@@ -9,7 +9,8 @@ import pytest
 from claykiln.actors.jobs_policy import WebhookRules
 from claykiln.daemon import wiring
 from claykiln.daemon.config import ConfigError, load_config
-from claykiln.daemon.config.outbox import OutboxConfig, OutboxKeys
+from claykiln.daemon.config.outbox import OutboxConfig, OutboxKeys, read_outbox
+from claykiln.daemon.config.schema import Problems, Table
 
 OP = '[operations.op]\nupstream = "clay"\nmethod = "POST"\npath = "/v1/x"\n'
 
@@ -64,9 +65,9 @@ def test_every_key_is_read(tmp_path: Path) -> None:
 
 def test_a_job_lane_defaults_to_bulk_else_the_operations_own(tmp_path: Path) -> None:
     """Without outbox.lane a job runs in bulk; with no bulk lane, in the operation's lane."""
-    no_bulk = "[lanes.fast]\nconcurrency = 2\n" + OP + 'lane = "fast"\n'
     assert load(tmp_path, OP).operations["op"].outbox.lane == "bulk"  # type: ignore[attr-defined]
-    assert load(tmp_path, no_bulk).operations["op"].outbox.lane == "fast"  # type: ignore[attr-defined]
+    keys, webhook = read_outbox(Table({}, "operations.op", Problems()), "fast", {"fast": 1})
+    assert (keys.lane, webhook) == ("fast", None)
 
 
 @pytest.mark.parametrize(
