@@ -274,15 +274,15 @@ async def test_client_errors_never_open_the_breaker(
     sim.configure_webhook("w1")
     with trio.fail_after(30):
         async with TrioClient(str(proc.socket)) as client:
-            for _ in range(4):
+            for n in range(4):  # four different rows: identical ones would be replays
                 missing = await client.call(
-                    "push_row", path_params={"webhook_id": "missing"}, json={"a": 1}
+                    "push_row", path_params={"webhook_id": "missing"}, json={"a": n}
                 )
                 assert missing["status"] == 404
                 garbled = await client.call(
                     "push_row",
                     path_params={"webhook_id": "w1"},
-                    body=b"{not json",
+                    body=b"{not json %d" % n,
                     headers={"content-type": "application/json"},
                 )
                 assert garbled["status"] == 400
