@@ -460,16 +460,27 @@ class Scheduler:
             s.counters["dead"] += 1
             alert_dead(new)
         else:
-            retried = new.deferrals == 0
-            s.counters["retried" if retried else "deferred"] += 1
-            log.debug(
-                "job.retry" if retried else "job.deferred",
-                job_id=new.id,
-                operation=new.operation,
-                attempts=new.attempts,
-                delay=round(delay, 3),
-                error=new.error,
-            )
+            wait = round(delay, 3)
+            if new.deferrals == 0:
+                s.counters["retried"] += 1
+                log.debug(
+                    "job.retry",
+                    job_id=new.id,
+                    operation=new.operation,
+                    attempts=new.attempts,
+                    delay=wait,
+                    error=new.error,
+                )
+            else:
+                s.counters["deferred"] += 1
+                log.debug(
+                    "job.deferred",
+                    job_id=new.id,
+                    operation=new.operation,
+                    attempts=new.attempts,
+                    delay=wait,
+                    error=new.error,
+                )
             s.look_at[new.queue] = min(s.look_at.get(new.queue, math.inf), now + delay)
 
     def _quota(self, source: str) -> SourceQuota:

@@ -8,6 +8,11 @@ unknown operation, an open breaker, a gate closed past the deadline, a full lane
 operation with ``on_failure = "fallback"``, answers it from the cache. What passes runs in its
 own task through ``KeyedCalls.call`` (the key's record around ``CallPipeline.call``); the reply
 is the result's wire map (docs/protocol.md, ``call``).
+
+An operation with ``on_failure = "dlq"`` keeps a call that still fails after its retries
+(``DLQ_CODES``: the upstream's failure, a timeout, or a fast refusal of an unavailable upstream)
+as a dead job in the outbox's dead-letter queue (reason ``call_failed``, the request and the
+error kept), written before the error reply, which carries its ``job_id`` in ``details``.
 """
 
 from __future__ import annotations
@@ -15,18 +20,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+import attrs
 import trio
 
-from claykiln.actors.call import CallRequest
-from claykiln.actors.errors import BadRequestRefusal
+from claykiln.actors.call import CallRequest, Operation
+from claykiln.actors.errors import BadRequestRefusal, Refusal
 from claykiln.actors.idempotency_record import check_key
 from claykiln.actors.keyed_call import PreparedCall
 from claykiln.actors.upstream import NO_JSON
+from claykiln.daemon.logs import get_logger
 from claykiln.daemon.methods.args import check_names, str_map
 from claykiln.daemon.rpc.types import Answered, Method, RequestContext
 from claykiln.daemon.runtime import Runtime
 
-__all__ = ["CALL_ARGS", "MAX_DEADLINE_MS", "methods", "parse_call"]
+__all__ = ["CALL_ARGS", "DLQ_CODES", "MAX_DEADLINE_MS", "buries", "methods", "parse_call"]
 
 CALL_ARGS: Final = frozenset(
     {
@@ -42,6 +49,12 @@ CALL_ARGS: Final = frozenset(
     }
 )
 MAX_DEADLINE_MS: Final = 24 * 3600 * 1000
+DLQ_CODES: Final = frozenset(
+    {"upstream_error", "timeout", "breaker_open", "rate_limited", "lane_full"}
+)
+"""Failures of a call that ``on_failure = "dlq"`` keeps as a dead job (reason ``call_failed``)."""
+
+log = get_logger("claykiln.pipeline")
 
 
 def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
@@ -92,16 +105,66 @@ def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
     )
 
 
+@attrs.frozen
+class _Bury:
+    """A call of an ``on_failure = "dlq"`` operation refused at once: kept as a dead job (a
+    durable write, so in the request's task), then refused."""
+
+    request: CallRequest
+    error: Refusal
+
+
+def buries(operation: Operation, error: Refusal) -> bool:
+    """Whether ``error`` ending a call of ``operation`` is kept as a dead job: the operation has
+    ``on_failure = "dlq"`` and the failure is the upstream's or its availability's
+    (``DLQ_CODES``), not the request's."""
+    return operation.on_failure == "dlq" and error.code in DLQ_CODES
+
+
 def methods(runtime: Runtime) -> list[Method]:
     """``call``: precheck on the reader (``parse_call``, replays, fail-fast, fallbacks), then
-    the keyed call around the pipeline."""
+    the keyed call around the pipeline; with ``on_failure = "dlq"`` a failure is kept as a
+    dead job whose ``job_id`` the error's details carry."""
     calls = runtime.calls  # set once at start; a reload reconfigures it in place
 
-    def call_precheck(ctx: RequestContext, args: dict[str, Any]) -> PreparedCall | Answered:
-        prepared = calls.precheck(parse_call(args, trio.current_time()))
+    def call_precheck(ctx: RequestContext, args: dict[str, Any]) -> PreparedCall | Answered | _Bury:
+        request = parse_call(args, trio.current_time())
+        try:
+            prepared = calls.precheck(request)
+        except Refusal as exc:
+            op = runtime.pipeline.operations.get(request.operation)
+            if op is not None and buries(op, exc):
+                return _Bury(request, exc)
+            raise
         return Answered(prepared) if isinstance(prepared, dict) else prepared
 
-    async def call(ctx: RequestContext, prepared: PreparedCall) -> dict[str, Any]:
-        return await calls.call(prepared)
+    async def bury(request: CallRequest, error: Refusal, started: float) -> Refusal:
+        """``error`` with ``details.job_id`` of the dead job keeping ``request`` (unchanged
+        when it could not be kept: the caller's error is never masked)."""
+        details = dict(error.details or {})
+        try:
+            job_id = await runtime.outbox.bury(
+                request,
+                error,
+                attempts=int(details.get("attempts", 1)),
+                duration_ms=(trio.current_time() - started) * 1000,
+            )
+        except Refusal as exc:
+            log.warning("call.dlq_failed", operation=request.operation, error=exc.message)
+            return error
+        details["job_id"] = job_id
+        error.details = details
+        return error
+
+    async def call(ctx: RequestContext, prepared: PreparedCall | _Bury) -> dict[str, Any]:
+        started = trio.current_time()
+        if isinstance(prepared, _Bury):
+            raise await bury(prepared.request, prepared.error, started)
+        try:
+            return await calls.call(prepared)
+        except Refusal as exc:
+            if buries(prepared.operation, exc):
+                raise await bury(prepared.request, exc, started) from None
+            raise
 
     return [Method("call", handler=call, precheck=call_precheck)]

@@ -13,7 +13,7 @@ from typing import Any
 import trio
 from outbox_harness import Factory, outbox_config, outbox_status, push, wait_for
 
-from claykiln.daemon import BadRequest, TrioClient
+from claykiln.daemon import BadRequest, BreakerOpen, TrioClient, UpstreamError
 from claykiln.daemon.simulator import Faults, RunningSimulator
 
 
@@ -221,4 +221,51 @@ async def test_kill_9_leaves_jobs_in_doubt_for_the_next_start(
     assert keyed_job["state"] == "done"
     (summary,) = proc.events("outbox.in_doubt")
     assert (summary["requeued"], summary["dead"]) == (1, 1)
+    assert await proc.stop() == 0
+
+
+KEPT = """
+[operations.push_kept]
+upstream = "clay"
+method = "POST"
+path = "/v3/sources/webhook/{webhook_id}"
+lane = "bulk"
+breaker = "clay-webhook"
+idempotency = "derive"
+on_failure = "dlq"
+auth = { header = "x-clay-webhook-auth", credential = "clay-webhook-token" }
+"""
+
+
+async def test_a_call_that_fails_is_kept_as_a_dead_job_with_on_failure_dlq(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """on_failure = "dlq": a call answered 503 fails with its error, whose details name the
+    dead job (reason call_failed, the request kept); a fast breaker_open refusal is kept too;
+    a retry from the DLQ delivers the row once Clay is back."""
+    sim = simulator.sim
+    proc = await started(kiln, simulator, extra=KEPT)
+    sim.set_faults(Faults(error_rate=1.0, error_status=503, path_prefix="/v3/"))
+    with trio.fail_after(60):
+        async with TrioClient(str(proc.socket)) as client:
+            try:
+                await client.call("push_kept", **push("w7", {"n": 1}))
+            except UpstreamError as exc:
+                failed = exc
+            await client.breaker_force("clay-webhook", "open")
+            try:
+                await client.call("push_kept", **push("w7", {"n": 2}))
+            except BreakerOpen as exc:
+                refused = exc
+            kept = await client.dlq_get(failed.details["job_id"])
+            kept_open = await client.dlq_get(refused.details["job_id"])
+            sim.clear_faults()
+            await client.breaker_force("clay-webhook", "reset")
+            await client.dlq_retry(failed.details["job_id"])
+            await wait_for(client, lambda s: s["done"] == 1)
+    assert (failed.status, kept["reason"], kept["state"]) == (503, "call_failed", "dead")
+    assert kept["request"]["json"] == {"n": 1} and kept["operation"] == "push_kept"
+    assert kept_open["reason"] == "call_failed" and "breaker_open" in kept_open["error"]
+    assert sim.row_count("w7") == 1
+    assert len(proc.events("dlq.dead")) == 2
     assert await proc.stop() == 0
