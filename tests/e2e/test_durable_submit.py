@@ -11,10 +11,17 @@ import signal
 from typing import Any
 
 import trio
+from kiln_harness import API_KEY
 from outbox_harness import Factory, outbox_config, outbox_status, push, wait_for
 
 from claykiln.daemon import BadRequest, BreakerOpen, TrioClient, UpstreamError
-from claykiln.daemon.simulator import Faults, RunningSimulator
+from claykiln.daemon.simulator import (
+    Faults,
+    RunningSimulator,
+    SimSettings,
+    Simulator,
+    open_simulator,
+)
 
 
 async def started(kiln: Factory, simulator: RunningSimulator, **kw: Any) -> Any:
@@ -268,4 +275,30 @@ async def test_a_call_that_fails_is_kept_as_a_dead_job_with_on_failure_dlq(
     assert kept_open["reason"] == "call_failed" and "breaker_open" in kept_open["error"]
     assert sim.row_count("w7") == 1
     assert len(proc.events("dlq.dead")) == 2
+    assert await proc.stop() == 0
+
+
+async def test_jobs_wait_out_a_clay_that_is_gone_and_drain_when_it_is_back(
+    kiln: Factory,
+) -> None:
+    """The simulator is gone (connections refused) for a while: no attempt burns (a refused
+    connection never sent the row), nothing is dead; the same simulator served again on the
+    same port takes every row once."""
+    sim = Simulator(SimSettings(api_key=API_KEY, webhook_rate=1000, webhook_burst=1000))
+    async with open_simulator(sim) as running:
+        port, url = running.port, running.url
+    proc = kiln(outbox_config(url, reset="200ms"))
+    await proc.start()
+    with trio.fail_after(90):
+        async with TrioClient(str(proc.socket)) as client:
+            answers = [await client.submit("push_row", **push("w3", {"n": n})) for n in range(20)]
+            await trio.sleep(2.0)  # refused, again and again; the breaker opens
+            during = [await client.job(a["job_id"]) for a in answers]
+            async with open_simulator(sim, port=port):
+                await wait_for(client, lambda s: s["done"] == 20, timeout=60)
+            section = await outbox_status(client)
+    assert max(j["attempts"] for j in during) == 0
+    assert {j["state"] for j in during} <= {"pending", "in_flight"}
+    assert section["dead"] == 0 and sim.row_count("w3") == 20
+    assert proc.events("breaker.opened")
     assert await proc.stop() == 0
