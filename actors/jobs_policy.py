@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "DEFER_CODES",
     "REASONS",
+    "RECORD_LIMIT",
     "JobPolicy",
     "Judgement",
     "OutboxSettings",

@@ -17,6 +17,8 @@ Card
   then answers ``{job_id, state, existing, idempotency_key, due_at}``. ``submit_many`` writes a
   whole batch in one transaction and answers per item.
 - ``bury(request, error)``: keeps a ``call`` that failed (``on_failure = "dlq"``) as a dead job.
+- ``note_call(op, request, answer)``: a ``call``'s row counts against its webhook source's
+  lifetime cap like a job's (told to the scheduler, which owns the counts).
 - on failure: a full store is ``storage_full``, another storage error ``internal``; nothing was
   acknowledged, so nothing is lost. Cancelled while writing, the job may still be committed
   (the writer does not abandon a queued write); it was not acknowledged.
@@ -24,7 +26,7 @@ Card
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -40,7 +42,7 @@ from claykiln.actors.errors import (
 from claykiln.actors.idempotency_keys import derived_key, fingerprint, stamp_key_field
 from claykiln.actors.idempotency_record import mismatch_refusal
 from claykiln.actors.jobs import Attempt, Job, JobState, new_job_id, transition_ops
-from claykiln.actors.jobs_policy import JobPolicy, OutboxSettings, check_row
+from claykiln.actors.jobs_policy import RECORD_LIMIT, JobPolicy, OutboxSettings, check_row
 from claykiln.actors.jobs_quota import source_name
 from claykiln.actors.jobs_store import JobStore, alert_dead
 from claykiln.actors.log import get_logger
@@ -54,6 +56,8 @@ log = get_logger("claykiln.outbox")
 
 DueNotice = Callable[[str, float], None]
 """Tells the scheduler that ``queue`` holds a job due at wall time ``due_at``."""
+RowCount = Callable[..., None]
+"""Tells the scheduler a row reached a webhook source: ``(source, cap, accepted=...)``."""
 
 
 @attrs.frozen
@@ -127,12 +131,14 @@ class Outbox:
         notify: DueNotice,
         *,
         held: Callable[[str], bool] | None = None,
+        counted: RowCount | None = None,
     ) -> None:
         self.jobs = jobs
         self.pipeline = pipeline
         self._settings = settings
         self._notify = notify
         self._held = held  # the scheduler's view of held sources (None: read storage)
+        self._counted = counted  # where a call's rows are counted (the scheduler)
         self._writing: dict[str, trio.Event] = {}
         self.accepted = 0  # jobs written since start
         self.existing = 0  # submits answered with the job their key already had
@@ -325,6 +331,24 @@ class Outbox:
         if not answer["existing"]:
             alert_dead(dead)
         return str(answer["job_id"])
+
+    def note_call(self, op: Operation, request: CallRequest, answer: Mapping[str, Any]) -> None:
+        """Count the row a ``call`` of ``op`` pushed (a 2xx, not a replay or a fallback) against
+        its webhook source's lifetime cap, and Clay's 403 at the cap as one; nothing for an
+        operation without webhook rules."""
+        rules = self._settings().policy(op.name).webhook
+        if rules is None or self._counted is None:
+            return
+        if answer.get("replayed") or answer.get("fallback") or answer.get("coalesced"):
+            return
+        status = answer.get("status")
+        if not isinstance(status, int):
+            return
+        source = source_name(op.upstream, render_path(op.path, request.path_params))
+        if 200 <= status < 300:
+            self._counted(source, rules.lifetime_rows, accepted=True)
+        elif status == 403 and RECORD_LIMIT in str(answer.get("body", "")).lower():
+            self._counted(source, rules.lifetime_rows, accepted=False)
 
     def stats(self) -> dict[str, Any]:
         """For ``status``: jobs accepted and key hits since start."""

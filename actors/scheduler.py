@@ -6,8 +6,9 @@ Card
   sources held at Clay's cap and their counts, the sweeper's schedule. Jobs live in storage
   (actors/jobs.py); every change to one is made under ``JobStore.lock``.
 - receives: ``_Due`` (tell: a queue holds a job due at a time: the submit side, an operator's
-  retry), ``_Finished`` (post: a runner's outcome), ``_Release`` (ask: un-hold a source),
-  ``_Drain`` (ask: stop starting jobs).
+  retry), ``_Finished`` (post: a runner's outcome), ``_Counted`` (tell: a ``call`` pushed a row
+  to a webhook source, or met its cap), ``_Release`` (ask: un-hold a source), ``_Drain`` (ask:
+  stop starting jobs).
 - replies: ``_Release`` -> the source's ``SourceQuota``; ``_Drain`` -> None at once.
 - sends to: the call pipeline (one ``call`` per attempt, lane -> breaker -> gate -> upstream),
   the storage writer; alerts ``dlq.dead`` (every move to dead), ``outbox.in_doubt`` (start-up),
@@ -19,7 +20,7 @@ Card
   sources are not looked at. The move to ``in_flight`` is durable before the runner sends.
 - outcomes: judged by ``jobs_policy.judge`` and written in one transaction per wake (done,
   retry_wait with backoff, pending or retry_wait again when deferred, dead); a webhook's 2xx
-  counts a row for its source (``jobs_quota``).
+  counts a row for its source (``jobs_quota``), as does one a ``call`` pushed.
 - at start (before ``task_status.started``): jobs in flight under an earlier boot are in doubt:
   due again where the operation is safe to repeat (or has a ``key_field``), else dead with reason
   ``in_doubt``; the queues are found with one seek each, held sources read.
@@ -91,6 +92,13 @@ class _Finished:
 
 
 @attrs.frozen(eq=False)
+class _Counted:
+    source: str
+    cap: int
+    accepted: bool  # a row Clay accepted; False: its 403 "Record limit reached"
+
+
+@attrs.frozen(eq=False)
 class _Release:
     source: str
     reply: Reply[SourceQuota]
@@ -101,7 +109,7 @@ class _Drain:
     reply: Reply[None]
 
 
-_Message = _Due | _Finished | _Release | _Drain
+_Message = _Due | _Finished | _Counted | _Release | _Drain
 
 
 @attrs.define
@@ -113,6 +121,7 @@ class _SchedulerState:
     held: set[str] = attrs.Factory(set)
     quotas: dict[str, SourceQuota] = attrs.Factory(dict)
     unwritten: list[_Finished] = attrs.Factory(list)
+    unwritten_counts: list[_Counted] = attrs.Factory(list)
     retry_writes_at: float = math.inf
     next_sweep: float = 0.0
     draining: bool = False
@@ -160,6 +169,12 @@ class Scheduler:
         if self._looks.get(queue, math.inf) <= at:
             return
         self._mailbox.tell(_Due(queue, due_at))
+
+    def row_counted(self, source: str, cap: int, *, accepted: bool = True) -> None:
+        """Tell the actor a ``call`` pushed a row to webhook source ``source`` (cap ``cap``):
+        Clay accepted it, or (``accepted`` False) refused it at its lifetime cap. Counted with
+        the jobs' rows; never blocks (a full inbox drops the count)."""
+        self._mailbox.tell(_Counted(source, cap, accepted))
 
     def is_held(self, source: str) -> bool:
         """Whether webhook source ``source`` is held at its cap (read without an ask)."""
@@ -243,23 +258,27 @@ class Scheduler:
     async def _handle(self, batch: list[_Message]) -> None:
         s = self._state
         finished: list[_Finished] = []
+        counted: list[_Counted] = []
         for message in batch:
             if isinstance(message, _Due):
                 at = trio.current_time() + max(0.0, message.due_at - self.jobs.now())
                 s.look_at[message.queue] = min(s.look_at.get(message.queue, math.inf), at)
             elif isinstance(message, _Finished):
                 finished.append(message)
+            elif isinstance(message, _Counted):
+                counted.append(message)
             elif isinstance(message, _Release):
                 await self._release(message)
             else:
                 s.draining = True
                 message.reply.set(None)
-        if s.unwritten and trio.current_time() >= s.retry_writes_at:
+        if (s.unwritten or s.unwritten_counts) and trio.current_time() >= s.retry_writes_at:
             finished = [*s.unwritten, *finished]
-            s.unwritten = []
+            counted = [*s.unwritten_counts, *counted]
+            s.unwritten, s.unwritten_counts = [], []
             s.retry_writes_at = math.inf
-        if finished:
-            await self._settle(finished)
+        if finished or counted:
+            await self._settle(finished, counted)
         if s.draining and not s.running:
             self._idle.set()
 
@@ -395,8 +414,9 @@ class Scheduler:
             pass  # stopping: the job stays in flight in storage, in doubt at the next start
 
     # -- outcomes ----------------------------------------------------------------------------
-    async def _settle(self, finished: list[_Finished]) -> None:
-        """Judge and write the outcomes of ``finished`` in one transaction."""
+    async def _settle(self, finished: list[_Finished], counted: list[_Counted]) -> None:
+        """Judge and write the outcomes of ``finished``, and the rows ``counted``, in one
+        transaction."""
         s = self._state
         settings = self._settings()
         now, wall = trio.current_time(), self.jobs.now()
@@ -426,23 +446,21 @@ class Scheduler:
                 )
                 new = apply_judgement(job, judgement, wall)
                 if job.source is not None and policy.webhook is not None:
-                    quota = quotas.get(job.source) or self._quota(job.source)
-                    cap = policy.webhook.lifetime_rows
-                    if judgement.verdict is Verdict.DONE:
-                        quota, level = quota.count_row(cap, wall)
-                        if level is not None:
-                            crossings.append((quota, level, cap))
-                    elif judgement.reason == "quota_exhausted":
-                        quota = attrs.evolve(quota.exhausted(wall), cap=cap)
-                    quotas[job.source] = quota
+                    exhausted = judgement.reason == "quota_exhausted"
+                    if judgement.verdict is Verdict.DONE or exhausted:
+                        cap = policy.webhook.lifetime_rows
+                        self._tally(quotas, crossings, job.source, cap, not exhausted, wall)
                 ops.extend(transition_ops(job, new))
                 moved.append((job, new, judgement.delay))
+            for row in counted:
+                self._tally(quotas, crossings, row.source, row.cap, row.accepted, wall)
             ops.extend(quota_put(q) for q in quotas.values())
             try:
                 await self.jobs.write(ops)
             except StorageError as exc:
                 log.warning("outbox.write_failed", error=str(exc), jobs=len(moved))
                 s.unwritten.extend(finished)
+                s.unwritten_counts.extend(counted)
                 s.retry_writes_at = trio.current_time() + WRITE_RETRY
                 return
         for job, new, delay in moved:
@@ -482,6 +500,26 @@ class Scheduler:
                     error=new.error,
                 )
             s.look_at[new.queue] = min(s.look_at.get(new.queue, math.inf), now + delay)
+
+    def _tally(
+        self,
+        quotas: dict[str, SourceQuota],
+        crossings: list[tuple[SourceQuota, int, int]],
+        source: str,
+        cap: int,
+        accepted: bool,
+        wall: float,
+    ) -> None:
+        """Count a row ``source`` accepted (or Clay's refusal at its cap) into ``quotas``,
+        noting an alert level crossed in ``crossings``."""
+        quota = quotas.get(source) or self._quota(source)
+        if accepted:
+            quota, level = quota.count_row(cap, wall)
+            if level is not None:
+                crossings.append((quota, level, cap))
+        else:
+            quota = attrs.evolve(quota.exhausted(wall), cap=cap)
+        quotas[source] = quota
 
     def _quota(self, source: str) -> SourceQuota:
         s = self._state

@@ -13,6 +13,8 @@ An operation with ``on_failure = "dlq"`` keeps a call that still fails after its
 (``DLQ_CODES``: the upstream's failure, a timeout, or a fast refusal of an unavailable upstream)
 as a dead job in the outbox's dead-letter queue (reason ``call_failed``, the request and the
 error kept), written before the error reply, which carries its ``job_id`` in ``details``.
+A row a call pushed to a webhook source counts against the source's lifetime cap like a job's
+(``Outbox.note_call``).
 """
 
 from __future__ import annotations
@@ -161,10 +163,12 @@ def methods(runtime: Runtime) -> list[Method]:
         if isinstance(prepared, _Bury):
             raise await bury(prepared.request, prepared.error, started)
         try:
-            return await calls.call(prepared)
+            answer = await calls.call(prepared)
         except Refusal as exc:
             if buries(prepared.operation, exc):
                 raise await bury(prepared.request, exc, started) from None
             raise
+        runtime.outbox.note_call(prepared.operation, prepared.request, answer)
+        return answer
 
     return [Method("call", handler=call, precheck=call_precheck)]

@@ -170,7 +170,12 @@ async def outbox_rig(
                 sweep_interval=sweep_interval,
             )
             outbox = Outbox(
-                jobs, pipeline, lambda: settings, scheduler.job_due, held=scheduler.is_held
+                jobs,
+                pipeline,
+                lambda: settings,
+                scheduler.job_due,
+                held=scheduler.is_held,
+                counted=scheduler.row_counted,
             )
             dlq = DeadLetters(jobs, lambda: settings, scheduler.job_due)
             await nursery.start(scheduler.run)

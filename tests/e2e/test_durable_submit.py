@@ -302,3 +302,29 @@ async def test_jobs_wait_out_a_clay_that_is_gone_and_drain_when_it_is_back(
     assert section["dead"] == 0 and sim.row_count("w3") == 20
     assert proc.events("breaker.opened")
     assert await proc.stop() == 0
+
+
+async def test_rows_pushed_with_call_count_against_the_cap_too(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """Eight rows pushed with call and one submitted count nine of a cap of 10 (the 80 % alert
+    fires); a replayed call counts nothing."""
+    proc = await started(kiln, simulator, ops={"lifetime_rows": 10})
+    with trio.fail_after(60):
+        async with TrioClient(str(proc.socket)) as client:
+            for n in range(8):
+                await client.call("push_row", **push("mixed", {"n": n}))
+            replay = await client.call("push_row", **push("mixed", {"n": 0}))
+            await client.submit("push_row", **push("mixed", {"n": 8}))
+            await wait_for(client, lambda s: s["done"] == 1)
+            with trio.fail_after(10):
+                while True:
+                    items = (await client.quota_list())["items"]
+                    if items and items[0]["rows"] == 9:
+                        break
+                    await trio.sleep(0.02)
+    assert replay.replayed
+    assert (items[0]["source"], items[0]["cap"]) == ("clay:/v3/sources/webhook/mixed", 10)
+    assert [e["percent"] for e in proc.events("quota.near_cap")] == [80]
+    assert simulator.sim.row_count("mixed") == 9
+    assert await proc.stop() == 0
