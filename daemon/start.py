@@ -49,10 +49,16 @@ def server_limits(config: KilnConfig) -> ServerLimits:
             max_array_len=lim.max_array_len,
             max_map_len=lim.max_map_len,
             max_depth=lim.max_depth,
+            max_containers=lim.max_containers,
         ),
         max_connections=lim.max_connections,
+        max_connections_per_uid=lim.max_connections_per_uid,
         max_in_flight=lim.max_in_flight,
         idle_timeout=lim.idle_timeout,
+        frame_timeout=lim.frame_timeout,
+        reply_timeout=lim.reply_timeout,
+        max_reply_backlog=lim.max_reply_backlog,
+        shared_answer_age=lim.status_max_age,
     )
 
 

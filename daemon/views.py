@@ -40,6 +40,7 @@ __all__ = [
     "breaker_keys",
     "breaker_view",
     "durable_flush",
+    "freeze_heap",
     "health",
     "is_admin",
     "is_allowed",
@@ -60,9 +61,14 @@ def limits_view(config: KilnConfig) -> dict[str, Any]:
         "max_array_len": lim.max_array_len,
         "max_map_len": lim.max_map_len,
         "max_depth": lim.max_depth,
+        "max_containers": lim.max_containers,
         "max_connections": lim.max_connections,
+        "max_connections_per_uid": lim.max_connections_per_uid,
         "max_in_flight": lim.max_in_flight,
         "idle_timeout": lim.idle_timeout,
+        "frame_timeout": lim.frame_timeout,
+        "reply_timeout": lim.reply_timeout,
+        "max_reply_backlog": lim.max_reply_backlog,
     }
 
 
@@ -147,11 +153,28 @@ def outbox_section(runtime: Runtime) -> dict[str, Any]:
     return out
 
 
+_frozen: list[int] = [0]  # objects frozen by freeze_heap (gc.get_freeze_count walks them all)
+
+
+def freeze_heap() -> int:
+    """Collect, then move every object alive out of the collector's reach (``gc.freeze``) and
+    remember how many there were, for ``process_stats``; returns that count.
+
+    ``gc.get_freeze_count()`` walks the whole frozen list (most of a ``status``'s cost when
+    each request called it), so it is counted once, here.
+    """
+    gc.collect()
+    gc.freeze()
+    _frozen[0] = gc.get_freeze_count()
+    return _frozen[0]
+
+
 def process_stats() -> dict[str, Any]:
     """Memory, CPU and garbage-collector figures of this process (Linux /proc; 0 elsewhere).
 
     ``gc.frozen`` counts the objects moved out of the collector's reach at start-up
-    (``gc.freeze()``, see ``Daemon.run``); ``gc.collections`` is per generation since start.
+    (``freeze_heap``, called by ``Daemon.run``); ``gc.collections`` is per generation since
+    start.
     """
     rss = 0
     try:
@@ -165,7 +188,7 @@ def process_stats() -> dict[str, Any]:
         "cpu_s": round(times.user + times.system, 3),
         "threads": threading.active_count(),
         "gc": {
-            "frozen": gc.get_freeze_count(),
+            "frozen": _frozen[0],
             "collections": [generation["collections"] for generation in gc.get_stats()],
         },
     }

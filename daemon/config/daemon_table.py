@@ -99,9 +99,21 @@ def _limits(t: Table) -> LimitsConfig:
         max_map_len=t.get("max_map_len", integer(1, example=10000), d.max_map_len),
         # msgpack's unpacker overflows its stack beyond 1024 levels.
         max_depth=t.get("max_depth", integer(1, 1000, example=32), d.max_depth),
+        max_containers=t.get("max_containers", integer(1, example=100000), d.max_containers),
         max_connections=t.get("max_connections", integer(1, example=256), d.max_connections),
+        max_connections_per_uid=t.get(
+            "max_connections_per_uid", integer(1, example=128), d.max_connections_per_uid
+        ),
         max_in_flight=t.get("max_in_flight", integer(1, example=128), d.max_in_flight),
         idle_timeout=t.get("idle_timeout", duration(example="5m"), d.idle_timeout),
+        frame_timeout=t.get("frame_timeout", duration(example="10s"), d.frame_timeout),
+        reply_timeout=t.get("reply_timeout", duration(example="30s"), d.reply_timeout),
+        max_reply_backlog=t.get(
+            "max_reply_backlog", size(64 * 1024, example="4MiB"), d.max_reply_backlog
+        ),
+        status_max_age=t.get(
+            "status_max_age", duration(example="100ms", allow_zero=True), d.status_max_age
+        ),
     )
     t.finish()
     return limits
@@ -115,7 +127,7 @@ def _storage(t: Table) -> StorageConfig:
         max_map_size=t.get("max_map_size", size(mib, example="4GiB"), d.max_map_size),
         sync=t.get("sync", boolean, d.sync),
     )
-    if storage.max_map_size < storage.map_size and not t.invalid:
+    if storage.max_map_size < storage.map_size and not {"map_size", "max_map_size"} & t.invalid:
         if "max_map_size" in t.data:
             why = f"must be at least map_size ({format_size(storage.map_size)})"
             t.problems.bad_value(t.sub_path("max_map_size"), t.data["max_map_size"], why)

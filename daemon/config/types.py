@@ -52,15 +52,23 @@ BreakerScope = str  # "upstream", "operation" or a [breakers] name
 
 @attrs.frozen
 class LimitsConfig:
-    """Per-connection protocol limits; ``idle_timeout`` in seconds, ``max_frame`` in bytes."""
+    """What one client may send and hold (``[daemon.limits]``); durations in seconds, sizes in
+    bytes. ``status_max_age``: a ``status`` answer is computed at most once per this interval
+    and shared (0: every request computes its own)."""
 
     max_frame: int = 1024 * 1024
     max_array_len: int = 10_000
     max_map_len: int = 10_000
     max_depth: int = 32
+    max_containers: int = 100_000
     max_connections: int = 256
+    max_connections_per_uid: int = 128
     max_in_flight: int = 128
     idle_timeout: float = 300.0
+    frame_timeout: float = 10.0
+    reply_timeout: float = 30.0
+    max_reply_backlog: int = 4 * 1024 * 1024
+    status_max_age: float = 0.1
 
 
 @attrs.frozen

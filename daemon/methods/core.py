@@ -73,4 +73,5 @@ def methods(runtime: Runtime) -> list[Method]:
         check_names("status", args, NO_ARGS)
         return views.status(runtime)
 
-    return [Method("hello", inline=hello), Method("status", inline=status)]
+    # status is shared: computed at most once per [daemon.limits] status_max_age for everyone.
+    return [Method("hello", inline=hello), Method("status", inline=status, shared=True)]

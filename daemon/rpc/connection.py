@@ -1,27 +1,34 @@
-"""One client connection of the RPC server: reader, reply writer, backpressure, dispatch.
+"""One client connection of the RPC server: reader, backpressure, fairness and dispatch.
 
 Promises:
 - Many requests may be in flight on one connection; each reply goes out as soon as it is ready
-  (out of order). Replies are written by one writer task per connection, which batches whatever
-  is queued into one ``send_all``.
+  (out of order), batched by the connection's ``Replies`` (``replies.py``).
 - A method registered ``inline`` is answered on the reader without spawning a task; a method's
   ``precheck`` may refuse at once (a fail-fast rejection) or answer at once (``Answered``: a
-  replay, a fallback) before a task is spawned. Everything
-  else runs in a task per request inside the connection's nursery.
-- Per-connection in-flight limit: when reached, the reader stops reading that connection until
-  replies drain (backpressure; nothing is dropped).
+  replay, a fallback) before a task is spawned. Everything else runs in a task per request
+  inside the connection's nursery. An inline method marked ``shared`` (``status``) is computed
+  at most once per ``shared_answer_age`` and its packed answer reused by every connection.
+- Fairness: a reader gives the other connections a turn after ``TURN_BUDGET`` seconds of work
+  (decoding and inline methods counted), so a peer that pipelines expensive or hostile frames
+  cannot hold the loop; decoding happens in slices of ``FEED_SLICE`` bytes.
+- Backpressure: the reader stops reading while ``max_in_flight`` requests are unanswered or
+  ``max_reply_backlog`` bytes of replies are unread (nothing is dropped).
 - Hostile input: a violation with a readable msgid gets an error reply and the connection stays;
   without one, the peer gets a ``protocol_error`` notification and that connection alone closes.
+  Messages quote a peer's input only as a short excerpt. Well-formed client notifications
+  ``[2, method, params]`` are ignored.
 - A peer that goes away cancels its in-flight requests (their lane slots and probes are freed).
+  A peer that only shuts its write side (half-close) still gets the replies to what it sent.
+- ``abort()`` (the drain's end): in-flight requests are cancelled and each is answered
+  ``shutting_down`` with ``details.started = true``, then the connection closes.
 - Errors: a ``Refusal`` from a method becomes its error reply; ``StoreFull`` from an async
   handler becomes ``storage_full``; anything else is logged (``server.handler_crashed``) and
   answered with ``internal``. A result msgpack cannot encode is answered with ``internal``; an
   error map it cannot encode keeps its code with a generic message.
 
-The server (``server.py``) accepts connections, closes idle ones and drains; a connection
-reports idleness (``idle_for``) and flushes its last replies on ``close_output``. A connection
-knows the server only through a ``Dispatch`` (``dispatch.py``): the method table, the limits, the
-admin check, the counters and the in-flight bookkeeping.
+The server (``server.py``) accepts connections, closes idle, stalled and drip-fed ones and
+drains; a connection reports what the sweeper needs (``idle_for``, ``frame_age``,
+``replies.stalled_for``). A connection knows the server only through a ``Dispatch``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from typing import Any, Final
 
 import structlog
@@ -45,52 +53,32 @@ from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.dispatch import Dispatch
 from claykiln.daemon.rpc.listener import PeerCred
 from claykiln.daemon.rpc.protocol import (
+    FEED_SLICE,
     FrameParser,
     Request,
     Violation,
+    clamp,
     encode_notification,
     encode_response,
     error_map,
+    excerpt,
 )
-from claykiln.daemon.rpc.types import Answered, Handler, RequestContext, ServerLimits
+from claykiln.daemon.rpc.replies import Replies, hung_up, pack_error, pack_reply, stopped_reply
+from claykiln.daemon.rpc.types import Answered, Handler, Method, RequestContext, ServerLimits
 from claykiln.storage import StoreFull
 
-__all__ = ["RECV_SIZE", "WRITER_FLUSH_TIMEOUT", "Connection"]
+__all__ = ["HANGUP_POLL", "RECV_SIZE", "TURN_BUDGET", "WRITER_FLUSH_TIMEOUT", "Connection"]
 
 log = get_logger("claykiln.server")  # the server's logger: connection events are server events
 
 RECV_SIZE: Final = 65536
-WRITER_FLUSH_TIMEOUT: Final = 5.0  # a peer that stops reading gets this long to take its replies
-
-
-def _pack_error(msgid: int, wire: dict[str, Any]) -> bytes:
-    """An error reply; an error map msgpack cannot encode degrades to a plain ``internal``."""
-    try:
-        return encode_response(msgid, wire, None)
-    except (TypeError, ValueError, OverflowError) as exc:
-        log.error("server.unpackable_error", msgid=msgid, code=wire.get("code"), error=str(exc))
-        code = wire.get("code") if isinstance(wire.get("code"), str) else "internal"
-        msg = "the error details could not be encoded as msgpack; see the daemon log"
-        return encode_response(msgid, error_map(str(code), msg), None)
-
-
-def _pack_reply(msgid: int, result: Any) -> bytes:
-    try:
-        return encode_response(msgid, None, result)
-    except (TypeError, ValueError, OverflowError) as exc:
-        log.error("server.unpackable_result", msgid=msgid, error=str(exc))
-        msg = "the result could not be encoded as msgpack"
-        return encode_response(msgid, error_map("internal", msg), None)
+WRITER_FLUSH_TIMEOUT: Final = 5.0  # a closing connection's last replies get this long to leave
+TURN_BUDGET: Final = 0.001  # seconds of work a reader does before the others get a turn
+HANGUP_POLL: Final = 0.2  # seconds between checks that a half-closed peer is still there
 
 
 class Connection:
-    """One client connection: reader loop, reply flushing, in-flight bookkeeping.
-
-    Replies go into ``pending``; whoever finds it non-empty and nobody writing flushes it in one
-    ``send_all``: the reader right after a chunk (inline replies and fail-fast refusals leave
-    without a task hop), the writer task for replies that finish later. ``writing`` keeps the
-    two from sending at once.
-    """
+    """One client connection: reader loop, in-flight bookkeeping, replies (``Replies``)."""
 
     def __init__(
         self, dispatch: Dispatch, stream: trio.SocketStream, conn_id: int, peer: PeerCred
@@ -101,59 +89,128 @@ class Connection:
         self.peer = peer
         self.admin = dispatch.is_admin(peer)
         self.parser = FrameParser(dispatch.limits.protocol)
-        self.pending: list[bytes] = []
-        self.writing = False
-        self.in_chunk = False  # the reader is dispatching a chunk and will flush after it
-        self.output_closed = False
-        self.wake = trio.Event()
+        # Reads go to the file descriptor directly (see _receive): trio's SocketStream spends
+        # a scheduler pass after every successful receive.
+        self._fd = stream.socket.fileno()
+        self.replies = Replies(self._fd, self._room_changed)
         self.in_flight = 0
         self.room = trio.Event()
         self.closing = False
-        self.broken = False
-        self.flushed = trio.Event()
+        self.aborting = False
+        self.half_closed = False
         self.last_active = trio.current_time()
-        self.scope = trio.CancelScope()
-        # Reads and writes go to the file descriptor directly (see _receive and _send_now):
-        # trio's SocketStream spends a scheduler pass after every successful send and receive.
-        self._fd = stream.socket.fileno()
+        self.frame_started: float | None = None  # when the incomplete frame's bytes began
+        self.scope = trio.CancelScope()  # the reader
+        self._requests: trio.CancelScope | None = None
+        self._all: trio.CancelScope | None = None
         self._drained = True  # the last read left the socket empty: wait before reading again
 
+    @property
+    def flushed(self) -> trio.Event:
+        """Set once the last replies left (or could not)."""
+        return self.replies.flushed
+
     def send(self, frame: bytes) -> None:
-        """Queue a reply (never blocks: the in-flight limit bounds what can queue)."""
-        if self.output_closed:
-            return  # the connection is going away; its late replies have nowhere to go
-        self.pending.append(frame)
-        if not self.writing and not self.in_chunk:
-            self.wake.set()  # the reader flushes its own chunk's replies; wake the writer else
+        """Queue a reply (never blocks: in-flight and backlog limits bound what can queue)."""
+        self.replies.queue(frame)
 
-    async def flush(self) -> None:
-        """Send everything pending, unless another task is already doing it."""
-        if self.writing:
-            return
-        self.writing = True
-        try:
-            while self.pending:
-                batch, self.pending = self.pending, []
-                await self._send_all(batch[0] if len(batch) == 1 else b"".join(batch))
-                self.room.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.closing = self.broken = True
-            self.pending.clear()
-            self.room.set()
-        finally:
-            self.writing = False
+    def close_output(self) -> None:
+        """No more replies will be queued: the writer flushes what is pending and stops."""
+        self.replies.close()
 
-    async def _send_all(self, data: bytes) -> None:
-        """Write ``data`` to the socket: at once when the kernel takes it all (no scheduler pass),
-        else waiting for room. Raises OSError (a peer that went away) or ClosedResourceError."""
-        view = memoryview(data)
-        while view:
-            try:
-                sent = os.write(self._fd, view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._fd)
+    def _room_changed(self) -> None:
+        self.room.set()
+
+    # -- what the server's sweeper and drain use ------------------------------------------------
+    def idle_for(self, now: float) -> float:
+        """Seconds with nothing received and nothing in flight or owed (0 while busy)."""
+        if self.in_flight or self.replies.unsent or self.replies.writing:
+            return 0.0
+        return now - self.last_active
+
+    def frame_age(self, now: float) -> float:
+        """Seconds since the first bytes of a frame still incomplete (0 between frames)."""
+        return 0.0 if self.frame_started is None else now - self.frame_started
+
+    def expire_frame(self, timeout: float) -> None:
+        """A frame took longer than ``timeout`` to arrive: say so and close."""
+        msg = f"a frame must arrive whole within {timeout:g} s of its first byte"
+        self.send(encode_notification("protocol_error", error_map("frame_timeout", msg)))
+        self.closing = True
+        self.scope.cancel()
+
+    def cut_off(self) -> None:
+        """Close now, dropping unsent replies (a peer that stopped reading them)."""
+        self.closing = True
+        self.replies.broken = True
+        if self._all is not None:
+            self._all.cancel()
+
+    def abort(self) -> None:
+        """The drain's end: cancel in-flight requests (each answers ``shutting_down``), stop
+        reading, flush and close."""
+        self.aborting = self.closing = True
+        self.scope.cancel()
+        if self._requests is not None:
+            self._requests.cancel()
+
+    # -- running ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        limits = self.dispatch.limits
+        async with trio.open_nursery() as outer:
+            self._all = outer.cancel_scope
+            outer.start_soon(self.replies.writer)
+            async with trio.open_nursery() as requests:
+                self._requests = requests.cancel_scope
+                if self.aborting:
+                    requests.cancel_scope.cancel()
+                with self.scope:
+                    await self._read_loop(requests, limits)
+                # The peer is gone, idle, or broke the protocol: its in-flight work is
+                # cancelled (lane slots and probes are freed), what is queued is still flushed.
+                requests.cancel_scope.cancel()
+            self.close_output()
+            outer.cancel_scope.deadline = trio.current_time() + WRITER_FLUSH_TIMEOUT
+
+    def _backlogged(self, limits: ServerLimits) -> bool:
+        return (
+            self.in_flight + len(self.replies.pending) >= limits.max_in_flight
+            or self.replies.unsent >= limits.max_reply_backlog
+        )
+
+    async def _wait_for_room(self, limits: ServerLimits) -> None:
+        """Backpressure: wait until requests and unread replies are below their limits.
+
+        Meanwhile watch the socket without reading it: a peer that hangs up (EOF with nothing
+        unread) is noticed at once, so its in-flight work is cancelled and its lane slots freed.
+        (A peer that pipelined more requests before hanging up is noticed when room frees.)
+        """
+        while self._backlogged(limits) and not self.closing:
+            if self.replies.pending and not self.replies.writing:
+                await self.replies.flush()
+                if self.replies.broken:
+                    self.closing = True
                 continue
-            view = view[sent:]
+            self.room = trio.Event()
+            async with trio.open_nursery() as watch:
+                watch.start_soon(self._watch_hangup, watch.cancel_scope)
+                await self.room.wait()
+                watch.cancel_scope.cancel()
+
+    async def _watch_hangup(self, scope: trio.CancelScope) -> None:
+        sock = self.stream.socket
+        try:
+            peek = await sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            peek = b""
+        if peek:
+            await trio.sleep_forever()  # requests are waiting: only room lets us read on
+        # Half-closed: the peer still reads its replies. No event says when it closes the rest
+        # (POLLHUP), so look again every HANGUP_POLL seconds.
+        while not hung_up(self._fd):  # noqa: ASYNC110
+            await trio.sleep(HANGUP_POLL)
+        self.closing = True
+        scope.cancel()
 
     async def _receive(self) -> bytes:
         """The next chunk from the socket (b"" at EOF or a reset). Waits for readability first
@@ -177,103 +234,78 @@ class Connection:
             self._drained = len(data) < RECV_SIZE
             return data
 
-    async def writer(self) -> None:
-        try:
-            while not self.broken and not (self.output_closed and not self.pending):
-                await self.wake.wait()
-                self.wake = trio.Event()
-                await self.flush()
-        finally:
-            self.flushed.set()
-
-    def close_output(self) -> None:
-        """No more replies will be queued: the writer flushes what is pending and stops."""
-        self.output_closed = True
-        self.wake.set()
-
-    def _backlog(self) -> int:
-        return self.in_flight + len(self.pending)
-
-    async def run(self) -> None:
-        limits = self.dispatch.limits
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self.writer)
-            async with trio.open_nursery() as requests:
-                with self.scope:
-                    await self._read_loop(requests, limits)
-                # The peer is gone, idle, or broke the protocol: its in-flight work is
-                # cancelled (lane slots and probes are freed), what is queued is still flushed.
-                requests.cancel_scope.cancel()
-            self.close_output()
-            outer.cancel_scope.deadline = trio.current_time() + WRITER_FLUSH_TIMEOUT
-
-    async def _wait_for_room(self, limit: int) -> None:
-        """Backpressure: wait until the backlog drops below ``limit``.
-
-        Meanwhile watch the socket without reading it: a peer that hangs up (EOF with nothing
-        unread) is noticed at once, so its in-flight work is cancelled and its lane slots freed.
-        (A peer that pipelined more requests before hanging up is noticed when room frees.)
-        """
-        while self._backlog() >= limit and not self.closing:
-            if self.pending:
-                await self.flush()
-                continue
-            self.room = trio.Event()
-            async with trio.open_nursery() as watch:
-                watch.start_soon(self._watch_hangup, watch.cancel_scope)
-                await self.room.wait()
-                watch.cancel_scope.cancel()
-
-    async def _watch_hangup(self, scope: trio.CancelScope) -> None:
-        sock = self.stream.socket
-        try:
-            peek = await sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            peek = b""
-        if peek:
-            await trio.sleep_forever()  # requests are waiting: only room lets us read on
-        self.closing = True
-        scope.cancel()
-
     async def _read_loop(self, nursery: trio.Nursery, limits: ServerLimits) -> None:
+        parser = self.parser
+        replies = self.replies
         while not self.closing:
-            await self._wait_for_room(limits.max_in_flight)
+            await self._wait_for_room(limits)
+            if self.closing:
+                return
             try:
                 data = await self._receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             if not data:
+                await self._peer_stopped_sending()
                 return
-            self.last_active = trio.current_time()
-            self.in_chunk = True
+            now = self.last_active = trio.current_time()
+            frames_before = parser.frames
+            replies.hold = True
+            turn_began = time.perf_counter()
             try:
-                for event in self.parser.feed(data):
-                    # One chunk can hold thousands of small frames: apply the in-flight limit
-                    # per request, so replies never pile up (backpressure, nothing dropped).
-                    if self._backlog() >= limits.max_in_flight:
-                        await self._wait_for_room(limits.max_in_flight)
-                    if self.closing:
-                        return
-                    if isinstance(event, Request):
-                        self._dispatch(nursery, event)
-                    elif isinstance(event, Violation) and self._violation(event):
-                        return
-                    # Responses and notifications from a client are ignored.
+                for start in range(0, len(data), FEED_SLICE):
+                    for event in parser.feed(data[start : start + FEED_SLICE]):
+                        # One chunk can hold thousands of small frames: apply the limits per
+                        # request, so replies never pile up (backpressure, nothing dropped).
+                        if self._backlogged(limits):
+                            await self._wait_for_room(limits)
+                        if self.closing:
+                            return
+                        if isinstance(event, Request):
+                            self._dispatch(nursery, event)
+                        elif isinstance(event, Violation) and self._violation(event):
+                            return
+                        # Responses and notifications from a client are ignored.
+                        if time.perf_counter() - turn_began > TURN_BUDGET:
+                            await self._give_turn()
+                            turn_began = time.perf_counter()
+                    if time.perf_counter() - turn_began > TURN_BUDGET:
+                        await self._give_turn()
+                        turn_began = time.perf_counter()
             finally:
-                self.in_chunk = False
-            if self.pending:
-                await self.flush()  # inline replies leave now, without waking the writer
+                replies.hold = False
+            if not parser.partial_bytes:
+                self.frame_started = None
+            elif self.frame_started is None or parser.frames != frames_before:
+                self.frame_started = now
+            if replies.pending:
+                await replies.flush()  # inline replies leave now, without waking the writer
+                if replies.broken:
+                    return
 
-    def idle_for(self, now: float) -> float:
-        """Seconds with nothing received and nothing in flight (0 while busy)."""
-        if self._backlog() or self.writing:
-            return 0.0
-        return now - self.last_active
+    async def _give_turn(self) -> None:
+        """Send what this turn answered, then let every other runnable task run once."""
+        if self.replies.pending:
+            await self.replies.flush()
+        await trio.lowlevel.checkpoint()
+
+    async def _peer_stopped_sending(self) -> None:
+        """EOF: a peer that closed is gone (its in-flight work is cancelled by the caller); one
+        that only shut its write side still gets its replies, so wait for them while it stays."""
+        if not self.in_flight or hung_up(self._fd):
+            return
+        self.half_closed = True
+        while self.in_flight and not self.replies.broken:
+            if hung_up(self._fd):
+                return
+            with trio.move_on_after(HANGUP_POLL):
+                self.room = trio.Event()
+                await self.room.wait()
 
     def _violation(self, v: Violation) -> bool:
         """Answer a violation; True when the connection must close."""
         self.dispatch.counters.protocol_errors += 1
-        log.warning("conn.protocol_error", code=v.code, detail=v.message, msgid=v.msgid)
+        log.warning("conn.protocol_error", code=v.code, detail=clamp(v.message), msgid=v.msgid)
         if v.msgid is not None and not v.fatal:
             self.send(encode_response(v.msgid, error_map(v.code, v.message), None))
             return False
@@ -290,7 +322,7 @@ class Connection:
         method = dispatch.methods.get(req.method)
         if method is None:
             known = ", ".join(sorted(dispatch.methods))
-            msg = f"unknown method {req.method!r}; this server knows: {known}"
+            msg = f"unknown method {excerpt(req.method)}; this server knows: {known}"
             self.send(encode_response(req.msgid, error_map("unknown_method", msg), None))
             return
         ctx = RequestContext(self.peer, self.conn_id, req.msgid, self.admin)
@@ -303,26 +335,34 @@ class Connection:
                 msg = f"{req.method} is an admin method; peer uid {self.peer.uid} is not an admin"
                 raise ForbiddenRefusal(msg)
             if method.inline is not None:
-                self.send(_pack_reply(req.msgid, method.inline(ctx, req.args)))
+                self.send(self._inline_reply(method, ctx, req))
                 return
             prepared: Any = req.args
             if method.precheck is not None:
                 prepared = method.precheck(ctx, req.args)
                 if isinstance(prepared, Answered):
-                    self.send(_pack_reply(req.msgid, prepared.result))
+                    self.send(pack_reply(req.msgid, prepared.result))
                     return
         except Refusal as exc:
-            self.send(_pack_error(req.msgid, exc.to_wire()))
+            self.send(pack_error(req.msgid, exc.to_wire()))
             return
         except Exception:
             log.exception("server.handler_crashed", method=req.method, msgid=req.msgid)
             wire = InternalRefusal("internal error; see the daemon log").to_wire()
-            self.send(_pack_error(req.msgid, wire))
+            self.send(pack_error(req.msgid, wire))
             return
         assert method.handler is not None
         self.in_flight += 1
         dispatch.begin_request()
         nursery.start_soon(self._run_request, method.handler, ctx, req, prepared)
+
+    def _inline_reply(self, method: Method, ctx: RequestContext, req: Request) -> bytes:
+        """An inline method's reply; a shared one (no arguments) comes from the dispatch's
+        cache of packed answers. Raises what the method raises."""
+        assert method.inline is not None
+        if method.shared and not req.args:
+            return self.dispatch.shared_reply(method, ctx, req.msgid)
+        return pack_reply(req.msgid, method.inline(ctx, req.args))
 
     async def _run_request(
         self, handler: Handler, ctx: RequestContext, req: Request, prepared: Any
@@ -330,19 +370,30 @@ class Connection:
         structlog.contextvars.bind_contextvars(msgid=req.msgid, method=req.method)
         try:
             result = await handler(ctx, prepared)
+        except trio.Cancelled:
+            if self.aborting:
+                self._send_stopped(req.msgid)
+            raise
         except Refusal as exc:
-            self.send(_pack_error(req.msgid, exc.to_wire()))
+            if self.aborting:
+                self._send_stopped(req.msgid)
+            else:
+                self.send(pack_error(req.msgid, exc.to_wire()))
         except StoreFull as exc:
             wire = StorageFullRefusal(f"storage is full: {exc}").to_wire()
-            self.send(_pack_error(req.msgid, wire))
+            self.send(pack_error(req.msgid, wire))
         except Exception:
             log.exception("server.handler_crashed")
             wire = InternalRefusal("internal error; see the daemon log").to_wire()
-            self.send(_pack_error(req.msgid, wire))
+            self.send(pack_error(req.msgid, wire))
         else:
-            self.send(_pack_reply(req.msgid, result))
+            self.send(pack_reply(req.msgid, result))
         finally:
             self.in_flight -= 1
             self.last_active = trio.current_time()
             self.room.set()
             self.dispatch.end_request()
+
+    def _send_stopped(self, msgid: int) -> None:
+        """The daemon stopped this request part way: it may have had effects (started=true)."""
+        self.send(stopped_reply(msgid))

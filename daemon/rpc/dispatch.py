@@ -7,6 +7,10 @@ limits, the admin check, the counters (with the draining flag) and ``begin_reque
 
 ``ServerCounters`` are the figures ``status`` shows under ``server``; whoever builds the server
 may pass them in (the daemon does, so its views read them without holding the server).
+
+``shared_reply`` keeps the packed answer of each ``shared`` method for
+``ServerLimits.shared_answer_age`` seconds: a flood of ``status`` costs one computation per
+interval, and each request only its framing.
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ import attrs
 import trio
 
 from claykiln.daemon.rpc.listener import PeerCred
-from claykiln.daemon.rpc.types import Method, ServerLimits
+from claykiln.daemon.rpc.protocol import (
+    encode_body,
+    encode_response,
+    encode_response_body,
+    error_map,
+)
+from claykiln.daemon.rpc.types import Method, RequestContext, ServerLimits
 
 __all__ = ["Dispatch", "ServerCounters"]
 
@@ -32,6 +42,8 @@ class ServerCounters:
     requests: int = 0
     in_flight: int = 0
     protocol_errors: int = 0
+    refused: int = 0  # connections refused (not allowed, too many, too many for the uid)
+    cut_off: int = 0  # connections closed for a frame too slow or replies left unread
     draining: bool = False  # set once by ``Server.drain``: new requests get ``shutting_down``
 
     def view(self) -> dict[str, Any]:
@@ -42,6 +54,8 @@ class ServerCounters:
             "requests": self.requests,
             "in_flight": self.in_flight,
             "protocol_errors": self.protocol_errors,
+            "refused": self.refused,
+            "cut_off": self.cut_off,
             "draining": self.draining,
         }
 
@@ -66,6 +80,7 @@ class Dispatch:
         self.counters = counters
         self._idle = trio.Event()
         self._idle.set()
+        self._shared: dict[str, tuple[float, bytes]] = {}  # method -> (computed at, packed)
 
     def begin_request(self) -> None:
         self.counters.in_flight += 1
@@ -80,3 +95,23 @@ class Dispatch:
     async def wait_idle(self) -> None:
         """Return once no request is in flight."""
         await self._idle.wait()
+
+    def shared_reply(self, method: Method, ctx: RequestContext, msgid: int) -> bytes:
+        """The reply to ``msgid`` for a ``shared`` inline method called without arguments: the
+        answer packed within the last ``shared_answer_age`` seconds, else a fresh one (kept).
+
+        Raises what the method raises (nothing is kept then).
+        """
+        assert method.inline is not None
+        now = trio.current_time()
+        kept = self._shared.get(method.name)
+        if kept is not None and now - kept[0] < self.limits.shared_answer_age:
+            return encode_response_body(msgid, kept[1])
+        result = method.inline(ctx, {})
+        try:
+            body = encode_body(result)
+        except (TypeError, ValueError, OverflowError):
+            msg = "the result could not be encoded as msgpack"
+            return encode_response(msgid, error_map("internal", msg), None)
+        self._shared[method.name] = (now, body)
+        return encode_response_body(msgid, body)

@@ -7,6 +7,12 @@
 - The socket gets the configured mode (0660 by default) before the first accept.
 - Under systemd socket activation the inherited socket is used as is (mode and owner come from
   kiln.socket).
+
+Peer credentials (``peer_credentials``) are what the kernel recorded when the peer called
+``connect()``: uid, gid and pid from ``SO_PEERCRED``, supplementary groups from
+``SO_PEERGROUPS`` (Linux 4.13+). Nothing is read from ``/proc/<pid>`` after accept: a pid can
+be reused, and a process can change its groups after connecting. Where the kernel lacks
+``SO_PEERGROUPS``, only the primary gid is known (``groups_known`` is False).
 """
 
 from __future__ import annotations
@@ -19,13 +25,26 @@ import stat
 import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Final
 
 import attrs
 import trio
 
-__all__ = ["PeerCred", "SocketInUse", "adopt_listener", "bind_unix_listener", "peer_credentials"]
+__all__ = [
+    "SO_PEERGROUPS",
+    "PeerCred",
+    "SocketInUse",
+    "adopt_listener",
+    "bind_unix_listener",
+    "peer_credentials",
+    "peer_groups",
+]
 
 LISTEN_BACKLOG = 512
+# Linux's option number (include/uapi/asm-generic/socket.h); Python's socket module lacks it.
+SO_PEERGROUPS: Final = getattr(socket, "SO_PEERGROUPS", 59)
+GROUPS_FIRST_TRY: Final = 64  # groups asked for first; ERANGE asks again for NGROUPS_MAX
+NGROUPS_MAX: Final = 65536
 
 
 class SocketInUse(Exception):
@@ -34,41 +53,49 @@ class SocketInUse(Exception):
 
 @attrs.frozen
 class PeerCred:
-    """Who is on the other end: SO_PEERCRED's pid/uid/primary gid, plus supplementary groups."""
+    """Who is on the other end, as the kernel recorded it at ``connect()``: pid, uid (the
+    effective uid), primary gid and the supplementary groups (``groups_known`` False where the
+    kernel cannot tell them: then only the primary gid counts)."""
 
     pid: int
     uid: int
     gid: int
     groups: frozenset[int] = frozenset()
+    groups_known: bool = True
 
     def in_groups(self, gids: Iterable[int]) -> bool:
         """True when the peer's primary or any supplementary group is one of ``gids``."""
         return any(g == self.gid or g in self.groups for g in gids)
 
 
-def peer_groups(pid: int, proc: Path = Path("/proc")) -> frozenset[int]:
-    """Supplementary groups of process ``pid`` from /proc (SO_PEERCRED has only the primary).
-
-    Empty when /proc cannot tell (the process is gone, or /proc is hidden).
-    """
-    try:
-        text = (proc / str(pid) / "status").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("Groups:"):
-            return frozenset(int(g) for g in line.split()[1:] if g.isdigit())
-    return frozenset()
+def peer_groups(sock: socket.socket | trio.socket.SocketType) -> frozenset[int] | None:
+    """The supplementary groups the peer had at ``connect()`` (SO_PEERGROUPS); None when the
+    kernel does not support the option."""
+    size = GROUPS_FIRST_TRY
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size * 4)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < NGROUPS_MAX:
+                size = NGROUPS_MAX  # the kernel says how many only in C; ask for the most
+                continue
+            return None
+        count = len(raw) // 4
+        return frozenset(struct.unpack(f"{count}I", raw[: count * 4]))
 
 
 def peer_credentials(sock: trio.socket.SocketType) -> PeerCred:
-    """SO_PEERCRED of a connected Unix socket (Linux); -1s when the kernel cannot tell."""
+    """SO_PEERCRED and SO_PEERGROUPS of a connected Unix socket (Linux); -1s when the kernel
+    cannot tell."""
     try:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
-        return PeerCred(-1, -1, -1)
+        return PeerCred(-1, -1, -1, groups_known=False)
     pid, uid, gid = struct.unpack("3i", raw)
-    return PeerCred(pid, uid, gid, peer_groups(pid) if pid > 0 else frozenset())
+    groups = peer_groups(sock)
+    if groups is None:
+        return PeerCred(pid, uid, gid, groups_known=False)
+    return PeerCred(pid, uid, gid, groups)
 
 
 def _probe_live(path: Path) -> bool:

@@ -1,14 +1,20 @@
 """The Unix-socket msgpack-rpc server: accept loop, connection limits, idle sweep, drain.
 
 Promises:
-- Max connections: the next connection gets a ``protocol_error`` notification
-  (``too_many_connections``) and is closed; a peer outside the allowed uids/gids gets
-  ``forbidden`` the same way. A failed ``accept()`` (e.g. out of file descriptors) is logged
-  and retried after 0.1 s.
-- Idle timeout: a connection with nothing in flight and nothing received for ``idle_timeout``
-  seconds is closed (one sweeper task, not a timeout around every receive).
+- Max connections, in all (``max_connections``) and per peer uid (``max_connections_per_uid``,
+  so one local user cannot take every slot): the next connection gets a ``protocol_error``
+  notification (``too_many_connections``) and is closed; a peer outside the allowed uids/gids
+  gets ``forbidden`` the same way. Each refusal is logged (``conn.refused``, with the peer's
+  uid and pid) at most once per second per uid and reason, with a count of those left out. A
+  failed ``accept()`` (e.g. out of file descriptors) is logged and retried after 0.1 s.
+- One sweeper task (not a timeout around every receive) closes: a connection with nothing in
+  flight, owed or received for ``idle_timeout`` seconds; one whose incomplete frame is older
+  than ``frame_timeout`` (``protocol_error`` ``frame_timeout``: a drip-feeder cannot hold a
+  slot); one whose replies have waited ``reply_timeout`` with not one byte read (cut off).
 - ``drain(grace)``: stop accepting connections, answer new requests with ``shutting_down``, wait
-  up to ``grace`` seconds for in-flight requests, then cancel what is left.
+  up to ``grace`` seconds for in-flight requests (less after ``cut_drain_short``: a second
+  SIGTERM), then cancel what is left: each cancelled request is answered ``shutting_down``
+  with ``details.started = true`` before its connection closes, never a bare EOF.
 
 What happens on one connection (pipelining, batched replies, inline methods and prechecks,
 per-connection backpressure, hostile input, hangups) is promised by ``connection.py``; a
@@ -21,8 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import structlog
 import trio
@@ -34,9 +41,42 @@ from claykiln.daemon.rpc.listener import PeerCred, peer_credentials
 from claykiln.daemon.rpc.protocol import encode_notification, error_map
 from claykiln.daemon.rpc.types import Method, RequestContext, ServerLimits
 
-__all__ = ["Method", "RequestContext", "Server", "ServerLimits"]
+__all__ = ["Method", "RefusalLog", "RequestContext", "Server", "ServerLimits"]
 
 log = get_logger("claykiln.server")
+
+REFUSAL_LOG_EVERY: Final = 1.0  # seconds between two conn.refused lines for one uid and reason
+CUT_SHORT_FLUSH: Final = 1.0  # seconds the last replies get after a second SIGTERM
+
+
+class RefusalLog:
+    """``conn.refused`` lines, at most one per (uid, reason) per ``REFUSAL_LOG_EVERY`` seconds:
+    a connect flood must not become a log flood. A line counts the refusals left out since."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[int, str], float] = {}
+        self._skipped: Counter[tuple[int, str]] = Counter()
+
+    def refused(self, peer: PeerCred, reason: str, **fields: Any) -> None:
+        key = (peer.uid, reason)
+        now = trio.current_time()
+        last = self._last.get(key)
+        if last is not None and now - last < REFUSAL_LOG_EVERY:
+            self._skipped[key] += 1
+            return
+        if len(self._last) > 4096:  # many uids over time: forget the quiet ones
+            self._last = {k: t for k, t in self._last.items() if now - t < REFUSAL_LOG_EVERY}
+        self._last[key] = now
+        skipped = self._skipped.pop(key, 0)
+        log.warning(
+            "conn.refused",
+            reason=reason,
+            uid=peer.uid,
+            pid=peer.pid,
+            gid=peer.gid,
+            not_logged_since=skipped or None,
+            **fields,
+        )
 
 
 class Server:
@@ -59,6 +99,10 @@ class Server:
         self._accept_scope: trio.CancelScope | None = None
         self._conn_scope = trio.CancelScope()
         self._live: set[Connection] = set()
+        self._per_uid: Counter[int] = Counter()
+        self._refusals = RefusalLog()
+        self._hurry = trio.Event()
+        self._flushing = False
 
     @property
     def connections(self) -> int:
@@ -86,7 +130,7 @@ class Server:
         """Accept until drained or cancelled; connections live in their own nursery."""
         with self._conn_scope:
             async with trio.open_nursery() as conns:
-                conns.start_soon(self._sweep_idle)
+                conns.start_soon(self._sweep)
                 with trio.CancelScope() as accept_scope:
                     self._accept_scope = accept_scope
                     task_status.started()
@@ -103,17 +147,44 @@ class Server:
                 # Draining: the nursery waits for connections to finish on their own or until
                 # drain() cancels _conn_scope at the end of the grace period.
 
-    async def _sweep_idle(self) -> None:
-        """Close connections idle past ``idle_timeout`` (one sweeper instead of a timeout
+    async def _sweep(self) -> None:
+        """Close idle, drip-fed and stalled connections (one sweeper instead of a timeout
         around every receive: that cost ~8 us per request on the hot path)."""
-        limit = self.limits.idle_timeout
-        period = min(max(limit / 8, 0.01), 30.0)
+        lim = self.limits
+        period = min(lim.idle_timeout / 8, lim.frame_timeout / 4, lim.reply_timeout / 4, 30.0)
+        period = max(period, 0.01)
         while True:
             await trio.sleep(period)
             now = trio.current_time()
             for conn in list(self._live):
-                if conn.idle_for(now) >= limit:
-                    log.info("conn.idle_closed", conn_id=conn.conn_id, idle_timeout=limit)
+                if conn.closing:
+                    continue
+                if conn.replies.stalled_for(now) >= lim.reply_timeout:
+                    log.warning(
+                        "conn.reply_timeout",
+                        conn_id=conn.conn_id,
+                        uid=conn.peer.uid,
+                        pid=conn.peer.pid,
+                        unsent_bytes=conn.replies.unsent,
+                        reply_timeout=lim.reply_timeout,
+                    )
+                    self.counters.cut_off += 1
+                    conn.cut_off()
+                elif conn.frame_age(now) >= lim.frame_timeout:
+                    log.warning(
+                        "conn.frame_timeout",
+                        conn_id=conn.conn_id,
+                        uid=conn.peer.uid,
+                        pid=conn.peer.pid,
+                        partial_bytes=conn.parser.partial_bytes,
+                        frame_timeout=lim.frame_timeout,
+                    )
+                    self.counters.cut_off += 1
+                    conn.expire_frame(lim.frame_timeout)
+                elif conn.idle_for(now) >= lim.idle_timeout:
+                    log.info(
+                        "conn.idle_closed", conn_id=conn.conn_id, idle_timeout=lim.idle_timeout
+                    )
                     conn.closing = True
                     conn.scope.cancel()
 
@@ -125,52 +196,93 @@ class Server:
             conn_id=conn_id, peer_pid=peer.pid, peer_uid=peer.uid
         )
         try:
-            if not self.is_allowed(peer):
-                log.warning("conn.refused", reason="peer not in allowed uids/gids", gid=peer.gid)
-                msg = f"uid {peer.uid} / gid {peer.gid} is not allowed to use this daemon"
-                await self._refuse(stream, "forbidden", msg)
+            refusal = self._admission(peer)
+            if refusal is not None:
+                code, message = refusal
+                self.counters.refused += 1
+                await self._refuse(stream, code, message)
                 return
             counters = self.counters
-            if counters.connections >= self.limits.max_connections:
-                log.warning("conn.refused", reason="too many connections")
-                msg = f"the daemon already serves {self.limits.max_connections} connections"
-                await self._refuse(stream, "too_many_connections", msg)
-                return
             counters.connections += 1
             counters.connections_total += 1
+            self._per_uid[peer.uid] += 1
             conn = Connection(self.dispatch, stream, conn_id, peer)
             self._live.add(conn)
             try:
                 await conn.run()
             finally:
                 counters.connections -= 1
+                self._per_uid[peer.uid] -= 1
+                if not self._per_uid[peer.uid]:
+                    del self._per_uid[peer.uid]
                 self._live.discard(conn)
         finally:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await stream.aclose()
 
+    def _admission(self, peer: PeerCred) -> tuple[str, str] | None:
+        """None when ``peer`` may connect now, else the (code, message) that refuses it."""
+        lim = self.limits
+        if not self.is_allowed(peer):
+            self._refusals.refused(peer, "peer not in allowed uids/gids")
+            return "forbidden", f"uid {peer.uid} / gid {peer.gid} is not allowed to use this daemon"
+        if self.counters.connections >= lim.max_connections:
+            self._refusals.refused(peer, "too many connections", limit=lim.max_connections)
+            return "too_many_connections", (
+                f"the daemon already serves {lim.max_connections} connections; retry later"
+            )
+        held = self._per_uid[peer.uid]
+        if held >= lim.max_connections_per_uid:
+            self._refusals.refused(
+                peer, "too many connections for the uid", limit=lim.max_connections_per_uid
+            )
+            return "too_many_connections", (
+                f"uid {peer.uid} already holds {held} connections, the most one uid may "
+                f"([daemon.limits] max_connections_per_uid = {lim.max_connections_per_uid}); "
+                "close some or share them"
+            )
+        return None
+
     async def _refuse(self, stream: trio.SocketStream, code: str, message: str) -> None:
         with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
             await stream.send_all(encode_notification("protocol_error", error_map(code, message)))
 
     async def drain(self, grace: float) -> bool:
-        """Stop accepting; wait up to ``grace`` s for in-flight requests. True if all finished."""
+        """Stop accepting; wait up to ``grace`` s for in-flight requests (less when cut short).
+        True if all finished; the rest are answered ``shutting_down`` and cancelled."""
         self.counters.draining = True
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         with trio.move_on_after(grace):
-            await self.dispatch.wait_idle()
+            async with trio.open_nursery() as wait:
+
+                async def idle() -> None:
+                    await self.dispatch.wait_idle()
+                    wait.cancel_scope.cancel()
+
+                async def hurried() -> None:
+                    await self._hurry.wait()
+                    wait.cancel_scope.cancel()
+
+                wait.start_soon(idle)
+                wait.start_soon(hurried)
         finished = self.counters.in_flight == 0
-        # Let every writer put its last replies on the wire before the connections go.
+        # Every connection stops: a request still running is cancelled and answered
+        # shutting_down (started=true); the writers put the last replies on the wire.
+        self._flushing = True
         for conn in list(self._live):
-            conn.close_output()
-        with trio.move_on_after(WRITER_FLUSH_TIMEOUT):
+            conn.abort()
+        flush = CUT_SHORT_FLUSH if self._hurry.is_set() else WRITER_FLUSH_TIMEOUT
+        with trio.move_on_after(flush):
             for conn in list(self._live):
                 await conn.flushed.wait()
         self._conn_scope.cancel()
         return finished
 
     def cut_drain_short(self) -> None:
-        """Cancel every connection now (a second SIGTERM during the drain)."""
-        self._conn_scope.cancel()
+        """A second SIGTERM during the drain: end the grace period now (in-flight requests are
+        answered ``shutting_down``); during the final flush, close every connection at once."""
+        self._hurry.set()
+        if self._flushing:
+            self._conn_scope.cancel()

@@ -16,15 +16,45 @@ import attrs
 from claykiln.daemon.rpc.listener import PeerCred
 from claykiln.daemon.rpc.protocol import Limits
 
-__all__ = ["Answered", "Handler", "InlineHandler", "Method", "RequestContext", "ServerLimits"]
+__all__ = [
+    "DEFAULT_MAX_CONTAINERS",
+    "Answered",
+    "Handler",
+    "InlineHandler",
+    "Method",
+    "RequestContext",
+    "ServerLimits",
+]
+
+
+DEFAULT_MAX_CONTAINERS = 100_000
+
+
+def _server_protocol_limits() -> Limits:
+    return Limits(max_containers=DEFAULT_MAX_CONTAINERS)
 
 
 @attrs.frozen
 class ServerLimits:
-    protocol: Limits = attrs.field(factory=Limits)
+    """What the server enforces (``[daemon.limits]``, docs/configuration.md); seconds, bytes.
+
+    ``max_connections_per_uid``: connections one peer uid may hold at once.
+    ``frame_timeout``: a frame must arrive whole within this long of its first byte.
+    ``reply_timeout``: a connection whose replies have waited this long with not one byte read
+    by the peer is cut off. ``max_reply_backlog``: unread reply bytes past which the server
+    stops reading the connection. ``shared_answer_age``: how long a ``shared`` method's answer
+    is reused.
+    """
+
+    protocol: Limits = attrs.field(factory=_server_protocol_limits)
     max_connections: int = 256
+    max_connections_per_uid: int = 128
     max_in_flight: int = 128
     idle_timeout: float = 300.0
+    frame_timeout: float = 10.0
+    reply_timeout: float = 30.0
+    max_reply_backlog: int = 4 * 1024 * 1024
+    shared_answer_age: float = 0.1
 
 
 @attrs.define
@@ -61,6 +91,9 @@ class Method:
     task is spawned, or return ``Answered(result)`` to reply at once; otherwise the handler
     receives what it returns instead of the raw args.
     ``admin`` methods are refused with ``forbidden`` for peers outside the admin set.
+    ``shared`` (inline only): the answer depends on neither the caller nor time finer than
+    ``ServerLimits.shared_answer_age``, so a request without arguments may get the packed
+    answer computed for another (``status``: an expensive read every connection may flood).
     """
 
     name: str
@@ -68,3 +101,4 @@ class Method:
     inline: InlineHandler | None = None
     precheck: InlineHandler | None = None
     admin: bool = False
+    shared: bool = False

@@ -1,14 +1,12 @@
-"""Default paths (CONTRACT): state dir, daemon socket, client socket precedence; peer groups."""
+"""Default paths (CONTRACT): state dir, daemon socket, client socket precedence."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from claykiln.daemon.client import _paths as paths
-from claykiln.daemon.rpc.listener import PeerCred, peer_groups
 
 
 def test_state_dir_prefers_systemd_then_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,18 +45,3 @@ def test_client_socket_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert paths.client_socket_path() == system  # only the system service runs
     own.touch()
     assert paths.client_socket_path() == own  # the user's own daemon wins
-
-
-def test_peer_groups_read_from_proc() -> None:
-    """Supplementary groups come from /proc/PID/status; a vanished process has none."""
-    assert peer_groups(os.getpid()) == frozenset(os.getgroups())
-    assert peer_groups(2**22 + 12345) == frozenset()
-
-
-def test_peer_in_groups_matches_primary_or_supplementary() -> None:
-    """Allow-lists match the primary gid or any supplementary group."""
-    peer = PeerCred(pid=1, uid=1000, gid=1000, groups=frozenset({27, 998}))
-    assert peer.in_groups([998])
-    assert peer.in_groups([1000])
-    assert not peer.in_groups([5, 6])
-    assert not peer.in_groups([])

@@ -24,9 +24,13 @@ from claykiln.daemon.config import (
     load_config,
     restart_required,
 )
+from claykiln.daemon.config.types import LimitsConfig
 from claykiln.daemon.reload import pool_changes
 
 FULL = """
+[embedded_default]
+replace = ["upstreams", "gates", "breakers", "lanes", "operations"]
+
 [daemon]
 socket = "/run/test/kiln.sock"
 state_dir = "/var/lib/test"
@@ -45,9 +49,15 @@ max_frame = "2MiB"
 max_array_len = 500
 max_map_len = 600
 max_depth = 16
+max_containers = 5000
 max_connections = 32
+max_connections_per_uid = 4
 max_in_flight = 8
 idle_timeout = "90s"
+frame_timeout = "3s"
+reply_timeout = "15s"
+max_reply_backlog = "1MiB"
+status_max_age = "0s"
 [daemon.storage]
 map_size = "128MiB"
 max_map_size = "1GiB"
@@ -198,7 +208,21 @@ def test_full_file_round_trips_every_key(tmp_path: Path) -> None:
         (0,),
     )
     assert (d.grace_period, d.secrets) == (45.0, ("hunter2",))
-    assert attrs.astuple(d.limits) == (2 << 20, 500, 600, 16, 32, 8, 90.0)
+    assert d.limits == LimitsConfig(
+        max_frame=2 << 20,
+        max_array_len=500,
+        max_map_len=600,
+        max_depth=16,
+        max_containers=5000,
+        max_connections=32,
+        max_connections_per_uid=4,
+        max_in_flight=8,
+        idle_timeout=90.0,
+        frame_timeout=3.0,
+        reply_timeout=15.0,
+        max_reply_backlog=1 << 20,
+        status_max_age=0.0,
+    )
     assert attrs.astuple(d.storage) == (128 << 20, 1 << 30, False)
     clay = config.upstreams["clay"]
     assert clay.base_url == "https://api.clay.com"
@@ -328,11 +352,13 @@ def test_sections_left_out_come_from_the_embedded_default(tmp_path: Path) -> Non
 
 
 def test_a_lane_named_like_a_builtin_keeps_its_other_values(tmp_path: Path) -> None:
-    """[lanes.bulk] with only concurrency keeps bulk's queue and max_wait; [lanes] replaces all."""
+    """[lanes.bulk] with only concurrency keeps bulk's queue and max_wait; new lanes are added."""
     ops = '[operations.a]\nupstream = "clay"\nmethod = "GET"\npath = "/a"\nlane = "bulk"\n'
     path = write(tmp_path, "[lanes.bulk]\nconcurrency = 4\n[lanes.extra]\nqueue = 3\n" + ops)
     config = load_config(path, env={}, state_dir=tmp_path)
     assert config.lanes == {
+        "critical": LanePolicy(concurrency=10, queue=100, max_wait=5.0),
+        "normal": LanePolicy(concurrency=5, queue=50, max_wait=5.0),
         "bulk": LanePolicy(concurrency=4, queue=1000, max_wait=30.0),
         "extra": LanePolicy(queue=3),
     }
@@ -340,7 +366,7 @@ def test_a_lane_named_like_a_builtin_keeps_its_other_values(tmp_path: Path) -> N
 
 def test_repeat_safe_defaults_by_http_method(tmp_path: Path) -> None:
     """Without repeat_safe, GET/PUT/DELETE/HEAD/OPTIONS are repeat-safe and POST/PATCH not."""
-    ops = "".join(
+    ops = '[embedded_default]\nreplace = ["operations"]\n' + "".join(
         f'[operations.{m.lower()}]\nupstream = "clay"\nmethod = "{m}"\npath = "/x"\n'
         for m in ("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "POST", "PATCH")
     )

@@ -57,5 +57,7 @@ def test_counters_view_is_the_status_server_section() -> None:
         "requests": 9,
         "in_flight": 0,
         "protocol_errors": 0,
+        "refused": 0,
+        "cut_off": 0,
         "draining": True,
     }

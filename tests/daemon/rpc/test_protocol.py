@@ -338,7 +338,7 @@ def test_ext_types_are_refused() -> None:
         ([RESPONSE, 1, None], None, "a response is"),
         ([RESPONSE, -5, None, 1], None, "a response is"),
         ([NOTIFICATION, 5, [{}]], None, "a notification is"),
-        ([NOTIFICATION, "m", 5], None, "notification args"),
+        ([NOTIFICATION, "m", 5], None, "a notification is"),
         ([3, 1, "m", [{}]], None, "unknown frame type"),
         ([False, 1, "m", [{}]], None, "unknown frame type"),
         ([], None, "msgpack array"),

@@ -641,7 +641,8 @@ async def test_drain_finishes_in_flight_and_refuses_new_work(sock_dir: Path) -> 
 async def test_drain_grace_expiry_cancels_the_rest(
     sock_dir: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    """After grace, unfinished handlers are cancelled, drain returns False and serve ends."""
+    """After grace, unfinished handlers are cancelled and answered shutting_down (started),
+    drain returns False and serve ends."""
     slow = SlowWork()
     server = Server(methods(slow))
     with trio.fail_after(IO_TIMEOUT * 10):
@@ -656,7 +657,11 @@ async def test_drain_grace_expiry_cancels_the_rest(
             assert trio.current_time() - start >= 5.0
             await running.stopped.wait()
             assert sorted(slow.cancelled) == [0, 2]
-            assert await peer.until_closed() == []
+            replies = await peer.until_closed()
+            assert sorted(r[1] for r in replies) == [0, 2]
+            for reply in replies:
+                assert reply[2]["code"] == "shutting_down"
+                assert reply[2]["details"] == {"started": True}
             assert server.in_flight == 0
 
 
