@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from claykiln.daemon.client._core import UNSET
-
 __all__ = ["OutboxMethods"]
 
 Reply = TypeVar("Reply")
 MapReply = TypeVar("MapReply")
 ListReply = TypeVar("ListReply")
+
+
+UNSET: Any = object()  # ``json`` not given (``json=None`` sends JSON null)
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -28,13 +29,9 @@ def _given(**values: Any) -> dict[str, Any]:
 class OutboxMethods(Generic[Reply, MapReply, ListReply]):
     """``submit``, ``submit_many``, ``job``, ``jobs``, ``dlq_*`` and ``quota_*``."""
 
-    def _dispatch(self, rpc: Any) -> Any:
-        raise NotImplementedError
-
     def _rpc(self, method: str, args: Mapping[str, Any], timeout: float | None, **kw: Any) -> Any:
-        from claykiln.daemon.client._methods import Rpc
-
-        return self._dispatch(Rpc(method, args, timeout=timeout, **kw))
+        """Send ``method`` (``ClientSurface`` builds the ``Rpc`` and dispatches it)."""
+        raise NotImplementedError
 
     def submit(
         self,

@@ -124,6 +124,10 @@ class ClientSurface(
         """Send ``rpc`` and return its result (the flavor's own; a coroutine for async ones)."""
         raise NotImplementedError
 
+    def _rpc(self, method: str, args: Mapping[str, Any], timeout: float | None, **kw: Any) -> Any:
+        """``_dispatch`` of a new ``Rpc`` (what the methods of ``_jobs.py`` send)."""
+        return self._dispatch(Rpc(method, args, timeout=timeout, **kw))
+
     def request(
         self,
         method: str,
