@@ -5,7 +5,8 @@ that define it, loaded only when the command runs (``kiln --help`` and ``kiln st
 ``demo`` and ``bench`` never load for other commands). To add a command: write its click command
 in a module here (client commands use ``common.request``), add one line to ``COMMANDS``, and
 document it in docs/operations.md. ``common`` holds the socket lookup, the request helper and
-the exit codes; ``render`` the terminal views.
+the exit codes; ``render`` the terminal views. ``--socket`` and ``--config`` are accepted before
+the command or after it (every command but ``demo`` and ``bench`` takes them).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "serve": ("claykiln.daemon.cli.serve", "serve"),
     "check-config": ("claykiln.daemon.cli.serve", "check_config"),
+    "config": ("claykiln.daemon.cli.config", "config"),
+    "systemd": ("claykiln.daemon.cli.systemd", "systemd"),
     "status": ("claykiln.daemon.cli.status", "status"),
     "hello": ("claykiln.daemon.cli.status", "hello"),
     "call": ("claykiln.daemon.cli.call", "call"),
@@ -38,6 +41,43 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
 _FACTORIES: Final = frozenset({"demo", "bench"})
 
 
+# Options of ``kiln`` itself that every command also takes after its name (``kiln status
+# --socket PATH`` is ``kiln --socket PATH status``); a command with an option of its own by that
+# name (``serve --config``) keeps its own.
+_GLOBAL_OPTIONS: Final = (
+    ("--socket", "Daemon socket (client commands; also accepted before the command)."),
+    ("--config", "Config file (TOML; also accepted before the command)."),
+)
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None and param.name is not None:
+        ctx.find_root().ensure_object(dict)[param.name] = value
+
+
+def _take_global_options(command: click.Command) -> None:
+    """Give ``command`` (and, for a group, each subcommand) the options of ``_GLOBAL_OPTIONS``
+    it lacks; once per command object."""
+    if getattr(command, "_kiln_global_options", False):
+        return
+    taken = {opt for param in command.params for opt in param.opts}
+    for opt, help_text in _GLOBAL_OPTIONS:
+        if opt not in taken:
+            command.params.append(
+                click.Option(
+                    [opt],
+                    type=click.Path(path_type=Path),
+                    expose_value=False,
+                    callback=_remember,
+                    help=help_text,
+                )
+            )
+    command._kiln_global_options = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _take_global_options(sub)
+
+
 class _KilnGroup(click.Group):
     """Loads each command's module only when the command is asked for."""
 
@@ -51,6 +91,8 @@ class _KilnGroup(click.Group):
         module, attr = entry
         found = getattr(importlib.import_module(module), attr)
         command: click.Command = found() if cmd_name in _FACTORIES else found
+        if cmd_name not in _FACTORIES:
+            _take_global_options(command)
         return command
 
 
@@ -61,6 +103,7 @@ class _KilnGroup(click.Group):
 @click.pass_context
 def main(ctx: click.Context, socket: Path | None, config: Path | None) -> None:
     """claykiln: reliable calls to Clay and other HTTP APIs through a local daemon."""
-    ctx.ensure_object(dict)
-    ctx.obj["socket"] = socket
-    ctx.obj["config"] = config
+    obj = ctx.ensure_object(dict)
+    # The command's own --socket / --config, parsed after this runs, overrides (``_remember``).
+    obj["socket"] = socket
+    obj["config"] = config

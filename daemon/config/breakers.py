@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import attrs
@@ -71,17 +71,18 @@ def probe(t: Table | None) -> ProbeConfig | None:
 
 
 def declared_breakers(
-    t: Table, upstreams: Mapping[str, UpstreamConfig | None], note: str
+    t: Table, upstreams: Mapping[str, UpstreamConfig | None], note: Callable[[str], str]
 ) -> dict[str, Table]:
     """The ``[breakers]`` entries by name, their tables kept to build once operations are known;
-    a name that collides with an upstream or a scope is reported."""
+    a name that collides with an upstream or a scope is reported (``note(name)`` is appended:
+    where the entry came from)."""
     declared: dict[str, Table] = {}
     for name, table in t.named_tables():
         if name in upstreams or name in BREAKER_SCOPES:
             what = f"upstream {name} has a breaker of its own" if name in upstreams else "reserved"
             t.problems.add(
                 f"{table.path}: a breaker may not be named like an upstream, "
-                f'"upstream" or "operation" ({what}); rename the breaker{note}'
+                f'"upstream" or "operation" ({what}); rename the breaker{note(name)}'
             )
             continue
         declared[name] = table
@@ -93,16 +94,17 @@ def check_breaker_names(
     operations: Mapping[str, OperationConfig],
     declared: Mapping[str, Table],
     problems: Problems,
-    note: str,
+    note: Callable[[str], str],
 ) -> None:
-    """Every operation's ``breaker`` is a scope or a declared name."""
+    """Every operation's ``breaker`` is a scope or a declared name (``note(operation)`` is
+    appended to a problem: where the operation came from)."""
     allowed = [*BREAKER_SCOPES, *sorted(declared)]
     for op in operations.values():
         if op.breaker not in BREAKER_SCOPES and op.breaker not in declared:
             shown = ", ".join(json.dumps(a) for a in allowed)
             problems.add(
                 f"operations.{op.name}.breaker = {json.dumps(op.breaker)}: unknown breaker; "
-                f"use one of {shown}{note}"
+                f"use one of {shown}{note(op.name)}"
             )
 
 
@@ -134,12 +136,15 @@ def resolve_probes(
     operations: Mapping[str, OperationConfig],
     problems: Problems,
     *,
-    embedded: bool,
+    inherited: Collection[str],
+    declared: Collection[str],
 ) -> dict[str, UpstreamConfig]:
     """Check each upstream's probe: one of its operations, safe to repeat, without parameters.
 
-    Upstreams taken from the embedded default (``embedded``) lose a probe whose operation the
-    file's own ``[operations]`` do not define, instead of failing on a key the file never set.
+    An upstream whose probe comes from the embedded default (named in ``inherited``) loses it
+    when its operation is gone (``[embedded_default] replace``), instead of failing on a key the
+    file never set. A probe of an operation that is ``declared`` but invalid is not reported
+    again (the operation's own problems are).
     """
     out = dict(upstreams)
     for up in upstreams.values():
@@ -147,8 +152,10 @@ def resolve_probes(
             continue
         path = f"upstreams.{up.name}.probe.operation = {json.dumps(up.probe.operation)}"
         op = operations.get(up.probe.operation)
-        if op is None and embedded:
+        if op is None and up.name in inherited and up.probe.operation not in declared:
             out[up.name] = attrs.evolve(up, probe=None)
+        elif op is None and up.probe.operation in declared:
+            pass
         elif op is None:
             known = ", ".join(sorted(o for o, c in operations.items() if c.upstream == up.name))
             problems.add(f"{path}: unknown operation; use one of {known or 'none'}")

@@ -1,9 +1,9 @@
 """From parsed TOML to a :class:`KilnConfig`: every section, every cross-check, all problems.
 
-Sections absent from a file take the embedded default's (``[upstreams]``, ``[gates]``,
-``[breakers]``, ``[lanes]``, ``[operations]``); a section present replaces the default one
-whole, except that a lane named like a built-in lane takes the built-in values for the keys it
-leaves out.
+The file is first laid over the embedded default (``overlay.py``: a file extends the default,
+table by table; ``[embedded_default] replace`` takes tables from the file alone), then every
+section of the result is read. A problem in a table the file never touched names where it came
+from (``Overlay.note``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from claykiln.actors.retry import RetryPolicy
 from claykiln.actors.upstream import HTTP_CLIENTS, TimeoutClasses
 from claykiln.daemon.config import breakers as breaker_keys
 from claykiln.daemon.config.call_guards import read_guards
+from claykiln.daemon.config.credential_check import check_credential_files
 from claykiln.daemon.config.credentials import credential_name_problem
 from claykiln.daemon.config.daemon_table import build_daemon
 from claykiln.daemon.config.outbox import read_outbox
+from claykiln.daemon.config.overlay import Overlay, overlay
 from claykiln.daemon.config.schema import (
     ConfigError,
     Invalid,
@@ -109,60 +111,69 @@ def build_config(
     socket: Path | None,
     state_dir: Path | None,
     env: Mapping[str, str],
+    warnings: list[str] | None = None,
 ) -> KilnConfig:
-    """Validate ``data`` (parsed TOML); raises :class:`ConfigError` listing every problem."""
+    """Validate ``data`` (parsed TOML) over ``embedded`` (``overlay.py``); raises
+    :class:`ConfigError` listing every problem found, in one pass.
+
+    With a ``warnings`` list, the credential files are checked too (``credential_check.py``):
+    files the daemon could not use are problems, missing ones are added to ``warnings``.
+    """
     problems = Problems()
-    root = Table(data, "", problems)
+    layers = overlay(embedded, data, problems)
+    root = Table(layers.data, "", problems)
     daemon_table = root.table("daemon") or Table({}, "daemon", problems)
     daemon = build_daemon(daemon_table, base_dir, socket, state_dir, env)
+    lanes = _lanes(root.table("lanes") or Table({}, "lanes", problems))
 
-    builtin = _lanes(Table(embedded["lanes"], "lanes", Problems()), {})
-    builtin_lanes = {k: v for k, v in builtin.items() if v is not None}
-    lanes_table = root.table("lanes")
-    lanes = builtin if lanes_table is None else _lanes(lanes_table, builtin_lanes)
-
-    own_up_table = root.table("upstreams")
-    up_table = own_up_table or Table(embedded["upstreams"], "upstreams", problems)
+    up_table = root.table("upstreams") or Table({}, "upstreams", problems)
     upstreams: dict[str, UpstreamConfig | None] = {
         name: _upstream(name, t) for name, t in up_table.named_tables()
     }
     up_table.finish()
 
-    gates_table = root.table("gates")
-    gates_note = ""
-    if gates_table is None:
-        gates_table = Table(embedded.get("gates", {}), "gates", problems)
-        gates_note = " (the embedded default gates apply: the file has no [gates])"
-    gates, declared_gates = _gates(gates_table, upstreams, gates_note)
+    gates_table = root.table("gates") or Table({}, "gates", problems)
+    gates, declared_gates = _gates(gates_table, upstreams, layers)
     gate_names = dict.fromkeys([*upstreams, *declared_gates])
 
-    breakers_table = root.table("breakers")
-    breakers_note = ""
-    if breakers_table is None:
-        breakers_table = Table(embedded.get("breakers", {}), "breakers", problems)
-        breakers_note = " (the embedded default breakers apply: the file has no [breakers])"
-    declared_breakers = breaker_keys.declared_breakers(breakers_table, upstreams, breakers_note)
+    breakers_table = root.table("breakers") or Table({}, "breakers", problems)
+    declared_breakers = breaker_keys.declared_breakers(
+        breakers_table, upstreams, lambda name: layers.note("breakers", name)
+    )
 
-    note = ""
-    ops_table = root.table("operations")
-    if ops_table is None:
-        ops_table = Table(embedded["operations"], "operations", problems)
-        note = " (the embedded default operations apply: the file has no [operations])"
+    ops_table = root.table("operations") or Table({}, "operations", problems)
     operations: dict[str, OperationConfig] = {}
+    declared_ops: set[str] = set()
     for name, t in ops_table.named_tables():
+        declared_ops.add(name)
+        note = layers.note("operations", name)
         op = _operation(name, t, upstreams, lanes, gate_names, note)
         if op is not None:
             operations[name] = op
     ops_table.finish()
     valid_upstreams = {k: v for k, v in upstreams.items() if v is not None}
-    breaker_keys.check_breaker_names(operations, declared_breakers, problems, breakers_note)
+    breaker_keys.check_breaker_names(
+        operations, declared_breakers, problems, lambda name: layers.note("operations", name)
+    )
     breakers = breaker_keys.named_breakers(
         declared_breakers, valid_upstreams, operations, BREAKER_RULES
     )
     valid_upstreams = breaker_keys.resolve_probes(
-        valid_upstreams, operations, problems, embedded=own_up_table is None
+        valid_upstreams,
+        operations,
+        problems,
+        inherited={n for n in upstreams if layers.inherited("upstreams", n, "probe")},
+        declared=frozenset(declared_ops),
     )
     root.finish()
+    if warnings is not None:
+        check_credential_files(
+            _credential_users(valid_upstreams, operations),
+            daemon.credentials_dir,
+            problems,
+            warnings,
+            env,
+        )
 
     if problems.lines:
         raise ConfigError.from_problems(source, problems.lines)
@@ -175,6 +186,20 @@ def build_config(
         gates=gates,
         breakers=breakers,
     )
+
+
+def _credential_users(
+    upstreams: Mapping[str, UpstreamConfig], operations: Mapping[str, OperationConfig]
+) -> dict[str, list[str]]:
+    """Each credential name and the config keys that name it."""
+    users: dict[str, list[str]] = {}
+    for up in upstreams.values():
+        if up.auth is not None:
+            users.setdefault(up.auth.credential, []).append(f"upstreams.{up.name}.auth")
+    for op in operations.values():
+        if op.auth is not None:
+            users.setdefault(op.auth.credential, []).append(f"operations.{op.name}.auth")
+    return users
 
 
 # ---- [upstreams.NAME], [lanes.NAME] ------------------------------------------------------
@@ -237,17 +262,16 @@ def _upstream(name: str, t: Table) -> UpstreamConfig | None:
     rate_t = t.table("rate")
     rate = build_policy(RatePolicy, rate_t, RATE_RULES) if rate_t is not None else None
     breaker = build_policy(BreakerPolicy, t.table("breaker"), BREAKER_RULES)
-    retry = build_policy(RetryPolicy, t.table("retry"), RETRY_RULES)
-    if retry is not None and retry.cap < retry.base:
-        raw_cap = t.data["retry"].get("cap", format_duration(retry.cap))
-        why = f"must be at least retry.base ({format_duration(retry.base)})"
-        t.problems.bad_value(f"{t.sub_path('retry')}.cap", raw_cap, why)
+    retry_t = t.table("retry")
+    retry = build_policy(RetryPolicy, retry_t, RETRY_RULES)
+    if not _in_order(retry_t, "base", "cap", RETRY_RULES, RetryPolicy()):
         retry = None
     timeouts = build_policy(TimeoutClasses, t.table("timeouts"), TIMEOUT_RULES)
     max_connections = t.get("max_connections", integer(1, example=64), 64)
     headers: dict[str, str] = t.get("headers", _headers, {})
     http_client = t.get("http_client", choice(*HTTP_CLIENTS, fold_case=False), "h11")
     probe = breaker_keys.probe(t.table("probe"))
+    critical = t.get("critical", boolean, False)
     t.finish()
     if base_url is None or breaker is None or retry is None or timeouts is None or t.invalid:
         return None
@@ -265,14 +289,39 @@ def _upstream(name: str, t: Table) -> UpstreamConfig | None:
         headers=headers,
         http_client=http_client,
         probe=probe,
+        critical=critical,
     )
 
 
-def _lanes(t: Table, builtin: Mapping[str, LanePolicy]) -> dict[str, LanePolicy | None]:
+def _in_order(
+    t: Table | None, low: str, high: str, rules: Mapping[str, Parser[Any]], defaults: object
+) -> bool:
+    """False (and reported) when ``t``'s ``high`` is below its ``low``, each as written or else
+    as in ``defaults``; checked even when other keys of ``t`` are invalid (one pass), but not
+    when either of the two is (that problem is reported already)."""
+    if t is None or (low not in t.data and high not in t.data):
+        return True
+    values = []
+    for key in (low, high):
+        if key not in t.data:
+            values.append(getattr(defaults, key))
+            continue
+        try:
+            values.append(rules[key](t.data[key]))
+        except Invalid:
+            return True
+    if values[1] >= values[0]:
+        return True
+    raw = t.data.get(high, format_duration(values[1]))
+    why = f"must be at least {t.path.rsplit('.', 1)[-1]}.{low} ({format_duration(values[0])})"
+    t.problems.bad_value(t.sub_path(high), raw, why)
+    return False
+
+
+def _lanes(t: Table) -> dict[str, LanePolicy | None]:
     """Every declared lane; None for one whose problems were reported."""
     lanes: dict[str, LanePolicy | None] = {
-        name: build_policy(LanePolicy, lane_t, LANE_RULES, base=builtin.get(name))
-        for name, lane_t in t.named_tables()
+        name: build_policy(LanePolicy, lane_t, LANE_RULES) for name, lane_t in t.named_tables()
     }
     t.finish()
     return lanes
@@ -282,7 +331,7 @@ def _lanes(t: Table, builtin: Mapping[str, LanePolicy]) -> dict[str, LanePolicy 
 
 
 def _gates(
-    t: Table, upstreams: Mapping[str, UpstreamConfig | None], note: str
+    t: Table, upstreams: Mapping[str, UpstreamConfig | None], layers: Overlay
 ) -> tuple[dict[str, RatePolicy | None], frozenset[str]]:
     """The valid gates (pacing, or None for an empty table: Retry-After closures only) and
     every declared name (operations may name a gate whose own problems were reported)."""
@@ -294,7 +343,8 @@ def _gates(
         if clash:
             t.problems.add(
                 f"{gate_t.path}: a gate may not be named like an upstream (upstream {name} "
-                f"has its own gate, paced by upstreams.{name}.rate); rename the gate{note}"
+                f"has its own gate, paced by upstreams.{name}.rate); rename the gate"
+                f"{layers.note('gates', name)}"
             )
         policy = build_policy(RatePolicy, gate_t, RATE_RULES) if gate_t.data else None
         if not clash and not (gate_t.data and policy is None):

@@ -18,9 +18,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from claykiln.actors.gate import RatePolicy
 from claykiln.daemon.config.build import METHODS, build_config
-from claykiln.daemon.config.schema import ConfigError
+from claykiln.daemon.config.overlay import Overlay, overlay
+from claykiln.daemon.config.schema import ConfigError, Problems
 from claykiln.daemon.config.types import (
     AuthConfig,
     DaemonConfig,
@@ -37,6 +40,7 @@ __all__ = [
     "METHODS",
     "RESTART_KEYS",
     "AuthConfig",
+    "ConfigCheck",
     "ConfigError",
     "DaemonConfig",
     "KilnConfig",
@@ -44,8 +48,10 @@ __all__ = [
     "OperationConfig",
     "StorageConfig",
     "UpstreamConfig",
+    "check_config",
     "default_toml",
     "describe",
+    "effective_data",
     "load_config",
     "restart_required",
 ]
@@ -83,6 +89,61 @@ def load_config(
     file are relative to the file's directory. Raises :class:`ConfigError` for a missing or
     unreadable file, a TOML syntax error (with line and column) and every invalid value.
     """
+    return _load(path, socket=socket, state_dir=state_dir, env=env, warnings=None)
+
+
+@attrs.frozen
+class ConfigCheck:
+    """What ``kiln check-config`` reports about one file, found in one pass.
+
+    ``config`` is None when there are ``problems`` (each one line, as in :class:`ConfigError`);
+    ``warnings`` says what may not work although the file is valid (a credential file missing).
+    """
+
+    source: str
+    config: KilnConfig | None
+    problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    headline: str = ""  # the ConfigError's message when there are problems
+
+
+def check_config(
+    path: Path | None,
+    *,
+    socket: Path | None = None,
+    state_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ConfigCheck:
+    """Load ``path`` as :func:`load_config` does and check the credential files it names (a
+    file the daemon could not use is a problem, a missing one a warning). Never raises
+    ``ConfigError``: its problems are in the result."""
+    source = EMBEDDED_SOURCE if path is None else str(path)
+    warnings: list[str] = []
+    try:
+        config = _load(path, socket=socket, state_dir=state_dir, env=env, warnings=warnings)
+    except ConfigError as exc:
+        return ConfigCheck(source, None, exc.problems, tuple(warnings), headline=str(exc))
+    return ConfigCheck(source, config, (), tuple(warnings))
+
+
+def effective_data(path: Path | None) -> Overlay:
+    """The TOML data ``path`` amounts to: the file over the embedded default (``overlay.py``),
+    not validated (``load_config`` does that). Raises ``ConfigError`` for a file that cannot be
+    read or parsed."""
+    embedded = _parse(default_toml(), EMBEDDED_SOURCE)
+    if path is None:
+        return Overlay(data=embedded)
+    return overlay(embedded, _parse(_read(path), str(path)), Problems())
+
+
+def _load(
+    path: Path | None,
+    *,
+    socket: Path | None,
+    state_dir: Path | None,
+    env: Mapping[str, str] | None,
+    warnings: list[str] | None,
+) -> KilnConfig:
     env = os.environ if env is None else env
     embedded = _parse(default_toml(), EMBEDDED_SOURCE)
     if path is None:
@@ -98,6 +159,7 @@ def load_config(
         socket=socket,
         state_dir=state_dir,
         env=env,
+        warnings=warnings,
     )
 
 

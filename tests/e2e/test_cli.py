@@ -17,9 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
 import trio
 from kiln_harness import KilnProcess, clay_config
 
+from claykiln.daemon import TrioClient, UpstreamError
 from claykiln.daemon.simulator import Faults, RunningSimulator
 
 Factory = Callable[..., KilnProcess]
@@ -54,8 +57,8 @@ def _err(done: subprocess.CompletedProcess[bytes]) -> str:
     return stderr.decode()
 
 
-async def _daemon(kiln: Factory, simulator: RunningSimulator) -> KilnProcess:
-    proc = kiln(clay_config(simulator.url))
+async def _daemon(kiln: Factory, simulator: RunningSimulator, **kw: Any) -> KilnProcess:
+    proc = kiln(clay_config(simulator.url, **kw))
     await proc.start()
     return proc
 
@@ -185,3 +188,154 @@ async def test_call_past_its_deadline_exits_1_naming_the_timeout(
         await simulator.sim.wait_until(lambda s: s.stats.abandoned["public"] == 1)
     assert simulator.sim.stats.hanging == 0
     assert await proc.stop() == 0
+
+
+async def test_socket_and_config_are_taken_after_the_command_too(
+    kiln: Factory, simulator: RunningSimulator, tmp_path: Path
+) -> None:
+    """--socket and --config work after the command name (and a group's subcommand) as before."""
+    proc = await _daemon(kiln, simulator)
+    status = _json(await kiln_cli(None, "status", "--json", "--socket", str(proc.socket)))
+    assert status["socket"] == str(proc.socket)
+    views = _json(await kiln_cli(None, "breaker", "list", "--json", "--socket", str(proc.socket)))
+    assert isinstance(views, list)
+    me = _json(await kiln_cli(None, "call", "me", "--socket", str(proc.socket)))
+    assert me["status"] == 200
+    # The command's own option wins over the one before it.
+    elsewhere = str(proc.root / "elsewhere.sock")
+    hello = await kiln_cli(None, "--socket", elsewhere, "hello", "--socket", str(proc.socket))
+    assert _json(hello)["protocol"] == 1
+    config = tmp_path / "client.toml"
+    config.write_text(f'[daemon]\nsocket = "{proc.socket}"\n')
+    assert _json(await kiln_cli(None, "status", "--config", str(config)))["pid"] == proc.pid
+    assert await proc.stop() == 0
+
+
+async def test_headers_take_the_curl_form_and_key_value(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """-H "x-request-id: a" and -H x-request-id=b both reach Clay; a header without either
+    separator exits 2 naming both forms."""
+    proc = await _daemon(kiln, simulator)
+    for n, (header, value) in enumerate(
+        (("x-request-id: t 1", "t 1"), ("x-request-id=b:c", "b:c"))
+    ):
+        row = json.dumps({"n": n})  # a row of its own: the same row again would be a replay
+        pushed = await kiln_cli(
+            proc.socket, "call", "push_row", "-p", "webhook_id=w1", "--json", row, "-H", header
+        )
+        assert _json(pushed)["status"] == 200
+        assert simulator.sim.rows("w1")[-1].headers["x-request-id"] == value
+    bad = await kiln_cli(proc.socket, "call", "me", "-H", "x-request-id")
+    assert bad.returncode == EXIT_USAGE
+    assert 'takes key=value or "Name: value"' in _err(bad)
+    assert await proc.stop() == 0
+
+
+async def test_an_unreachable_daemon_is_reported_like_every_other_error(tmp_path: Path) -> None:
+    """daemon_unavailable: kiln: CODE: message, naming the path, where it came from, and both
+    ways to name another socket."""
+    missing = tmp_path / "nobody.sock"
+    done = await kiln_cli(None, "status", "--socket", str(missing))
+    assert done.returncode == EXIT_UNREACHABLE
+    line = _err(done).strip()
+    assert line.startswith(f"kiln: daemon_unavailable: no claykiln daemon answers at {missing}")
+    assert "(--socket: " in line
+    assert "--socket PATH or KILN_SOCKET=PATH" in line
+    done = await kiln_cli(missing, "status")
+    assert f"({'KILN_SOCKET'}: " in _err(done)
+
+
+async def test_refusals_say_when_to_retry_once(kiln: Factory, simulator: RunningSimulator) -> None:
+    """A breaker_open refusal states its retry time once, not twice."""
+    proc = await _daemon(kiln, simulator, volume=2)
+    simulator.sim.set_faults(Faults(error_rate=1.0, error_status=503, path_prefix="/public/v0"))
+    with trio.fail_after(CLI_TIMEOUT):
+        async with TrioClient(str(proc.socket)) as client:
+            for _ in range(2):
+                with pytest.raises(UpstreamError):
+                    await client.call("me")
+    refused = await kiln_cli(proc.socket, "call", "me")
+    assert refused.returncode == EXIT_REFUSED
+    first = _err(refused).splitlines()[0]
+    assert first.startswith("kiln: breaker_open: ")
+    assert first.count("retry") == 1, first
+    assert await proc.stop() == 0
+
+
+async def test_call_exits_4_and_5_for_the_upstreams_4xx_and_5xx(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """A 404 answer exits 4 (printed, with a line on stderr), 0 with --no-check-status; a 503
+    the retries ended on exits 5, 1 with --no-check-status."""
+    proc = await _daemon(kiln, simulator)
+    poll = ("call", "poll_routine", "-p", "routine_id=r1", "-p", "run_id=nope")
+    not_found = await kiln_cli(proc.socket, *poll)
+    assert not_found.returncode == 4
+    assert json.loads(not_found.stdout)["status"] == 404
+    assert "kiln: poll_routine: the upstream answered 404" in _err(not_found)
+    unchecked = await kiln_cli(proc.socket, *poll, "--no-check-status")
+    assert unchecked.returncode == EXIT_OK
+    assert _err(unchecked) == ""
+    simulator.sim.set_faults(Faults(error_rate=1.0, error_status=503, path_prefix="/public/v0"))
+    failed = await kiln_cli(proc.socket, "call", "me")
+    assert failed.returncode == 5
+    assert _err(failed).startswith("kiln: upstream_error: ")
+    assert '"status": 503' in _err(failed)
+    failed = await kiln_cli(proc.socket, "call", "me", "--no-check-status")
+    assert failed.returncode == EXIT_REFUSED
+    assert await proc.stop() == 0
+
+
+async def test_check_config_warns_about_a_missing_credential_file(tmp_path: Path) -> None:
+    """check-config exits 0 naming a missing credential file (2 with --strict); with no PATH it
+    checks --config's file."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "clay-api-key").write_text("k\n")
+    config = tmp_path / "kiln.toml"
+    config.write_text(f'[daemon]\ncredentials_dir = "{creds}"\n')
+    done = await kiln_cli(None, "check-config", str(config))
+    assert done.returncode == EXIT_OK, _err(done)
+    assert f"kiln: warning: credential clay-webhook-token (operations.push_row.auth): {creds}/" in (
+        _err(done)
+    )
+    assert "config OK, with 1 warning (above)" in done.stdout.decode()
+    strict = await kiln_cli(None, "check-config", "--strict", "--config", str(config))
+    assert strict.returncode == EXIT_USAGE
+    assert "--strict fails on warnings" in _err(strict)
+    (creds / "clay-webhook-token").write_text("t\n")
+    done = await kiln_cli(None, "--config", str(config), "check-config")
+    assert done.returncode == EXIT_OK and done.stdout.decode().endswith("config OK\n")
+
+
+async def test_config_show_prints_a_file_that_loads_the_same(tmp_path: Path) -> None:
+    """config show: the file over the embedded default, secrets redacted, loadable as is;
+    config default prints default.toml."""
+    from claykiln.daemon.config import default_toml, load_config
+
+    config = tmp_path / "kiln.toml"
+    config.write_text(
+        '[daemon]\nstate_dir = "state"\nsecrets = ["hunter2"]\n'
+        '[upstreams.clay]\nbase_url = "http://127.0.0.1:9"\nheaders = { "x-api-key" = "s3" }\n'
+    )
+    shown = await kiln_cli(None, "config", "show", str(config))
+    assert shown.returncode == EXIT_OK, _err(shown)
+    text = shown.stdout.decode()
+    assert "hunter2" not in text and "s3" not in text and "<redacted>" in text
+    assert f'state_dir = "{tmp_path / "state"}"' in text
+    copy = tmp_path / "elsewhere" / "shown.toml"
+    copy.parent.mkdir()
+    copy.write_text(text)
+    original, again = load_config(config, env={}), load_config(copy, env={})
+    redacted = {"user-agent": "claykiln/0.1", "x-api-key": "<redacted>"}
+    assert again.upstreams["clay"] == attrs.evolve(original.upstreams["clay"], headers=redacted)
+    assert again.operations == original.operations
+    assert (again.lanes, again.gates, again.breakers) == (
+        original.lanes,
+        original.gates,
+        original.breakers,
+    )
+    assert again.daemon.state_dir == original.daemon.state_dir
+    default = await kiln_cli(None, "config", "default")
+    assert default.stdout.decode() == default_toml()

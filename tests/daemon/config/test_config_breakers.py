@@ -12,7 +12,9 @@ from claykiln.daemon.config import ConfigError, load_config
 from claykiln.daemon.config.credentials import CredentialStore
 from claykiln.daemon.wiring import breaker_policies, operations
 
-UPSTREAM = '[upstreams.clay]\nbase_url = "https://a.b"\n'
+# A config of its own: nothing taken from the embedded default's sections.
+OWN = '[embedded_default]\nreplace = ["upstreams", "gates", "breakers", "operations"]\n'
+UPSTREAM = OWN + '[upstreams.clay]\nbase_url = "https://a.b"\n'
 GET = '[operations.{name}]\nupstream = "{up}"\nmethod = "GET"\npath = "{path}"\n{extra}\n'
 
 
@@ -173,8 +175,9 @@ def test_a_bad_probe_says_why(tmp_path: Path, probe: str, ops: str, fragment: st
 
 
 def test_the_embedded_probe_is_dropped_for_a_file_without_its_operation(tmp_path: Path) -> None:
-    """A file with its own [operations] but the embedded [upstreams]: no probe, no error."""
-    config = load_config(write(tmp_path, op("x")), env={}, state_dir=tmp_path)
+    """A file that replaces [operations] but keeps the embedded [upstreams]: no probe, no error."""
+    text = '[embedded_default]\nreplace = ["operations"]\n' + op("x")
+    config = load_config(write(tmp_path, text), env={}, state_dir=tmp_path)
     assert config.upstreams["clay"].probe is None
     assert breaker_policies(config)["clay"].probe_operation is None
 

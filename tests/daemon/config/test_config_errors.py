@@ -270,7 +270,8 @@ def test_unknown_upstream_and_lane_name_the_defined_ones(tmp_path: Path) -> None
 
 def test_default_lane_missing_from_custom_lanes(tmp_path: Path) -> None:
     """An operation without lane needs a lane named normal when [lanes] replaces the defaults."""
-    found = one_problem(tmp_path, "[lanes.only]\n" + OP)
+    own = '[embedded_default]\nreplace = ["lanes", "operations"]\n'
+    found = one_problem(tmp_path, own + "[lanes.only]\n" + OP)
     assert found == (
         'operations.op.lane: not set, and the default lane "normal" is not defined; set lane '
         "to one of: only"
@@ -278,12 +279,14 @@ def test_default_lane_missing_from_custom_lanes(tmp_path: Path) -> None:
 
 
 def test_embedded_operations_that_no_longer_fit_say_why(tmp_path: Path) -> None:
-    """When the file has no [operations], errors in the inherited ones say where they came from."""
-    found = problems(tmp_path, "[upstreams.other]\nbase_url = 'https://a.b'\n")
+    """Errors in operations inherited from the embedded default say where they came from."""
+    own = '[embedded_default]\nreplace = ["upstreams"]\n'
+    found = problems(tmp_path, own + "[upstreams.other]\nbase_url = 'https://a.b'\n")
     assert len(found) == 4
     assert found[0] == (
-        'operations.push_row.upstream = "clay": unknown upstream; defined: other (the embedded '
-        "default operations apply: the file has no [operations])"
+        'operations.push_row.upstream = "clay": unknown upstream; defined: other '
+        "(operations.push_row comes from the embedded default; to drop it: [embedded_default] "
+        'replace = ["operations.push_row"])'
     )
 
 

@@ -60,7 +60,8 @@ def test_an_operation_without_gate_uses_its_upstreams_gate(tmp_path: Path) -> No
 def test_gates_section_round_trips_every_key(tmp_path: Path) -> None:
     """[gates.NAME] takes a rate's keys; an empty table means closures only; ops name them."""
     text = (
-        UPSTREAM
+        '[embedded_default]\nreplace = ["gates", "operations"]\n'
+        + UPSTREAM
         + '[gates.slow]\nper_second = 2.5\nburst = 3\nmargin = "50ms"\nmax_retry_after = "1m"\n'
         + "[gates.free]\n"
         + OP
@@ -96,9 +97,12 @@ def test_a_file_without_gates_inherits_the_embedded_ones(tmp_path: Path) -> None
     assert config.operations["me"].gate == "clay-public"
 
 
-def test_a_gates_section_replaces_the_embedded_one_whole(tmp_path: Path) -> None:
-    """With [gates], exactly the gates it names exist."""
+def test_a_gates_section_extends_the_embedded_one_or_replaces_it(tmp_path: Path) -> None:
+    """[gates.mine] adds a gate to clay-public; replace = ["gates"] keeps only the file's."""
     config = load_config(write(tmp_path, "[gates.mine]\n" + OP), env={}, state_dir=tmp_path)
+    assert config.gates == {"clay-public": None, "mine": None}
+    text = '[embedded_default]\nreplace = ["gates", "operations"]\n[gates.mine]\n' + OP
+    config = load_config(write(tmp_path, text), env={}, state_dir=tmp_path)
     assert config.gates == {"mine": None}
 
 
@@ -121,11 +125,12 @@ def test_gate_must_be_a_string(tmp_path: Path) -> None:
 
 
 def test_inherited_operations_need_their_gate(tmp_path: Path) -> None:
-    """A [gates] section without clay-public breaks the inherited Public API operations."""
-    found = problems(tmp_path, "[gates.mine]\n")
+    """Replacing [gates] without clay-public breaks the inherited Public API operations."""
+    found = problems(tmp_path, '[embedded_default]\nreplace = ["gates"]\n[gates.mine]\n')
     assert found == tuple(
         f'operations.{op}.gate = "clay-public": unknown gate; defined: clay, mine '
-        "(the embedded default operations apply: the file has no [operations])"
+        f"(operations.{op} comes from the embedded default; to drop it: [embedded_default] "
+        f'replace = ["operations.{op}"])'
         for op in ("me", "start_routine", "poll_routine")
     )
 
@@ -141,12 +146,13 @@ def test_a_gate_may_not_be_named_like_an_upstream(tmp_path: Path) -> None:
 def test_an_upstream_named_like_an_inherited_gate_says_where_the_gate_came_from(
     tmp_path: Path,
 ) -> None:
-    """The clash with an embedded default gate names the inheritance rule."""
+    """The clash with an embedded default gate says where the gate came from."""
     text = UPSTREAM + '[upstreams.clay-public]\nbase_url = "https://b.c"\n'
     assert one_problem(tmp_path, text) == (
         "gates.clay-public: a gate may not be named like an upstream (upstream clay-public has "
-        "its own gate, paced by upstreams.clay-public.rate); rename the gate (the embedded "
-        "default gates apply: the file has no [gates])"
+        "its own gate, paced by upstreams.clay-public.rate); rename the gate (gates.clay-public "
+        "comes from the embedded default; to drop it: [embedded_default] replace = "
+        '["gates.clay-public"])'
     )
 
 
