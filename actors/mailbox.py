@@ -19,6 +19,11 @@ Contract, for an actor written on it (breaker, gate, lanes, writer, and those to
   slot failed and the actor skips it); the asker awaits ``wait``.
 - ``drain(receive)`` and ``fail_pending(replies, name)`` are the same two steps for an actor
   that keeps its own channel.
+- ``ping`` is the liveness ask the health monitor makes (docs/alerting.md, "Health"): it
+  returns once the actor is back at its inbox (waiting in ``drain`` now, or the next time it
+  calls it), so an actor stuck anywhere else leaves it unanswered. It costs the actor nothing
+  per message (one check per wake). An actor keeps its mailbox as ``_mailbox``, which
+  ``mailbox_of`` reads.
 
 Why this shape (measured, docs/architecture.md "Why the actors look like this"): a fresh memory
 channel per ask costs ~3.2 us where an Event slot costs ~0.25 us, and an actor that handles one
@@ -34,7 +39,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-__all__ = ["ActorStopped", "Mailbox", "Reply", "drain", "fail_pending"]
+__all__ = ["ActorStopped", "Mailbox", "Reply", "drain", "fail_pending", "mailbox_of"]
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -85,13 +90,16 @@ class Reply(Generic[T]):
 class Mailbox(Generic[M]):
     """The bounded inbox of the actor ``name`` (see the module docstring for the contract)."""
 
-    __slots__ = ("_receive", "_send", "dropped", "name", "stopped")
+    __slots__ = ("_back", "_receive", "_send", "_waiting", "_wedged", "dropped", "name", "stopped")
 
     def __init__(self, name: str, size: int) -> None:
         self.name = name
         self._send, self._receive = trio.open_memory_channel[M](size)
         self.dropped = 0  # told messages lost to a full inbox (written by senders only)
         self.stopped = False
+        self._waiting = False  # the actor is inside ``drain``, waiting for mail
+        self._back: trio.Event | None = None  # set at the actor's next ``drain`` (pings)
+        self._wedged = False  # test-only: see ``wedge``
 
     @property
     def queued(self) -> int:
@@ -144,13 +152,42 @@ class Mailbox(Generic[M]):
         ``trio.EndOfChannel``). Idempotent."""
         self._send.close()
 
+    async def ping(self) -> None:
+        """The liveness ask: return once the actor is back at its inbox (see the module
+        docstring). Raises ``ActorStopped`` if the actor stopped before that."""
+        if self.stopped:
+            raise self._stopped_error()
+        if self._waiting:
+            return
+        if self._back is None:
+            self._back = trio.Event()
+        await self._back.wait()
+        if self.stopped:
+            raise self._stopped_error()
+
+    def wedge(self) -> None:
+        """Test-only (``KILN_TEST_WEDGE``, docs/operations.md): the actor's next ``drain`` never
+        returns, as if its loop hung; asks queue up and the liveness ask goes unanswered."""
+        self._wedged = True
+
     # -- the actor's side ------------------------------------------------------------------
     async def drain(self) -> list[M]:
         """Wait for one message, then take everything else already queued (no extra passes).
 
-        Raises ``trio.EndOfChannel`` once the mailbox is closed and empty.
+        Raises ``trio.EndOfChannel`` once the mailbox is closed and empty. Answers pending
+        liveness asks (``ping``) on the way in.
         """
-        return await drain(self._receive)
+        if self._wedged:
+            await trio.sleep_forever()
+        back = self._back
+        if back is not None:
+            self._back = None
+            back.set()
+        self._waiting = True
+        try:
+            return await drain(self._receive)
+        finally:
+            self._waiting = False
 
     def stop(
         self,
@@ -167,6 +204,9 @@ class Mailbox(Generic[M]):
         """
         self.stopped = True
         self._send.close()
+        if self._back is not None:
+            self._back.set()  # pending pings raise ActorStopped
+            self._back = None
         leftover = list(unhandled)
         while True:
             try:
@@ -180,6 +220,13 @@ class Mailbox(Generic[M]):
 
     def _stopped_error(self) -> ActorStopped:
         return ActorStopped(f"the {self.name} actor is not running")
+
+
+def mailbox_of(actor: object) -> Mailbox[Any] | None:
+    """The mailbox of an actor built on this plumbing (kept as ``_mailbox``), else None: what
+    the health monitor pings."""
+    found = getattr(actor, "_mailbox", None)
+    return found if isinstance(found, Mailbox) else None
 
 
 def _unanswered(reply: object) -> bool:

@@ -13,6 +13,11 @@ Card:
 - on cancellation: the lane slot is released, an outstanding breaker ticket is recorded as
   IGNORED (a probe slot is never leaked), the HTTP connection is closed by the pool.
 
+Health: ``probe(operation, deadline)`` is the health monitor's active probe (one attempt through
+the gate and the upstream, no lane, no breaker, no retry), and ``auth_watch`` (set by the daemon)
+hears every 401/403, and the next answer of an operation whose credential was refused
+(``AuthWatch.suspects``), fire-and-forget.
+
 HTTP-aware outcomes for the breaker: 5xx, 408, class timeouts and connection errors are FAILURE;
 a timeout cut short by the caller's own deadline (or spent waiting for a free connection) is
 IGNORED (one app's tight deadline must not open the breaker every app shares); 429 goes to the
@@ -49,13 +54,23 @@ from claykiln.actors.errors import (
     UpstreamRefusal,
 )
 from claykiln.actors.gate import GateBoard
+from claykiln.actors.health_inputs import AuthWatch, ProbeResult
 from claykiln.actors.lanes import Lanes
 from claykiln.actors.log import alert, get_logger
+from claykiln.actors.mailbox import ActorStopped
 from claykiln.actors.retry import Outcome as RetryOutcome
 from claykiln.actors.retry import RetryBudget, RetryPolicy, plan_retry
 from claykiln.actors.upstream import HttpRequest, HttpResponse, UpstreamPool, render_path
 
-__all__ = ["CallPipeline", "CallRequest", "CallResult", "Operation", "UpstreamRoute"]
+__all__ = [
+    "AuthWatch",
+    "CallPipeline",
+    "CallRequest",
+    "CallResult",
+    "Operation",
+    "ProbeResult",
+    "UpstreamRoute",
+]
 
 log = get_logger("claykiln.pipeline")
 
@@ -88,6 +103,7 @@ class CallPipeline:
         self.gate = gate
         self.rng = rng or random.Random()
         self.budgets: dict[str, RetryBudget] = {}  # upstream -> its retry budget
+        self.auth_watch: AuthWatch | None = None  # the health monitor, set by the daemon
 
     def reconfigure(
         self, operations: Mapping[str, Operation], routes: Mapping[str, UpstreamRoute]
@@ -133,6 +149,31 @@ class CallPipeline:
             json=request.json,
             content=request.body,
         )
+
+    async def probe(self, operation: str, deadline: float | None) -> ProbeResult:
+        """One attempt of ``operation`` (no parameters) through its gate (a token of its rate
+        budget) and its upstream, without lane, breaker or retry: the health monitor's active
+        probe. What the answer teaches is learned as for a call (a 429 closes the gate, the
+        auth watch hears a 401/403), without the per-call credentials alert. Never raises a
+        refusal: what could not be learned is ``reached=None``."""
+        try:
+            op = self.operation(operation)
+            route = self.routes.get(op.upstream)
+            if route is None:
+                return ProbeResult(None, error=f"upstream {op.upstream} is not configured")
+            http = self._http_request(op, CallRequest(operation=op.name))
+            await self.gate.acquire(op.gate, deadline)
+            response = await route.pool.execute(http, timeout=op.timeout, stage_deadline=deadline)
+        except (TimeoutRefusal, UpstreamRefusal) as exc:
+            if _transport_outcome(exc) is Outcome.IGNORED:
+                return ProbeResult(None, error=exc.message)
+            return ProbeResult(False, error=exc.message)
+        except Refusal as exc:
+            return ProbeResult(None, error=exc.message)
+        except ActorStopped as exc:
+            return ProbeResult(None, error=str(exc))
+        self._learn(op, response, alerting=False)
+        return ProbeResult(True, status=response.status)
 
     async def call(self, request: CallRequest) -> CallResult:
         op = self.operation(request.operation)
@@ -300,23 +341,29 @@ class CallPipeline:
         self._learn(op, response)
         return response, None
 
-    def _learn(self, op: Operation, response: HttpResponse) -> None:
+    def _learn(self, op: Operation, response: HttpResponse, *, alerting: bool = True) -> None:
         status = response.status
+        watch = self.auth_watch
         if status in (429, 503):
             retry_after = response.retry_after()
             if status == 429 or retry_after is not None:
                 seconds = retry_after if retry_after is not None else DEFAULT_GATE_CLOSURE
                 self.gate.close_until(op.gate, seconds, f"{status} from {op.name}")
         elif status in (401, 403):
-            alert(
-                log,
-                "upstream.credentials_rejected",
-                severity="critical",
-                upstream=op.upstream,
-                operation=op.name,
-                status=status,
-                body=excerpt(response.body),
-            )
+            if alerting:
+                alert(
+                    log,
+                    "upstream.credentials_rejected",
+                    severity="critical",
+                    upstream=op.upstream,
+                    operation=op.name,
+                    status=status,
+                    body=excerpt(response.body),
+                )
+            if watch is not None:
+                watch.auth_answered(op.name, status)
+        elif watch is not None and op.name in watch.suspects:
+            watch.auth_answered(op.name, status)
 
 
 class _Report:

@@ -112,6 +112,12 @@ class _PoolState:
     closed_idle: int = 0
     requests: int = 0
     connects: int = 0
+    # What the health monitor's reachability check reads (cumulative): exchanges that got an
+    # HTTP answer (any status), that failed to connect, and that ran out of their class timeout
+    # (a caller's own deadline or a wait for a free connection says nothing of the upstream).
+    answers: int = 0
+    connect_failures: int = 0
+    timeouts: int = 0
 
 
 class UpstreamPool:
@@ -121,7 +127,8 @@ class UpstreamPool:
         self, settings: UpstreamSettings, *, ssl_context: ssl.SSLContext | None = None
     ) -> None:
         self.settings = settings
-        self._errors = UpstreamErrors(settings.name, settings.credential)
+        origin = httpx.URL(settings.base_url).netloc.decode("ascii")
+        self._errors = UpstreamErrors(settings.name, settings.credential, origin=origin)
         self._state = _PoolState()
         self._slots = trio.Semaphore(settings.max_connections)
         self._origin = Origin.from_url(httpx.URL(settings.base_url))
@@ -222,16 +229,28 @@ class UpstreamPool:
                 try:
                     response = await self._send(client, request, url, payload, end, start)
                 except httpx.HTTPError as exc:
-                    raise self._errors.translate(exc, timeout) from None
+                    error = self._errors.translate(exc, timeout)
+                    self._count_failure(error.details or {})
+                    raise error from None
         finally:
             await self._checkin(client, healthy=response is not None)
         if response is None:
-            raise self._errors.timeout(end, limit, timeout, sent=True)
+            error = self._errors.timeout(end, limit, timeout, sent=True)
+            self._count_failure(error.details or {})
+            raise error
+        state.answers += 1
         return response
 
     async def _checkout(self, end: float, limit: float, budget: float) -> Connection:
         try:
             self._slots.acquire_nowait()  # no scheduler pass when a slot is free
+    def _count_failure(self, details: dict[str, Any]) -> None:
+        """Count a connect failure or a class timeout for the health monitor."""
+        if details.get("kind") == "connect" or details.get("stage") == "connect":
+            self._state.connect_failures += 1
+        elif details.get("stage") == "request":
+            self._state.timeouts += 1
+
         except trio.WouldBlock:
             # FIFO: trio.Semaphore hands a released slot to the longest waiter.
             with trio.move_on_at(end):

@@ -55,10 +55,13 @@ class UpstreamFailure(UpstreamRefusal):
 
 @attrs.frozen
 class UpstreamErrors:
-    """The refusals of upstream ``name``; ``credential`` is scrubbed from every message."""
+    """The refusals of upstream ``name``; ``credential`` is scrubbed from every message, and a
+    failure to connect names ``origin`` (``host[:port]`` of the base URL): a resolver's "Name
+    or service not known" alone does not say which host."""
 
     name: str
     credential: str | None = attrs.field(default=None, repr=False)
+    origin: str = ""
 
     def timeout(
         self, end: float, limit: float, budget: float, *, sent: bool, phase: str | None = None
@@ -96,7 +99,8 @@ class UpstreamErrors:
             details = self._details(stage=stage, timeout=budget, retryable=True, sent=not connect)
             return UpstreamTimeout(f"upstream {name}: {stage} timed out ({text})", details=details)
         if isinstance(exc, httpx.ConnectError):
-            kind, sent, what = "connect", False, "could not connect"
+            where = f" to {self.origin}" if self.origin else ""
+            kind, sent, what = "connect", False, f"could not connect{where}"
         elif isinstance(exc, httpx.NetworkError):
             kind, sent, what = "reset", True, "connection reset"
         else:

@@ -18,8 +18,10 @@ health, limits, breaker views, durable flush, peer checks) and reload (``reload.
 SIGHUP: a bad config keeps the old one; a good one applies without dropping in-flight work).
 
 Also here: one daemon per state directory (an ``flock`` on ``kiln.lock``), the listening socket
-(systemd's if socket-activated, else bound and removed on exit), and the watchdog, which pings
-``WATCHDOG=1`` only while every actor runs and the storage writer makes progress.
+(systemd's if socket-activated, else bound and removed on exit), and the watchdog, which follows
+the health monitor's snapshot (``actors/health.py``): ``WATCHDOG=1`` only while every actor runs
+and answers its liveness ask, the storage writer makes progress and the snapshot is fresh;
+``STATUS=`` is the snapshot's summary.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Final
 
 import trio
 
+from claykiln.actors.health_checks import WRITER_STALLED
 from claykiln.daemon import sdnotify, views
 from claykiln.daemon.config import ConfigError, load_config
 from claykiln.daemon.config.credentials import CredentialError, CredentialStore
@@ -59,7 +62,9 @@ log = get_logger("claykiln.daemon")
 
 STORE_DIRNAME: Final = "store"
 LOCK_NAME: Final = "kiln.lock"
-STUCK_WRITER_SECONDS: Final = 30.0
+# The watchdog withholds WATCHDOG=1 when the health snapshot is older than this many of the
+# monitor's intervals (the monitor itself is stuck).
+STALE_HEALTH_INTERVALS: Final = 5
 # Worst-case stop: grace_period (20 s) + reply flush (5 s) + this, inside TimeoutStopSec=45s.
 STORAGE_FLUSH_TIMEOUT: Final = 10.0
 
@@ -255,33 +260,37 @@ class Daemon:
                 self._bound_socket.unlink()
 
     async def _watchdog(self, runtime: Runtime) -> None:
-        """Ping WATCHDOG=1 only while the loop turns, every actor runs and the writer moves."""
+        """Ping WATCHDOG=1 while the health monitor's snapshot is fresh and names nothing a
+        restart would fix (an actor stopped or silent to its liveness ask, the storage writer
+        stalled); an unhealthy upstream does not stop it (a restart cannot fix Clay). STATUS=
+        carries the snapshot's summary either way."""
         interval = sdnotify.watchdog_interval()
         period = interval / 2 if interval else 5.0
-        writer = runtime.writer
-        last_txn, last_progress = -1, trio.current_time()
         while True:
             await trio.sleep(period)
-            stats = writer.stats()
-            now = trio.current_time()
-            if stats.transactions != last_txn or writer.queued == 0:
-                last_txn, last_progress = stats.transactions, now
-            stuck = now - last_progress > STUCK_WRITER_SECONDS
-            dead = [name for name, state in runtime.actors.states.items() if state != "running"]
-            if dead or stuck:
+            snapshot = runtime.health.snapshot
+            age = trio.current_time() - snapshot.at
+            limit = max(STALE_HEALTH_INTERVALS * runtime.config.daemon.health.interval, period)
+            dead = [name for name in snapshot.stuck if name != WRITER_STALLED]
+            if age > limit:
+                dead.append(f"health (no evaluation for {age:.0f} s)")
+            stuck_writer = WRITER_STALLED in snapshot.stuck
+            connections = runtime.server.connections
+            if dead or stuck_writer:
                 alert(
                     log,
                     "watchdog.missed",
                     severity="critical",
                     level="error",
                     dead=dead,
-                    stuck_writer=stuck,
+                    stuck_writer=stuck_writer,
                 )
+                withheld = ", ".join([*dead, *([WRITER_STALLED] if stuck_writer else [])])
+                sdnotify.status(f"{snapshot.summary()}; watchdog withheld: {withheld}")
                 continue
             if interval:
                 sdnotify.watchdog()
-            connections = runtime.server.connections
-            sdnotify.status(f"{views.health(runtime)}; {connections} connection(s)")
+            sdnotify.status(f"{snapshot.summary()}; {connections} connection(s)")
 
 
 def run_daemon(

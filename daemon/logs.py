@@ -13,6 +13,12 @@ Contract (docs/alerting.md reads these fields; change them only on purpose):
   are re-exported here);
 - tracebacks never render local variables (structlog's ``dict_tracebacks`` does by default and
   leaked a token once); in JSON they are a list of frame dicts under ``exception``;
+- under journald (``JOURNAL_STREAM`` names the stream written to), every line starts with its
+  syslog priority, ``<N>`` (systemd's ``SyslogLevelPrefix=``, on by default), chosen so that
+  ``journalctl -p warning`` shows exactly the alerts: an alert's priority is its severity's
+  (critical 2, warning 4, info 4: an all-clear shows beside what it clears), any other line's
+  its level's but never above notice (debug 7, info 6, warning and error 5). The JSON ``level``
+  field is unchanged (``journal_priority``);
 - secrets never reach the stream: any configured secret value found in any string (nested dicts,
   lists, tuples, bytes, exception text included) becomes ``[REDACTED]``, values under keys named
   like credentials (``authorization``, ``api_key``, ``x-clay-webhook-auth``, ``password``,
@@ -23,6 +29,7 @@ Contract (docs/alerting.md reads these fields; change them only on purpose):
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -42,6 +49,8 @@ __all__ = [
     "alert",
     "configure_logging",
     "get_logger",
+    "journal_priority",
+    "journal_stream",
     "set_secrets",
 ]
 
@@ -175,6 +184,46 @@ class _ScrubbedRenderer:
         return pattern.sub(REDACTED, line) if pattern else line
 
 
+# Journal priorities (syslog: 2 crit, 3 err, 4 warning, 5 notice, 6 info, 7 debug): every
+# alert at warning or above, every other line below it (see the module docstring).
+ALERT_PRIORITY: Mapping[str, int] = {"critical": 2, "warning": 4, "info": 4}
+LINE_PRIORITY: Mapping[str, int] = {"debug": 7, "info": 6, "warning": 5, "error": 5, "critical": 5}
+NOTICE = 5
+
+
+def journal_priority(event_dict: Mapping[str, Any]) -> int:
+    """The syslog priority of a line under journald: an alert's severity's, else its level's
+    capped at notice, so ``journalctl -p warning`` selects exactly the alerts."""
+    if event_dict.get("alert") is True:
+        return ALERT_PRIORITY.get(str(event_dict.get("severity")), 4)
+    return LINE_PRIORITY.get(str(event_dict.get("level")), NOTICE)
+
+
+def journal_stream(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Is ``stream`` connected to journald? True when ``JOURNAL_STREAM`` (``DEVICE:INODE``,
+    set by systemd for a service's stdout/stderr) names the file ``stream`` writes to."""
+    value = (os.environ if env is None else env).get("JOURNAL_STREAM", "")
+    device, sep, inode = value.partition(":")
+    if not sep:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+@attrs.frozen
+class _JournalPrefix:
+    """Wraps the final renderer: ``<N>`` before the line (``journal_priority``)."""
+
+    inner: Processor
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        line = cast(str, self.inner(logger, name, event_dict))
+        return f"<{journal_priority(event_dict)}>{line}"
+
+
 @attrs.frozen
 class _LevelGate:
     """Drops non-alert lines below ``min_level``; alerts always pass (see module docstring)."""
@@ -194,10 +243,12 @@ def configure_logging(
     level: str = "info",
     secrets: Iterable[str] = (),
     stream: TextIO = sys.stderr,
+    journal: bool | None = None,
 ) -> None:
     """(Re)configure structlog for the whole process; safe to call again (tests, reload).
 
     ``fmt="auto"`` renders for a console when ``stream`` is a TTY and JSON lines otherwise.
+    ``journal``: prefix each line with its syslog priority (None: when ``journal_stream``).
     ``level`` is one of debug | info | warning | error; lines below it are dropped except alerts.
     ``secrets`` replaces the redaction set (as :func:`set_secrets`).
     Raises ValueError for an unknown ``fmt`` or ``level``.
@@ -232,7 +283,10 @@ def configure_logging(
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
         )
         renderer = structlog.processors.JSONRenderer()
-    processors += [redact_processor, _ScrubbedRenderer(renderer)]
+    final: Processor = _ScrubbedRenderer(renderer)
+    if journal if journal is not None else journal_stream(stream):
+        final = _JournalPrefix(final)
+    processors += [redact_processor, final]
     structlog.configure(
         processors=processors,
         # Alerts below the configured level must still reach the gate above, so the cheap

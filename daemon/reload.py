@@ -6,11 +6,13 @@ Promises:
   (an alert); nothing changes.
 - A good one applies lanes, breaker thresholds, rate policies, operations (with their
   idempotency and cache settings), credentials and the log level in place; an upstream the
-  reload adds gets its pool started now.
+  reload adds gets its pool started now, and the pool of one it removes is stopped (calls in
+  flight on it finish; their connections close as they end).
 - Keys that need a restart (socket, state dir, socket mode, log format, limits, storage, the
-  cache's bounds, and the
-  connection settings of running upstream pools) are logged (``config.restart_required``) and
-  keep their running values, so ``status`` and ``hello`` keep telling the truth.
+  cache's bounds, and the connection settings of running upstream pools: base URL, size,
+  headers, HTTP client, connect timeout) are logged (``config.restart_required``) and keep
+  their running values in the running config, so ``status`` and ``hello`` keep telling the
+  truth and a value set back to the one in use is no change.
 - systemd sees ``RELOADING=1`` and then ``READY=1`` whichever way it ends.
 
 ``reload_config`` works on the daemon's ``Runtime`` (``runtime.py``) and a config loader (the
@@ -28,34 +30,64 @@ from claykiln.actors.breaker_types import BreakerPolicy
 from claykiln.daemon import sdnotify, wiring
 from claykiln.daemon.config import ConfigError, restart_required
 from claykiln.daemon.config.credentials import CredentialError
-from claykiln.daemon.config.types import KilnConfig
+from claykiln.daemon.config.types import KilnConfig, UpstreamConfig
 from claykiln.daemon.logs import alert, configure_logging, get_logger
 from claykiln.daemon.runtime import Runtime, load_credentials, routes, start_pools
 
-__all__ = ["keep_restart_only", "pool_changes", "reload_config"]
+__all__ = ["keep_restart_only", "pool_changes", "reload_config", "retire_pools"]
 
 log = get_logger("claykiln.daemon")  # reload events are the daemon's events
 
-POOL_RESTART_KEYS: Final = ("base_url", "timeouts", "max_connections", "headers", "http_client")
+# What a running pool was built with (the other timeout classes are read per call).
+POOL_RESTART_KEYS: Final = (
+    "base_url",
+    "timeouts.connect",
+    "max_connections",
+    "headers",
+    "http_client",
+)
+
+
+def _pool_value(up: UpstreamConfig, key: str) -> object:
+    return up.timeouts.connect if key == "timeouts.connect" else getattr(up, key)
 
 
 def pool_changes(old: KilnConfig, new: KilnConfig) -> list[str]:
-    """Connection settings of running upstream pools that a reload cannot change in place."""
+    """Connection settings of running upstream pools that a reload cannot change in place.
+
+    ``old`` is the running config, whose upstreams carry what their pools run with
+    (``keep_restart_only``), so a value set back to the one in use is no change.
+    """
     out = []
     for name, up in new.upstreams.items():
         before = old.upstreams.get(name)
         if before is None:
             continue  # a new upstream: its pool starts on reload
         for key in POOL_RESTART_KEYS:
-            if getattr(before, key) != getattr(up, key):
+            if _pool_value(before, key) != _pool_value(up, key):
                 out.append(f"upstreams.{name}.{key}")
     return out
 
 
 def keep_restart_only(old: KilnConfig, new: KilnConfig) -> KilnConfig:
-    """``new`` with the restart-only ``[daemon]`` keys put back to their running values."""
+    """``new`` with the restart-only ``[daemon]`` keys, and the connection settings of every
+    upstream whose pool keeps running, put back to their running values."""
+    upstreams = {}
+    for name, up in new.upstreams.items():
+        before = old.upstreams.get(name)
+        if before is not None:
+            up = attrs.evolve(
+                up,
+                base_url=before.base_url,
+                timeouts=attrs.evolve(up.timeouts, connect=before.timeouts.connect),
+                max_connections=before.max_connections,
+                headers=before.headers,
+                http_client=before.http_client,
+            )
+        upstreams[name] = up
     return attrs.evolve(
         new,
+        upstreams=upstreams,
         daemon=attrs.evolve(
             new.daemon,
             socket=old.daemon.socket,
@@ -67,6 +99,16 @@ def keep_restart_only(old: KilnConfig, new: KilnConfig) -> KilnConfig:
             cache=old.daemon.cache,
         ),
     )
+
+
+def retire_pools(runtime: Runtime, config: KilnConfig) -> list[str]:
+    """Stop the pools of upstreams ``config`` no longer has; their names. Calls in flight on
+    such a pool finish (the pipeline no longer routes new ones to it)."""
+    gone = [name for name in runtime.pools if name not in config.upstreams]
+    for name in gone:
+        del runtime.pools[name]
+        runtime.actors.retire(f"upstream.{name}")
+    return gone
 
 
 async def reload_config(runtime: Runtime, load: Callable[[], KilnConfig]) -> bool:
@@ -103,6 +145,7 @@ async def reload_config(runtime: Runtime, load: Callable[[], KilnConfig]) -> boo
     await runtime.gate.reconfigure(wiring.rate_policies(new))
     await runtime.lanes.reconfigure(wiring.lane_policies(new))
     runtime.pipeline.reconfigure(wiring.operations(new, creds), routes(runtime.pools, new))
+    retire_pools(runtime, new)  # each pool logs upstream.pool_stopped as it ends
     runtime.calls.reconfigure(wiring.call_guards(new))
     configure_logging(
         fmt=old.daemon.log_format,

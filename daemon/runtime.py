@@ -27,6 +27,7 @@ from claykiln.actors.dlq import DeadLetters
 from claykiln.actors.fallback import FallbackCache
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.idempotency import IdempotencyStore
+from claykiln.actors.health import HealthMonitor
 from claykiln.actors.jobs_store import JobStore
 from claykiln.actors.keyed_call import KeyedCalls
 from claykiln.actors.lanes import Lanes
@@ -69,11 +70,21 @@ class ActorRoster:
     """The actors running in the root nursery, by name, and the state of each.
 
     ``states`` is what the watchdog and ``health`` read: an actor is ``running`` from the moment
-    its ``run`` reported ready until it returns or raises, then ``stopped``.
+    its ``run`` reported ready until it returns or raises, then ``stopped``; an actor ``retire``
+    stopped is no longer listed.
     """
 
     nursery: trio.Nursery
     states: dict[str, ActorState] = attrs.Factory(dict)
+    _scopes: dict[str, trio.CancelScope] = attrs.Factory(dict)
+
+    def retire(self, name: str) -> None:
+        """Stop actor ``name`` (cancel its ``run``) and stop listing it: the pool of an upstream
+        a reload removed. A later ``start`` under the same name is a new actor."""
+        scope = self._scopes.pop(name, None)
+        self.states.pop(name, None)
+        if scope is not None:
+            scope.cancel()
 
     async def start(self, name: str, run: ActorRun) -> None:
         """Start ``run`` as actor ``name`` and return once it is ready; raises what it raises
@@ -89,10 +100,14 @@ class ActorRoster:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        try:
-            await run(task_status=task_status)
-        finally:
-            self.states[name] = "stopped"
+        with trio.CancelScope() as scope:
+            self._scopes[name] = scope
+            try:
+                await run(task_status=task_status)
+            finally:
+                if self._scopes.get(name) is scope:  # not retired, nor started anew
+                    del self._scopes[name]
+                    self.states[name] = "stopped"
 
 
 @attrs.frozen

@@ -26,6 +26,7 @@ from claykiln.actors.writer import Writer
 from claykiln.daemon import wiring
 from claykiln.daemon.config.credentials import CredentialStore
 from claykiln.daemon.config.types import KilnConfig
+from claykiln.daemon.health import health_monitor, start_health
 from claykiln.daemon.rpc.dispatch import ServerCounters
 from claykiln.daemon.rpc.protocol import Limits
 from claykiln.daemon.rpc.server import ServerLimits
@@ -72,8 +73,8 @@ async def start_runtime(
     started_at: float,
 ) -> Runtime:
     """Start the actors in ``root`` in dependency order (writer -> idempotency, cache ->
-    breakers, gate, lanes -> upstream pools -> call pipeline) and return them as a
-    ``Runtime``, every actor running.
+    breakers, gate, lanes -> upstream pools -> call pipeline -> scheduler -> health monitor)
+    and return them as a ``Runtime``, every actor running.
 
     ``runtime.socket`` is the configured path until the lifecycle opens the listener.
     Raises what an actor raises before it is ready (the actors started so far keep running in
@@ -142,6 +143,7 @@ async def start_runtime(
         ),
         scheduler=scheduler,
         dlq=DeadLetters(jobs, outbox_settings, scheduler.job_due),
+        health=health_monitor(lambda: runtime),
         actors=actors,
         server=ServerCounters(),
         version=version,
@@ -150,4 +152,5 @@ async def start_runtime(
     )
     # Jobs left in flight by an earlier boot are settled (in doubt) before READY.
     await actors.start("scheduler", scheduler.run)
+    await start_health(runtime)  # after every actor it watches
     return runtime

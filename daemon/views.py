@@ -3,12 +3,12 @@
 These functions own nothing and start nothing; the RPC methods, the server's peer checks and the
 watchdog call them once the daemon has started. They promise:
 - ``status(runtime)``: a header (version, pid, uptime, health, config, socket) and one section
-  per component, in ``STATUS_SECTIONS`` order (server, storage, actors, breakers, gate, lanes,
-  idempotency, cache, outbox, upstreams, process). A new component adds its section there, in
-  one place.
-- ``health(runtime)``: ``unhealthy`` when an actor is not running or storage is >= 95 % full,
-  ``degraded`` when a breaker refuses calls, storage is >= 80 % full or the dead-letter queue
-  holds more than ``[daemon.outbox] dlq_degraded`` jobs, else ``healthy``.
+  per component, in ``STATUS_SECTIONS`` order (checks, server, storage, actors, breakers, gate,
+  lanes, idempotency, cache, outbox, upstreams, process). A new component adds its section
+  there, in one place.
+- ``health(runtime)``: ``healthy``, ``degraded`` or ``unhealthy``, the health monitor's latest
+  snapshot (actors/health.py: one check per input, damped; docs/alerting.md, "Health"); its
+  checks are ``status``'s ``checks`` section, each with its state, reason and since when.
 - ``limits_view(config)``: the protocol and connection limits ``hello`` reports (restart-only).
 - ``breaker_keys()`` / ``breaker_view()``: what ``breaker.force`` checks and answers with.
 - ``storage_mark()`` / ``durable_flush(mark)``: "is it on disk" for replies that promise it;
@@ -112,17 +112,8 @@ async def durable_flush(runtime: Runtime, mark: int) -> None:
 
 
 def health(runtime: Runtime) -> str:
-    """``healthy``, ``degraded`` or ``unhealthy`` (see the module docstring)."""
-    usage = runtime.store.usage()
-    if any(state != "running" for state in runtime.actors.states.values()):
-        return "unhealthy"
-    if usage.ratio >= 0.95:
-        return "unhealthy"
-    if runtime.breakers.stats().get("open", 0) or usage.ratio >= 0.8:
-        return "degraded"
-    if runtime.dlq.size() > runtime.config.daemon.outbox.dlq_degraded:
-        return "degraded"
-    return "healthy"
+    """``healthy``, ``degraded`` or ``unhealthy``: the health monitor's snapshot."""
+    return runtime.health.snapshot.state.word
 
 
 def storage_section(runtime: Runtime) -> dict[str, Any]:
@@ -150,6 +141,20 @@ def outbox_section(runtime: Runtime) -> dict[str, Any]:
     out.update(runtime.outbox.stats())
     out["held_sources"] = runtime.scheduler.held_sources()
     out["dlq_degraded"] = runtime.config.daemon.outbox.dlq_degraded
+    return out
+
+
+def upstreams_section(runtime: Runtime) -> dict[str, Any]:
+    """Per upstream: its pool's counters (answers, connect failures and timeouts are what the
+    health monitor's reachability check reads), ``critical`` and the probe operation."""
+    out: dict[str, Any] = {}
+    for name, pool in runtime.pools.items():
+        stats = pool.stats()
+        up = runtime.config.upstreams.get(name)
+        stats["critical"] = up is not None and up.critical
+        stats["probe"] = up.probe.operation if up is not None and up.probe else None
+        stats["probe_every"] = up.probe.every if up is not None and up.probe else None
+        out[name] = stats
     return out
 
 
@@ -196,6 +201,7 @@ def process_stats() -> dict[str, Any]:
 
 # One entry per component, in the order ``status`` shows them: a new actor adds its line here.
 STATUS_SECTIONS: Final[tuple[tuple[str, StatusSection], ...]] = (
+    ("checks", lambda runtime: runtime.health.wire()),
     ("server", lambda runtime: runtime.server.view()),
     ("storage", storage_section),
     ("actors", lambda runtime: dict(runtime.actors.states)),
@@ -205,7 +211,7 @@ STATUS_SECTIONS: Final[tuple[tuple[str, StatusSection], ...]] = (
     ("idempotency", lambda runtime: runtime.idempotency.stats()),
     ("cache", lambda runtime: runtime.cache.stats()),
     ("outbox", lambda runtime: outbox_section(runtime)),
-    ("upstreams", lambda runtime: {name: pool.stats() for name, pool in runtime.pools.items()}),
+    ("upstreams", lambda runtime: upstreams_section(runtime)),
     ("process", lambda runtime: process_stats()),
 )
 

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from claykiln.actors.fallback import CacheBounds
 from claykiln.daemon.client._paths import default_socket_path, default_state_dir
+from claykiln.daemon.config.health import read_health
 from claykiln.daemon.config.outbox import read_daemon_outbox
 from claykiln.daemon.config.schema import (
     Invalid,
@@ -69,6 +70,7 @@ def build_daemon(
     storage_t = t.table("storage") or Table({}, t.sub_path("storage"), t.problems)
     cache_t = t.table("cache") or Table({}, t.sub_path("cache"), t.problems)
     outbox_t = t.table("outbox") or Table({}, t.sub_path("outbox"), t.problems)
+    health_t = t.table("health") or Table({}, t.sub_path("health"), t.problems)
     config = DaemonConfig(
         socket=sock,
         state_dir=state,
@@ -86,6 +88,7 @@ def build_daemon(
         storage=_storage(storage_t),
         cache=_cache(cache_t),
         outbox=read_daemon_outbox(outbox_t),
+        health=read_health(health_t),
     )
     t.finish()
     return config

@@ -20,6 +20,7 @@ from claykiln.actors.breaker import BreakerPolicy
 from claykiln.actors.fallback import CacheBounds
 from claykiln.actors.fallback_policy import CachePolicy
 from claykiln.actors.gate import RatePolicy
+from claykiln.actors.health_inputs import HealthPolicy
 from claykiln.actors.jobs_policy import WebhookRules
 from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.retry import RetryPolicy
@@ -105,6 +106,7 @@ class DaemonConfig:
     storage: StorageConfig = attrs.field(factory=StorageConfig)
     cache: CacheBounds = attrs.field(factory=CacheBounds)
     outbox: OutboxConfig = attrs.field(factory=OutboxConfig)
+    health: HealthPolicy = attrs.field(factory=HealthPolicy)  # [daemon.health]
 
 
 @attrs.frozen
@@ -139,6 +141,7 @@ class UpstreamConfig:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     http_client: str = "h11"
     probe: ProbeConfig | None = None
+    critical: bool = False  # unreachable makes the daemon unhealthy (else degraded)
 
 
 @attrs.frozen

@@ -35,7 +35,15 @@ from claykiln.daemon.methods.args import check_names, str_map
 from claykiln.daemon.rpc.types import Answered, Method, RequestContext
 from claykiln.daemon.runtime import Runtime
 
-__all__ = ["CALL_ARGS", "DLQ_CODES", "MAX_DEADLINE_MS", "buries", "methods", "parse_call"]
+__all__ = [
+    "CALL_ARGS",
+    "DLQ_CODES",
+    "MAX_DEADLINE_MS",
+    "buries",
+    "credential_missing",
+    "methods",
+    "parse_call",
+]
 
 CALL_ARGS: Final = frozenset(
     {
@@ -123,6 +131,18 @@ def buries(operation: Operation, error: Refusal) -> bool:
     return operation.on_failure == "dlq" and error.code in DLQ_CODES
 
 
+def credential_missing(runtime: Runtime, operation: str) -> dict[str, str] | None:
+    """``{credential, header, path}`` when ``operation`` has an auth whose credential file was
+    missing at the last start or reload (nothing was sent in its header), else None."""
+    config = runtime.config
+    op = config.operations.get(operation)
+    auth = config.auth_for(op) if op is not None else None
+    if auth is None or runtime.credentials.get(auth.credential) is not None:
+        return None
+    path = runtime.credentials.directory / auth.credential
+    return {"credential": auth.credential, "header": auth.header, "path": str(path)}
+
+
 def methods(runtime: Runtime) -> list[Method]:
     """``call``: precheck on the reader (``parse_call``, replays, fail-fast, fallbacks), then
     the keyed call around the pipeline; with ``on_failure = "dlq"`` a failure is kept as a
@@ -169,6 +189,10 @@ def methods(runtime: Runtime) -> list[Method]:
                 raise await bury(prepared.request, exc, started) from None
             raise
         runtime.outbox.note_call(prepared.operation, prepared.request, answer)
+        if answer.get("status") in (401, 403):
+            missing = credential_missing(runtime, prepared.request.operation)
+            if missing is not None:
+                answer["credential_missing"] = missing
         return answer
 
     return [Method("call", handler=call, precheck=call_precheck)]
