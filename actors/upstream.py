@@ -164,6 +164,9 @@ class UpstreamPool:
             "requests": s.requests,
             "connects": s.connects,
             "max_connections": self.settings.max_connections,
+            "answers": s.answers,
+            "connect_failures": s.connect_failures,
+            "timeouts": s.timeouts,
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -241,9 +244,6 @@ class UpstreamPool:
         state.answers += 1
         return response
 
-    async def _checkout(self, end: float, limit: float, budget: float) -> Connection:
-        try:
-            self._slots.acquire_nowait()  # no scheduler pass when a slot is free
     def _count_failure(self, details: dict[str, Any]) -> None:
         """Count a connect failure or a class timeout for the health monitor."""
         if details.get("kind") == "connect" or details.get("stage") == "connect":
@@ -251,6 +251,9 @@ class UpstreamPool:
         elif details.get("stage") == "request":
             self._state.timeouts += 1
 
+    async def _checkout(self, end: float, limit: float, budget: float) -> Connection:
+        try:
+            self._slots.acquire_nowait()  # no scheduler pass when a slot is free
         except trio.WouldBlock:
             # FIFO: trio.Semaphore hands a released slot to the longest waiter.
             with trio.move_on_at(end):
