@@ -21,8 +21,9 @@ hears every 401/403, and the next answer of an operation whose credential was re
 HTTP-aware outcomes for the breaker: 5xx, 408, class timeouts and connection errors are FAILURE;
 a timeout cut short by the caller's own deadline (or spent waiting for a free connection) is
 IGNORED (one app's tight deadline must not open the breaker every app shares); 429 goes to the
-gate (IGNORED for health); 401/403 raise a credentials alert and count as SUCCESS (the upstream
-is up; our key is wrong); other 4xx are the caller's fault: SUCCESS.
+gate (IGNORED for health); 401/403 raise a credentials alert when a credential was sent (none is
+when its file is missing) and count as SUCCESS (the upstream is up; our key is wrong); other
+4xx are the caller's fault: SUCCESS.
 """
 
 from __future__ import annotations
@@ -350,7 +351,9 @@ class CallPipeline:
                 seconds = retry_after if retry_after is not None else DEFAULT_GATE_CLOSURE
                 self.gate.close_until(op.gate, seconds, f"{status} from {op.name}")
         elif status in (401, 403):
-            if alerting:
+            # Nothing was sent with a key when the credential file is missing: the daemon said
+            # so at start (upstream.credentials_missing) and the call's result says so.
+            if alerting and op.credential is not None:
                 alert(
                     log,
                     "upstream.credentials_rejected",
