@@ -153,6 +153,7 @@ class Runtime:
     outbox: Outbox  # ``submit``: jobs checked, then written durably
     scheduler: Scheduler  # runs due jobs through the pipeline
     dlq: DeadLetters  # the dead-letter queue's methods
+    health: HealthMonitor  # its snapshot: status, the watchdog, STATUS=
     actors: ActorRoster
     server: ServerCounters
     version: str
