@@ -36,7 +36,7 @@ import attrs
 import trio
 
 from claykiln.actors.breaker import BreakerBoard
-from claykiln.actors.breaker_types import Outcome, Ticket
+from claykiln.actors.breaker_types import FAILURES, Outcome, Ticket
 from claykiln.actors.call import (
     CallRequest,
     CallResult,
@@ -54,6 +54,7 @@ from claykiln.actors.errors import (
     UnknownOperationRefusal,
     UpstreamRefusal,
 )
+from claykiln.actors.figures import ExchangeFigures, status_label
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.health_inputs import AuthWatch, ProbeResult
 from claykiln.actors.lanes import Lanes
@@ -104,6 +105,7 @@ class CallPipeline:
         self.gate = gate
         self.rng = rng or random.Random()
         self.budgets: dict[str, RetryBudget] = {}  # upstream -> its retry budget
+        self.exchanges = ExchangeFigures()  # every HTTP exchange, for kiln top and metrics
         self.auth_watch: AuthWatch | None = None  # the health monitor, set by the daemon
 
     def reconfigure(
@@ -337,8 +339,20 @@ class CallPipeline:
             response = await route.pool.execute(http, timeout=op.timeout, stage_deadline=deadline)
         except (TimeoutRefusal, UpstreamRefusal) as exc:
             report.outcome = _transport_outcome(exc)
+            self.exchanges.record(
+                op.upstream,
+                _error_label(exc, report.outcome),
+                failed=report.outcome in FAILURES,
+                seconds=trio.current_time() - report.started,
+            )
             return None, exc
         report.outcome = health_outcome(response.status)
+        self.exchanges.record(
+            op.upstream,
+            status_label(response.status),
+            failed=report.outcome in FAILURES,
+            seconds=trio.current_time() - report.started,
+        )
         self._learn(op, response)
         return response, None
 
@@ -387,3 +401,10 @@ def _transport_outcome(error: Refusal) -> Outcome:
         isinstance(error, TimeoutRefusal) and details.get("stage") == "connect"
     )
     return Outcome.CONNECT_FAILURE if outcome is Outcome.FAILURE and connect else outcome
+
+
+def _error_label(error: Refusal, outcome: Outcome) -> str:
+    """The outcome label of an exchange that got no response (``ExchangeFigures``)."""
+    if outcome is Outcome.CONNECT_FAILURE:
+        return "connect_error"
+    return "timeout" if isinstance(error, TimeoutRefusal) else "transport_error"

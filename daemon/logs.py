@@ -32,7 +32,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TextIO, cast
 
 import attrs
@@ -51,6 +51,7 @@ __all__ = [
     "get_logger",
     "journal_priority",
     "journal_stream",
+    "set_event_sink",
     "set_secrets",
 ]
 
@@ -224,6 +225,42 @@ class _JournalPrefix:
         return f"<{journal_priority(event_dict)}>{line}"
 
 
+# The event tap (``set_event_sink``): subscribers of ``subscribe`` get these lines as events.
+EventSink = Callable[[str, EventDict], None]
+_event_sink: EventSink | None = None
+_event_families: frozenset[str] = frozenset()
+
+
+def set_event_sink(sink: EventSink | None, families: Iterable[str] = ()) -> None:
+    """Hand every line whose event family (``breaker`` of ``breaker.opened``) is in ``families``,
+    and every alert, to ``sink(level, event_dict)`` (None: stop). The event hub
+    (``claykiln.daemon.events``) sets it while it runs.
+
+    The tap is the first processor, ahead of the level filter, so the configured log level never
+    changes what subscribers see; the dict it gets is a scrubbed copy (secrets redacted, as in
+    the log). One dict lookup per line when the event is not wanted; a sink that raises loses
+    that event, never the log line.
+    """
+    global _event_sink, _event_families
+    _event_families = frozenset(families)
+    _event_sink = sink
+
+
+def _event_tap(_logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
+    sink = _event_sink
+    if sink is None:
+        return event_dict
+    event = event_dict.get("event")
+    if event_dict.get("alert") is True or (
+        isinstance(event, str) and event.partition(".")[0] in _event_families
+    ):
+        try:
+            sink(method, _scrub(dict(event_dict), _secrets))
+        except Exception:  # the log line matters more than one subscriber event
+            pass
+    return event_dict
+
+
 @attrs.frozen
 class _LevelGate:
     """Drops non-alert lines below ``min_level``; alerts always pass (see module docstring)."""
@@ -263,7 +300,7 @@ def configure_logging(
     console = fmt == "console" or (fmt == "auto" and is_tty)
     set_secrets(secrets)
     min_level = LEVELS[level]
-    processors: list[Processor] = []
+    processors: list[Processor] = [_event_tap]
     if min_level > LEVELS["info"]:
         processors.append(_LevelGate(min_level))
     processors += [

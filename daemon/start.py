@@ -7,6 +7,8 @@ the RPC server enforces. The lifecycle around it (lock, store, signals, drain) i
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 
 from claykiln.actors.breaker import BreakerBoard
@@ -27,6 +29,7 @@ from claykiln.daemon import wiring
 from claykiln.daemon.config.credentials import CredentialStore
 from claykiln.daemon.config.types import KilnConfig
 from claykiln.daemon.health import health_monitor, start_health
+from claykiln.daemon.metrics_textfile import run_textfile
 from claykiln.daemon.rpc.dispatch import ServerCounters
 from claykiln.daemon.rpc.protocol import Limits
 from claykiln.daemon.rpc.server import ServerLimits
@@ -37,6 +40,7 @@ from claykiln.daemon.runtime import (
     routes,
     start_pools,
 )
+from claykiln.daemon.ticks import RuntimeTicks
 from claykiln.storage import Store
 
 __all__ = ["server_limits", "start_runtime"]
@@ -153,4 +157,9 @@ async def start_runtime(
     # Jobs left in flight by an earlier boot are settled (in doubt) before READY.
     await actors.start("scheduler", scheduler.run)
     await start_health(runtime)  # after every actor it watches
+    # What watches the daemon (kiln top, metrics): it reads every other component.
+    ticks = RuntimeTicks(runtime)
+    tick_interval = lambda: runtime.config.daemon.tick_interval  # noqa: E731  (a reload)
+    await actors.start("events", partial(runtime.events.run, ticks, tick_interval))
+    await actors.start("metrics", partial(run_textfile, runtime))
     return runtime

@@ -15,14 +15,22 @@ anything), and say in ``_resend.REPEAT_SAFE_METHODS`` whether it is safe to send
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Generic, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypedDict, TypeVar, overload
 
 from claykiln.daemon.client._core import UNSET, NotificationHandler, call_timeout, resolve_timeout
 from claykiln.daemon.client._jobs import OutboxMethods
 from claykiln.daemon.client._paths import client_socket_path
 from claykiln.daemon.client._result import call_result
+
+if TYPE_CHECKING:
+    from claykiln.daemon.client._result import CallResult
+    from claykiln.daemon.client._subscribe import (
+        AsyncioSubscription,
+        Subscription,
+        TrioSubscription,
+    )
 
 __all__ = ["ClientOptions", "ClientSurface", "Rpc"]
 
@@ -223,3 +231,40 @@ class ClientSurface(
         args = {"name": name, "state": state}
         result: MapReply = self._dispatch(Rpc("breaker.force", args, timeout=timeout))
         return result
+
+    def metrics(self, *, timeout: float | None = None) -> MapReply:
+        """``metrics``: ``{content_type, text}``, the daemon's figures in the Prometheus text
+        format (what ``[daemon] metrics_textfile`` holds)."""
+        result: MapReply = self._dispatch(Rpc("metrics", timeout=timeout))
+        return result
+
+    @overload
+    def subscribe(
+        self: ClientSurface[Any, dict[str, Any], list[dict[str, Any]], CallResult],
+        topics: Sequence[str] | None = None,
+        *,
+        buffer: int | None = None,
+    ) -> Subscription: ...
+    @overload
+    def subscribe(
+        self: ClientSurface[
+            Coroutine[Any, Any, Any],
+            Coroutine[Any, Any, dict[str, Any]],
+            Coroutine[Any, Any, list[dict[str, Any]]],
+            Coroutine[Any, Any, CallResult],
+        ],
+        topics: Sequence[str] | None = None,
+        *,
+        buffer: int | None = None,
+    ) -> TrioSubscription | AsyncioSubscription: ...
+    def subscribe(
+        self, topics: Sequence[str] | None = None, *, buffer: int | None = None
+    ) -> Subscription | TrioSubscription | AsyncioSubscription:
+        """``subscribe``: a subscription on a connection of its own, opened by ``with`` (sync)
+        or ``async with`` (trio, asyncio), iterating over the notifications the daemon pushes
+        (``_subscribe.py``; the topics and every notification: docs/protocol.md). ``topics``
+        defaults to all of them (tick, breaker, gate, health, dlq, alert); ``buffer`` is how
+        many notifications the daemon holds for this subscriber before it drops the oldest."""
+        from claykiln.daemon.client._subscribe import subscription_for
+
+        return subscription_for(self, topics, buffer)

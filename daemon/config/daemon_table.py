@@ -17,6 +17,12 @@ from typing import Any, cast
 from claykiln.actors.fallback import CacheBounds
 from claykiln.daemon.client._paths import default_socket_path, default_state_dir
 from claykiln.daemon.config.health import read_health
+from claykiln.daemon.config.monitor import (
+    METRICS_INTERVAL,
+    TICK_INTERVAL,
+    bounded_duration,
+    prom_path,
+)
 from claykiln.daemon.config.outbox import read_daemon_outbox
 from claykiln.daemon.config.schema import (
     Invalid,
@@ -84,6 +90,13 @@ def build_daemon(
         admin_gids=t.get("admin_gids", _ids(grp.getgrnam, "group"), ()),
         grace_period=t.get("grace_period", duration(example="20s"), 20.0),
         secrets=t.get("secrets", _secrets, (), sensitive=True),
+        tick_interval=t.get(
+            "tick_interval", bounded_duration(0.1, 60.0, example="1s"), TICK_INTERVAL
+        ),
+        metrics_textfile=t.get("metrics_textfile", prom_path(base_dir), None),
+        metrics_interval=t.get(
+            "metrics_interval", bounded_duration(1.0, 3600.0, example="5s"), METRICS_INTERVAL
+        ),
         limits=_limits(limits_t),
         storage=_storage(storage_t),
         cache=_cache(cache_t),

@@ -106,6 +106,10 @@ class DaemonConfig:
     storage: StorageConfig = attrs.field(factory=StorageConfig)
     cache: CacheBounds = attrs.field(factory=CacheBounds)
     outbox: OutboxConfig = attrs.field(factory=OutboxConfig)
+    # Monitoring (daemon/config/monitor.py): the subscribe tick, the Prometheus textfile.
+    tick_interval: float = 1.0
+    metrics_textfile: Path | None = None
+    metrics_interval: float = 5.0
     health: HealthPolicy = attrs.field(factory=HealthPolicy)  # [daemon.health]
 
 

@@ -7,7 +7,7 @@ the components in ``runtime`` (``claykiln.daemon.runtime``); read-side answers c
 (breaker.list, breaker.force), ``idempotency`` (idempotency.get, idempotency.forget), ``cache``
 (cache.list, cache.purge), ``jobs`` (submit, submit_many, jobs.get, jobs.list), ``dlq``
 (dlq.list, dlq.get, dlq.export, dlq.retry, dlq.kill, dlq.purge), ``quota`` (quota.list,
-quota.release).
+quota.release), ``subscribe`` (subscribe, unsubscribe), ``metrics`` (metrics).
 
 To add a family: write ``methods/<family>.py`` with its ``methods(runtime)`` and add one line to
 ``FAMILIES`` below. Two families naming the same method is a programming error, raised at start.
@@ -18,7 +18,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from claykiln.daemon.methods import breaker, cache, call, core, dlq, idempotency, jobs, quota
+from claykiln.daemon.methods import (
+    breaker,
+    cache,
+    call,
+    core,
+    dlq,
+    idempotency,
+    jobs,
+    metrics,
+    quota,
+    subscribe,
+)
 from claykiln.daemon.rpc.types import Method
 from claykiln.daemon.runtime import Runtime
 
@@ -35,6 +46,8 @@ FAMILIES: Final[tuple[Family, ...]] = (
     jobs.methods,
     dlq.methods,
     quota.methods,
+    subscribe.methods,
+    metrics.methods,
 )
 
 

@@ -32,6 +32,7 @@ from claykiln.actors.keyed_call import PreparedCall
 from claykiln.actors.upstream import NO_JSON
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.methods.args import check_names, str_map
+from claykiln.daemon.methods.call_figures import counted
 from claykiln.daemon.rpc.types import Answered, Method, RequestContext
 from claykiln.daemon.runtime import Runtime
 
@@ -195,4 +196,5 @@ def methods(runtime: Runtime) -> list[Method]:
                 answer["credential_missing"] = missing
         return answer
 
-    return [Method("call", handler=call, precheck=call_precheck)]
+    precheck, handler = counted(runtime, call_precheck, call)  # kiln top, metrics
+    return [Method("call", handler=handler, precheck=precheck)]

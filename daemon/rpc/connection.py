@@ -21,6 +21,10 @@ Promises:
   A peer that only shuts its write side (half-close) still gets the replies to what it sent.
 - ``abort()`` (the drain's end): in-flight requests are cancelled and each is answered
   ``shutting_down`` with ``details.started = true``, then the connection closes.
+- Server-pushed notifications (``subscribe``): a method finds the connection it runs on in
+  ``CURRENT_CONNECTION``; ``send`` queues a frame, ``wait_drained`` returns once everything queued
+  has gone to the kernel (so a pusher never piles frames up behind a peer that does not read),
+  and a connection with ``streams`` open is not idle.
 - Errors: a ``Refusal`` from a method becomes its error reply; ``StoreFull`` from an async
   handler becomes ``storage_full``; anything else is logged (``server.handler_crashed``) and
   answered with ``internal``. A result msgpack cannot encode is answered with ``internal``; an
@@ -37,6 +41,7 @@ import errno
 import os
 import socket
 import time
+from contextvars import ContextVar
 from typing import Any, Final
 
 import structlog
@@ -67,7 +72,14 @@ from claykiln.daemon.rpc.replies import Replies, hung_up, pack_error, pack_reply
 from claykiln.daemon.rpc.types import Answered, Handler, Method, RequestContext, ServerLimits
 from claykiln.storage import StoreFull
 
-__all__ = ["HANGUP_POLL", "RECV_SIZE", "TURN_BUDGET", "WRITER_FLUSH_TIMEOUT", "Connection"]
+__all__ = [
+    "CURRENT_CONNECTION",
+    "HANGUP_POLL",
+    "RECV_SIZE",
+    "TURN_BUDGET",
+    "WRITER_FLUSH_TIMEOUT",
+    "Connection",
+]
 
 log = get_logger("claykiln.server")  # the server's logger: connection events are server events
 
@@ -75,6 +87,10 @@ RECV_SIZE: Final = 65536
 WRITER_FLUSH_TIMEOUT: Final = 5.0  # a closing connection's last replies get this long to leave
 TURN_BUDGET: Final = 0.001  # seconds of work a reader does before the others get a turn
 HANGUP_POLL: Final = 0.2  # seconds between checks that a half-closed peer is still there
+
+
+# The connection whose reader (or request task) runs the current code: set by ``run``.
+CURRENT_CONNECTION: ContextVar[Connection] = ContextVar("claykiln_connection")
 
 
 class Connection:
@@ -104,6 +120,8 @@ class Connection:
         self._requests: trio.CancelScope | None = None
         self._all: trio.CancelScope | None = None
         self._drained = True  # the last read left the socket empty: wait before reading again
+        self.streams = 0  # open subscriptions pushing notifications: the connection is not idle
+        self._output_idle = trio.lowlevel.ParkingLot()  # wait_drained's waiters
 
     @property
     def flushed(self) -> trio.Event:
@@ -117,14 +135,23 @@ class Connection:
     def close_output(self) -> None:
         """No more replies will be queued: the writer flushes what is pending and stops."""
         self.replies.close()
+        self._output_idle.unpark_all()
 
     def _room_changed(self) -> None:
         self.room.set()
+        self._output_idle.unpark_all()
+
+    async def wait_drained(self) -> None:
+        """Return once every frame queued so far has gone to the kernel, or at once when the
+        output is closed or broken (a pusher checks ``replies.closed`` / ``replies.broken``)."""
+        replies = self.replies
+        while replies.unsent and not (replies.closed or replies.broken):
+            await self._output_idle.park()
 
     # -- what the server's sweeper and drain use ------------------------------------------------
     def idle_for(self, now: float) -> float:
         """Seconds with nothing received and nothing in flight or owed (0 while busy)."""
-        if self.in_flight or self.replies.unsent or self.replies.writing:
+        if self.in_flight or self.replies.unsent or self.replies.writing or self.streams:
             return 0.0
         return now - self.last_active
 
@@ -156,6 +183,7 @@ class Connection:
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> None:
+        CURRENT_CONNECTION.set(self)  # this task's context: its requests see their connection
         limits = self.dispatch.limits
         async with trio.open_nursery() as outer:
             self._all = outer.cancel_scope

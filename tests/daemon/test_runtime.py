@@ -72,8 +72,8 @@ async def test_stored_records_refuse_when_the_writer_inbox_is_full(store: Store)
 
 # -- start_runtime and the views over it (the ``runtime`` fixture: tests/daemon/conftest.py) -
 async def test_start_runtime_starts_every_actor_in_dependency_order(runtime: Runtime) -> None:
-    """Writer, breakers, gate, lanes, one pool per upstream, the outbox's scheduler: all
-    running, in that order."""
+    """Writer, breakers, gate, lanes, one pool per upstream, the outbox's scheduler, then
+    the event hub and the metrics textfile: all running, in that order."""
     assert list(runtime.actors.states.items()) == [
         ("writer", "running"),
         ("idempotency", "running"),
@@ -84,6 +84,8 @@ async def test_start_runtime_starts_every_actor_in_dependency_order(runtime: Run
         ("upstream.clay", "running"),
         ("scheduler", "running"),
         ("health", "running"),
+        ("events", "running"),
+        ("metrics", "running"),
     ]
     assert set(runtime.pools) == {"clay"}
     assert views.health(runtime) == "healthy"

@@ -48,6 +48,9 @@ async def test_the_table_merges_every_family_with_its_dispatch_kind(runtime: Run
         "dlq.purge": (False, True, False, True),
         "quota.list": (True, False, False, False),
         "quota.release": (False, True, False, True),
+        "subscribe": (True, False, False, False),
+        "unsubscribe": (True, False, False, False),
+        "metrics": (True, False, False, False),
     }
 
 
