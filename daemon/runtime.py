@@ -25,9 +25,10 @@ import trio
 from claykiln.actors.breaker import BreakerBoard
 from claykiln.actors.dlq import DeadLetters
 from claykiln.actors.fallback import FallbackCache
+from claykiln.actors.figures import CallFigures, MonotonicCounters
 from claykiln.actors.gate import GateBoard
-from claykiln.actors.idempotency import IdempotencyStore
 from claykiln.actors.health import HealthMonitor
+from claykiln.actors.idempotency import IdempotencyStore
 from claykiln.actors.jobs_store import JobStore
 from claykiln.actors.keyed_call import KeyedCalls
 from claykiln.actors.lanes import Lanes
@@ -39,6 +40,7 @@ from claykiln.actors.writer import Writer
 from claykiln.daemon import wiring
 from claykiln.daemon.config.credentials import CredentialStore
 from claykiln.daemon.config.types import KilnConfig
+from claykiln.daemon.events import EventHub
 from claykiln.daemon.logs import get_logger, set_secrets
 from claykiln.daemon.rpc.dispatch import ServerCounters
 from claykiln.storage import Put, StorageError, Store, text_key
@@ -161,6 +163,11 @@ class Runtime:
     # The socket served on (systemd's when socket-activated): set by the lifecycle when it
     # opens the listener, the configured path before that.
     socket: Path
+    # What kiln top and the metrics read: the event hub (``subscribe``), the ``call`` method's
+    # counts, and the floors that keep exported counters going up across a reload.
+    events: EventHub = attrs.Factory(EventHub)
+    call_figures: CallFigures = attrs.Factory(CallFigures)
+    metric_counters: MonotonicCounters = attrs.Factory(MonotonicCounters)
 
 
 def load_credentials(config: KilnConfig) -> CredentialStore:
