@@ -13,14 +13,21 @@ the rendered path, e.g. ``clay:/v3/sources/webhook/pull-in-data-from-a-webhook-1
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import attrs
 
 from claykiln.storage import Put
 
-__all__ = ["ALERT_LEVELS", "QUOTA_TABLE", "SourceQuota", "quota_put", "source_name"]
+__all__ = [
+    "ALERT_LEVELS",
+    "QUOTA_TABLE",
+    "QuotaTally",
+    "SourceQuota",
+    "quota_put",
+    "source_name",
+]
 
 QUOTA_TABLE: Final = "quota"
 ALERT_LEVELS: Final = (80, 95)
@@ -118,3 +125,28 @@ class SourceQuota:
 def quota_put(quota: SourceQuota) -> Put:
     """The write that stores ``quota``."""
     return Put(QUOTA_TABLE, quota.source.encode("utf-8"), quota.to_value())
+
+
+@attrs.define
+class QuotaTally:
+    """The counts of one write: the sources changed (``quotas``) and the alert levels crossed
+    (``crossings``: quota, percent, cap). ``load`` gives a source's count before this tally."""
+
+    load: Callable[[str], SourceQuota]
+    quotas: dict[str, SourceQuota] = attrs.Factory(dict)
+    crossings: list[tuple[SourceQuota, int, int]] = attrs.Factory(list)
+
+    def count(self, source: str, cap: int, *, accepted: bool, now: float) -> None:
+        """A row ``source`` accepted, or (``accepted`` False) Clay's refusal at its cap."""
+        quota = self.quotas.get(source) or self.load(source)
+        if accepted:
+            quota, level = quota.count_row(cap, now)
+            if level is not None:
+                self.crossings.append((quota, level, cap))
+        else:
+            quota = attrs.evolve(quota.exhausted(now), cap=cap)
+        self.quotas[source] = quota
+
+    def puts(self) -> list[Put]:
+        """The writes that store the changed counts."""
+        return [quota_put(quota) for quota in self.quotas.values()]

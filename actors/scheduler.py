@@ -45,33 +45,25 @@ import attrs
 import trio
 
 from claykiln.actors.call import CallResult, Operation
-from claykiln.actors.errors import BreakerOpenRefusal, InternalRefusal, Refusal
-from claykiln.actors.idempotency_keys import repeatable_in_doubt
-from claykiln.actors.jobs import Attempt, Job, JobState, micros, transition_ops
+from claykiln.actors.errors import InternalRefusal, Refusal
+from claykiln.actors.jobs import Job, JobState, transition_ops
 from claykiln.actors.jobs_policy import (
     OutboxSettings,
-    Verdict,
-    apply_judgement,
-    judge,
-    start_attempt,
 )
-from claykiln.actors.jobs_quota import SourceQuota, quota_put
-from claykiln.actors.jobs_store import JobStore, WaitingHead, alert_dead
+from claykiln.actors.jobs_quota import QuotaTally, SourceQuota, quota_put
+from claykiln.actors.jobs_store import JobStore, alert_dead
 from claykiln.actors.log import alert, get_logger
 from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
 from claykiln.actors.outbox import attempt_request
 from claykiln.actors.pipeline import CallPipeline
+from claykiln.actors.scheduler_pick import choose
+from claykiln.actors.scheduler_settle import settle
 from claykiln.actors.scheduler_upkeep import recover_in_flight, sweep_done
-from claykiln.storage import Delete, Op, StorageError
+from claykiln.storage import Op, StorageError
 
-__all__ = ["LEAD", "SCHEDULER_INBOX", "SWEEP_INTERVAL", "Scheduler"]
+__all__ = ["SCHEDULER_INBOX", "SWEEP_INTERVAL", "Scheduler"]
 
 SCHEDULER_INBOX: Final = 4096
-LEAD: Final = 0.05
-"""A job starts when its gate admits it within this many seconds (not long before)."""
-MIN_WAIT: Final = 0.01
-BREAKER_LOOK: Final = 0.5
-"""A queue whose breaker refuses calls is looked at again this often (at most)."""
 SWEEP_INTERVAL: Final = 5.0
 WRITE_RETRY: Final = 1.0
 
@@ -291,107 +283,27 @@ class Scheduler:
         if s.draining or free <= 0 or not looks or self._runners is None:
             return
         async with self.jobs.lock:
-            started, ops = self._choose(looks, free, now)
-            if ops:
+            pick = choose(self.jobs, self.pipeline, looks, held=s.held, free=free, now=now)
+            for queue, at in pick.looks.items():
+                if at is None:
+                    s.look_at.pop(queue, None)
+                else:
+                    s.look_at[queue] = at
+            if pick.ops:
                 try:
-                    await self.jobs.write(ops)
+                    await self.jobs.write(pick.ops)
                 except StorageError as exc:
-                    log.warning("outbox.write_failed", error=str(exc), jobs=len(started))
-                    for q in looks:
-                        s.look_at[q] = trio.current_time() + WRITE_RETRY
+                    log.warning("outbox.write_failed", error=str(exc), jobs=len(pick.started))
+                    for queue in looks:
+                        s.look_at[queue] = trio.current_time() + WRITE_RETRY
                     return
-        for job, op in started:
+        for dead in pick.refused:
+            s.counters["dead"] += 1
+            alert_dead(dead)
+        for job, op in pick.started:
             s.running[job.id] = (job, op)
             s.counters["started"] += 1
             self._runners.start_soon(self._attempt, job, op)
-
-    def _choose(
-        self, looks: list[str], free: int, now: float
-    ) -> tuple[list[tuple[Job, Operation]], list[Op]]:
-        """Which due jobs start now (and the write that takes them in flight); moves each looked
-        at queue's next look to its next due job, or to when its breaker or gate admits one."""
-        s = self._state
-        now_us = micros(self.jobs.now())
-        candidates: list[tuple[WaitingHead, str]] = []
-        for queue in looks:
-            if queue in s.held:
-                del s.look_at[queue]  # released sources are looked at again
-                continue
-            heads = self.jobs.waiting_heads(queue, free)
-            if not heads:
-                del s.look_at[queue]
-                continue
-            if heads[0][0] > now_us:
-                s.look_at[queue] = now + (heads[0][0] - now_us) / 1e6
-                continue
-            s.look_at[queue] = now  # more may be due: look again when a slot frees
-            candidates.extend((head, queue) for head in heads if head[0] <= now_us)
-        candidates.sort()
-        started: list[tuple[Job, Operation]] = []
-        ops: list[Op] = []
-        blocked: set[str] = set()
-        starts: dict[str, int] = {}
-        for (_, job_id, table, raw), queue in candidates:
-            if len(started) >= free:
-                break
-            if queue in blocked:
-                continue
-            job = self.jobs.get(job_id)
-            if job is None or not job.waiting:
-                ops.append(Delete(table, raw))  # an index entry its job no longer has
-                continue
-            op = self.pipeline.operations.get(job.operation)
-            if op is None:
-                ops.extend(self._refuse_unknown(job))
-                continue
-            wait = self._wait_for(op, starts.get(op.gate, 0), now)
-            if wait > 0:
-                blocked.add(queue)
-                s.look_at[queue] = now + wait
-                continue
-            taken = start_attempt(job, self.jobs.boot)
-            ops.extend(transition_ops(job, taken))
-            started.append((taken, op))
-            starts[op.gate] = starts.get(op.gate, 0) + 1
-        return started, ops
-
-    def _wait_for(self, op: Operation, started_on_gate: int, now: float) -> float:
-        """Seconds before a job of ``op`` may start: the breaker's reopening, the gate's
-        closure or its next admission beyond ``LEAD`` (counting the jobs started on it in
-        this pass); 0 when it may start now."""
-        try:
-            self.pipeline.breakers.check(op.breaker_key)
-        except BreakerOpenRefusal as exc:
-            # Looked at again soon: a half-open breaker's hint is the probe timeout, and its
-            # closing is not announced.
-            return min(max(exc.retry_after or BREAKER_LOOK, MIN_WAIT), BREAKER_LOOK)
-        view = self.pipeline.gate.views.get(op.gate)
-        if view is None:
-            return 0.0
-        at = view.earliest(now)
-        if view.policy is not None and started_on_gate:
-            # The jobs started in this pass have not reserved their tokens yet.
-            policy = view.policy
-            tat = max(view.tat, now) + started_on_gate * policy.interval
-            at = max(at, tat - policy.tolerance)
-        ahead = at - now
-        return max(ahead - LEAD, MIN_WAIT) if ahead > LEAD else 0.0
-
-    def _refuse_unknown(self, job: Job) -> list[Op]:
-        """A waiting job whose operation a reload removed: dead, ``refused`` (a retry after the
-        operation is configured again runs it)."""
-        now = self.jobs.now()
-        why = f"unknown_operation: operation {job.operation!r} is not configured any more"
-        dead = job.with_entry(
-            Attempt(now, "unknown_operation", error=why),
-            state=JobState.DEAD,
-            dead_at=now,
-            reason="refused",
-            error=why,
-        )
-        self._state.counters["dead"] += 1
-        alert_dead(dead)
-        return transition_ops(job, dead)
 
     async def _attempt(self, job: Job, op: Operation) -> None:
         """One attempt of ``job`` (a runner task); its outcome goes to the actor."""
@@ -422,39 +334,29 @@ class Scheduler:
         now, wall = trio.current_time(), self.jobs.now()
         ops: list[Op] = []
         moved: list[tuple[Job, Job, float]] = []
-        quotas: dict[str, SourceQuota] = {}
-        crossings: list[tuple[SourceQuota, int, int]] = []
+        tally = QuotaTally(self._quota)
         async with self.jobs.lock:
             for item in finished:
                 entry = s.running.get(item.job_id)
                 if entry is None:
                     continue
                 job, op = entry
-                policy = settings.policy(job.operation)
-                op = self.pipeline.operations.get(job.operation, op)
-                judgement = judge(
+                new, delay = settle(
+                    job,
+                    op,
                     item.outcome,
-                    job=job,
-                    policy=policy,
-                    repeatable=repeatable_in_doubt(
-                        repeat_safe=op.repeat_safe, key_field=policy.key_field
-                    ),
-                    breaker_refusing=self._refusing(op.breaker_key),
-                    now=wall,
                     duration_ms=item.duration_ms,
+                    pipeline=self.pipeline,
+                    settings=settings,
+                    tally=tally,
+                    now=wall,
                     rng=self._rng,
                 )
-                new = apply_judgement(job, judgement, wall)
-                if job.source is not None and policy.webhook is not None:
-                    exhausted = judgement.reason == "quota_exhausted"
-                    if judgement.verdict is Verdict.DONE or exhausted:
-                        cap = policy.webhook.lifetime_rows
-                        self._tally(quotas, crossings, job.source, cap, not exhausted, wall)
                 ops.extend(transition_ops(job, new))
-                moved.append((job, new, judgement.delay))
+                moved.append((job, new, delay))
             for row in counted:
-                self._tally(quotas, crossings, row.source, row.cap, row.accepted, wall)
-            ops.extend(quota_put(q) for q in quotas.values())
+                tally.count(row.source, row.cap, accepted=row.accepted, now=wall)
+            ops.extend(tally.puts())
             try:
                 await self.jobs.write(ops)
             except StorageError as exc:
@@ -466,7 +368,7 @@ class Scheduler:
         for job, new, delay in moved:
             del s.running[job.id]
             self._after(new, delay, now)
-        self._apply_quotas(quotas, crossings)
+        self._apply_quotas(tally)
 
     def _after(self, new: Job, delay: float, now: float) -> None:
         """Counters, logs and the queue's next look once ``new`` is written."""
@@ -501,39 +403,16 @@ class Scheduler:
                 )
             s.look_at[new.queue] = min(s.look_at.get(new.queue, math.inf), now + delay)
 
-    def _tally(
-        self,
-        quotas: dict[str, SourceQuota],
-        crossings: list[tuple[SourceQuota, int, int]],
-        source: str,
-        cap: int,
-        accepted: bool,
-        wall: float,
-    ) -> None:
-        """Count a row ``source`` accepted (or Clay's refusal at its cap) into ``quotas``,
-        noting an alert level crossed in ``crossings``."""
-        quota = quotas.get(source) or self._quota(source)
-        if accepted:
-            quota, level = quota.count_row(cap, wall)
-            if level is not None:
-                crossings.append((quota, level, cap))
-        else:
-            quota = attrs.evolve(quota.exhausted(wall), cap=cap)
-        quotas[source] = quota
-
     def _quota(self, source: str) -> SourceQuota:
         s = self._state
         if source not in s.quotas:
             s.quotas[source] = self.jobs.quota(source)
         return s.quotas[source]
 
-    def _apply_quotas(
-        self,
-        quotas: dict[str, SourceQuota],
-        crossings: list[tuple[SourceQuota, int, int]],
-    ) -> None:
+    def _apply_quotas(self, tally: QuotaTally) -> None:
+        """Once the counts are written: the alerts, the new holds, the cached counts."""
         s = self._state
-        for quota, level, cap in crossings:
+        for quota, level, cap in tally.crossings:
             alert(
                 log,
                 "quota.near_cap",
@@ -543,7 +422,7 @@ class Scheduler:
                 cap=cap,
                 percent=level,
             )
-        for source, quota in quotas.items():
+        for source, quota in tally.quotas.items():
             if quota.held and source not in s.held:
                 s.held.add(source)
                 self._held = frozenset(s.held)
@@ -556,13 +435,6 @@ class Scheduler:
                     held_by=quota.held_by,
                 )
             s.quotas[source] = quota
-
-    def _refusing(self, breaker_key: str) -> bool:
-        try:
-            self.pipeline.breakers.check(breaker_key)
-        except BreakerOpenRefusal:
-            return True
-        return False
 
     async def _release(self, message: _Release) -> None:
         s = self._state
