@@ -118,6 +118,8 @@ def _systemd_install_from_the_wheel(tmp_path: Path, env: dict[str, str]) -> None
     dry = _kiln(env, "systemd", "install", "--prefix", str(tmp_path / "dry"), "--dry-run")
     assert dry.returncode == 0 and "would write" in dry.stdout
     assert not (tmp_path / "dry").exists()
+    example = _kiln(env, "systemd", "show", "kiln.service.d/example.conf")
+    assert example.stdout == (ROOT / "systemd/kiln.service.d/example.conf").read_text()
 
 
 def test_editable_install_resolves_to_the_source_tree() -> None:

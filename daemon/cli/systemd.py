@@ -1,5 +1,6 @@
 """``kiln systemd install [--prefix DIR]``: the units and snippets shipped with the package, copied
-where systemd reads them (CONTRACT: docs/operations.md, "Install").
+where systemd reads them; ``kiln systemd show [NAME]`` prints one (CONTRACT: docs/operations.md,
+"Install").
 
 What goes where (under ``--prefix``, default ``/``):
 
@@ -24,7 +25,7 @@ from typing import Final
 import attrs
 import click
 
-from claykiln.daemon.cli.common import EXIT_REFUSED
+from claykiln.daemon.cli.common import EXIT_REFUSED, EXIT_USAGE
 
 __all__ = ["SHIPPED", "Placement", "placements", "systemd"]
 
@@ -36,6 +37,7 @@ SHIPPED: Final = {
     "claykiln.tmpfiles.conf": "usr/lib/tmpfiles.d/claykiln.conf",
 }
 EXEC_DROP_IN: Final = "etc/systemd/system/kiln.service.d/10-exec.conf"
+EXAMPLE_DROP_IN: Final = "kiln.service.d/example.conf"  # shipped, printed by ``show``
 UNIT_KILN: Final = "/usr/bin/kiln"  # ExecStart= of kiln.service as shipped
 # ProtectHome=yes in kiln.service hides these from the service.
 HIDDEN_FROM_SERVICE: Final = (Path("/home"), Path("/root"), Path("/run/user"))
@@ -126,3 +128,18 @@ def install(prefix: Path, force: bool, dry_run: bool) -> None:
     )
     if kept:
         sys.exit(EXIT_REFUSED)
+
+
+@systemd.command("show")
+@click.argument("name", required=False)
+def show(name: str | None) -> None:
+    """Print a shipped file (NAME, e.g. kiln.service.d/example.conf), or list them."""
+    if name is None:
+        for known in (*SHIPPED, EXAMPLE_DROP_IN):
+            click.echo(known)
+        return
+    if name not in (*SHIPPED, EXAMPLE_DROP_IN):
+        known = ", ".join((*SHIPPED, EXAMPLE_DROP_IN))
+        click.echo(f"kiln: no shipped file {name!r}; one of: {known}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(shipped_text(name), nl=False)
