@@ -166,9 +166,11 @@ class Mailbox(Generic[M]):
             raise self._stopped_error()
 
     def wedge(self) -> None:
-        """Test-only (``KILN_TEST_WEDGE``, docs/operations.md): the actor's next ``drain`` never
-        returns, as if its loop hung; asks queue up and the liveness ask goes unanswered."""
+        """Test-only (``KILN_TEST_WEDGE``, docs/operations.md): from now on the actor counts as
+        hung: liveness asks go unanswered, and its next ``drain`` never returns (after the batch
+        it may be waiting for), so asks queue up."""
         self._wedged = True
+        self._waiting = False
 
     # -- the actor's side ------------------------------------------------------------------
     async def drain(self) -> list[M]:
