@@ -101,6 +101,13 @@ class CallResult(dict[str, Any]):
         value = self.get("idempotency_key")
         return value if isinstance(value, str) else None
 
+    @property
+    def credential_missing(self) -> dict[str, str] | None:
+        """On a 401/403 answer of an operation whose credential file is missing: the file's
+        ``credential`` name, ``header`` and ``path``; None otherwise."""
+        value = self.get("credential_missing")
+        return dict(value) if isinstance(value, Mapping) else None
+
     def __repr__(self) -> str:
         return f"CallResult({dict.__repr__(self)})"
 
