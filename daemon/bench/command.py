@@ -19,6 +19,8 @@ Scenarios (docs/performance.md has the budget, the method and measured figures):
 - ``drain``: queued jobs drained through the gate against the configured rate, with no 429;
 - ``outbox-scale``: start-up and RSS on 1,000 vs 1,000,000 waiting jobs, ``dlq.list`` pages
   (daemon/bench/outbox.py; seeding 1.1M jobs takes about a minute).
+- ``abuse``: honest ``hello`` callers beside four hostile local clients (status flood, never
+  reading, drip-fed frames, worst-case frames) vs alone (daemon/bench/abuse.py).
 
 Each measured run lasts ``--duration`` seconds (a scenario makes 1 to 4 of them) and is bounded
 in count too. Figures are ratios of two measurements made in the same run; the absolute numbers
@@ -46,6 +48,7 @@ from typing import Any, Final
 
 import click
 
+from claykiln.daemon.bench.abuse import bench_abuse
 from claykiln.daemon.bench.keyed import bench_call_idempotent, bench_replay
 from claykiln.daemon.bench.measure import BenchOptions
 from claykiln.daemon.bench.outage import bench_outage
@@ -74,6 +77,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "submit": bench_submit,
     "drain": bench_drain,
     "outbox-scale": bench_outbox_scale,
+    "abuse": bench_abuse,
 }
 MAX_DURATION: Final = 600.0
 MAX_CONCURRENCY: Final = 1024

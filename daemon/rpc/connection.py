@@ -85,7 +85,7 @@ log = get_logger("claykiln.server")  # the server's logger: connection events ar
 
 RECV_SIZE: Final = 65536
 WRITER_FLUSH_TIMEOUT: Final = 5.0  # a closing connection's last replies get this long to leave
-TURN_BUDGET: Final = 0.001  # seconds of work a reader does before the others get a turn
+TURN_BUDGET: Final = 0.0005  # seconds of work a reader does before the others get a turn
 HANGUP_POLL: Final = 0.2  # seconds between checks that a half-closed peer is still there
 
 
