@@ -8,12 +8,9 @@ from (``Overlay.note``).
 
 from __future__ import annotations
 
-import difflib
-import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import attrs
 
@@ -23,11 +20,10 @@ from claykiln.actors.lanes import LanePolicy
 from claykiln.actors.retry import RetryPolicy
 from claykiln.actors.upstream import HTTP_CLIENTS, TimeoutClasses
 from claykiln.daemon.config import breakers as breaker_keys
-from claykiln.daemon.config.call_guards import read_guards
 from claykiln.daemon.config.credential_check import check_credential_files
-from claykiln.daemon.config.credentials import credential_name_problem
 from claykiln.daemon.config.daemon_table import build_daemon
-from claykiln.daemon.config.outbox import read_outbox
+from claykiln.daemon.config.fields import auth_table, header_table
+from claykiln.daemon.config.operations import METHODS, operation
 from claykiln.daemon.config.overlay import Overlay, overlay
 from claykiln.daemon.config.schema import (
     ConfigError,
@@ -42,12 +38,9 @@ from claykiln.daemon.config.schema import (
     duration,
     integer,
     number,
-    string,
 )
 from claykiln.daemon.config.types import (
-    AuthConfig,
     KilnConfig,
-    OnFailure,
     OperationConfig,
     UpstreamConfig,
 )
@@ -55,12 +48,6 @@ from claykiln.daemon.config.units import format_duration
 
 __all__ = ["METHODS", "build_config"]
 
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
-# RFC 9110 idempotent methods: repeating them is safe unless the config says otherwise.
-REPEAT_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-CUSTOM_TIMEOUT = "custom"
-_HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 BREAKER_RULES: Mapping[str, Parser[Any]] = {
     "error_threshold": number(0, 1, example=0.5),
@@ -99,7 +86,6 @@ LANE_RULES: Mapping[str, Parser[Any]] = {
 TIMEOUT_RULES: Mapping[str, Parser[Any]] = {
     f.name: duration(example="30s") for f in attrs.fields(TimeoutClasses)
 }
-TIMEOUT_CLASSES = tuple(f.name for f in attrs.fields(TimeoutClasses))
 
 
 def build_config(
@@ -147,7 +133,7 @@ def build_config(
     for name, t in ops_table.named_tables():
         declared_ops.add(name)
         note = layers.note("operations", name)
-        op = _operation(name, t, upstreams, lanes, gate_names, note)
+        op = operation(name, t, upstreams, lanes, gate_names, note)
         if op is not None:
             operations[name] = op
     ops_table.finish()
@@ -213,52 +199,9 @@ def _base_url(raw: object) -> str:
     return normalized
 
 
-def _headers(raw: object) -> dict[str, str]:
-    rule = 'must be a table of header names to strings, e.g. { "user-agent" = "claykiln/0.1" }'
-    if not isinstance(raw, Mapping):
-        raise Invalid(rule)
-    for name, value in raw.items():
-        if not re.fullmatch(_HEADER_NAME, name):
-            msg = f"{json.dumps(name)} is not a valid header name; {rule}"
-            raise Invalid(msg)
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
-            msg = f"the value of {json.dumps(name)} must be a string without line breaks"
-            raise Invalid(msg)
-    return dict(raw)
-
-
-def _header_name(raw: object) -> str:
-    if not isinstance(raw, str) or not re.fullmatch(_HEADER_NAME, raw):
-        msg = 'must be an HTTP header name (letters, digits, "-", no spaces), e.g. "clay-api-key"'
-        raise Invalid(msg)
-    return raw
-
-
-def _credential(raw: object) -> str:
-    if not isinstance(raw, str):
-        msg = 'must be a credential file name, e.g. "clay-api-key"'
-        raise Invalid(msg)
-    problem = credential_name_problem(raw)
-    if problem is not None:
-        msg = f'{problem} (a file name in credentials_dir, e.g. "clay-api-key")'
-        raise Invalid(msg)
-    return raw
-
-
-def _auth(t: Table | None) -> AuthConfig | None:
-    if t is None:
-        return None
-    header = t.require("header", _header_name, '"clay-api-key"')
-    credential = t.require("credential", _credential, '"clay-api-key"')
-    t.finish()
-    if header is None or credential is None:
-        return None
-    return AuthConfig(header=header, credential=credential)
-
-
 def _upstream(name: str, t: Table) -> UpstreamConfig | None:
     base_url = t.require("base_url", _base_url, '"https://api.example.com"')
-    auth = _auth(t.table("auth"))
+    auth = auth_table(t.table("auth"))
     rate_t = t.table("rate")
     rate = build_policy(RatePolicy, rate_t, RATE_RULES) if rate_t is not None else None
     breaker = build_policy(BreakerPolicy, t.table("breaker"), BREAKER_RULES)
@@ -268,7 +211,7 @@ def _upstream(name: str, t: Table) -> UpstreamConfig | None:
         retry = None
     timeouts = build_policy(TimeoutClasses, t.table("timeouts"), TIMEOUT_RULES)
     max_connections = t.get("max_connections", integer(1, example=64), 64)
-    headers: dict[str, str] = t.get("headers", _headers, {})
+    headers: dict[str, str] = t.get("headers", header_table, {})
     http_client = t.get("http_client", choice(*HTTP_CLIENTS, fold_case=False), "h11")
     probe = breaker_keys.probe(t.table("probe"))
     critical = t.get("critical", boolean, False)
@@ -351,118 +294,3 @@ def _gates(
             gates[name] = policy
     t.finish()
     return gates, frozenset(declared)
-
-
-# ---- [operations.NAME] -------------------------------------------------------------------
-
-
-def _path_template(raw: object) -> str:
-    if not isinstance(raw, str) or not raw.startswith("/") or any(c.isspace() for c in raw):
-        msg = 'must be a path starting with "/" without spaces, e.g. "/v1/things/{thing_id}"'
-        raise Invalid(msg)
-    if "{" in _PLACEHOLDER.sub("", raw) or "}" in _PLACEHOLDER.sub("", raw):
-        msg = "has an unbalanced { or }; placeholders look like {thing_id}"
-        raise Invalid(msg)
-    for name in _PLACEHOLDER.findall(raw):
-        if not name.isidentifier():
-            msg = (
-                f"placeholder {{{name}}} must be an identifier (letters, digits and _, "
-                "not starting with a digit), e.g. {thing_id}"
-            )
-            raise Invalid(msg)
-    return raw
-
-
-def _timeout(raw: object) -> tuple[str, float | None]:
-    if isinstance(raw, str) and raw in TIMEOUT_CLASSES:
-        return raw, None
-    try:
-        return CUSTOM_TIMEOUT, duration(example="45s")(raw)
-    except Invalid:
-        classes = ", ".join(TIMEOUT_CLASSES)
-        msg = f'must be a timeout class ({classes}) or a duration > 0 like "45s"'
-        raise Invalid(msg) from None
-
-
-def _on_failure(raw: object) -> str:
-    return choice("error", "fallback", "dlq", fold_case=False)(raw)
-
-
-def _known(name: str, defined: Mapping[str, object]) -> str:
-    """``; did you mean X? (defined: A, B)`` or ``; defined: A, B`` for an unknown name."""
-    near = difflib.get_close_matches(name, list(defined), n=1, cutoff=0.6)
-    known = ", ".join(sorted(defined)) or "none"
-    return f"; did you mean {near[0]}? (defined: {known})" if near else f"; defined: {known}"
-
-
-def _operation(
-    name: str,
-    t: Table,
-    upstreams: Mapping[str, UpstreamConfig | None],
-    lanes: Mapping[str, LanePolicy | None],
-    gates: Mapping[str, object],
-    note: str,
-) -> OperationConfig | None:
-    upstream = t.require("upstream", string(example="clay"), '"clay"')
-    method = t.require("method", choice(*METHODS), '"POST"')
-    path = t.require("path", _path_template, '"/v1/things/{thing_id}"')
-    lane = t.get("lane", string(example="normal"), "normal")
-    no_seconds: float | None = None
-    timeout_class, seconds = t.get("timeout", _timeout, ("request", no_seconds))
-    on_failure = t.get("on_failure", _on_failure, "error")
-    repeat_safe = t.get("repeat_safe", boolean, method in REPEAT_SAFE_METHODS)
-    guards = read_guards(t, method, on_failure)
-    job_keys, webhook = read_outbox(t, lane, lanes)
-    breaker = t.get("breaker", breaker_keys.breaker_scope, "upstream")
-    gate = t.get("gate", string(example="clay-public"), None)
-    headers: dict[str, str] = t.get("headers", _headers, {})
-    auth_t = t.table("auth")
-    auth = _auth(auth_t)
-    t.finish()
-    if upstream is not None and upstream not in upstreams:
-        why = f"unknown upstream{_known(upstream, upstreams)}{note}"
-        t.problems.bad_value(t.sub_path("upstream"), upstream, why)
-    if "lane" not in t.invalid and lane not in lanes:
-        known = ", ".join(sorted(lanes)) or "none"
-        if "lane" in t.data:
-            why = f"unknown lane{_known(lane, lanes)}{note}"
-            t.problems.bad_value(t.sub_path("lane"), lane, why)
-        else:
-            t.problems.add(
-                f"{t.sub_path('lane')}: not set, and the default lane {json.dumps(lane)} is not "
-                f"defined; set lane to one of: {known}{note}"
-            )
-        t.invalid.add("lane")
-    # A gate named like the operation's own (unknown) upstream was just reported as such.
-    if gate is not None and gate not in gates and gate != upstream:
-        t.problems.bad_value(t.sub_path("gate"), gate, f"unknown gate{_known(gate, gates)}{note}")
-        t.invalid.add("gate")
-    up = upstreams.get(upstream) if upstream is not None else None
-    if up is None or method is None or path is None or t.invalid or (auth_t and auth is None):
-        return None
-    if seconds is None:
-        seconds = float(getattr(up.timeouts, timeout_class))
-    return OperationConfig(
-        name=name,
-        upstream=up.name,
-        method=method,
-        path=path,
-        lane=lane,
-        timeout=seconds,
-        timeout_class=timeout_class,
-        on_failure=cast(OnFailure, on_failure),
-        repeat_safe=repeat_safe,
-        idempotent=guards.header,
-        cacheable=guards.cache is not None,
-        idempotency=guards.idempotency,
-        idempotency_retention=guards.retention,
-        key_field=guards.key_field,
-        cache=guards.cache,
-        outbox=job_keys,
-        webhook=webhook,
-        breaker=breaker,
-        headers=headers,
-        auth=auth,
-        path_params=tuple(dict.fromkeys(_PLACEHOLDER.findall(path))),
-        gate=up.name if gate is None else gate,
-    )
