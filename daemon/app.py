@@ -17,16 +17,23 @@ order and handed to the RPC methods (``methods/``), the read-side views (``views
 health, limits, breaker views, durable flush, peer checks) and reload (``reload.py``, on
 SIGHUP: a bad config keeps the old one; a good one applies without dropping in-flight work).
 
-Also here: one daemon per state directory (an ``flock`` on ``kiln.lock``), the listening socket
-(systemd's if socket-activated, else bound and removed on exit), and the watchdog, which follows
+Also here: one daemon per store (an ``flock`` on ``kiln.lock`` and one on the store directory
+itself, so deleting ``kiln.lock`` lets no second daemon in), the listening socket (systemd's if
+socket-activated, else bound and removed on exit), and the watchdog, which follows
 the health monitor's snapshot (``actors/health.py``): ``WATCHDOG=1`` only while every actor runs
 and answers its liveness ask, the storage writer makes progress and the snapshot is fresh;
 ``STATUS=`` is the snapshot's summary.
+
+Start-up failures end the process with one line and exit 1, never a traceback:
+``daemon.start_failed`` (the state directory or the socket cannot be used, another daemon holds
+the store, the config or a credential is unusable), ``storage.damaged`` (the store failed its
+integrity check: docs/operations.md, "A damaged store") or ``storage.open_failed``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -54,7 +61,7 @@ from claykiln.daemon.runtime import (
     load_credentials,
 )
 from claykiln.daemon.start import server_limits, start_runtime
-from claykiln.storage import StorageError, Store
+from claykiln.storage import StorageError, Store, StoreDamaged
 
 __all__ = ["Daemon", "kiln_version", "run_daemon"]
 
@@ -79,6 +86,11 @@ def kiln_version() -> str:
 
 class StateDirBusy(Exception):
     """Another daemon holds the state directory's lock."""
+
+
+class StartFailed(Exception):
+    """Something the daemon needs at start cannot be used (the state directory, the socket
+    path); the message names it, says why and how to fix it."""
 
 
 class Daemon:
@@ -109,13 +121,12 @@ class Daemon:
         self.started_at = time.monotonic()
         self._listener = listener
         self._bound_socket: Path | None = None
-        self._lock_fd: int | None = None
+        self._lock_fds: list[int] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         config = self._config
         d = config.daemon
         credentials = load_credentials(config)
-        d.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_state_dir(d.state_dir)
         store = await trio.to_thread.run_sync(
             partial(
@@ -133,6 +144,7 @@ class Daemon:
             config=config.source,
             state_dir=str(d.state_dir),
             boot=store.meta.boot_count,
+            store_checked_s=store.meta.integrity_seconds,
         )
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -151,9 +163,7 @@ class Daemon:
         finally:
             store.close()
             self._remove_socket()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._unlock()
             log.info("daemon.stopped")
 
     async def _start(
@@ -192,7 +202,15 @@ class Daemon:
             log.info("daemon.socket_activated", fds=len(inherited), socket=str(serving))
             return adopt_listener(inherited[0]), serving
         path = config.daemon.socket
-        listener = bind_unix_listener(path, config.daemon.socket_mode)
+        try:
+            listener = bind_unix_listener(path, config.daemon.socket_mode)
+        except OSError as exc:
+            msg = (
+                f"cannot listen on the socket {path}: {exc.strerror or exc}; its directory must "
+                "exist (or be creatable) and be writable by the daemon's user, and the path "
+                "must be under 108 bytes (RuntimeDirectory= under systemd, or --socket)"
+            )
+            raise StartFailed(msg) from None
         self._bound_socket = path
         return listener, path
 
@@ -241,18 +259,38 @@ class Daemon:
         root.cancel_scope.cancel()
 
     def _lock_state_dir(self, state_dir: Path) -> None:
-        """One daemon per state directory: a second one would be a second LMDB writer."""
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """One daemon per store: a second one would be a second writer of the same records.
+
+        Makes the state and store directories (0700) and holds two flocks for the life of the
+        process (the kernel releases them when it dies): ``kiln.lock``, and the store directory
+        itself, which no file deletion can take away. Raises StateDirBusy if another process
+        holds either, StartFailed if the directories cannot be made or used.
+        """
+        store_dir = state_dir / STORE_DIRNAME
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            msg = (
-                f"another kiln daemon is using the state directory {state_dir}; stop it first "
-                "or give this one another --state-dir"
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            store_dir.mkdir(mode=0o700, exist_ok=True)
+            self._lock_fds.append(
+                os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             )
-            raise StateDirBusy(msg) from None
-        self._lock_fd = fd  # held (and released by the kernel) for the life of the process
+            self._lock_fds.append(os.open(store_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        except OSError as exc:
+            self._unlock()
+            raise StartFailed(_state_dir_problem(state_dir, exc)) from None
+        for fd, what in zip(self._lock_fds, (LOCK_NAME, "the store directory"), strict=True):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._unlock()
+                msg = (
+                    f"another kiln daemon is using the state directory {state_dir} (it holds "
+                    f"{what}); stop it first or give this one another --state-dir"
+                )
+                raise StateDirBusy(msg) from None
+
+    def _unlock(self) -> None:
+        while self._lock_fds:
+            os.close(self._lock_fds.pop())
 
     def _remove_socket(self) -> None:
         if self._bound_socket is not None:
@@ -304,14 +342,42 @@ def run_daemon(
         trio.run(daemon.run)
     except BaseException as exc:
         leaf = _leaf(exc)
+        if isinstance(leaf, StoreDamaged):
+            alert(
+                log,
+                "storage.damaged",
+                severity="critical",
+                path=str(leaf.path),
+                check=leaf.check,
+                detail=leaf.detail,
+                error=str(leaf),
+            )
+            return 1
         if isinstance(leaf, StorageError):
             alert(log, "storage.open_failed", severity="critical", error=str(leaf))
             return 1
-        if isinstance(leaf, StateDirBusy | SocketInUse | ConfigError | CredentialError):
+        if isinstance(
+            leaf, StateDirBusy | StartFailed | SocketInUse | ConfigError | CredentialError
+        ):
             log.error("daemon.start_failed", error=str(leaf))
             return 1
         raise
     return 0
+
+
+def _state_dir_problem(state_dir: Path, exc: OSError) -> str:
+    """What is wrong with ``state_dir`` (from the OSError making or locking it) and the fix."""
+    where = exc.filename or state_dir
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        why = f"{where} exists but is not a directory"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = f"{where} cannot be written ({exc.strerror})"
+    else:
+        why = f"{where}: {exc.strerror or exc}"
+    return (
+        f"cannot use the state directory {state_dir}: {why}; it must be a directory the "
+        "daemon's user can write (StateDirectory= under systemd, or --state-dir)"
+    )
 
 
 def _leaf(exc: BaseException) -> BaseException:

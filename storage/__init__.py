@@ -12,7 +12,14 @@ from claykiln.storage.env import (
     StorageUsage,
     Store,
 )
-from claykiln.storage.errors import SchemaError, StorageClosed, StorageError, StoreFull
+from claykiln.storage.errors import (
+    RecordDamaged,
+    SchemaError,
+    StorageClosed,
+    StorageError,
+    StoreDamaged,
+    StoreFull,
+)
 from claykiln.storage.ops import Delete, Op, Put
 from claykiln.storage.schema import SCHEMA_VERSION, StoreMeta
 
@@ -24,11 +31,13 @@ __all__ = [
     "Delete",
     "Op",
     "Put",
+    "RecordDamaged",
     "SchemaError",
     "StorageClosed",
     "StorageError",
     "StorageUsage",
     "Store",
+    "StoreDamaged",
     "StoreFull",
     "StoreMeta",
     "join_key",

@@ -16,6 +16,7 @@ the writer may grow the map.
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,7 +26,8 @@ import attrs
 import lmdb
 
 from claykiln.storage.codec import pack, unpack
-from claykiln.storage.errors import StorageClosed, StorageError, StoreFull
+from claykiln.storage.errors import RecordDamaged, StorageClosed, StorageError, StoreFull
+from claykiln.storage.integrity import check_files, walk_in_child
 from claykiln.storage.ops import Delete, Op, PreparedOp, Put
 from claykiln.storage.schema import RESERVED_META_KEYS, StoreMeta, initialize
 from claykiln.storage.transactions import commit_group, commit_isolated
@@ -71,13 +73,19 @@ _open_dirs_lock = threading.Lock()
 @attrs.frozen
 class StorageUsage:
     """Space use: ``used_bytes`` is the high-water mark of pages (freed pages are reused inside
-    it); ``ratio`` is ``used_bytes / max_map_size``, the share of the ceiling in use."""
+    it); ``ceiling`` is what the store can reach: ``max_map_size``, or the pages in use plus the
+    free space of the disk under it when that is smaller (``disk_bound``); ``ratio`` is
+    ``used_bytes / ceiling``, so a full disk reads close to 1.0 whatever ``max_map_size`` says.
+    ``disk_free``: bytes the disk still gives the store's user (None: statvfs failed)."""
 
     map_size: int
     used_bytes: int
     max_map_size: int
     ratio: float
     entries: dict[str, int]
+    ceiling: int = 0
+    disk_free: int | None = None
+    disk_bound: bool = False
 
 
 def _page_floor(size: int) -> int:
@@ -114,18 +122,24 @@ class Store:
         map_size: int = DEFAULT_MAP_SIZE,
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         sync: bool = True,
+        check: bool = True,
     ) -> Store:
         """Open (creating if needed) the environment in directory ``path`` (made mode 0700).
 
         Blocking: it creates files and makes one durable commit (schema version, boot id and
-        count), so async code calls it in a worker thread. Clears stale reader slots left by
-        killed processes. The map starts at ``map_size`` (or what the data already needs) and the
-        writer grows it up to ``max_map_size``. ``sync=False`` skips fsync: commits survive a
-        process crash but not an OS crash or power loss.
+        count, table list), so async code calls it in a worker thread. Clears stale reader
+        slots left by killed processes. The map starts at ``map_size`` (or what the data already
+        needs) and the writer grows it up to ``max_map_size``. ``sync=False`` skips fsync:
+        commits survive a process crash but not an OS crash or power loss.
 
-        Raises SchemaError if the data has a newer (or unknown) schema version, StorageError if
-        ``path`` is already open in this process or LMDB/the filesystem refuses, ValueError for
-        sizes that make no sense.
+        Before LMDB maps a page, the files are checked (storage/integrity.py): always the data
+        file against its meta pages; with ``check`` (the default) also every page and record,
+        read in a child process (``meta.integrity_seconds`` says how long that took).
+
+        Raises StoreDamaged (nothing opened, nothing written) when a check fails, SchemaError if
+        the data has a newer (or unknown) schema version, StorageError if ``path`` is already
+        open in this process or LMDB/the filesystem refuses, ValueError for sizes that make no
+        sense.
         """
         if map_size <= 0 or max_map_size < map_size:
             msg = f"need 0 < map_size <= max_map_size, got {map_size} and {max_map_size}"
@@ -145,6 +159,8 @@ class Store:
             _open_dirs.add(identity)
         env: lmdb.Environment | None = None
         try:
+            check_files(path)
+            walked = walk_in_child(path) if check and _has_data(path) else None
             env = lmdb.open(
                 str(path),
                 map_size=_page_floor(map_size),
@@ -158,7 +174,13 @@ class Store:
                 lock=True,
             )
             cleared = env.reader_check()
-            dbs, meta = initialize(env, path, TABLES, stale_readers_cleared=cleared)
+            dbs, meta = initialize(
+                env,
+                path,
+                TABLES,
+                stale_readers_cleared=cleared,
+                integrity_seconds=None if walked is None else float(walked["seconds"]),
+            )
         except lmdb.Error as exc:
             _release(identity, env)
             msg = f"cannot open the LMDB store at {path}: {exc}"
@@ -207,7 +229,7 @@ class Store:
                 raw = txn.get(key)
         except lmdb.Error as exc:
             raise _read_error(table, exc) from exc
-        return None if raw is None else unpack(raw)
+        return None if raw is None else _decode(table, key, raw)
 
     def items(
         self,
@@ -235,7 +257,7 @@ class Store:
                     positioned = cur.first() if start is None else cur.set_range(start)
                     pairs = cur.iternext() if positioned else ()
                 for key, raw in pairs:
-                    out.append((key, unpack(raw)))
+                    out.append((key, _decode(table, key, raw)))
                     if limit is not None and len(out) >= limit:
                         break
         except lmdb.Error as exc:
@@ -252,7 +274,8 @@ class Store:
             raise _read_error(table, exc) from exc
 
     def usage(self) -> StorageUsage:
-        """Map size, pages in use, the ceiling, their ratio and the entries of every table."""
+        """Map size, pages in use, the ceiling (the map's, or the disk's when that is less),
+        their ratio and the entries of every table. One statvfs and one read transaction."""
         env = self._live_env()
         try:
             info = env.info()
@@ -262,12 +285,24 @@ class Store:
         except lmdb.Error as exc:
             msg = f"cannot read usage of {self.path}: {exc}"
             raise StorageError(msg) from exc
+        try:
+            disk = os.statvfs(self.path)
+            disk_free: int | None = disk.f_bavail * disk.f_frsize
+        except OSError:
+            disk_free = None
+        ceiling = self._max_map_size
+        disk_bound = disk_free is not None and used + disk_free < ceiling
+        if disk_bound and disk_free is not None:
+            ceiling = used + disk_free
         return StorageUsage(
             map_size=self._map_size,
             used_bytes=used,
             max_map_size=self._max_map_size,
-            ratio=used / self._max_map_size,
+            ratio=min(1.0, used / ceiling) if ceiling > 0 else 1.0,
             entries=entries,
+            ceiling=ceiling,
+            disk_free=disk_free,
+            disk_bound=disk_bound,
         )
 
     # ---- the writer's side ------------------------------------------------------------------
@@ -376,6 +411,23 @@ def _seek_last_at_most(cur: lmdb.Cursor, start: bytes | None) -> bool:
 
 def _read_error(table: str, exc: lmdb.Error) -> StorageError:
     return StorageError(f"read from table {table!r} failed: {exc}")
+
+
+def _decode(table: str, key: bytes, raw: bytes) -> Any:
+    """``unpack(raw)``; a value that does not decode is RecordDamaged naming table and key."""
+    try:
+        return unpack(raw)
+    except Exception as exc:  # msgpack raises several types (ValueError, UnicodeDecodeError..)
+        msg = f"the value of {key[:64]!r} in table {table!r} does not decode ({exc}); damaged?"
+        raise RecordDamaged(msg) from exc
+
+
+def _has_data(path: Path) -> bool:
+    """Whether ``path`` holds a data file with pages in it (else there is nothing to walk)."""
+    try:
+        return (path / "data.mdb").stat().st_size > 0
+    except OSError:
+        return False
 
 
 def _release(identity: tuple[int, int], env: lmdb.Environment | None) -> None:
