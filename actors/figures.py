@@ -172,7 +172,8 @@ class MonotonicCounters:
     """Counters exported as only going up, whatever the source does: a source that restarts
     from zero (a lane rebuilt by a reload) continues from the total it had reached.
 
-    ``value(key, raw)`` is the exported value of series ``key`` whose source now reads ``raw``.
+    ``value(key, raw)`` is the exported value of series ``key`` whose source now reads ``raw``;
+    a series whose source is gone reads 0, so it keeps its total (``keys_of`` lists them).
     """
 
     __slots__ = ("_last", "_offset")
@@ -180,6 +181,10 @@ class MonotonicCounters:
     def __init__(self) -> None:
         self._last: dict[tuple[str, ...], float] = {}
         self._offset: dict[tuple[str, ...], float] = {}
+
+    def keys_of(self, name: str) -> list[tuple[str, ...]]:
+        """Every series key seen whose first element is ``name``."""
+        return [key for key in self._last if key and key[0] == name]
 
     def value(self, key: tuple[str, ...], raw: float) -> float:
         last = self._last.get(key)

@@ -62,21 +62,38 @@ class RuntimeCollector(Collector):
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self._added: dict[str, set[tuple[str, ...]]] = {}  # family -> label values this round
 
     def _counter(self, family: CounterMetricFamily, labels: list[str], raw: float) -> None:
         """Add a sample to ``family`` that never goes down (``MonotonicCounters``)."""
         key = (family.name, *labels)
+        self._added.setdefault(family.name, set()).add(tuple(labels))
         family.add_metric(labels, self.runtime.metric_counters.value(key, raw))
 
+    def _finish(self, family: Metric) -> Metric:
+        """A counter keeps the series it had even when their source is gone this round (a
+        reload rebuilt it): they stay at the total they reached."""
+        if isinstance(family, CounterMetricFamily):
+            added = self._added.pop(family.name, set())
+            counters = self.runtime.metric_counters
+            for key in counters.keys_of(family.name):
+                if key[1:] not in added:
+                    family.add_metric(list(key[1:]), counters.value(key, 0))
+        return family
+
     def collect(self) -> Iterable[Metric]:
-        yield from self._process()
-        yield from self._calls()
-        yield from self._upstreams()
-        yield from self._breakers()
-        yield from self._gates()
-        yield from self._lanes()
-        yield from self._outbox()
-        yield from self._server()
+        for part in (
+            self._process,
+            self._calls,
+            self._upstreams,
+            self._breakers,
+            self._gates,
+            self._lanes,
+            self._outbox,
+            self._server,
+        ):
+            for family in part():
+                yield self._finish(family)
 
     def _process(self) -> Iterator[Metric]:
         runtime = self.runtime

@@ -66,7 +66,8 @@ async def run_textfile(
         try:
             await trio.to_thread.run_sync(write_atomically, path, data)
         except OSError as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            # Not str(exc): it names the temporary file, a new one each round.
+            error = f"{type(exc).__name__}: {exc.strerror or exc}"
             if error != last_error:
                 log.warning("metrics.write_failed", path=str(path), error=error)
                 last_error = error

@@ -17,9 +17,10 @@ from typing import Any
 
 from claykiln.actors.figures import LatencyHistogram
 from claykiln.daemon import views
+from claykiln.daemon.config.types import KilnConfig
 from claykiln.daemon.runtime import Runtime
 
-__all__ = ["RuntimeTicks"]
+__all__ = ["RuntimeTicks", "configured_gates"]
 
 OUTBOX_STATES = ("pending", "retry_wait", "in_flight", "dead", "done")
 
@@ -30,6 +31,29 @@ def _ms(seconds: float | None) -> float | None:
 
 def _rate(now: int, then: int, elapsed: float) -> float:
     return round(max(now - then, 0) / elapsed, 2) if elapsed > 0 else 0.0
+
+
+UNUSED_GATE: dict[str, Any] = {
+    "paced": False,
+    "per_second": None,
+    "burst": None,
+    "tokens": None,
+    "closed": False,
+    "closed_for": 0.0,
+    "reason": None,
+    "waiting": 0,
+    "admitted": 0,
+    "limited": 0,
+}
+
+
+def configured_gates(config: KilnConfig) -> list[str]:
+    """Every gate the config names: each upstream's own, each ``[gates]`` entry, and every gate
+    an operation uses."""
+    names = (
+        set(config.upstreams) | set(config.gates) | {op.gate for op in config.operations.values()}
+    )
+    return sorted(names)
 
 
 class RuntimeTicks:
@@ -141,7 +165,11 @@ class RuntimeTicks:
 
     def _gates(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, gate in self.runtime.gate.stats()["upstreams"].items():
+        seen = self.runtime.gate.stats()["upstreams"]
+        for name in configured_gates(self.runtime.config):
+            if name not in seen:  # a gate nobody used yet: unpaced, open
+                out[name] = dict(UNUSED_GATE)
+        for name, gate in seen.items():
             tokens = gate.get("tokens")
             out[name] = {
                 "paced": gate.get("paced", False),
@@ -155,7 +183,7 @@ class RuntimeTicks:
                 "admitted": gate.get("admitted", 0),
                 "limited": gate.get("limited", 0),
             }
-        return out
+        return dict(sorted(out.items()))
 
     def _outbox(self) -> dict[str, Any]:
         counts = self.runtime.jobs.counts()

@@ -1,8 +1,8 @@
 """``kiln bench``: measure the performance budget (docs/performance.md) on this machine.
 
     kiln bench [--scenario writes|hello|call|breaker-open|outage|outage-peers|replay|
-                           call-idempotent|submit|drain|outbox-scale|all] [--duration S]
-               [--concurrency N] [--json]
+                           call-idempotent|submit|drain|outbox-scale|all|quick]...
+               [--duration S] [--concurrency N] [--json] [--compare FILE.json [--threshold F]]
 
 Scenarios (docs/performance.md has the budget, the method and measured figures):
 
@@ -27,8 +27,14 @@ in count too. Figures are ratios of two measurements made in the same run; the a
 move with the machine's load (the load average is recorded with every result). Benchmarks are
 never assertions about speed in the test suite.
 
+``--scenario`` may be given more than once; ``quick`` names every scenario but the slow ones
+(``SLOW_SCENARIOS``: minutes even at a tiny ``--duration``), which is what CI runs.
+
 Output: a rich table on a terminal; JSON with ``--json`` or when stdout is not a terminal.
-Exit status 0 when every scenario ran (whether or not it met its target), 1 when one failed.
+``--compare FILE.json`` then prints the change against a previous ``--json`` run (on stderr
+when the report goes to stdout as JSON; ``compare.py`` says what is judged).
+Exit status 0 when every scenario ran (whether or not it met its target), 1 when one failed,
+3 when ``--compare`` found a regression past ``--threshold``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ from typing import Any, Final
 import click
 
 from claykiln.daemon.bench.abuse import bench_abuse
+from claykiln.daemon.bench.compare import (
+    DEFAULT_THRESHOLD,
+    compare_reports,
+    load_report,
+    render,
+)
 from claykiln.daemon.bench.keyed import bench_call_idempotent, bench_replay
 from claykiln.daemon.bench.measure import BenchOptions
 from claykiln.daemon.bench.outage import bench_outage
@@ -61,7 +73,15 @@ from claykiln.daemon.bench.scenarios import (
     bench_writes,
 )
 
-__all__ = ["SCENARIOS", "bench_command", "run_bench"]
+__all__ = [
+    "EXIT_REGRESSION",
+    "QUICK_SCENARIOS",
+    "SCENARIOS",
+    "SLOW_SCENARIOS",
+    "bench_command",
+    "run_bench",
+    "scenario_names",
+]
 
 Scenario = Callable[[BenchOptions], dict[str, Any]]
 
@@ -79,8 +99,26 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "outbox-scale": bench_outbox_scale,
     "abuse": bench_abuse,
 }
+# Minutes even at a tiny --duration (a 30 s outage shape, seeding a million jobs): not "quick".
+SLOW_SCENARIOS: Final = frozenset({"outage-peers", "outbox-scale"})
+QUICK_SCENARIOS: Final = tuple(name for name in SCENARIOS if name not in SLOW_SCENARIOS)
+EXIT_REGRESSION: Final = 3
 MAX_DURATION: Final = 600.0
 MAX_CONCURRENCY: Final = 1024
+
+
+def scenario_names(chosen: Sequence[str]) -> list[str]:
+    """The scenarios ``--scenario`` names, in the order of ``SCENARIOS``, each once (``all``:
+    every one, ``quick``: ``QUICK_SCENARIOS``, none given: all)."""
+    wanted: set[str] = set()
+    for name in chosen or ("all",):
+        if name == "all":
+            wanted.update(SCENARIOS)
+        elif name == "quick":
+            wanted.update(QUICK_SCENARIOS)
+        else:
+            wanted.add(name)
+    return [name for name in SCENARIOS if name in wanted]
 
 
 def _machine() -> dict[str, Any]:
@@ -173,10 +211,11 @@ def bench_command() -> click.Command:
     @click.command("bench")
     @click.option(
         "--scenario",
-        type=click.Choice([*SCENARIOS, "all"]),
-        default="all",
-        show_default=True,
-        help="What to measure; all runs every scenario in turn.",
+        "scenarios",
+        type=click.Choice([*SCENARIOS, "all", "quick"]),
+        multiple=True,
+        help="What to measure (repeatable); all (the default) runs every scenario in turn, "
+        f"quick all but {', '.join(sorted(SLOW_SCENARIOS))}.",
     )
     @click.option(
         "--duration",
@@ -193,9 +232,33 @@ def bench_command() -> click.Command:
         show_default=True,
         help="Concurrent callers (connections, tasks or pipelined requests).",
     )
-    def bench(scenario: str, duration: float, as_json: bool, concurrency: int) -> None:
+    @click.option(
+        "--compare",
+        "previous",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A previous --json report: print the change and exit 3 on a regression.",
+    )
+    @click.option(
+        "--threshold",
+        type=click.FloatRange(0.0, 10.0),
+        default=DEFAULT_THRESHOLD,
+        show_default=True,
+        help="With --compare: how much worse (a fraction) a judged figure may get.",
+    )
+    def bench(
+        scenarios: tuple[str, ...],
+        duration: float,
+        as_json: bool,
+        concurrency: int,
+        previous: Path | None,
+        threshold: float,
+    ) -> None:
         """Measure the daemon against its performance budget (docs/performance.md)."""
-        names = list(SCENARIOS) if scenario == "all" else [scenario]
+        names = scenario_names(scenarios)
+        try:
+            baseline = load_report(previous) if previous is not None else None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--compare") from None
         workdir = Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/tmp"))  # short socket paths
         try:
             options = BenchOptions(duration=duration, concurrency=concurrency, workdir=workdir)
@@ -206,11 +269,20 @@ def bench_command() -> click.Command:
             )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        if as_json or not sys.stdout.isatty():
+        to_json = as_json or not sys.stdout.isatty()
+        if to_json:
             click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
         else:
             _render(report)
+        regressed = False
+        if baseline is not None:
+            comparison = compare_reports(baseline, report, threshold)
+            for line in render(comparison, previous=str(previous)):
+                click.echo(line, err=to_json)
+            regressed = bool(comparison.regressions)
         if any("error" in item for item in report["results"]):
             sys.exit(1)
+        if regressed:
+            sys.exit(EXIT_REGRESSION)
 
     return bench

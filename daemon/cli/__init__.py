@@ -34,6 +34,8 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "jobs": ("claykiln.daemon.cli.jobs", "jobs"),
     "dlq": ("claykiln.daemon.cli.dlq", "dlq"),
     "quota": ("claykiln.daemon.cli.quota", "quota"),
+    "top": ("claykiln.daemon.cli.top", "top"),
+    "metrics": ("claykiln.daemon.cli.metrics", "metrics"),
     "demo": ("claykiln.daemon.demo.command", "demo_command"),
     "bench": ("claykiln.daemon.bench.command", "bench_command"),
 }
