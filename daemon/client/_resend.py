@@ -71,6 +71,7 @@ REPEAT_SAFE_METHODS: Final = frozenset(
         "quota.list",
         "idempotency.get",
         "cache.list",
+        "metrics",
     }
 )
 # A daemon that is starting or restarting: no socket file yet, or nobody accepting on it.

@@ -35,6 +35,7 @@ READ_METHODS = frozenset(
         "dlq.get",
         "dlq.export",
         "quota.list",
+        "metrics",
     }
 )
 

@@ -19,6 +19,7 @@ import msgpack
 import pytest
 import trio
 from kiln_harness import KilnProcess, clay_config
+from outbox_harness import outbox_config, push
 
 from claykiln.daemon import AsyncioClient, BadRequest, Client, TrioClient
 from claykiln.daemon.simulator import RunningSimulator
@@ -300,3 +301,30 @@ async def test_the_three_client_flavors_subscribe(
             assert seqs == sorted(seqs)
         method = await trio.to_thread.run_sync(asyncio.run, asyncio_side())
         assert method == "tick"
+
+
+async def test_a_dead_letter_reaches_a_dlq_subscriber(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """A submitted row Clay refuses for good (a wrong webhook token) is a dlq.dead event with
+    its job id and reason, and the next tick counts it in the outbox."""
+    simulator.sim.configure_webhook("locked", token="not-the-daemons-token")
+    config = outbox_config(simulator.url)
+    proc = kiln(
+        config.replace('grace_period = "5s"\n', 'grace_period = "5s"\ntick_interval = "200ms"\n')
+    )
+    await proc.start()
+    sub = RawSubscriber(str(proc.socket))
+    with trio.fail_after(30):
+        sub.request(1, "subscribe", {"topics": ["dlq", "tick"]})
+        await sub.read_until(lambda: 1 in sub.replies)
+        async with TrioClient(str(proc.socket)) as client:
+            job = await client.submit("push_row", **push("locked", {"n": 1}))
+        await sub.read_until(lambda: any(e["event"] == "dlq.dead" for e in sub.events()))
+        await sub.read_until(
+            lambda: any(m == "tick" and a["outbox"]["dead"] == 1 for m, a in sub.notes)
+        )
+    dead = next(e for e in sub.events() if e["event"] == "dlq.dead")
+    assert dead["topic"] == "dlq" and dead["alert"] is True
+    assert dead["fields"]["job_id"] == job["job_id"]
+    sub.close()
