@@ -1,12 +1,15 @@
 """The msgpack-rpc server over a Unix socket (CONTRACT: docs/protocol.md).
 
-- ``protocol``: the sans-I/O core (frame parser, limits, encoders); the client library uses it
-  too, so it imports nothing but msgpack.
+- ``protocol``: the sans-I/O core (frame parser, limits, encoders; the vocabulary in ``frames``,
+  decoding in ``decode``); the client library uses it too, so it imports nothing but msgpack.
 - ``listener``: binding or adopting the listening socket; peer credentials.
-- ``server``: accept loop, connection limits, idle sweep, drain.
-- ``connection``: one connection's reader, reply writer, backpressure and dispatch.
+- ``server``: accept loop, connection limits (in all and per uid), the sweeper (idle,
+  drip-fed and stalled connections), drain.
+- ``connection``: one connection's reader, backpressure, fairness and dispatch; ``replies``
+  its reply writer; ``inbound`` its socket reads and hangup checks.
 - ``dispatch``: what a connection needs of its server (method table, limits, admin check,
-  counters, in-flight bookkeeping), so ``connection`` never imports ``server``.
+  counters, in-flight bookkeeping, shared answers, the damped peer log), so ``connection``
+  never imports ``server``.
 - ``types``: the values they share (``ServerLimits``, ``RequestContext``, ``Method``).
 
 This package knows nothing of the daemon's actors: the method table is built in

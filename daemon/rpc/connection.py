@@ -37,9 +37,6 @@ drains; a connection reports what the sweeper needs (``idle_for``, ``frame_age``
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
 import time
 from contextvars import ContextVar
 from typing import Any, Final
@@ -56,6 +53,7 @@ from claykiln.actors.errors import (
 )
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.dispatch import Dispatch
+from claykiln.daemon.rpc.inbound import HANGUP_POLL, Inbound
 from claykiln.daemon.rpc.listener import PeerCred
 from claykiln.daemon.rpc.protocol import (
     FEED_SLICE,
@@ -68,14 +66,12 @@ from claykiln.daemon.rpc.protocol import (
     error_map,
     excerpt,
 )
-from claykiln.daemon.rpc.replies import Replies, hung_up, pack_error, pack_reply, stopped_reply
+from claykiln.daemon.rpc.replies import Replies, pack_error, pack_reply, stopped_reply
 from claykiln.daemon.rpc.types import Answered, Handler, Method, RequestContext, ServerLimits
 from claykiln.storage import StoreFull
 
 __all__ = [
     "CURRENT_CONNECTION",
-    "HANGUP_POLL",
-    "RECV_SIZE",
     "TURN_BUDGET",
     "WRITER_FLUSH_TIMEOUT",
     "Connection",
@@ -83,10 +79,8 @@ __all__ = [
 
 log = get_logger("claykiln.server")  # the server's logger: connection events are server events
 
-RECV_SIZE: Final = 65536
 WRITER_FLUSH_TIMEOUT: Final = 5.0  # a closing connection's last replies get this long to leave
 TURN_BUDGET: Final = 0.0005  # seconds of work a reader does before the others get a turn
-HANGUP_POLL: Final = 0.2  # seconds between checks that a half-closed peer is still there
 
 
 # The connection whose reader (or request task) runs the current code: set by ``run``.
@@ -105,10 +99,8 @@ class Connection:
         self.peer = peer
         self.admin = dispatch.is_admin(peer)
         self.parser = FrameParser(dispatch.limits.protocol)
-        # Reads go to the file descriptor directly (see _receive): trio's SocketStream spends
-        # a scheduler pass after every successful receive.
-        self._fd = stream.socket.fileno()
-        self.replies = Replies(self._fd, self._room_changed)
+        self.inbound = Inbound(stream.socket)
+        self.replies = Replies(stream.socket.fileno(), self._room_changed)
         self.in_flight = 0
         self.room = trio.Event()
         self.closing = False
@@ -119,7 +111,6 @@ class Connection:
         self.scope = trio.CancelScope()  # the reader
         self._requests: trio.CancelScope | None = None
         self._all: trio.CancelScope | None = None
-        self._drained = True  # the last read left the socket empty: wait before reading again
         self.streams = 0  # open subscriptions pushing notifications: the connection is not idle
         self._output_idle = trio.lowlevel.ParkingLot()  # wait_drained's waiters
 
@@ -226,41 +217,9 @@ class Connection:
                 watch.cancel_scope.cancel()
 
     async def _watch_hangup(self, scope: trio.CancelScope) -> None:
-        sock = self.stream.socket
-        try:
-            peek = await sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            peek = b""
-        if peek:
-            await trio.sleep_forever()  # requests are waiting: only room lets us read on
-        # Half-closed: the peer still reads its replies. No event says when it closes the rest
-        # (POLLHUP), so look again every HANGUP_POLL seconds.
-        while not hung_up(self._fd):  # noqa: ASYNC110
-            await trio.sleep(HANGUP_POLL)
+        await self.inbound.wait_hangup()
         self.closing = True
         scope.cancel()
-
-    async def _receive(self) -> bytes:
-        """The next chunk from the socket (b"" at EOF or a reset). Waits for readability first
-        when the last read drained the socket, which is also this loop's checkpoint; a read that
-        filled the buffer is followed by another at once, with an explicit checkpoint."""
-        fd = self._fd
-        if self._drained:
-            await trio.lowlevel.wait_readable(fd)
-        else:
-            await trio.lowlevel.checkpoint()
-        while True:
-            try:
-                data = os.read(fd, RECV_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
-                    return b""
-                raise
-            self._drained = len(data) < RECV_SIZE
-            return data
 
     async def _read_loop(self, nursery: trio.Nursery, limits: ServerLimits) -> None:
         parser = self.parser
@@ -270,7 +229,7 @@ class Connection:
             if self.closing:
                 return
             try:
-                data = await self._receive()
+                data = await self.inbound.receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
             if not data:
@@ -320,11 +279,11 @@ class Connection:
     async def _peer_stopped_sending(self) -> None:
         """EOF: a peer that closed is gone (its in-flight work is cancelled by the caller); one
         that only shut its write side still gets its replies, so wait for them while it stays."""
-        if not self.in_flight or hung_up(self._fd):
+        if not self.in_flight or self.inbound.hung_up():
             return
         self.half_closed = True
         while self.in_flight and not self.replies.broken:
-            if hung_up(self._fd):
+            if self.inbound.hung_up():
                 return
             with trio.move_on_after(HANGUP_POLL):
                 self.room = trio.Event()
@@ -333,7 +292,15 @@ class Connection:
     def _violation(self, v: Violation) -> bool:
         """Answer a violation; True when the connection must close."""
         self.dispatch.counters.protocol_errors += 1
-        log.warning("conn.protocol_error", code=v.code, detail=clamp(v.message), msgid=v.msgid)
+        skipped = self.dispatch.peer_log.due(self.peer, "conn.protocol_error", v.code)
+        if skipped is not None:  # at most one line a second per uid and code
+            log.warning(
+                "conn.protocol_error",
+                code=v.code,
+                detail=clamp(v.message),
+                msgid=v.msgid,
+                not_logged_since=skipped or None,
+            )
         if v.msgid is not None and not v.fatal:
             self.send(encode_response(v.msgid, error_map(v.code, v.message), None))
             return False

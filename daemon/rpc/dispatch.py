@@ -8,6 +8,11 @@ limits, the admin check, the counters (with the draining flag) and ``begin_reque
 ``ServerCounters`` are the figures ``status`` shows under ``server``; whoever builds the server
 may pass them in (the daemon does, so its views read them without holding the server).
 
+``PeerLog`` writes the log lines about what peers do wrong (``conn.refused``,
+``conn.protocol_error``) at most once a second per uid, event and reason: a local flood of bad
+connections or frames must not become a flood of log lines. Each line counts the ones left out
+since the last (``not_logged_since``).
+
 ``shared_reply`` keeps the packed answer of each ``shared`` method for
 ``ServerLimits.shared_answer_age`` seconds: a flood of ``status`` costs one computation per
 interval, and each request only its framing.
@@ -15,8 +20,9 @@ interval, and each request only its framing.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -30,7 +36,34 @@ from claykiln.daemon.rpc.protocol import (
 )
 from claykiln.daemon.rpc.types import Method, RequestContext, ServerLimits
 
-__all__ = ["Dispatch", "ServerCounters"]
+__all__ = ["PEER_LOG_EVERY", "Dispatch", "PeerLog", "ServerCounters"]
+
+PEER_LOG_EVERY: Final = 1.0  # seconds between two lines for one uid, event and reason
+PEER_LOG_KEYS: Final = 4096  # (uid, event, reason) remembered before the quiet ones are dropped
+
+
+class PeerLog:
+    """Which warnings about peers to write: at most one per (uid, event, reason) per
+    ``PEER_LOG_EVERY`` seconds. The caller writes the line itself (its event name stays a
+    literal at the call site, where the log catalog test finds it)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[int, str, str], float] = {}
+        self._skipped: Counter[tuple[int, str, str]] = Counter()
+
+    def due(self, peer: PeerCred, event: str, reason: str) -> int | None:
+        """None when a line for the same uid, event and reason went out less than a second ago
+        (this one is counted), else how many were left out since that line (0: none)."""
+        key = (peer.uid, event, reason)
+        now = trio.current_time()
+        last = self._last.get(key)
+        if last is not None and now - last < PEER_LOG_EVERY:
+            self._skipped[key] += 1
+            return None
+        if len(self._last) > PEER_LOG_KEYS:
+            self._last = {k: t for k, t in self._last.items() if now - t < PEER_LOG_EVERY}
+        self._last[key] = now
+        return self._skipped.pop(key, 0)
 
 
 @attrs.define(eq=False)
@@ -81,6 +114,7 @@ class Dispatch:
         self._idle = trio.Event()
         self._idle.set()
         self._shared: dict[str, tuple[float, bytes]] = {}  # method -> (computed at, packed)
+        self.peer_log = PeerLog()
 
     def begin_request(self) -> None:
         self.counters.in_flight += 1

@@ -13,14 +13,12 @@ Promises:
 
 Also here: packing a reply or an error (``pack_reply``, ``pack_error``: whatever a method
 returns, the peer gets a frame; an error message is cut to ``MAX_MESSAGE_CHARS``) and
-``hung_up``, whether the peer closed its whole end (nobody will read replies) or only its
-write side.
+``stopped_reply``, the ``shutting_down`` a request cut by the drain gets.
 """
 
 from __future__ import annotations
 
 import os
-import select
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -30,7 +28,7 @@ from claykiln.actors.errors import ShuttingDownRefusal
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.protocol import MAX_MESSAGE_CHARS, clamp, encode_response, error_map
 
-__all__ = ["Replies", "hung_up", "pack_error", "pack_reply", "stopped_reply"]
+__all__ = ["Replies", "pack_error", "pack_reply", "stopped_reply"]
 
 log = get_logger("claykiln.server")
 
@@ -58,13 +56,6 @@ def pack_reply(msgid: int, result: Any) -> bytes:
         log.error("server.unpackable_result", msgid=msgid, error=str(exc))
         msg = "the result could not be encoded as msgpack"
         return encode_response(msgid, error_map("internal", msg), None)
-
-
-def hung_up(fd: int) -> bool:
-    """True when the peer closed its whole end (POLLHUP), not only its write side."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
 
 
 def stopped_reply(msgid: int) -> bytes:

@@ -5,8 +5,9 @@ Promises:
   so one local user cannot take every slot): the next connection gets a ``protocol_error``
   notification (``too_many_connections``) and is closed; a peer outside the allowed uids/gids
   gets ``forbidden`` the same way. Each refusal is logged (``conn.refused``, with the peer's
-  uid and pid) at most once per second per uid and reason, with a count of those left out. A
-  failed ``accept()`` (e.g. out of file descriptors) is logged and retried after 0.1 s.
+  uid and pid) at most once per second per uid and reason (``PeerLog``), with a count of those
+  left out. A failed ``accept()`` (e.g. out of file descriptors) is logged and retried after
+  0.1 s.
 - One sweeper task (not a timeout around every receive) closes: a connection with nothing in
   flight, owed or received for ``idle_timeout`` seconds; one whose incomplete frame is older
   than ``frame_timeout`` (``protocol_error`` ``frame_timeout``: a drip-feeder cannot hold a
@@ -41,42 +42,11 @@ from claykiln.daemon.rpc.listener import PeerCred, peer_credentials
 from claykiln.daemon.rpc.protocol import encode_notification, error_map
 from claykiln.daemon.rpc.types import Method, RequestContext, ServerLimits
 
-__all__ = ["Method", "RefusalLog", "RequestContext", "Server", "ServerLimits"]
+__all__ = ["Method", "RequestContext", "Server", "ServerLimits"]
 
 log = get_logger("claykiln.server")
 
-REFUSAL_LOG_EVERY: Final = 1.0  # seconds between two conn.refused lines for one uid and reason
 CUT_SHORT_FLUSH: Final = 1.0  # seconds the last replies get after a second SIGTERM
-
-
-class RefusalLog:
-    """``conn.refused`` lines, at most one per (uid, reason) per ``REFUSAL_LOG_EVERY`` seconds:
-    a connect flood must not become a log flood. A line counts the refusals left out since."""
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[int, str], float] = {}
-        self._skipped: Counter[tuple[int, str]] = Counter()
-
-    def refused(self, peer: PeerCred, reason: str, **fields: Any) -> None:
-        key = (peer.uid, reason)
-        now = trio.current_time()
-        last = self._last.get(key)
-        if last is not None and now - last < REFUSAL_LOG_EVERY:
-            self._skipped[key] += 1
-            return
-        if len(self._last) > 4096:  # many uids over time: forget the quiet ones
-            self._last = {k: t for k, t in self._last.items() if now - t < REFUSAL_LOG_EVERY}
-        self._last[key] = now
-        skipped = self._skipped.pop(key, 0)
-        log.warning(
-            "conn.refused",
-            reason=reason,
-            uid=peer.uid,
-            pid=peer.pid,
-            gid=peer.gid,
-            not_logged_since=skipped or None,
-            **fields,
-        )
 
 
 class Server:
@@ -100,7 +70,6 @@ class Server:
         self._conn_scope = trio.CancelScope()
         self._live: set[Connection] = set()
         self._per_uid: Counter[int] = Counter()
-        self._refusals = RefusalLog()
         self._hurry = trio.Event()
         self._flushing = False
 
@@ -225,24 +194,35 @@ class Server:
         """None when ``peer`` may connect now, else the (code, message) that refuses it."""
         lim = self.limits
         if not self.is_allowed(peer):
-            self._refusals.refused(peer, "peer not in allowed uids/gids")
+            self._log_refusal(peer, "peer not in allowed uids/gids")
             return "forbidden", f"uid {peer.uid} / gid {peer.gid} is not allowed to use this daemon"
         if self.counters.connections >= lim.max_connections:
-            self._refusals.refused(peer, "too many connections", limit=lim.max_connections)
+            self._log_refusal(peer, "too many connections", lim.max_connections)
             return "too_many_connections", (
                 f"the daemon already serves {lim.max_connections} connections; retry later"
             )
         held = self._per_uid[peer.uid]
         if held >= lim.max_connections_per_uid:
-            self._refusals.refused(
-                peer, "too many connections for the uid", limit=lim.max_connections_per_uid
-            )
+            self._log_refusal(peer, "too many connections for the uid", lim.max_connections_per_uid)
             return "too_many_connections", (
                 f"uid {peer.uid} already holds {held} connections, the most one uid may "
                 f"([daemon.limits] max_connections_per_uid = {lim.max_connections_per_uid}); "
                 "close some or share them"
             )
         return None
+
+    def _log_refusal(self, peer: PeerCred, reason: str, limit: int | None = None) -> None:
+        skipped = self.dispatch.peer_log.due(peer, "conn.refused", reason)
+        if skipped is not None:
+            log.warning(
+                "conn.refused",
+                reason=reason,
+                uid=peer.uid,
+                pid=peer.pid,
+                gid=peer.gid,
+                limit=limit,
+                not_logged_since=skipped or None,
+            )
 
     async def _refuse(self, stream: trio.SocketStream, code: str, message: str) -> None:
         with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
