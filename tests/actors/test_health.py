@@ -34,8 +34,8 @@ class World:
     """Everything the monitor reads, as the test sets it."""
 
     states: dict[str, str] = attrs.Factory(lambda: {"writer": "running", "gate": "running"})
-    storage: StorageReading = StorageReading(10, 1000)
-    writer: WriterReading = WriterReading(0, 0, 0)
+    storage: StorageReading = attrs.Factory(lambda: StorageReading(10, 1000))
+    writer: WriterReading = attrs.Factory(lambda: WriterReading(0, 0, 0))
     breakers: dict[str, str] = attrs.Factory(lambda: {"clay": "closed"})
     dead: int = 0
     lanes: dict[str, LaneSample] = attrs.Factory(dict)
@@ -44,7 +44,7 @@ class World:
     )
     answering: dict[str, bool] = attrs.Factory(lambda: {"gate": True})
     probes: list[str] = attrs.Factory(list)
-    probe_answer: ProbeResult = ProbeResult(True, status=200)
+    probe_answer: ProbeResult = attrs.Factory(lambda: ProbeResult(True, status=200))
     credentials: dict[str, str | None] = attrs.Factory(lambda: {"api-key": "v1"})
     settings: HealthSettings = attrs.Factory(
         lambda: HealthSettings(

@@ -151,19 +151,22 @@ def test_storage_verdict_follows_usage_failures_and_stalls() -> None:
 def test_reachability_needs_failures_and_no_answer() -> None:
     """Unreachable: enough connect failures or timeouts and no answer at all in the window;
     critical upstreams are unhealthy, others degraded."""
-    assert reachability_verdict(
-        answers=1, failures=50, min_failures=2, critical=True, window=60
-    ).level is Level.HEALTHY
-    assert reachability_verdict(
-        answers=0, failures=1, min_failures=2, critical=True, window=60
-    ).level is Level.HEALTHY
+    assert (
+        reachability_verdict(answers=1, failures=50, min_failures=2, critical=True, window=60).level
+        is Level.HEALTHY
+    )
+    assert (
+        reachability_verdict(answers=0, failures=1, min_failures=2, critical=True, window=60).level
+        is Level.HEALTHY
+    )
     down = reachability_verdict(
         answers=0, failures=2, min_failures=2, critical=False, window=60, probe="failed (x)"
     )
     assert down.level is Level.DEGRADED and down.reason.endswith("last probe: failed (x)")
-    assert reachability_verdict(
-        answers=0, failures=2, min_failures=2, critical=True, window=60
-    ).level is Level.UNHEALTHY
+    assert (
+        reachability_verdict(answers=0, failures=2, min_failures=2, critical=True, window=60).level
+        is Level.UNHEALTHY
+    )
 
 
 def test_liveness_verdict_names_stopped_and_silent_actors() -> None:
