@@ -1,7 +1,7 @@
 """``kiln bench``: measure the performance budget (docs/performance.md) on this machine.
 
     kiln bench [--scenario writes|hello|call|breaker-open|outage|outage-peers|replay|
-                           call-idempotent|submit|drain|outbox-scale|all|quick]...
+                           call-idempotent|submit|drain|outbox-scale|subscribe|all|quick]...
                [--duration S] [--concurrency N] [--json] [--compare FILE.json [--threshold F]]
 
 Scenarios (docs/performance.md has the budget, the method and measured figures):
@@ -17,6 +17,7 @@ Scenarios (docs/performance.md has the budget, the method and measured figures):
 - ``call-idempotent``: ``call`` with durable idempotency records vs without, and direct httpx.
 - ``submit``: durable ``submit`` acknowledgements, fsync group commit vs ``sync = false``;
 - ``drain``: queued jobs drained through the gate against the configured rate, with no 429;
+- ``subscribe``: ``call`` beside a reading and a stalled subscriber vs alone (subscribers.py);
 - ``outbox-scale``: start-up and RSS on 1,000 vs 1,000,000 waiting jobs, ``dlq.list`` pages
   (daemon/bench/outbox.py; seeding 1.1M jobs takes about a minute).
 - ``abuse``: honest ``hello`` callers beside four hostile local clients (status flood, never
@@ -72,6 +73,7 @@ from claykiln.daemon.bench.scenarios import (
     bench_hello,
     bench_writes,
 )
+from claykiln.daemon.bench.subscribers import bench_subscribe
 
 __all__ = [
     "EXIT_REGRESSION",
@@ -97,6 +99,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
     "submit": bench_submit,
     "drain": bench_drain,
     "outbox-scale": bench_outbox_scale,
+    "subscribe": bench_subscribe,
     "abuse": bench_abuse,
 }
 # Minutes even at a tiny --duration (a 30 s outage shape, seeding a million jobs): not "quick".
