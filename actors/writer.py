@@ -9,10 +9,16 @@ On failure: a map-full batch makes the actor grow the map (doubling, up to max_m
           retry; at the ceiling, or on any other LMDB error, the batch is re-run with each ask in
           its own nested transaction (still one commit), so only the asks that cannot be written
           fail (StoreFull / StorageError) and the others commit. The actor keeps running.
+          A ``write_nowait`` that fails (no caller hears of it: a full disk, a map at its
+          ceiling) is held, latest op per key, and written again every ``HELD_RETRY`` seconds
+          until it commits (``storage.write_retried``), so breaker and gate state saved while
+          the disk was full reaches it once space returns; a later committed write of the same
+          key supersedes the held op (it is dropped, never written over the newer value).
 On cancellation: a batch already in the worker thread finishes (threads cannot be interrupted)
           and its asks get their real outcome; every other queued ask fails with StorageClosed.
           The same holds if the actor dies of a bug: no ask is left hanging.
-Shutdown: ``aclose()`` stops accepting, lets the actor flush everything queued and return.
+Shutdown: ``aclose()`` stops accepting, lets the actor flush everything queued (held ops get one
+          last try; what still fails is logged as ``storage.write_lost``) and return.
 
 Usage::
 
@@ -26,7 +32,9 @@ Usage::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 import attrs
 import trio
@@ -36,10 +44,14 @@ from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
 from claykiln.storage import Op, StorageClosed, StorageError, Store, StoreFull
 from claykiln.storage.ops import PreparedOp
 
-__all__ = ["WRITER_INBOX", "Writer", "WriterStats"]
+__all__ = ["HELD_RETRY", "MAX_HELD", "WRITER_INBOX", "HeldOps", "Writer", "WriterStats"]
 
 WRITER_INBOX = 4096
 """Asks the writer's inbox holds; ``write`` waits for room, ``write_nowait`` reports no room."""
+HELD_RETRY: Final = 1.0
+"""Seconds between attempts to write the held (failed fire-and-forget) ops again."""
+MAX_HELD: Final = 10_000
+"""Keys held for a retry at most; past it the oldest are dropped (``storage.write_dropped``)."""
 
 _log = get_logger("claykiln.actors.writer")
 
@@ -66,6 +78,50 @@ class WriterStats:
     failed: int = 0
     nowait_failed: int = 0
     map_grows: int = 0
+    held: int = 0  # ops of failed fire-and-forget writes waiting for a retry now
+    retried: int = 0  # held ops written by a retry
+    dropped: int = 0  # held ops given up (superseded ones are not counted: nothing was lost)
+
+
+class HeldOps:
+    """The ops of failed fire-and-forget writes, latest per (table, key), oldest first; pure.
+
+    ``hold`` keeps an ask's ops (a key held again moves to the end with its newer op);
+    ``supersede`` drops the keys a committed write just set (their held op is older);
+    ``take`` hands every op out for a retry and forgets them (``hold`` them again if it
+    fails). Past ``limit`` keys the oldest are dropped and counted in ``hold``'s result.
+    """
+
+    def __init__(self, limit: int = MAX_HELD) -> None:
+        self.limit = limit
+        self._ops: dict[tuple[str, bytes], PreparedOp] = {}
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def hold(self, ops: Iterable[PreparedOp]) -> int:
+        """Keep ``ops``; returns how many older ops had to be dropped to stay within the limit."""
+        held = self._ops
+        for op in ops:
+            held.pop((op.table, op.key), None)
+            held[(op.table, op.key)] = op
+        dropped = 0
+        while len(held) > self.limit:
+            del held[next(iter(held))]
+            dropped += 1
+        return dropped
+
+    def supersede(self, ops: Iterable[PreparedOp]) -> None:
+        """Forget the held op of every key in ``ops`` (a newer value was just committed)."""
+        held = self._ops
+        for op in ops:
+            held.pop((op.table, op.key), None)
+
+    def take(self) -> tuple[PreparedOp, ...]:
+        """Every held op, oldest first, and forget them."""
+        ops = tuple(self._ops.values())
+        self._ops.clear()
+        return ops
 
 
 class Writer:
@@ -79,6 +135,7 @@ class Writer:
         self._started = False
         self._stopped = trio.Event()
         self._state = WriterStats()  # the actor's own tallies
+        self._held = HeldOps()  # failed fire-and-forget ops waiting to be written again
 
     # ---- the callers' side -----------------------------------------------------------------
 
@@ -149,15 +206,25 @@ class Writer:
         self._started = True
         batch: list[_Write] = []
         stop_reason = "the writer is closed"
+        retry_at = trio.current_time() + HELD_RETRY
         try:
             task_status.started()
             while True:
                 try:
-                    batch = await self._mailbox.drain()
+                    # Held ops wake the actor for their retry even when no ask comes.
+                    with trio.move_on_at(retry_at if self._held else math.inf):
+                        batch = await self._mailbox.drain()
                 except trio.EndOfChannel:
+                    await self._retry_held(last=True)
                     return
-                await self._commit(batch)
-                batch = []
+                if batch:
+                    await self._commit(batch)
+                    batch = []
+                due = trio.current_time() >= retry_at
+                if self._held and due:
+                    await self._retry_held()
+                if due or not self._held:
+                    retry_at = trio.current_time() + HELD_RETRY
         except trio.Cancelled:
             stop_reason = "the writer was cancelled before committing this write"
             raise
@@ -217,6 +284,40 @@ class Writer:
                 self._complete(ask, error)
             pending = []
 
+    async def _retry_held(self, *, last: bool = False) -> None:
+        """Write the held ops again in one transaction (growing the map if it is full); hold
+        them again if that fails, or, when ``last`` (the writer is closing), log them lost."""
+        ops = self._held.take()
+        if not ops:
+            return
+        while True:
+            error = await trio.to_thread.run_sync(
+                self._store.commit_group, [ops], limiter=self._limiter
+            )
+            if not (isinstance(error, StoreFull) and self._grow()):
+                break
+        state = self._state
+        if error is None:
+            state.transactions += 1
+            state.retried += len(ops)
+            state.held = 0
+            _log.info("storage.write_retried", ops=len(ops))
+            return
+        if last or isinstance(error, StorageClosed):
+            state.dropped += len(ops)
+            state.held = 0
+            _log.error("storage.write_lost", ops=len(ops), error=str(error))
+            return
+        self._hold(ops)
+
+    def _hold(self, ops: Iterable[PreparedOp]) -> None:
+        dropped = self._held.hold(ops)
+        state = self._state
+        state.held = len(self._held)
+        if dropped:
+            state.dropped += dropped
+            _log.warning("storage.write_dropped", ops=dropped, limit=self._held.limit)
+
     def _grow(self) -> bool:
         grown = self._store.grow()
         if grown:
@@ -229,16 +330,23 @@ class Writer:
             ask.reply.set(None)
             self._state.asks += 1
             self._state.ops += len(ask.ops)
+            if self._held:
+                self._held.supersede(ask.ops)
+                self._state.held = len(self._held)
         else:
             ask.reply.fail(error)
             self._count_failure(ask, error)
+            if not ask.waited and not isinstance(error, StorageClosed):
+                self._hold(ask.ops)
 
     def _count_failure(self, ask: _Write, error: StorageError) -> None:
         state = self._state
         state.failed += 1
         if not ask.waited:
             state.nowait_failed += 1
-            _log.warning("storage.write_failed", error=str(error), ops=len(ask.ops))
+            _log.warning(
+                "storage.write_failed", error=str(error), ops=len(ask.ops), held=len(self._held)
+            )
 
     # ---- helpers ---------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from claykiln.actors.writer import Writer
+from claykiln.actors.writer import HeldOps, Writer
 from claykiln.storage import Put, StorageClosed, StorageError, Store, text_key
+from claykiln.storage.ops import PreparedOp
 
 
 async def test_concurrent_writes_are_group_committed_and_durable(store_path: Path) -> None:
@@ -219,3 +220,27 @@ async def test_a_writer_runs_once(store: Store, writer: Writer) -> None:
     """Running the same Writer a second time is refused."""
     with trio.fail_after(10), pytest.raises(RuntimeError, match="already ran"):
         await writer.run()
+
+
+def test_held_ops_keep_the_latest_op_per_key_oldest_first() -> None:
+    """HeldOps: a key held again keeps its newer op and moves to the end; take empties it."""
+    held = HeldOps()
+    a1, b1, a2 = (
+        PreparedOp("t", b"a", b"1"),
+        PreparedOp("t", b"b", b"1"),
+        PreparedOp("t", b"a", b"2"),
+    )
+    assert held.hold([a1, b1]) == 0
+    assert held.hold([a2]) == 0
+    assert len(held) == 2
+    assert held.take() == (b1, a2)
+    assert len(held) == 0
+
+
+def test_held_ops_forget_superseded_keys_and_drop_the_oldest_past_the_limit() -> None:
+    """HeldOps: a committed op of a held key drops it; past the limit the oldest go first."""
+    held = HeldOps(limit=2)
+    ops = [PreparedOp("t", bytes([n]), None) for n in range(3)]
+    assert held.hold(ops) == 1  # the first one was dropped
+    held.supersede([PreparedOp("t", bytes([1]), b"new"), PreparedOp("u", bytes([2]), b"x")])
+    assert held.take() == (ops[2],)
