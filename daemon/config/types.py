@@ -61,7 +61,7 @@ class LimitsConfig:
     max_array_len: int = 10_000
     max_map_len: int = 10_000
     max_depth: int = 32
-    max_containers: int = 100_000
+    max_containers: int = 25_000
     max_connections: int = 256
     max_connections_per_uid: int = 128
     max_in_flight: int = 128

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 
-DEFAULT_MAX_CONTAINERS = 100_000
+DEFAULT_MAX_CONTAINERS = 25_000
 
 
 def _server_protocol_limits() -> Limits:
