@@ -16,7 +16,8 @@ Card:
   drops its oldest entry; both count in ``dropped``. A subscriber that reads slowly loses ticks
   and, if it falls far behind, old events; nothing else slows down.
 - on a connection that closes: its subscriptions end (the pump sees it and forgets them).
-- on cancellation: every pump ends, the log tap is removed.
+- on cancellation: every pump ends, the log tap is removed. The tap is in place only while a
+  subscription is open: without subscribers the log pays nothing for the hub.
 
 Why a log tap rather than a callback per actor: the actors already log each transition at the
 moment it happens, with a stable name and documented fields (docs/alerting.md); tapping the log
@@ -187,7 +188,7 @@ class EventHub:
         self._thread: int | None = None
         self.tick_interval = 1.0
         self.last_tick: dict[str, Any] | None = None
-        self.events = 0  # events published since start
+        self.events = 0  # events published to subscribers since start
         self.ticks = 0
         self.dropped = 0  # notifications lost by subscriptions that ended
         self.subscribed = 0  # subscriptions opened since start
@@ -223,6 +224,8 @@ class EventHub:
             raise BadRequestRefusal(msg)
         sub = Subscription(self._next_id, wanted, sink, buffer)
         self._next_id += 1
+        if not self._subs:  # the first subscriber: tap the log from now on
+            set_event_sink(self.publish_event, EVENT_FAMILIES)
         self._subs[sub.id] = sub
         self.subscribed += 1
         self._nursery.start_soon(self._pump, sub)
@@ -293,7 +296,6 @@ class EventHub:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                set_event_sink(self.publish_event, EVENT_FAMILIES)
                 if ticks is not None:
                     self.tick_interval = interval()
                     self.publish_tick(ticks.build())
@@ -338,6 +340,8 @@ class EventHub:
         if self._subs.pop(sub.id, None) is not None:
             self.dropped += sub.dropped
             sub.sink.detach()
+            if not self._subs:  # nobody listens: the log costs nothing more
+                set_event_sink(None)
 
 
 async def _cancel_when_closed(sink: NotificationSink, scope: trio.CancelScope) -> None:

@@ -33,12 +33,24 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from claykiln.daemon.client._core import RECV_SIZE, CallLedger, client_timeout_error
-from claykiln.daemon.client._errors import ConnectionLost
-from claykiln.daemon.client._resend import ReconnectBackoff
-from claykiln.daemon.rpc.protocol import Notification
+from claykiln.daemon.client._errors import (
+    ConnectionLost,
+    DaemonUnavailable,
+    KilnError,
+    KilnTimeout,
+    ProtocolViolation,
+    error_from_wire,
+)
+from claykiln.daemon.rpc.protocol import (
+    FrameParser,
+    Limits,
+    Notification,
+    Response,
+    Violation,
+    encode_request,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -53,6 +65,36 @@ __all__ = [
     "subscribe_args",
     "subscription_for",
 ]
+
+
+RECV_SIZE: Final = 65536
+# The daemon is trusted more than a client is: as the other flavors read it (``_core.py``).
+LIMITS: Final = Limits(max_frame=64 * 1024 * 1024, max_array_len=1_000_000, max_map_len=1_000_000)
+CONNECT_RETRY: Final = 0.05  # seconds between connects while the daemon (re)starts
+SUBSCRIBE_MSGID: Final = 1
+
+
+def _timeout(what: str, seconds: float) -> KilnTimeout:
+    msg = f"no {what} within {seconds:g}s (client-side timeout)"
+    return KilnTimeout(msg, details={"stage": "client", "timeout": seconds})
+
+
+class _Connect:
+    """Attempts to connect within ``connect_timeout`` (a daemon restarting: no socket file yet,
+    or nobody accepting on it): ``wait`` after each failure, then ``DaemonUnavailable``."""
+
+    def __init__(self, path: Path, connect_timeout: float, now: float) -> None:
+        self.path = path
+        self.deadline = now + connect_timeout
+
+    def left(self, now: float) -> float:
+        return max(self.deadline - now, 1e-3)
+
+    def wait(self, exc: OSError, now: float) -> float:
+        if now >= self.deadline:
+            reason = exc.strerror or type(exc).__name__
+            raise DaemonUnavailable.at(self.path, reason) from None
+        return min(CONNECT_RETRY, self.deadline - now)
 
 
 def subscribe_args(topics: Sequence[str] | None, buffer: int | None) -> dict[str, Any]:
@@ -72,32 +114,54 @@ class _Stream:
     """Sans-I/O: the subscribe request, its reply, then the notifications in order."""
 
     def __init__(self, args: dict[str, Any], path: Path) -> None:
-        self.ledger = CallLedger()
         self.path = path
-        self.call, self.frame = self.ledger.start("subscribe", args, lambda: None)
+        self.parser = FrameParser(LIMITS)
+        self.frame = encode_request(SUBSCRIBE_MSGID, "subscribe", args)
+        self.reply: Response | None = None
+        self.failure: KilnError | None = None
         self.notes: collections.deque[Notification] = collections.deque()
+
+    @property
+    def answered(self) -> bool:
+        return self.reply is not None or self.failure is not None
 
     def feed(self, data: bytes) -> None:
         """Bytes from the socket (b"" at EOF)."""
+        if self.failure is not None:
+            return
         if not data:
             msg = f"the daemon at {self.path} closed the subscription's connection"
-            self.ledger.fail_all(lambda: ConnectionLost(msg))
+            self.failure = ConnectionLost(msg)
             return
-        for note in self.ledger.receive(data):
-            if note.method != "protocol_error":
-                self.notes.append(note)
+        for event in self.parser.feed(data):
+            if isinstance(event, Response) and event.msgid == SUBSCRIBE_MSGID:
+                self.reply = event
+            elif isinstance(event, Notification) and event.method == "protocol_error":
+                text = event.args.get("message", "protocol violation")
+                code = str(event.args.get("code") or "bad_request")
+                self.failure = ProtocolViolation(f"the daemon closes: {text}", code=code)
+            elif isinstance(event, Notification):
+                self.notes.append(event)
+            elif isinstance(event, Violation):
+                msg = f"the daemon sent a frame this client cannot read: {event.message}"
+                self.failure = ProtocolViolation(msg, code=event.code)
 
     def next_note(self) -> Notification | None:
         """The next notification; raises the connection's failure once none is left."""
         if self.notes:
             return self.notes.popleft()
-        if self.ledger.failure is not None:
-            raise self.ledger.failure
+        if self.failure is not None:
+            raise self.failure
         return None
 
     def info(self) -> dict[str, Any]:
-        """The subscribe reply (raises its error)."""
-        result: dict[str, Any] = self.call.outcome()
+        """The subscribe reply (raises its error, or the connection's failure)."""
+        if self.reply is None:
+            assert self.failure is not None
+            raise self.failure
+        if self.reply.error is not None:
+            raise error_from_wire(self.reply.error)
+        result: dict[str, Any] = self.reply.result
         return result
 
 
@@ -120,35 +184,38 @@ class Subscription:
         self._sock: socket.socket | None = None
 
     def open(self) -> Subscription:
-        backoff = ReconnectBackoff(self.socket_path, self.connect_timeout, time.monotonic())
+        attempts = _Connect(self.socket_path, self.connect_timeout, time.monotonic())
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.settimeout(backoff.attempt_timeout(time.monotonic()))
+                sock.settimeout(attempts.left(time.monotonic()))
                 sock.connect(str(self.socket_path))
                 break
             except OSError as exc:
                 sock.close()
-                time.sleep(backoff.after_failure(exc, time.monotonic()))
+                time.sleep(attempts.wait(exc, time.monotonic()))
         self._sock = sock
         deadline = time.monotonic() + self.timeout
         sock.settimeout(self.timeout)
         sock.sendall(self._stream.frame)
-        while not self._stream.call.done:
-            self._read(deadline, "subscribe")
+        what = "reply to subscribe"
+        while not self._stream.answered:
+            self._read(deadline, what, self.timeout)
         self.info = self._stream.info()
         return self
 
-    def _read(self, deadline: float, what: str) -> None:
+    def _read(self, deadline: float, what: str, timeout: float | None) -> None:
+        """Feed the next chunk (waiting until ``deadline``: ``KilnTimeout`` naming ``what``
+        and ``timeout`` after it)."""
         assert self._sock is not None
         left = deadline - time.monotonic()
         if left <= 0:
-            raise client_timeout_error(what, self.timeout if what == "subscribe" else left)
+            raise _timeout(what, timeout or 0.0)
         self._sock.settimeout(None if math.isinf(left) else left)
         try:
             data = self._sock.recv(RECV_SIZE)
         except TimeoutError:
-            raise client_timeout_error(what, self.timeout) from None
+            raise _timeout(what, timeout or 0.0) from None
         except OSError:
             data = b""
         self._stream.feed(data)
@@ -160,7 +227,7 @@ class Subscription:
             note = self._stream.next_note()
             if note is not None:
                 return note
-            self._read(deadline, "a notification")
+            self._read(deadline, "notification", timeout)
 
     def __iter__(self) -> Iterator[Notification]:
         while True:
@@ -199,22 +266,22 @@ class TrioSubscription:
     async def open(self) -> TrioSubscription:
         import trio
 
-        backoff = ReconnectBackoff(self.socket_path, self.connect_timeout, trio.current_time())
+        attempts = _Connect(self.socket_path, self.connect_timeout, trio.current_time())
         while True:
             try:
-                with trio.fail_after(backoff.attempt_timeout(trio.current_time())):
+                with trio.fail_after(attempts.left(trio.current_time())):
                     self._sock = await trio.open_unix_socket(str(self.socket_path))
                 break
             except trio.TooSlowError:
-                await trio.sleep(backoff.after_failure(TimeoutError(), trio.current_time()))
+                await trio.sleep(attempts.wait(TimeoutError(), trio.current_time()))
             except OSError as exc:
-                await trio.sleep(backoff.after_failure(exc, trio.current_time()))
+                await trio.sleep(attempts.wait(exc, trio.current_time()))
         await self._sock.send_all(self._stream.frame)
         with trio.move_on_after(self.timeout):
-            while not self._stream.call.done:
+            while not self._stream.answered:
                 await self._read()
-        if not self._stream.call.done:
-            raise client_timeout_error("subscribe", self.timeout)
+        if not self._stream.answered:
+            raise _timeout("reply to subscribe", self.timeout)
         self.info = self._stream.info()
         return self
 
@@ -238,7 +305,7 @@ class TrioSubscription:
                 if note is not None:
                     return note
                 await self._read()
-        raise client_timeout_error("a notification", timeout or 0.0)
+        raise _timeout("notification", timeout or 0.0)
 
     async def __aiter__(self) -> AsyncIterator[Notification]:
         while True:
@@ -279,25 +346,25 @@ class AsyncioSubscription:
         import asyncio
 
         loop = asyncio.get_running_loop()
-        backoff = ReconnectBackoff(self.socket_path, self.connect_timeout, loop.time())
+        attempts = _Connect(self.socket_path, self.connect_timeout, loop.time())
         while True:
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_unix_connection(str(self.socket_path)),
-                    backoff.attempt_timeout(loop.time()),
+                    attempts.left(loop.time()),
                 )
                 break
             except OSError as exc:  # asyncio.TimeoutError is TimeoutError, an OSError
-                await asyncio.sleep(backoff.after_failure(exc, loop.time()))
+                await asyncio.sleep(attempts.wait(exc, loop.time()))
         self._reader, self._writer = reader, writer
         writer.write(self._stream.frame)
         await writer.drain()
         try:
             async with asyncio.timeout(self.timeout):
-                while not self._stream.call.done:
+                while not self._stream.answered:
                     await self._read()
         except TimeoutError:
-            raise client_timeout_error("subscribe", self.timeout) from None
+            raise _timeout("reply to subscribe", self.timeout) from None
         self.info = self._stream.info()
         return self
 
@@ -321,7 +388,7 @@ class AsyncioSubscription:
                         return note
                     await self._read()
         except TimeoutError:
-            raise client_timeout_error("a notification", timeout or 0.0) from None
+            raise _timeout("notification", timeout or 0.0) from None
 
     async def __aiter__(self) -> AsyncIterator[Notification]:
         while True:

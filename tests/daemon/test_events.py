@@ -306,17 +306,24 @@ async def test_events_logged_in_another_thread_arrive_in_order(hub: EventHub) ->
     assert threading.active_count() >= 1
 
 
-async def test_the_tap_is_removed_when_the_hub_stops(
+async def test_the_log_is_tapped_only_while_someone_subscribes(
     _tapped_logging: io.StringIO,
 ) -> None:
-    """After the hub stops, logging goes on and no sink is called."""
+    """No subscriber, no tap; the first subscription installs it, the last one to end (or the
+    hub stopping) removes it, and logging goes on."""
     from claykiln.daemon import logs
 
     hub = EventHub()
+    sink = MemorySink()
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
+        assert logs._event_sink is None
+        sub = hub.subscribe(sink, ["breaker"])
         assert logs._event_sink is not None
         assert logs._event_families == frozenset(EVENT_FAMILIES)
+        hub.unsubscribe(sub.id, sink.channel)
+        assert logs._event_sink is None
+        hub.subscribe(sink, ["breaker"])
         nursery.cancel_scope.cancel()
     assert logs._event_sink is None
     get_logger("claykiln.breaker").error("breaker.persist_failed", key="clay")

@@ -4,13 +4,15 @@ flavor gets its own kind of subscription, and the arguments are checked before c
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from claykiln.daemon.client import AsyncioClient, Client, TrioClient
+from claykiln.daemon.client import AsyncioClient, Client, DaemonUnavailable, TrioClient
 from claykiln.daemon.client._subscribe import (
     AsyncioSubscription,
     Subscription,
@@ -52,3 +54,13 @@ def test_subscribe_arguments() -> None:
     assert subscribe_args(("tick", "gate"), 8) == {"topics": ["tick", "gate"], "buffer": 8}
     with pytest.raises(TypeError, match="list of topic names"):
         subscribe_args("tick", None)
+
+
+def test_no_daemon_is_daemon_unavailable_after_connect_timeout(tmp_path: Path) -> None:
+    """Opening a subscription where no daemon listens keeps trying for connect_timeout, then
+    raises DaemonUnavailable naming the socket."""
+    path = tmp_path / "kiln.sock"
+    began = time.monotonic()
+    with pytest.raises(DaemonUnavailable, match=re.escape(str(path))):
+        Client(path, connect_timeout=0.3).subscribe().open()
+    assert 0.3 <= time.monotonic() - began < 10
