@@ -334,6 +334,7 @@ class Connection:
                 return
             prepared: Any = req.args
             if method.precheck is not None:
+                dispatch.note_activity()
                 prepared = method.precheck(ctx, req.args)
                 if isinstance(prepared, Answered):
                     self.send(pack_reply(req.msgid, prepared.result))
@@ -357,6 +358,7 @@ class Connection:
         assert method.inline is not None
         if method.shared and not req.args:
             return self.dispatch.shared_reply(method, ctx, req.msgid)
+        self.dispatch.note_activity()
         return pack_reply(req.msgid, method.inline(ctx, req.args))
 
     async def _run_request(

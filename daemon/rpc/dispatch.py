@@ -13,9 +13,10 @@ may pass them in (the daemon does, so its views read them without holding the se
 connections or frames must not become a flood of log lines. Each line counts the ones left out
 since the last (``not_logged_since``).
 
-``shared_reply`` keeps the packed answer of each ``shared`` method for
-``ServerLimits.shared_answer_age`` seconds: a flood of ``status`` costs one computation per
-interval, and each request only its framing.
+``shared_reply`` keeps the packed answer of each ``shared`` method for up to
+``ServerLimits.shared_answer_age`` seconds, and only while no other request has started or
+ended since (``note_activity``): a flood of ``status`` costs one computation per interval, each
+request only its framing, and a client that acts and then asks still sees what it did.
 """
 
 from __future__ import annotations
@@ -113,15 +114,23 @@ class Dispatch:
         self.counters = counters
         self._idle = trio.Event()
         self._idle.set()
-        self._shared: dict[str, tuple[float, bytes]] = {}  # method -> (computed at, packed)
+        # method -> (computed at, activity then, packed answer)
+        self._shared: dict[str, tuple[float, int, bytes]] = {}
+        self.activity = 0  # requests started or ended, but shared answers reused
         self.peer_log = PeerLog()
 
+    def note_activity(self) -> None:
+        """A request other than a reused shared answer ran: shared answers are stale now."""
+        self.activity += 1
+
     def begin_request(self) -> None:
+        self.activity += 1
         self.counters.in_flight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
 
     def end_request(self) -> None:
+        self.activity += 1
         self.counters.in_flight -= 1
         if self.counters.in_flight == 0:
             self._idle.set()
@@ -132,20 +141,25 @@ class Dispatch:
 
     def shared_reply(self, method: Method, ctx: RequestContext, msgid: int) -> bytes:
         """The reply to ``msgid`` for a ``shared`` inline method called without arguments: the
-        answer packed within the last ``shared_answer_age`` seconds, else a fresh one (kept).
+        answer packed within the last ``shared_answer_age`` seconds with no other request run
+        since, else a fresh one (kept).
 
         Raises what the method raises (nothing is kept then).
         """
         assert method.inline is not None
         now = trio.current_time()
         kept = self._shared.get(method.name)
-        if kept is not None and now - kept[0] < self.limits.shared_answer_age:
-            return encode_response_body(msgid, kept[1])
+        if (
+            kept is not None
+            and kept[1] == self.activity
+            and now - kept[0] < self.limits.shared_answer_age
+        ):
+            return encode_response_body(msgid, kept[2])
         result = method.inline(ctx, {})
         try:
             body = encode_body(result)
         except (TypeError, ValueError, OverflowError):
             msg = "the result could not be encoded as msgpack"
             return encode_response(msgid, error_map("internal", msg), None)
-        self._shared[method.name] = (now, body)
+        self._shared[method.name] = (now, self.activity, body)
         return encode_response_body(msgid, body)

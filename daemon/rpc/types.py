@@ -91,9 +91,10 @@ class Method:
     task is spawned, or return ``Answered(result)`` to reply at once; otherwise the handler
     receives what it returns instead of the raw args.
     ``admin`` methods are refused with ``forbidden`` for peers outside the admin set.
-    ``shared`` (inline only): the answer depends on neither the caller nor time finer than
-    ``ServerLimits.shared_answer_age``, so a request without arguments may get the packed
-    answer computed for another (``status``: an expensive read every connection may flood).
+    ``shared`` (inline only): the answer does not depend on the caller, so a request without
+    arguments may get the packed answer computed for another, up to
+    ``ServerLimits.shared_answer_age`` old and only while no other request ran since
+    (``status``: an expensive read every connection may flood).
     """
 
     name: str

@@ -231,6 +231,26 @@ async def test_a_shared_answer_is_computed_once_per_interval(
             assert calls.counts["costly"] == 3
 
 
+async def test_a_shared_answer_is_fresh_after_any_other_request(
+    sock_dir: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A request that ran since the shared answer was computed (on any connection) makes the
+    next one fresh: a client that acts and then asks sees its act."""
+    calls = Calls()
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(server(calls, shared_answer_age=60.0), sock_dir) as path:
+            peer, other = await Peer.connect(path), await Peer.connect(path)
+            await peer.send(encode_request(1, "status"), encode_request(2, "status"))
+            await peer.read(2)
+            assert calls.counts["costly"] == 1
+            await other.send(encode_request(3, "hello"))
+            await other.read(1)
+            await peer.send(encode_request(4, "status"), encode_request(5, "status"))
+            replies = await peer.read(2)
+            assert calls.counts["costly"] == 2
+            assert replies[0][3] == replies[1][3] == {"n": 2}
+
+
 async def test_a_pipelining_peer_gives_others_their_turn(sock_dir: Path) -> None:
     """A peer pipelining 500 requests of 0.2 ms each (100 ms of work) does not keep a hello on
     another connection waiting until all of them are done."""
