@@ -45,7 +45,7 @@ from claykiln.daemon.cli.top_view import (
     screen_lines,
 )
 from claykiln.daemon.client import SOCKET_ENV, ConnectionLost, DaemonUnavailable, KilnError
-from claykiln.daemon.client._subscribe import TrioSubscription
+from claykiln.daemon.client._subscribe_async import TrioSubscription
 
 __all__ = ["top"]
 

@@ -26,11 +26,8 @@ from claykiln.daemon.client._result import call_result
 
 if TYPE_CHECKING:
     from claykiln.daemon.client._result import CallResult
-    from claykiln.daemon.client._subscribe import (
-        AsyncioSubscription,
-        Subscription,
-        TrioSubscription,
-    )
+    from claykiln.daemon.client._subscribe import Subscription
+    from claykiln.daemon.client._subscribe_async import AsyncioSubscription, TrioSubscription
 
 __all__ = ["ClientOptions", "ClientSurface", "Rpc"]
 

@@ -13,12 +13,8 @@ from pathlib import Path
 import pytest
 
 from claykiln.daemon.client import AsyncioClient, Client, DaemonUnavailable, TrioClient
-from claykiln.daemon.client._subscribe import (
-    AsyncioSubscription,
-    Subscription,
-    TrioSubscription,
-    subscribe_args,
-)
+from claykiln.daemon.client._subscribe import Subscription, subscribe_args
+from claykiln.daemon.client._subscribe_async import AsyncioSubscription, TrioSubscription
 
 PROBE = """
 import json, sys
