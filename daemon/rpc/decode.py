@@ -147,14 +147,18 @@ def classify(frame: Any, limits: Limits) -> Event:
             error = {"code": "internal", "message": excerpt(error)}
         return Response(msgid, error, frame[3])
     if kind == NOTIFICATION:
-        # Any well-formed [2, method, params] is a notification, positional params included.
-        if len(frame) != 3 or not isinstance(frame[1], str) or type(frame[2]) not in _CONTAINERS:
+        # Any well-formed [2, method, params] is a notification, positional params included,
+        # and a method sent as bin as well as str (pynvim sends bin).
+        method = frame[1] if len(frame) == 3 else None
+        if isinstance(method, bytes):
+            method = method.decode("utf-8", "replace")
+        if not isinstance(method, str) or type(frame[2]) not in _CONTAINERS:
             return Violation("bad_request", "a notification is [2, method, [params]]")
         nargs = _args_of(frame[2])
         if nargs is None:
             params = tuple(frame[2]) if isinstance(frame[2], list) else ()
-            return Notification(frame[1], {}, params)
-        return Notification(frame[1], nargs)
+            return Notification(method, {}, params)
+        return Notification(method, nargs)
     return Violation("bad_request", f"unknown frame type {excerpt(kind)}; expected 0, 1 or 2")
 
 

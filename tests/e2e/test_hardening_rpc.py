@@ -256,9 +256,10 @@ async def test_pynvim_session_talks_to_the_daemon(
     proc = await _started(kiln, simulator)
 
     def talk() -> Any:
+        # socket_session() first sends the notification nvim_set_client_info with positional
+        # params (the frame the daemon used to answer with protocol_error and a close).
         session = pynvim.socket_session(str(proc.socket))
         try:
-            session.notify("nvim_subscribe", "BufEnter")  # positional params, as pynvim does
             return session.request("hello", {})
         finally:
             session.close()

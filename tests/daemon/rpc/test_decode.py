@@ -137,13 +137,16 @@ def test_partial_bytes_and_frames_count_the_stream() -> None:
         ([2, "m", {"a": 1}], {"a": 1}, ()),
         ([2, "m", []], {}, ()),
         ([2, "m", [{1: 2}]], {}, ({1: 2},)),
+        ([2, b"nvim_set_client_info", ["x", {}]], {}, ("x", {})),
     ],
 )
 def test_any_well_formed_notification_is_a_notification(
     frame: Any, args: dict[str, Any], params: tuple[Any, ...]
 ) -> None:
-    """[2, method, params] with any params array (or a bare map) is a notification."""
-    assert classify(frame, Limits()) == Notification(frame[1], args, params)
+    """[2, method, params] with any params array (or a bare map), the method str or bin, is a
+    notification."""
+    method = frame[1].decode() if isinstance(frame[1], bytes) else frame[1]
+    assert classify(frame, Limits()) == Notification(method, args, params)
 
 
 @given(st.one_of(st.text(), st.binary(), values, st.integers()))
