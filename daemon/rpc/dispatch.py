@@ -61,8 +61,9 @@ class PeerLog:
         if last is not None and now - last < PEER_LOG_EVERY:
             self._skipped[key] += 1
             return None
-        if len(self._last) > PEER_LOG_KEYS:
+        if len(self._last) > PEER_LOG_KEYS:  # many uids over time: forget the quiet ones
             self._last = {k: t for k, t in self._last.items() if now - t < PEER_LOG_EVERY}
+            self._skipped = Counter({k: n for k, n in self._skipped.items() if k in self._last})
         self._last[key] = now
         return self._skipped.pop(key, 0)
 
