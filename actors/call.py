@@ -4,27 +4,36 @@ Everything here is sans-I/O: what an operation is, what a validated ``call`` car
 response body is decoded, which caller headers are refused, and what an HTTP status or a
 transport error means for the upstream's health (the breaker's view). The pipeline
 (actors/pipeline.py) walks the actors; these are the facts it decides with.
+
+JSON rules, both ways: a caller's ``json`` must be JSON (``check_json``: no NaN or Infinity,
+which Python would send as invalid JSON); an upstream's JSON body is carried back only up to
+``MAX_JSON_DEPTH`` levels of nesting (``decode_body``: deeper is ``upstream_error``, and the
+pipeline counts the attempt as the upstream's failure, not a success).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
+from itertools import chain
 from typing import Any, Final
 
 import attrs
 
 from claykiln.actors.breaker_types import Outcome
-from claykiln.actors.errors import BadRequestRefusal, Refusal, TimeoutRefusal
+from claykiln.actors.errors import BadRequestRefusal, Refusal, TimeoutRefusal, UpstreamRefusal
 from claykiln.actors.upstream_http import NO_JSON, HttpResponse
 
 __all__ = [
     "BODY_EXCERPT",
+    "MAX_JSON_DEPTH",
     "RESERVED_HEADERS",
     "CallRequest",
     "CallResult",
     "Operation",
     "check_headers",
+    "check_json",
     "decode_body",
     "error_outcome",
     "excerpt",
@@ -32,6 +41,9 @@ __all__ = [
 ]
 
 BODY_EXCERPT: Final = 512
+MAX_JSON_DEPTH: Final = 500
+"""Levels of nesting of an upstream JSON body the daemon carries back: a reply wraps the body in
+two more, and msgpack packs at most 511 (Python's own JSON decoder stops near 1000)."""
 
 
 @attrs.frozen
@@ -108,16 +120,101 @@ class CallResult:
 
 
 def decode_body(response: HttpResponse) -> Any:
-    """JSON bodies decoded; text as str; anything else as bytes."""
+    """JSON bodies decoded; text as str; anything else as bytes. A body already decoded
+    (``response.decoded``) is returned as it is.
+
+    Raises UpstreamRefusal (``details.kind = "body"``, not retryable) for a JSON body nested
+    deeper than MAX_JSON_DEPTH levels: the daemon could not carry it back to the caller.
+    """
+    if response.decoded is not NO_JSON:
+        return response.decoded
     ctype = response.headers.get("content-type", "").lower()
     if "json" in ctype:
         try:
-            return json.loads(response.body)
+            value = json.loads(response.body)
+        except RecursionError:
+            raise _too_deep(response) from None
         except ValueError:
             pass
+        else:
+            # Each level takes two bytes ("[]"): a shorter body cannot be too deep.
+            if len(response.body) > 2 * MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+                raise _too_deep(response)
+            return value
     if ctype.startswith("text/") or "json" in ctype:
         return response.body.decode("utf-8", "replace")
     return response.body
+
+
+def _too_deep(response: HttpResponse) -> UpstreamRefusal:
+    msg = (
+        f"the upstream answered {response.status} with a JSON body nested deeper than "
+        f"{MAX_JSON_DEPTH} levels, which the daemon cannot carry back"
+    )
+    details = {
+        "status": response.status,
+        "kind": "body",
+        "reason": f"nests deeper than {MAX_JSON_DEPTH} levels",
+        "body": excerpt(response.body),
+        "sent": True,
+        "retryable": False,
+    }
+    return UpstreamRefusal(msg, details=details)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and maps more than ``limit`` levels deep; walks a level at
+    a time, without recursion."""
+    level = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            item
+            for item in chain.from_iterable(_children(node) for node in level)
+            if isinstance(item, list | dict)
+        ]
+    return False
+
+
+def _children(node: Any) -> Iterator[Any]:
+    if isinstance(node, dict):
+        return iter(node.values())
+    if isinstance(node, list):
+        return iter(node)
+    return iter(())
+
+
+def check_json(value: Any, where: str = "call: json") -> None:
+    """Refuse (BadRequestRefusal naming where) a value JSON cannot carry: NaN, Infinity or
+    -Infinity anywhere in it (Python's encoder would write them as invalid JSON)."""
+    if type(value) is dict and not any(type(v) in (float, list, dict) for v in value.values()):
+        return  # the common case: a flat map of strings and integers
+    level = [value]
+    while level:
+        if any(type(x) is float and not math.isfinite(x) for x in level):
+            msg = (
+                f"{where} holds NaN or Infinity at {_first_non_finite(value)}, which JSON "
+                "cannot carry; send null or a string instead"
+            )
+            raise BadRequestRefusal(msg)
+        level = list(chain.from_iterable(_children(node) for node in level))
+
+
+def _first_non_finite(value: Any, path: str = "$") -> str:
+    """The path (``$.a[2]``) of the first non-finite float in ``value``, depth first."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        node, at = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return at if len(at) <= 200 else at[:200] + "..."
+        if isinstance(node, dict):
+            stack.extend((v, f"{at}.{str(k)[:40]}") for k, v in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in reversed(list(enumerate(node))))
+    return path
 
 
 def health_outcome(status: int) -> Outcome:

@@ -125,9 +125,13 @@ class CallPipeline:
 
     def fail_fast(self, request: CallRequest) -> None:
         """Refuse at once from published snapshots (no task, no ask): breaker open, gate closed
-        past the deadline, lane full. Also validates the request's headers."""
+        past the deadline, lane full. Also validates the request's headers, and answers
+        ``timeout`` to a deadline already past (not a gate's refusal)."""
         check_headers(request.headers)
         op = self.operation(request.operation)
+        if request.deadline is not None and request.deadline <= trio.current_time():
+            msg = f"call: the deadline of {op.name} passed before the call could start"
+            raise TimeoutRefusal(msg, details={"stage": "deadline", "sent": False})
         self.breakers.check(op.breaker_key)
         self.gate.check(op.gate, request.deadline)
         self.lanes.check(request.lane or op.lane)
@@ -346,6 +350,20 @@ class CallPipeline:
                 seconds=trio.current_time() - report.started,
             )
             return None, exc
+        if response.status < 500:
+            # Decoded before the outcome is known: a body the daemon cannot carry back is the
+            # upstream's failure (upstream_error), never recorded as a success.
+            try:
+                response = attrs.evolve(response, decoded=decode_body(response))
+            except UpstreamRefusal as exc:
+                report.outcome = Outcome.FAILURE
+                seconds = trio.current_time() - report.started
+                label = status_label(response.status)
+                self.exchanges.record(op.upstream, label, failed=True, seconds=seconds)
+                details = dict(exc.details or {})
+                details["upstream"] = op.upstream
+                exc.details = details
+                return None, exc
         report.outcome = health_outcome(response.status)
         self.exchanges.record(
             op.upstream,

@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+MAX_URL_CHARS: Final = 65_536  # httpx's bound on a URL and on each of its parts
+_WORST_ENCODING: Final = 9  # percent-encoding turns one character into at most 9 (3 x %XX)
 HTTP_CLIENTS: Final = ("h11", "httpx")  # UpstreamSettings.http_client: see actors/upstream.py
 JOIN_CACHE_SIZE: Final = 4096  # distinct (base_url, path) pairs kept parsed
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -131,16 +133,26 @@ class HttpRequest:
         if self.json is not NO_JSON and self.content is not None:
             msg = "give a request json or content, not both"
             raise BadRequestRefusal(msg)
+        query = self.query
+        if query and sum(len(k) + len(v) + 2 for k, v in query.items()) * _WORST_ENCODING > (
+            MAX_URL_CHARS
+        ):
+            size = len(str(httpx.QueryParams(query)))
+            if size > MAX_URL_CHARS:
+                raise _too_long("query", size)
 
 
 @attrs.frozen
 class HttpResponse:
-    """A fully read response: ``headers`` has lower-case names (repeats joined by ", ")."""
+    """A fully read response: ``headers`` has lower-case names (repeats joined by ", ").
+    ``decoded``: the body as ``decode_body`` (actors/call.py) returns it, once the pipeline
+    decoded it (``NO_JSON`` until then)."""
 
     status: int
     headers: dict[str, str] = attrs.field(hash=False)
     body: bytes
     duration: float
+    decoded: Any = attrs.field(default=NO_JSON, eq=False, hash=False, repr=False)
 
     def retry_after(self, now: float | None = None) -> float | None:
         """Seconds from Retry-After (delay-seconds or an HTTP date, against wall time ``now``,
@@ -171,7 +183,8 @@ def render_path(template: str, params: Mapping[str, Any]) -> str:
     no value can add a path segment, a query, a fragment, user info or another host.
 
     Raises BadRequestRefusal naming the parameter when one is missing, unused, empty, ``None``,
-    ``.`` or ``..``, and when the template has a stray brace.
+    ``.`` or ``..``, when the template has a stray brace, and (naming the limit, not the value)
+    when the rendered path is longer than MAX_URL_CHARS.
     """
     names = PLACEHOLDER.findall(template)
     rest = PLACEHOLDER.sub("", template)
@@ -199,7 +212,19 @@ def render_path(template: str, params: Mapping[str, Any]) -> str:
             msg = f"path parameter {name!r} is not valid Unicode text"
             raise BadRequestRefusal(msg, details={"param": name}) from None
 
-    return PLACEHOLDER.sub(fill, template)
+    path = PLACEHOLDER.sub(fill, template)
+    if len(path) > MAX_URL_CHARS:
+        raise _too_long("path", len(path))
+    return path
+
+
+def _too_long(part: str, size: int) -> BadRequestRefusal:
+    """The refusal of a URL part over MAX_URL_CHARS; it names the sizes, never the values."""
+    msg = (
+        f"call: the request's {part} would be {size} characters long after percent-encoding; "
+        f"the limit is {MAX_URL_CHARS}: send large values in the body"
+    )
+    return BadRequestRefusal(msg, details={"limit": MAX_URL_CHARS, "size": size, "part": part})
 
 
 @functools.lru_cache(maxsize=JOIN_CACHE_SIZE)
@@ -211,7 +236,10 @@ def join_url(base_url: str, path: str) -> httpx.URL:
     daemon calls the same few paths over and over). A refusal is not cached: it raises.
     """
     base = httpx.URL(base_url)
-    url = httpx.URL(base_url.rstrip("/") + "/" + path.lstrip("/"))
+    joined = base_url.rstrip("/") + "/" + path.lstrip("/")
+    if len(joined) > MAX_URL_CHARS:
+        raise _too_long("URL", len(joined))
+    url = httpx.URL(joined)
     prefix = base.raw_path.rstrip(b"/") + b"/"
     raw_path = url.raw_path.partition(b"?")[0]
     same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)

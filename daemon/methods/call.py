@@ -25,7 +25,7 @@ from typing import Any, Final
 import attrs
 import trio
 
-from claykiln.actors.call import CallRequest, Operation
+from claykiln.actors.call import CallRequest, Operation, check_json
 from claykiln.actors.errors import BadRequestRefusal, Refusal
 from claykiln.actors.idempotency_record import check_key
 from claykiln.actors.keyed_call import PreparedCall
@@ -95,6 +95,8 @@ def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
     has_json = "json" in args
     if has_json and body is not None:
         raise BadRequestRefusal("call: give json or body, not both")
+    if has_json:
+        check_json(args["json"])  # NaN or Infinity would go upstream as invalid JSON
     lane = args.get("lane")
     if lane is not None and not isinstance(lane, str):
         raise BadRequestRefusal("call: lane must be a string naming a lane")
