@@ -16,7 +16,8 @@ Contract, for an actor written on it (breaker, gate, lanes, writer, and those to
   back, so no asker hangs.
 - ``Reply[T]`` is a one-shot slot: an Event plus a value or an exception. The actor calls
   ``set`` or ``fail`` once (later calls are ignored, so an asker that gave up can mark its own
-  slot failed and the actor skips it); the asker awaits ``wait``.
+  slot failed and the actor skips it); the asker awaits ``wait``. ``Then(done)`` is a slot
+  nobody awaits: settling it calls ``done(None)`` or ``done(error)`` in the actor's task.
 - ``drain(receive)`` and ``fail_pending(replies, name)`` are the same two steps for an actor
   that keeps its own channel.
 - ``ping`` is the liveness ask the health monitor makes (docs/alerting.md, "Health"): it
@@ -39,7 +40,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-__all__ = ["ActorStopped", "Mailbox", "Reply", "drain", "fail_pending", "mailbox_of"]
+__all__ = ["ActorStopped", "Mailbox", "Reply", "Then", "drain", "fail_pending", "mailbox_of"]
 
 T = TypeVar("T")
 M = TypeVar("M")
@@ -85,6 +86,31 @@ class Reply(Generic[T]):
         if self._error is not None:
             raise self._error
         return self._value  # type: ignore[return-value]
+
+
+class Then(Reply[None]):
+    """A slot that calls ``done`` (None, or the error) when settled instead of waking an asker
+    (no Event: nobody waits on it). ``done`` runs in the actor's task: quick, never raising."""
+
+    __slots__ = ("_done", "_settled")
+
+    def __init__(self, done: Callable[[BaseException | None], None]) -> None:
+        self._done = done
+        self._settled = False
+
+    @property
+    def done(self) -> bool:
+        return self._settled
+
+    def set(self, value: None) -> None:
+        if not self._settled:
+            self._settled = True
+            self._done(None)
+
+    def fail(self, error: BaseException) -> None:
+        if not self._settled:
+            self._settled = True
+            self._done(error)
 
 
 class Mailbox(Generic[M]):

@@ -1,10 +1,13 @@
 """The writer actor: the one task that writes to the store, by group commit.
 
 Owns:     the store's write side (the only code that begins a write transaction) and its inbox.
-Receives: an ask per ``write`` / ``write_nowait`` call: validated, encoded ops and a reply slot.
+Receives: an ask per ``write`` / ``write_nowait`` / ``write_then`` call: validated, encoded ops
+          and a reply slot (for ``write_then``, the caller's ``done`` function instead).
 Replies:  each time it wakes it drains EVERYTHING queued and applies it in ONE write transaction
           in ONE worker thread, then completes every slot: success only once that transaction
           committed (fsynced when the store syncs). Asks are applied in the order they queued.
+          A ``write_then`` ask is completed by calling its ``done`` in the writer's task: no
+          asker wakes (a durable ``submit`` is acknowledged from there, without a task).
 On failure: a map-full batch makes the actor grow the map (doubling, up to max_map_size) and
           retry; at the ceiling, or on any other LMDB error, the batch is re-run with each ask in
           its own nested transaction (still one commit), so only the asks that cannot be written
@@ -33,14 +36,14 @@ Usage::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Final
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, cast
 
 import attrs
 import trio
 
 from claykiln.actors.log import get_logger
-from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
+from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply, Then
 from claykiln.storage import Op, StorageClosed, StorageError, Store, StoreFull
 from claykiln.storage.ops import PreparedOp
 
@@ -165,6 +168,26 @@ class Writer:
         ``stats().nowait_failed``. Raises StorageError for an invalid op, StorageClosed if closed.
         """
         ask = self._ask(ops, waited=False)
+        try:
+            self._mailbox.post_nowait(ask)
+        except trio.WouldBlock:
+            return False
+        except ActorStopped:
+            raise self._closed_error() from None
+        return True
+
+    def write_then(self, ops: Sequence[Op], done: Callable[[StorageError | None], None]) -> bool:
+        """Queue ``ops`` like ``write``, without waiting: ``done(None)`` is called once they are
+        committed (durable when the store syncs), ``done(error)`` if they cannot be (StoreFull,
+        StorageError, StorageClosed when the writer stops first). ``done`` runs in the writer's
+        task on the trio thread: it must be quick and must not raise (an exception there stops
+        the writer, as a bug in it would). False, and ``done`` is never called, when the inbox
+        is full (nothing queued: use ``write``). Raises StorageError for an invalid op,
+        StorageClosed once the writer is closed."""
+        # The actor only fails asks with StorageError (StorageClosed included).
+        ask = _Write(
+            self._prepared(ops), True, Then(cast(Callable[[BaseException | None], None], done))
+        )
         try:
             self._mailbox.post_nowait(ask)
         except trio.WouldBlock:
@@ -351,9 +374,12 @@ class Writer:
     # ---- helpers ---------------------------------------------------------------------------
 
     def _ask(self, ops: Sequence[Op], *, waited: bool) -> _Write:
+        return _Write(self._prepared(ops), waited)
+
+    def _prepared(self, ops: Sequence[Op]) -> tuple[PreparedOp, ...]:
         if self._closed:
             raise self._closed_error()
-        return _Write(self._store.prepare(ops), waited)
+        return self._store.prepare(ops)
 
     def _closed_error(self) -> StorageClosed:
         return StorageClosed(f"the writer of {self._store.path} is closed; no more writes")

@@ -5,9 +5,11 @@ Promises:
   (out of order), batched by the connection's ``Replies`` (``replies.py``).
 - A method registered ``inline`` is answered on the reader without spawning a task; a method's
   ``precheck`` may refuse at once (a fail-fast rejection) or answer at once (``Answered``: a
-  replay, a fallback) before a task is spawned. Everything else runs in a task per request
-  inside the connection's nursery. An inline method marked ``shared`` (``status``) is computed
-  at most once per ``shared_answer_age`` and its packed answer reused by every connection.
+  replay, a fallback) before a task is spawned, or hand back a ``Later`` its holder settles
+  without a task (a durable ``submit``, answered from the writer's commit). Everything else
+  runs in a task per request inside the connection's nursery. An inline method marked
+  ``shared`` (``status``) is computed at most once per ``shared_answer_age`` and its packed
+  answer reused by every connection.
 - Fairness: a reader gives the other connections a turn after ``TURN_BUDGET`` seconds of work
   (decoding and inline methods counted), so a peer that pipelines expensive or hostile frames
   cannot hold the loop; decoding happens in slices of ``FEED_SLICE`` bytes.
@@ -66,8 +68,8 @@ from claykiln.daemon.rpc.protocol import (
     error_map,
     excerpt,
 )
-from claykiln.daemon.rpc.replies import Replies, pack_error, pack_reply, stopped_reply
-from claykiln.daemon.rpc.types import Answered, Handler, Method, RequestContext, ServerLimits
+from claykiln.daemon.rpc.replies import Replies, later_reply, pack_error, pack_reply, stopped_reply
+from claykiln.daemon.rpc.types import Answered, Handler, Later, Method, RequestContext, ServerLimits
 from claykiln.storage import StoreFull
 
 __all__ = [
@@ -112,6 +114,7 @@ class Connection:
         self._requests: trio.CancelScope | None = None
         self._all: trio.CancelScope | None = None
         self.streams = 0  # open subscriptions pushing notifications: the connection is not idle
+        self._later: set[Later] = set()  # requests a ``Later`` answers, not settled yet
         self._output_idle = trio.lowlevel.ParkingLot()  # wait_drained's waiters
 
     @property
@@ -171,6 +174,8 @@ class Connection:
         self.scope.cancel()
         if self._requests is not None:
             self._requests.cancel()
+        for later in list(self._later):
+            later.refuse(ShuttingDownRefusal("the daemon stopped before this request finished"))
 
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -339,6 +344,9 @@ class Connection:
                 if isinstance(prepared, Answered):
                     self.send(pack_reply(req.msgid, prepared.result))
                     return
+                if isinstance(prepared, Later):
+                    self._await_later(prepared, req)
+                    return
         except Refusal as exc:
             self.send(pack_error(req.msgid, exc.to_wire()))
             return
@@ -351,6 +359,24 @@ class Connection:
         self.in_flight += 1
         dispatch.begin_request()
         nursery.start_soon(self._run_request, method.handler, ctx, req, prepared)
+
+    def _await_later(self, later: Later, req: Request) -> None:
+        """Count a request a ``Later`` answers in flight, as a running task is; its outcome
+        becomes the reply as a handler's would (``shutting_down`` once the drain aborted)."""
+        self.in_flight += 1
+        self.dispatch.begin_request()
+        self._later.add(later)
+        msgid, method = req.msgid, req.method
+
+        def deliver(result: Any, error: BaseException | None) -> None:
+            self._later.discard(later)
+            self.send(later_reply(msgid, method, result, error, aborting=self.aborting))
+            self.in_flight -= 1
+            self.last_active = trio.current_time()
+            self.room.set()
+            self.dispatch.end_request()
+
+        later.bind(deliver)
 
     def _inline_reply(self, method: Method, ctx: RequestContext, req: Request) -> bytes:
         """An inline method's reply; a shared one (no arguments) comes from the dispatch's

@@ -24,11 +24,17 @@ from typing import Any, Final
 
 import trio
 
-from claykiln.actors.errors import ShuttingDownRefusal
+from claykiln.actors.errors import (
+    InternalRefusal,
+    Refusal,
+    ShuttingDownRefusal,
+    StorageFullRefusal,
+)
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.protocol import MAX_MESSAGE_CHARS, clamp, encode_response, error_map
+from claykiln.storage import StoreFull
 
-__all__ = ["Replies", "pack_error", "pack_reply", "stopped_reply"]
+__all__ = ["Replies", "later_reply", "pack_error", "pack_reply", "stopped_reply"]
 
 log = get_logger("claykiln.server")
 
@@ -66,6 +72,25 @@ def stopped_reply(msgid: int) -> bytes:
         "it may have run: resend it only if it is safe to repeat"
     )
     return pack_error(msgid, ShuttingDownRefusal(msg, details={"started": True}).to_wire())
+
+
+def later_reply(
+    msgid: int, method: str, result: Any, error: BaseException | None, *, aborting: bool
+) -> bytes:
+    """The reply a ``Later`` settled with: ``result``, or ``error`` answered as a handler's
+    would be (a ``Refusal`` as itself, ``shutting_down`` once the drain aborted; StoreFull as
+    ``storage_full``; anything else logged as ``server.handler_crashed`` and ``internal``)."""
+    if error is None:
+        return pack_reply(msgid, result)
+    if isinstance(error, Refusal):
+        return stopped_reply(msgid) if aborting else pack_error(msgid, error.to_wire())
+    if isinstance(error, StoreFull):
+        return pack_error(msgid, StorageFullRefusal(f"storage is full: {error}").to_wire())
+    try:
+        raise error
+    except Exception:
+        log.exception("server.handler_crashed", method=method, msgid=msgid)
+    return pack_error(msgid, InternalRefusal("internal error; see the daemon log").to_wire())
 
 
 class Replies:

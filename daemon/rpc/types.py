@@ -9,7 +9,7 @@ without a cycle.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -21,6 +21,7 @@ __all__ = [
     "Answered",
     "Handler",
     "InlineHandler",
+    "Later",
     "Method",
     "RequestContext",
     "ServerLimits",
@@ -83,13 +84,66 @@ class Answered:
     result: Any
 
 
+Delivery = Callable[[Any, BaseException | None], None]
+"""How a ``Later`` hands its outcome to its connection: ``(result, None)`` or ``(None, error)``."""
+_UNSETTLED: Final = object()
+
+
+class Later:
+    """What a ``precheck`` returns when the reply will come from outside any task (e.g. the
+    storage writer, once a commit holding the request's write is durable): no task runs; the
+    connection counts the request in flight, like a running handler, and binds the ``Later``
+    to it before the precheck's caller sees anything else.
+
+    Whoever holds it then calls ``answer(result)`` or ``refuse(error)`` once, on the trio
+    thread, without blocking (later calls are ignored). A ``Refusal`` is the error reply, as
+    from a handler; ``StoreFull`` is ``storage_full``; any other exception is a bug (logged,
+    answered ``internal``). If the connection is closed by then, the reply is dropped; the drain
+    answers one still unsettled at its end ``shutting_down`` (``started: true``).
+    """
+
+    __slots__ = ("_deliver", "_outcome")
+
+    def __init__(self) -> None:
+        self._deliver: Delivery | None = None
+        self._outcome: tuple[Any, BaseException | None] | object = _UNSETTLED
+
+    @property
+    def settled(self) -> bool:
+        """Answered or refused (whether or not the connection has sent it yet)."""
+        return self._outcome is not _UNSETTLED
+
+    def answer(self, result: Any) -> None:
+        """Reply with ``result``."""
+        self._settle(result, None)
+
+    def refuse(self, error: BaseException) -> None:
+        """Reply with ``error`` (see the class docstring)."""
+        self._settle(None, error)
+
+    def bind(self, deliver: Delivery) -> None:
+        """The connection's side: where the outcome goes (at once if it is already known)."""
+        self._deliver = deliver
+        outcome = self._outcome
+        if isinstance(outcome, tuple):
+            deliver(*outcome)
+
+    def _settle(self, result: Any, error: BaseException | None) -> None:
+        if self._outcome is not _UNSETTLED:
+            return
+        self._outcome = (result, error)
+        if self._deliver is not None:
+            self._deliver(result, error)
+
+
 @attrs.frozen
 class Method:
     """One RPC method. Exactly one of ``handler`` (async, own task) or ``inline`` (sync) is set.
 
     ``precheck`` (sync) validates on the reader and may raise a ``Refusal`` to refuse before a
-    task is spawned, or return ``Answered(result)`` to reply at once; otherwise the handler
-    receives what it returns instead of the raw args.
+    task is spawned, return ``Answered(result)`` to reply at once, or a ``Later`` whose holder
+    replies when it can (no task); otherwise the handler receives what it returns instead of
+    the raw args.
     ``admin`` methods are refused with ``forbidden`` for peers outside the admin set.
     ``shared`` (inline only): the answer does not depend on the caller, so a request without
     arguments may get the packed answer computed for another, up to
