@@ -59,6 +59,9 @@ __all__ = [
     "start_attempt",
 ]
 
+_ROW_JSON: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+"""How a row goes to Clay (compact), for its size; one encoder, built once."""
+
 DEFAULT_MAX_ATTEMPTS: Final = 5
 DEFAULT_BACKOFF_BASE: Final = 2.0
 DEFAULT_BACKOFF_CAP: Final = 600.0
@@ -144,7 +147,7 @@ def check_row(
         raise BadRequestRefusal(msg)
     if json_body is not NO_JSON:
         try:
-            size = len(json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode())
+            size = len(_ROW_JSON.encode(json_body).encode())
         except (TypeError, ValueError, RecursionError) as exc:
             msg = f"{operation}: the row cannot be encoded as JSON ({exc}); send plain values"
             raise BadRequestRefusal(msg) from exc

@@ -12,10 +12,15 @@ Card
   else ``job:<id>``), stamps the key into the row's ``key_field``; answers a key that already
   has a job with that job (``existing: true``), or ``idempotency_mismatch`` when the key was
   used for another request.
-- ``submit(prepared)``: writes the job and its index entries in one durable write (group
-  commit: concurrent submits share one fsync), then tells the scheduler the job's queue is due,
-  then answers ``{job_id, state, existing, idempotency_key, due_at}``. ``submit_many`` writes a
-  whole batch in one transaction and answers per item.
+- ``submit_later(prepared, later)`` (on the reader, no task): queues the job and its index
+  entries with the writer (``write_then``: group commit, concurrent submits share one fsync);
+  the commit tells the scheduler the job's queue is due and settles ``later`` with ``{job_id,
+  state, existing, idempotency_key, due_at}`` (False when the writer's inbox is full: the
+  caller runs ``submit`` in a task instead). ``submit(prepared)`` does the same in a task;
+  ``submit_many`` writes a whole batch in one transaction and answers per item.
+- keys: a submit whose key is being written now is answered with that job once it is on disk
+  (``existing: true``; the write's error if it failed), or at once with
+  ``idempotency_mismatch`` for another request; one in a task waits for the write's end.
 - ``bury(request, error)``: keeps a ``call`` that failed (``on_failure = "dlq"``) as a dead job.
 - ``note_call(op, request, answer)``: a ``call``'s row counts against its webhook source's
   lifetime cap like a job's (told to the scheduler, which owns the counts).
@@ -27,7 +32,7 @@ Card
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
@@ -54,10 +59,49 @@ __all__ = ["Outbox", "PreparedJob", "attempt_request"]
 
 log = get_logger("claykiln.outbox")
 
+PATH_CACHE: Final = 1024
+"""Rendered paths the submit side remembers (cleared when full)."""
+
 DueNotice = Callable[[str, float], None]
 """Tells the scheduler that ``queue`` holds a job due at wall time ``due_at``."""
 RowCount = Callable[..., None]
 """Tells the scheduler a row reached a webhook source: ``(source, cap, accepted=...)``."""
+
+
+class Settle(Protocol):
+    """What ``submit_later`` settles (the RPC layer's ``Later``): one answer or one refusal."""
+
+    def answer(self, result: Any) -> None: ...
+
+    def refuse(self, error: BaseException) -> None: ...
+
+
+@attrs.define(eq=False)
+class _Writing:
+    """A job being written now under its key: submits of the key that came meanwhile are
+    answered from it once the write ended (``followers``), or wait for ``ended`` in a task."""
+
+    job: Job
+    followers: list[Settle] = attrs.Factory(list)
+    _ended: trio.Event | None = None
+
+    async def wait(self) -> None:
+        if self._ended is None:
+            self._ended = trio.Event()
+        await self._ended.wait()
+
+    def end(self, answer: dict[str, Any] | None, error: Refusal | None) -> int:
+        """Answer the followers (``answer`` with ``existing: true``, else a copy of ``error``)
+        and wake the tasks waiting; returns how many followers got the existing job."""
+        for follower in self.followers:
+            if error is not None:
+                follower.refuse(type(error)(error.message))
+            else:
+                assert answer is not None
+                follower.answer({**answer, "existing": True})
+        if self._ended is not None:
+            self._ended.set()
+        return len(self.followers) if error is None else 0
 
 
 @attrs.frozen
@@ -139,7 +183,8 @@ class Outbox:
         self._notify = notify
         self._held = held  # the scheduler's view of held sources (None: read storage)
         self._counted = counted  # where a call's rows are counted (the scheduler)
-        self._writing: dict[str, trio.Event] = {}
+        self._writing: dict[str, _Writing] = {}
+        self._paths: dict[tuple[Any, ...], str] = {}  # rendered paths (``_path``)
         self.accepted = 0  # jobs written since start
         self.existing = 0  # submits answered with the job their key already had
 
@@ -158,7 +203,7 @@ class Outbox:
         op = self.pipeline.operation(request.operation)
         settings = self._settings()
         policy = settings.policy(op.name)
-        path = render_path(op.path, request.path_params)
+        path = self._path(op.path, request.path_params)
         check_row(policy, op.name, request.json, request.body, request.headers)
         self._check_lane(request.lane)
         fp = fingerprint(op.name, request.path_params, request.query, request.json, request.body)
@@ -199,6 +244,20 @@ class Outbox:
         )
         return PreparedJob(job)
 
+    def _path(self, template: str, params: Mapping[str, Any]) -> str:
+        """``render_path``, remembered for string parameters (a webhook id repeats for every
+        row pushed to it); raises what ``render_path`` raises."""
+        if not all(type(v) is str for v in params.values()):
+            return render_path(template, params)
+        key = (template, *params.items())
+        path = self._paths.get(key)
+        if path is None:
+            path = render_path(template, params)
+            if len(self._paths) >= PATH_CACHE:
+                self._paths.clear()
+            self._paths[key] = path
+        return path
+
     def _existing(self, key: str, fp: str) -> dict[str, Any] | None:
         """The answer for a key that already has a job; raises a mismatch for another request."""
         job = self.jobs.job_for_key(key)
@@ -231,6 +290,51 @@ class Outbox:
             )
             raise BadRequestRefusal(msg, details={"reason": "quota_exhausted", "source": source})
 
+    def submit_later(self, prepared: PreparedJob, later: Settle) -> bool:
+        """Queue the job's durable write; its commit settles ``later`` (see the card). False
+        when the writer's inbox is full (nothing queued). Raises ``IdempotencyMismatchRefusal``
+        (the key is being written for another request), ``StorageFullRefusal`` /
+        ``InternalRefusal`` (the writer refused the write at once)."""
+        job = prepared.job
+        if job.indexed:
+            writing = self._writing.get(job.key)
+            if writing is not None:
+                if writing.job.fingerprint != job.fingerprint:
+                    raise mismatch_refusal(job.key, writing.job.fingerprint, job.fingerprint)
+                writing.followers.append(later)
+                return True
+
+        def committed(error: StorageError | None) -> None:
+            try:
+                self._committed(job, later, error)
+            except Exception as exc:  # a bug: the caller hears of it, the writer goes on
+                later.refuse(exc)
+
+        try:
+            queued = self.jobs.writer.write_then(transition_ops(None, job), committed)
+        except StorageError as exc:
+            raise _storage_refusal(exc) from exc
+        if queued and job.indexed:
+            self._writing[job.key] = _Writing(job)
+        return queued
+
+    def _committed(self, job: Job, later: Settle, error: StorageError | None) -> None:
+        """The writer's end of ``submit_later`` (in its task): acknowledge or refuse."""
+        writing = self._writing.pop(job.key, None) if job.indexed else None
+        if error is not None:
+            refusal = _storage_refusal(error)
+            later.refuse(refusal)
+            if writing is not None:
+                writing.end(None, refusal)
+            return
+        self.accepted += 1
+        if job.waiting:
+            self._notify(job.queue, job.due_at)
+        answer = job_answer(job, existing=False)
+        later.answer(answer)
+        if writing is not None:
+            self.existing += writing.end(answer, None)
+
     # -- in the request's task ---------------------------------------------------------------
     async def submit(self, prepared: PreparedJob) -> dict[str, Any]:
         """Write the job durably, then answer (see the card)."""
@@ -248,16 +352,9 @@ class Outbox:
         failure fails every job of the batch (``storage_full`` / ``internal``)."""
         keys = {item.key for item in items if isinstance(item, PreparedJob) and item.job.indexed}
         for key in keys:
-            while key in self._writing:
-                await self._writing[key].wait()
-        mine = {key: trio.Event() for key in keys}
-        self._writing.update(mine)
-        try:
-            return await self._write_batch(items)
-        finally:
-            for key, event in mine.items():
-                del self._writing[key]
-                event.set()
+            while (writing := self._writing.get(key)) is not None:
+                await writing.wait()
+        return await self._write_batch(items)
 
     async def _write_batch(
         self, items: Sequence[PreparedJob | dict[str, Any] | Refusal]
@@ -292,12 +389,25 @@ class Outbox:
             answers.append(job_answer(job, existing=False))
         if not ops:
             return answers
+        mine = {key: _Writing(job) for key, job in claimed.items()}
+        self._writing.update(mine)
+        error: Refusal = InternalRefusal("the job's write was interrupted; submit it again")
+        saved = False
         try:
             await self.jobs.write(ops)
+            saved = True
         except StorageError as exc:
             error = _storage_refusal(exc)
             for index, _ in written:
                 answers[index] = type(error)(error.message)
+        finally:
+            for key, writing in mine.items():
+                del self._writing[key]
+                if saved:
+                    self.existing += writing.end(job_answer(writing.job, existing=False), None)
+                else:
+                    writing.end(None, error)
+        if not saved:
             return answers
         self.accepted += len(written)
         for _, job in written:

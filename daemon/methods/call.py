@@ -68,9 +68,13 @@ DLQ_CODES: Final = frozenset(
 log = get_logger("claykiln.pipeline")
 
 
-def parse_call(args: Mapping[str, Any], now: float) -> CallRequest:
-    """Validate ``call`` arguments into a ``CallRequest`` (``deadline_ms`` -> absolute time)."""
-    check_names("call", args, CALL_ARGS)
+def parse_call(
+    args: Mapping[str, Any], now: float, *, allowed: frozenset[str] = CALL_ARGS
+) -> CallRequest:
+    """Validate ``call`` arguments into a ``CallRequest`` (``deadline_ms`` -> absolute time);
+    ``allowed``: the argument names accepted (a superset of ``CALL_ARGS``: the caller checks
+    the others)."""
+    check_names("call", args, allowed)
     operation = args.get("operation")
     if not isinstance(operation, str) or not operation:
         raise BadRequestRefusal(

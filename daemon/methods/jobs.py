@@ -2,12 +2,14 @@
 
 ``submit`` takes ``call``'s arguments plus ``not_before`` (unix seconds). Its precheck, on the
 connection's reader, validates every argument (``parse_submit``) and ``Outbox.prepare`` refuses
-what can never succeed and answers a key that already has a job; what passes is written in its
-own task and answered once it is on disk: ``{job_id, state, existing, idempotency_key,
-due_at}`` (docs/protocol.md, ``submit``). ``submit_many {items: [submit's arguments, ...]}``
-writes up to ``MAX_BATCH`` jobs in one transaction and answers per item, an error item as
-``{error: {code, message, ...}}``. ``jobs.get {job_id}`` answers the job (nil when unknown);
-``jobs.list {state, after?, limit?}`` pages through the jobs in one state.
+what can never succeed and answers a key that already has a job; what passes is queued with the
+storage writer there and then (``Outbox.submit_later``) and answered from the writer's commit,
+once it is on disk, with no task per submit (a ``Later``; in a task only when the writer's inbox
+is full): ``{job_id, state, existing, idempotency_key, due_at}`` (docs/protocol.md, ``submit``).
+``submit_many {items: [submit's arguments, ...]}`` writes up to ``MAX_BATCH`` jobs in one
+transaction and answers per item, an error item as ``{error: {code, message, ...}}``.
+``jobs.get {job_id}`` answers the job (nil when unknown); ``jobs.list {state, after?, limit?}``
+pages through the jobs in one state.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from claykiln.actors.jobs import (
 from claykiln.actors.outbox import PreparedJob
 from claykiln.daemon.methods.args import check_names
 from claykiln.daemon.methods.call import CALL_ARGS, parse_call
-from claykiln.daemon.rpc.types import Answered, Method, RequestContext
+from claykiln.daemon.rpc.types import Answered, Later, Method, RequestContext
 from claykiln.daemon.runtime import Runtime
 
 __all__ = ["MAX_BATCH", "SUBMIT_ARGS", "methods", "page_limit", "parse_submit"]
@@ -57,19 +59,17 @@ def parse_submit(
 ) -> tuple[CallRequest, float | None, float | None]:
     """Validate ``submit`` arguments: the ``CallRequest``, ``not_before`` (unix seconds or
     None) and ``deadline_ms`` (each attempt's budget, or None). Raises ``BadRequestRefusal``."""
-    check_names(method, args, SUBMIT_ARGS)
+    try:
+        request = parse_call(args, now, allowed=SUBMIT_ARGS)
+    except BadRequestRefusal as exc:
+        message = exc.message.removeprefix("call: ")
+        raise BadRequestRefusal(f"{method}: {message}", details=exc.details) from None
     not_before = args.get("not_before")
     if not_before is not None and (
         not isinstance(not_before, int | float) or isinstance(not_before, bool) or not_before < 0
     ):
         msg = f"{method}: not_before must be a time in unix seconds (a number), e.g. 1767225600"
         raise BadRequestRefusal(msg)
-    call_args = {k: v for k, v in args.items() if k != "not_before"}
-    try:
-        request = parse_call(call_args, now)
-    except BadRequestRefusal as exc:
-        message = exc.message.removeprefix("call: ")
-        raise BadRequestRefusal(f"{method}: {message}", details=exc.details) from None
     deadline_ms = args.get("deadline_ms")
     return request, not_before, float(deadline_ms) if deadline_ms is not None else None
 
@@ -102,9 +102,14 @@ def methods(runtime: Runtime) -> list[Method]:
         request, not_before, deadline_ms = parse_submit(method, args, trio.current_time())
         return outbox.prepare(request, not_before=not_before, deadline_ms=deadline_ms)
 
-    def submit_precheck(ctx: RequestContext, args: dict[str, Any]) -> Prepared | Answered:
+    def submit_precheck(ctx: RequestContext, args: dict[str, Any]) -> Prepared | Answered | Later:
         prepared = prepare("submit", args)
-        return Answered(prepared) if isinstance(prepared, dict) else prepared
+        if isinstance(prepared, dict):
+            return Answered(prepared)
+        later = Later()
+        if isinstance(prepared, PreparedJob) and outbox.submit_later(prepared, later):
+            return later
+        return prepared  # the writer's inbox is full: a task waits for room
 
     async def submit(ctx: RequestContext, prepared: PreparedJob) -> dict[str, Any]:
         return await outbox.submit(prepared)
