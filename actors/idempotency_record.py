@@ -125,6 +125,22 @@ class IdempotencyRecord:
     def expired(self, now: float) -> bool:
         return now >= self.expires_at
 
+    def completed(self, at: float, result: Mapping[str, Any]) -> IdempotencyRecord:
+        """This intent's record once its call completed at ``at`` with ``result`` (what
+        ``attrs.evolve`` makes, built directly: it is on every keyed call's path)."""
+        return IdempotencyRecord(
+            self.key,
+            RecordState.COMPLETED,
+            self.operation,
+            self.fingerprint,
+            self.boot,
+            self.started_at,
+            self.expires_at,
+            self.sent,
+            at,
+            result,
+        )
+
     def to_value(self) -> dict[str, Any]:
         """The msgpack map stored under the key."""
         out: dict[str, Any] = {

@@ -4,14 +4,15 @@ Card
 - owns: the per-operation guards (``CallGuard``: idempotency mode, retention, key field, cache
   policy, fallback); it is a coordinator, not an actor: ``precheck`` runs on the connection
   reader, ``call`` in the request's task.
-- asks: the idempotency store (``begin``; the intent and outcome writes go through the storage
-  writer from the caller's task), the pipeline (``fail_fast``, ``call``); tells: the store
-  (``finish``), the fallback cache (``remember``).
+- calls: the idempotency store (``claim`` on the reader, ``release`` at the end: plain calls,
+  no ask; the intent and outcome writes go through the storage writer from the caller's task),
+  the pipeline (``fail_fast``, ``call``); tells: the fallback cache (``remember``).
 - ``precheck(request)`` (no await, no task): validates the headers and the key (``required``
   without one is ``bad_request``), derives it, stamps the ``key_field``, and answers at once
   what needs no upstream: a replay of a completed key (``replayed: true``), a mismatch, a key
   in doubt, and, for ``on_failure = "fallback"``, a fail-fast refusal answered from the cache.
-  Otherwise it returns the ``PreparedCall`` the handler runs.
+  Otherwise it claims the key (lead or follow, decided over the record it just read) and
+  returns the ``PreparedCall`` the handler runs; a claimed lead is released by ``call``.
 - ``call(prepared)``: lead, follow or replay under the key. A leader's intent is durable before
   a byte goes upstream and its outcome before the caller gets it; final answers (2xx, 4xx but
   408/409/425/429) are stored; failures are forgotten (a retry runs again) unless the request
@@ -52,7 +53,8 @@ from claykiln.actors.fallback_policy import (
     falls_back,
     staleness,
 )
-from claykiln.actors.idempotency import Follow, IdempotencyStore, Lead, Replay
+from claykiln.actors.idempotency import IdempotencyStore
+from claykiln.actors.idempotency_flights import Follow, Lead, Replay, Started
 from claykiln.actors.idempotency_keys import (
     derived_key,
     failure_leaves_doubt,
@@ -68,6 +70,7 @@ from claykiln.actors.idempotency_record import (
     mismatch_refusal,
 )
 from claykiln.actors.log import get_logger
+from claykiln.actors.mailbox import Reply
 from claykiln.actors.pipeline import CallPipeline
 from claykiln.actors.upstream import render_path
 from claykiln.storage import StorageError, StoreFull
@@ -121,6 +124,7 @@ class PreparedCall:
     repeatable: bool
     cache_key: str | None
     sent: Mapping[str, Any] = attrs.field(factory=dict)  # what the key's record says was sent
+    started: Started | None = None  # the key's claim made on the reader (None: ``call`` claims)
 
 
 class KeyedCalls:
@@ -166,9 +170,11 @@ class KeyedCalls:
             key = derived_key(fp)
         repeatable = repeatable_in_doubt(repeat_safe=op.repeat_safe, key_field=guard.key_field)
         recorded = key if guard.idempotency != "off" else None
+        stored = None
         if recorded is not None:
             assert fp is not None
-            replay = self._stored_answer(recorded, fp, repeatable)
+            stored = self.idempotency.stored_value(recorded)
+            replay = self._stored_answer(recorded, fp, repeatable, stored)
             if replay is not None:
                 return replay
         if key is not None and guard.key_field is not None:
@@ -194,19 +200,28 @@ class KeyedCalls:
                 raise
             return answer
         sent: dict[str, Any] = {}
+        started: Started | None = None
         if recorded is not None:
+            assert fp is not None
             # What the key's record says was sent (the path also checks the path parameters).
             sent = {"method": op.method, "path": render_path(op.path, request.path_params)}
             if guard.key_field is not None:
                 sent["key_field"] = guard.key_field
-        return PreparedCall(request, op, guard, recorded, fp, repeatable, ckey, sent)
+            # Last: a lead claimed here is released by ``call``, which the handler always runs.
+            started = self.idempotency.claim(
+                recorded, fp, repeatable=repeatable, deadline=request.deadline, stored=stored
+            )
+            if isinstance(started, Replay):
+                return _replayed(started.record)
+        return PreparedCall(request, op, guard, recorded, fp, repeatable, ckey, sent, started)
 
-    def _stored_answer(self, key: str, fp: str, repeatable: bool) -> dict[str, Any] | None:
-        """The replay of a completed key; raises a mismatch or an in-doubt refusal; None when
-        the call must go on (no record, expired, in flight, in doubt but repeatable, or a
-        malformed record, which ``begin`` reports). Reads the stored map itself, without
-        building the record: this is the replay's hot path, on the connection reader."""
-        value = self.idempotency.stored_value(key)
+    def _stored_answer(
+        self, key: str, fp: str, repeatable: bool, value: Any
+    ) -> dict[str, Any] | None:
+        """The replay of the completed key whose stored map is ``value``; raises a mismatch or
+        an in-doubt refusal; None when the call must go on (no record, expired, in doubt but
+        repeatable, or a malformed record, which ``claim`` reports). Reads the map itself,
+        without building the record: this is the replay's hot path, on the connection reader."""
         if not isinstance(value, dict):
             return None
         stored_fp, state, expires = value.get("fp"), value.get("state"), value.get("expires")
@@ -262,12 +277,14 @@ class KeyedCalls:
         if prepared.key is None:
             return await self._run(prepared)
         assert prepared.fingerprint is not None
-        started = await self.idempotency.begin(
-            prepared.key,
-            prepared.fingerprint,
-            repeatable=prepared.repeatable,
-            deadline=prepared.request.deadline,
-        )
+        started = prepared.started
+        if started is None:
+            started = await self.idempotency.begin(
+                prepared.key,
+                prepared.fingerprint,
+                repeatable=prepared.repeatable,
+                deadline=prepared.request.deadline,
+            )
         if isinstance(started, Replay):
             return _replayed(started.record)
         if isinstance(started, Follow):
@@ -316,8 +333,7 @@ class KeyedCalls:
             await idem.save_intent(intent)
         except BaseException as exc:
             error = _storage_refusal(exc)
-            with trio.CancelScope(shield=True):
-                await idem.finish(key, error or _gone())
+            idem.release(key, error or _gone())
             if error is not None:
                 raise error from exc
             raise
@@ -330,24 +346,51 @@ class KeyedCalls:
             raise
         wire = result.to_wire()
         wire["idempotency_key"] = key
+        status = result.status
+        if is_final_status(status):
+            done = intent.completed(idem.now(), wire)
+            saved: Reply[None] = Reply()
+
+            def outcome(error: StorageError | None) -> None:
+                # In the writer's task, whatever became of this one: the key is released.
+                self._outcome_written(prepared, status, wire, error)
+                saved.set(None)
+
+            if idem.save_then(done, outcome, previous_expiry=previous):
+                await saved.wait()  # cancelled: the outcome still lands, the key is released
+                return wire
         kept = True
         with trio.CancelScope(shield=True):
             try:
-                if is_final_status(result.status):
-                    done = attrs.evolve(
-                        intent, state=RecordState.COMPLETED, completed_at=idem.now(), result=wire
-                    )
+                if is_final_status(status):
                     await idem.save(done, previous_expiry=previous)
                 else:
                     await idem.end_intent(intent)
                 kept = False
             except StorageError as exc:
-                # The upstream acted and the caller gets its answer; the intent stays, so a
-                # retry of the key is refused as in doubt, never run twice.
                 log.warning("idempotency.outcome_not_saved", key=key, error=str(exc))
-            self._remember(prepared, result.status, wire)
-            await idem.finish(key, wire, intent_kept=kept)
+            self._outcome_written(prepared, status, wire, None, kept=kept)
         return wire
+
+    def _outcome_written(
+        self,
+        prepared: PreparedCall,
+        status: int,
+        wire: dict[str, Any],
+        error: StorageError | None,
+        *,
+        kept: bool = False,
+    ) -> None:
+        """The leader's outcome is written (or could not be: ``error``, ``kept``): remember a
+        good answer and release the key, its followers getting ``wire``."""
+        assert prepared.key is not None
+        if error is not None:
+            # The upstream acted and the caller gets its answer; the intent stays, so a retry
+            # of the key is refused as in doubt, never run twice.
+            log.warning("idempotency.outcome_not_saved", key=prepared.key, error=str(error))
+            kept = True
+        self._remember(prepared, status, wire)
+        self.idempotency.release(prepared.key, wire, intent_kept=kept)
 
     async def _led_failure(
         self,
@@ -373,8 +416,7 @@ class KeyedCalls:
             except StorageError as exc:
                 log.warning("idempotency.outcome_not_saved", key=intent.key, error=str(exc))
         answer = self._fallback(prepared.operation.name, prepared.guard, prepared.cache_key, error)
-        with trio.CancelScope(shield=True):
-            await idem.finish(intent.key, answer if answer is not None else error, intent_kept=kept)
+        idem.release(intent.key, answer if answer is not None else error, intent_kept=kept)
         if answer is None:
             raise error
         return answer
@@ -411,7 +453,7 @@ class KeyedCalls:
                 answer = _gone()
             else:
                 answer = in_doubt_refusal(attrs.evolve(doubt, doubt="the first caller went away"))
-            await idem.finish(intent.key, answer, intent_kept=kept)
+            idem.release(intent.key, answer, intent_kept=kept)
 
     # -- without a key -----------------------------------------------------------------------
     async def _run(self, prepared: PreparedCall) -> dict[str, Any]:
