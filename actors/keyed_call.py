@@ -26,40 +26,29 @@ Card
   safe to repeat, else left in doubt (the request may be on its way); its followers get
   ``idempotency_in_flight`` with ``retry_after: 0`` or the in-doubt refusal. The writes are
   shielded and bounded by ``CLEANUP_TIMEOUT``.
+
+A leader's life (intent, outcome, failure, cancellation) is in actors/keyed_call_lead.py; the
+guard, the prepared call and the shared checks in actors/keyed_call_types.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 import trio
 
-from claykiln.actors.call import CallRequest, Operation, check_headers
-from claykiln.actors.errors import (
-    BadRequestRefusal,
-    IdempotencyInFlightRefusal,
-    InternalRefusal,
-    Refusal,
-    StorageFullRefusal,
-)
+from claykiln.actors.call import CallRequest
+from claykiln.actors.errors import BadRequestRefusal, IdempotencyInFlightRefusal, Refusal
 from claykiln.actors.fallback import FallbackCache
-from claykiln.actors.fallback_policy import (
-    CachePolicy,
-    cache_key,
-    fallback_result,
-    falls_back,
-    staleness,
-)
+from claykiln.actors.fallback_policy import cache_key, fallback_result, falls_back, staleness
 from claykiln.actors.idempotency import IdempotencyStore
-from claykiln.actors.idempotency_flights import Follow, Lead, Replay, Started
+from claykiln.actors.idempotency_flights import Follow, Replay, Started
 from claykiln.actors.idempotency_keys import (
     derived_key,
-    failure_leaves_doubt,
     fingerprint,
-    is_final_status,
     repeatable_in_doubt,
     stamp_key_field,
 )
@@ -69,11 +58,18 @@ from claykiln.actors.idempotency_record import (
     in_doubt_refusal,
     mismatch_refusal,
 )
+from claykiln.actors.keyed_call_lead import CLEANUP_TIMEOUT, Leader
+from claykiln.actors.keyed_call_types import (
+    NO_GUARD,
+    CallGuard,
+    IdempotencyMode,
+    PreparedCall,
+    check_caller_headers,
+    replayed,
+)
 from claykiln.actors.log import get_logger
-from claykiln.actors.mailbox import Reply
 from claykiln.actors.pipeline import CallPipeline
 from claykiln.actors.upstream import render_path
-from claykiln.storage import StorageError, StoreFull
 
 __all__ = [
     "CLEANUP_TIMEOUT",
@@ -83,48 +79,10 @@ __all__ = [
     "PreparedCall",
 ]
 
-CLEANUP_TIMEOUT: Final = 5.0
-IdempotencyMode = Literal["required", "derive", "off"]
+_COMPLETED: Final = RecordState.COMPLETED.value  # an enum member's value costs a lookup each
+_IN_DOUBT: Final = RecordState.IN_DOUBT.value
 
 log = get_logger("claykiln.pipeline")
-
-
-@attrs.frozen
-class CallGuard:
-    """An operation's idempotency and degradation settings.
-
-    ``idempotency``: ``required`` (a call without ``idempotency_key`` is ``bad_request``),
-    ``derive`` (a call without one gets the derived key) or ``off`` (no records; a given key
-    is only sent upstream where the operation says so). ``retention``: seconds a record lives
-    after its call started. ``key_field``: the JSON field of the row the key is written into.
-    ``cache``: keep the last good answer (None: not cacheable). ``fallback``: answer failures
-    from the cache (``on_failure = "fallback"``; needs ``cache``).
-    """
-
-    idempotency: IdempotencyMode = "off"
-    retention: float = 86_400.0
-    key_field: str | None = None
-    cache: CachePolicy | None = None
-    fallback: bool = False
-
-
-NO_GUARD: Final = CallGuard()
-
-
-@attrs.frozen
-class PreparedCall:
-    """What ``precheck`` hands the handler: the request as it goes upstream (key set, row
-    stamped), and what the key's record and the cache need."""
-
-    request: CallRequest
-    operation: Operation
-    guard: CallGuard
-    key: str | None  # None: no record is kept
-    fingerprint: str | None
-    repeatable: bool
-    cache_key: str | None
-    sent: Mapping[str, Any] = attrs.field(factory=dict)  # what the key's record says was sent
-    started: Started | None = None  # the key's claim made on the reader (None: ``call`` claims)
 
 
 class KeyedCalls:
@@ -141,6 +99,7 @@ class KeyedCalls:
         self.idempotency = idempotency
         self.cache = cache
         self.guards = dict(guards)
+        self._leader = Leader(pipeline, idempotency, self._remember, self._fallback_for)
 
     def reconfigure(self, guards: Mapping[str, CallGuard]) -> None:
         """SIGHUP: new guards; calls in flight keep what they had."""
@@ -212,7 +171,7 @@ class KeyedCalls:
                 recorded, fp, repeatable=repeatable, deadline=request.deadline, stored=stored
             )
             if isinstance(started, Replay):
-                return _replayed(started.record)
+                return replayed(started.record)
         return PreparedCall(request, op, guard, recorded, fp, repeatable, ckey, sent, started)
 
     def _stored_answer(
@@ -230,7 +189,7 @@ class KeyedCalls:
         try:
             if stored_fp != fp:
                 raise mismatch_refusal(key, str(stored_fp), fp)
-            if state == RecordState.IN_DOUBT.value and not repeatable:
+            if state == _IN_DOUBT and not repeatable:
                 record = IdempotencyRecord.from_value(key, value)
                 if record is not None:
                     raise in_doubt_refusal(record)
@@ -238,7 +197,7 @@ class KeyedCalls:
             self.idempotency.note_refusal(exc)
             raise
         result = value.get("result")
-        if state != RecordState.COMPLETED.value or not isinstance(result, dict):
+        if state != _COMPLETED or not isinstance(result, dict):
             return None
         self.idempotency.precheck_replays += 1
         out = dict(result)
@@ -286,10 +245,10 @@ class KeyedCalls:
                 deadline=prepared.request.deadline,
             )
         if isinstance(started, Replay):
-            return _replayed(started.record)
+            return replayed(started.record)
         if isinstance(started, Follow):
             return await self._follow(prepared, started)
-        return await self._lead(prepared, started)
+        return await self._leader.run(prepared, started)
 
     async def _follow(self, prepared: PreparedCall, follow: Follow) -> dict[str, Any]:
         deadline = prepared.request.deadline
@@ -310,151 +269,6 @@ class KeyedCalls:
             msg, retry_after=retry_after, details={"key": prepared.key}
         )
 
-    async def _lead(self, prepared: PreparedCall, lead: Lead) -> dict[str, Any]:
-        key = prepared.key
-        assert key is not None and prepared.fingerprint is not None
-        idem = self.idempotency
-        now = idem.now()
-        op, request = prepared.operation, prepared.request
-        intent = IdempotencyRecord(
-            key=key,
-            state=RecordState.IN_FLIGHT,
-            operation=op.name,
-            fingerprint=prepared.fingerprint,
-            boot=idem.boot,
-            started_at=now,
-            expires_at=now + prepared.guard.retention,
-            sent=prepared.sent,
-        )
-        # The record this call replaces (expired, or in doubt and safe to repeat): its expiry
-        # entry goes when the outcome is written.
-        previous = lead.previous.expires_at if lead.previous is not None else None
-        try:
-            await idem.save_intent(intent)
-        except BaseException as exc:
-            error = _storage_refusal(exc)
-            idem.release(key, error or _gone())
-            if error is not None:
-                raise error from exc
-            raise
-        try:
-            result = await self.pipeline.call(request)
-        except Refusal as exc:
-            return await self._led_failure(prepared, intent, previous, exc)
-        except BaseException as exc:
-            await self._led_abort(prepared, intent, previous, exc)
-            raise
-        wire = result.to_wire()
-        wire["idempotency_key"] = key
-        status = result.status
-        if is_final_status(status):
-            done = intent.completed(idem.now(), wire)
-            saved: Reply[None] = Reply()
-
-            def outcome(error: StorageError | None) -> None:
-                # In the writer's task, whatever became of this one: the key is released.
-                self._outcome_written(prepared, status, wire, error)
-                saved.set(None)
-
-            if idem.save_then(done, outcome, previous_expiry=previous):
-                await saved.wait()  # cancelled: the outcome still lands, the key is released
-                return wire
-        kept = True
-        with trio.CancelScope(shield=True):
-            try:
-                if is_final_status(status):
-                    await idem.save(done, previous_expiry=previous)
-                else:
-                    await idem.end_intent(intent)
-                kept = False
-            except StorageError as exc:
-                log.warning("idempotency.outcome_not_saved", key=key, error=str(exc))
-            self._outcome_written(prepared, status, wire, None, kept=kept)
-        return wire
-
-    def _outcome_written(
-        self,
-        prepared: PreparedCall,
-        status: int,
-        wire: dict[str, Any],
-        error: StorageError | None,
-        *,
-        kept: bool = False,
-    ) -> None:
-        """The leader's outcome is written (or could not be: ``error``, ``kept``): remember a
-        good answer and release the key, its followers getting ``wire``."""
-        assert prepared.key is not None
-        if error is not None:
-            # The upstream acted and the caller gets its answer; the intent stays, so a retry
-            # of the key is refused as in doubt, never run twice.
-            log.warning("idempotency.outcome_not_saved", key=prepared.key, error=str(error))
-            kept = True
-        self._remember(prepared, status, wire)
-        self.idempotency.release(prepared.key, wire, intent_kept=kept)
-
-    async def _led_failure(
-        self,
-        prepared: PreparedCall,
-        intent: IdempotencyRecord,
-        previous: float | None,
-        error: Refusal,
-    ) -> dict[str, Any]:
-        """The leader's call failed: forget the key or leave it in doubt, then fall back or
-        raise; followers get the same."""
-        idem = self.idempotency
-        kept = True
-        with trio.CancelScope(shield=True), trio.move_on_after(CLEANUP_TIMEOUT):
-            try:
-                if failure_leaves_doubt(error, repeatable=prepared.repeatable):
-                    doubt = attrs.evolve(
-                        intent, state=RecordState.IN_DOUBT, doubt=f"{error.code}: {error.message}"
-                    )
-                    await idem.save(doubt, previous_expiry=previous)
-                else:
-                    await idem.end_intent(intent)
-                kept = False
-            except StorageError as exc:
-                log.warning("idempotency.outcome_not_saved", key=intent.key, error=str(exc))
-        answer = self._fallback(prepared.operation.name, prepared.guard, prepared.cache_key, error)
-        idem.release(intent.key, answer if answer is not None else error, intent_kept=kept)
-        if answer is None:
-            raise error
-        return answer
-
-    async def _led_abort(
-        self,
-        prepared: PreparedCall,
-        intent: IdempotencyRecord,
-        previous: float | None,
-        exc: BaseException,
-    ) -> None:
-        """The leader was cancelled (or hit a bug) mid-call: nobody knows whether the request
-        left; record that, and release the followers."""
-        idem = self.idempotency
-        why = "the call was interrupted before its answer was stored"
-        if not isinstance(exc, trio.Cancelled):
-            why += f" ({type(exc).__name__})"
-        doubt = attrs.evolve(intent, state=RecordState.IN_DOUBT, doubt=why)
-        kept = True
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(CLEANUP_TIMEOUT):
-                try:
-                    if prepared.repeatable:
-                        await idem.end_intent(intent)
-                    else:
-                        await idem.save(doubt, previous_expiry=previous)
-                    kept = False
-                except StorageError as error:
-                    log.warning("idempotency.outcome_not_saved", key=intent.key, error=str(error))
-            answer: Refusal
-            if not isinstance(exc, trio.Cancelled):
-                answer = InternalRefusal("internal error; see the daemon log")
-            elif prepared.repeatable:
-                answer = _gone()
-            else:
-                answer = in_doubt_refusal(attrs.evolve(doubt, doubt="the first caller went away"))
-            idem.release(intent.key, answer, intent_kept=kept)
-
     # -- without a key -----------------------------------------------------------------------
     async def _run(self, prepared: PreparedCall) -> dict[str, Any]:
         try:
@@ -470,39 +284,9 @@ class KeyedCalls:
         self._remember(prepared, result.status, wire)
         return wire
 
+    def _fallback_for(self, prepared: PreparedCall, error: Refusal) -> dict[str, Any] | None:
+        return self._fallback(prepared.operation.name, prepared.guard, prepared.cache_key, error)
+
     def _remember(self, prepared: PreparedCall, status: int, wire: Mapping[str, Any]) -> None:
         if prepared.cache_key is not None and 200 <= status < 300:
             self.cache.remember(prepared.cache_key, wire)
-
-
-def check_caller_headers(op: Operation, headers: Mapping[str, str]) -> None:
-    """Refuse headers a caller may not send (``check_headers``) and the operation's credential
-    header, before anything is answered: a replay or a fallback must not accept a request the
-    pipeline would refuse."""
-    check_headers(headers)
-    if op.auth_header:
-        auth = op.auth_header.lower()
-        for name in headers:
-            if name.lower() == auth:
-                msg = f"header {name!r} is the operation's credential; the daemon sets it"
-                raise BadRequestRefusal(msg)
-
-
-def _replayed(record: IdempotencyRecord) -> dict[str, Any]:
-    out = dict(record.result or {})
-    out["replayed"] = True
-    out["idempotency_key"] = record.key
-    return out
-
-
-def _gone() -> IdempotencyInFlightRefusal:
-    msg = "the first caller with this idempotency key went away before its call ended; retry"
-    return IdempotencyInFlightRefusal(msg, retry_after=0.0)
-
-
-def _storage_refusal(exc: BaseException) -> Refusal | None:
-    if isinstance(exc, StoreFull):
-        return StorageFullRefusal(f"the idempotency record could not be saved: {exc}")
-    if isinstance(exc, StorageError):
-        return InternalRefusal(f"the idempotency record could not be saved: {exc}")
-    return None

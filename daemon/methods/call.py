@@ -74,7 +74,8 @@ def parse_call(
     """Validate ``call`` arguments into a ``CallRequest`` (``deadline_ms`` -> absolute time);
     ``allowed``: the argument names accepted (a superset of ``CALL_ARGS``: the caller checks
     the others)."""
-    check_names("call", args, allowed)
+    if not allowed.issuperset(args):
+        check_names("call", args, allowed)  # raises, naming the unknown ones
     operation = args.get("operation")
     if not isinstance(operation, str) or not operation:
         raise BadRequestRefusal(
@@ -107,15 +108,18 @@ def parse_call(
     key = args.get("idempotency_key")
     if key is not None:
         check_key(key)
-    query = str_map("call", "query", args.get("query"), scalars=True)
+    query = args.get("query")
+    if query is not None:
+        query = str_map("call", "query", query, scalars=True)
+        query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in query.items()}
+    params, headers = args.get("path_params"), args.get("headers")
     return CallRequest(
         operation=operation,
-        path_params=str_map("call", "path_params", args.get("path_params"), scalars=True),
-        query={k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in query.items()}
-        or None,
+        path_params={} if params is None else str_map("call", "path_params", params, scalars=True),
+        query=query or None,
         json=args["json"] if has_json else NO_JSON,
         body=body,
-        headers=str_map("call", "headers", args.get("headers")),
+        headers={} if headers is None else str_map("call", "headers", headers),
         lane=lane,
         deadline=deadline,
         idempotency_key=key,
