@@ -31,6 +31,10 @@ Card
   next start treats it as in doubt.
 - on failure: an outcome whose write fails is kept and written again ``WRITE_RETRY`` seconds
   later (the job holds its slot meanwhile); a pick whose write fails starts nothing.
+
+Beside it: which due jobs start (scheduler_pick.py), what an outcome does to its job and what
+follows once it is written (scheduler_settle.py), the sources held at their cap
+(scheduler_quota.py), start-up recovery and the sweeper (scheduler_upkeep.py).
 """
 
 from __future__ import annotations
@@ -46,18 +50,19 @@ import trio
 
 from claykiln.actors.call import CallResult, Operation
 from claykiln.actors.errors import InternalRefusal, Refusal
-from claykiln.actors.jobs import Job, JobState, transition_ops
+from claykiln.actors.jobs import Job, transition_ops
 from claykiln.actors.jobs_policy import (
     OutboxSettings,
 )
-from claykiln.actors.jobs_quota import QuotaTally, SourceQuota, quota_put
+from claykiln.actors.jobs_quota import QuotaTally, SourceQuota
 from claykiln.actors.jobs_store import JobStore, alert_dead
-from claykiln.actors.log import alert, get_logger
+from claykiln.actors.log import get_logger
 from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply
 from claykiln.actors.outbox import attempt_request
 from claykiln.actors.pipeline import CallPipeline
 from claykiln.actors.scheduler_pick import choose
-from claykiln.actors.scheduler_settle import settle
+from claykiln.actors.scheduler_quota import SourceHolds
+from claykiln.actors.scheduler_settle import settle, settled
 from claykiln.actors.scheduler_upkeep import recover_in_flight, sweep_done
 from claykiln.storage import Op, StorageError
 
@@ -110,8 +115,6 @@ class _SchedulerState:
 
     running: dict[str, tuple[Job, Operation]] = attrs.Factory(dict)
     look_at: dict[str, float] = attrs.Factory(dict)  # queue -> trio time of its next look
-    held: set[str] = attrs.Factory(set)
-    quotas: dict[str, SourceQuota] = attrs.Factory(dict)
     unwritten: list[_Finished] = attrs.Factory(list)
     unwritten_counts: list[_Counted] = attrs.Factory(list)
     retry_writes_at: float = math.inf
@@ -147,9 +150,9 @@ class Scheduler:
         self._started = False
         self._runners: trio.Nursery | None = None
         # Published for other tasks (the actor is the only writer): when each queue is looked
-        # at next (a read-only view of the actor's own dict) and the held sources.
+        # at next (a read-only view of the actor's own dict) and the held sources (``view``).
         self._looks: Mapping[str, float] = MappingProxyType(self._state.look_at)
-        self._held: frozenset[str] = frozenset()
+        self._holds = SourceHolds(jobs)
 
     # -- any task ----------------------------------------------------------------------------
     def job_due(self, queue: str, due_at: float) -> None:
@@ -170,7 +173,7 @@ class Scheduler:
 
     def is_held(self, source: str) -> bool:
         """Whether webhook source ``source`` is held at its cap (read without an ask)."""
-        return source in self._held
+        return source in self._holds.view
 
     async def release(self, source: str) -> SourceQuota:
         """Un-hold webhook source ``source`` durably; its jobs run again. Raises
@@ -192,8 +195,7 @@ class Scheduler:
 
     def held_sources(self) -> dict[str, dict[str, Any]]:
         """The sources held at their cap, with their counts (for ``status``)."""
-        s = self._state
-        return {source: s.quotas.get(source, SourceQuota(source)).to_wire() for source in s.held}
+        return self._holds.to_wire()
 
     def stats(self) -> dict[str, Any]:
         """For ``status``: jobs per state (from the indexes: ``dead`` is the DLQ's size), jobs
@@ -203,7 +205,7 @@ class Scheduler:
         out: dict[str, Any] = dict(self.jobs.counts())
         out["running"] = len(s.running)
         out["queues"] = len(s.look_at)
-        out["held_sources"] = sorted(s.held)
+        out["held_sources"] = sorted(self._holds.held)
         out["draining"] = s.draining
         out["since_start"] = dict(s.counters)
         return out
@@ -218,8 +220,7 @@ class Scheduler:
         s = self._state
         recovered = await recover_in_flight(self.jobs, self.pipeline, self._settings())
         s.counters["in_doubt_at_start"] = recovered.in_doubt
-        s.held = recovered.held
-        self._held = frozenset(s.held)
+        self._holds.reset(recovered.held)
         now = trio.current_time()
         s.look_at.update(dict.fromkeys(recovered.queues, now))
         s.next_sweep = now + self._sweep_interval
@@ -283,7 +284,8 @@ class Scheduler:
         if s.draining or free <= 0 or not looks or self._runners is None:
             return
         async with self.jobs.lock:
-            pick = choose(self.jobs, self.pipeline, looks, held=s.held, free=free, now=now)
+            held = self._holds.held
+            pick = choose(self.jobs, self.pipeline, looks, held=held, free=free, now=now)
             for queue, at in pick.looks.items():
                 if at is None:
                     s.look_at.pop(queue, None)
@@ -334,7 +336,7 @@ class Scheduler:
         now, wall = trio.current_time(), self.jobs.now()
         ops: list[Op] = []
         moved: list[tuple[Job, Job, float]] = []
-        tally = QuotaTally(self._quota)
+        tally = QuotaTally(self._holds.quota)
         async with self.jobs.lock:
             for item in finished:
                 entry = s.running.get(item.job_id)
@@ -367,90 +369,20 @@ class Scheduler:
                 return
         for job, new, delay in moved:
             del s.running[job.id]
-            self._after(new, delay, now)
-        self._apply_quotas(tally)
-
-    def _after(self, new: Job, delay: float, now: float) -> None:
-        """Counters, logs and the queue's next look once ``new`` is written."""
-        s = self._state
-        if new.state is JobState.DONE:
-            s.counters["done"] += 1
-            log.debug("job.done", job_id=new.id, operation=new.operation, attempts=new.attempts)
-        elif new.state is JobState.DEAD:
-            s.counters["dead"] += 1
-            alert_dead(new)
-        else:
-            wait = round(delay, 3)
-            if new.deferrals == 0:
-                s.counters["retried"] += 1
-                log.debug(
-                    "job.retry",
-                    job_id=new.id,
-                    operation=new.operation,
-                    attempts=new.attempts,
-                    delay=wait,
-                    error=new.error,
-                )
-            else:
-                s.counters["deferred"] += 1
-                log.debug(
-                    "job.deferred",
-                    job_id=new.id,
-                    operation=new.operation,
-                    attempts=new.attempts,
-                    delay=wait,
-                    error=new.error,
-                )
-            s.look_at[new.queue] = min(s.look_at.get(new.queue, math.inf), now + delay)
-
-    def _quota(self, source: str) -> SourceQuota:
-        s = self._state
-        if source not in s.quotas:
-            s.quotas[source] = self.jobs.quota(source)
-        return s.quotas[source]
-
-    def _apply_quotas(self, tally: QuotaTally) -> None:
-        """Once the counts are written: the alerts, the new holds, the cached counts."""
-        s = self._state
-        for quota, level, cap in tally.crossings:
-            alert(
-                log,
-                "quota.near_cap",
-                severity="warning",
-                source=quota.source,
-                rows=quota.rows,
-                cap=cap,
-                percent=level,
-            )
-        for source, quota in tally.quotas.items():
-            if quota.held and source not in s.held:
-                s.held.add(source)
-                self._held = frozenset(s.held)
-                alert(
-                    log,
-                    "quota.exhausted",
-                    severity="critical",
-                    source=source,
-                    rows=quota.rows,
-                    held_by=quota.held_by,
-                )
-            s.quotas[source] = quota
+            look = settled(new, delay, now, s.counters)
+            if look is not None:
+                s.look_at[new.queue] = min(s.look_at.get(new.queue, math.inf), look)
+        self._holds.apply(tally)
 
     async def _release(self, message: _Release) -> None:
-        s = self._state
         if message.reply.done:
             return
-        quota = self._quota(message.source).released()
         try:
-            await self.jobs.write([quota_put(quota)])
+            quota = await self._holds.release(message.source)
         except StorageError as exc:
             message.reply.fail(exc)
             return
-        s.quotas[message.source] = quota
-        s.held.discard(message.source)
-        self._held = frozenset(s.held)
-        s.look_at[message.source] = trio.current_time()
-        log.info("quota.released", source=message.source, rows=quota.rows)
+        self._state.look_at[message.source] = trio.current_time()
         message.reply.set(quota)
 
     # -- upkeep ------------------------------------------------------------------------------

@@ -15,12 +15,16 @@ import random
 from claykiln.actors.call import CallResult, Operation
 from claykiln.actors.errors import BreakerOpenRefusal, Refusal
 from claykiln.actors.idempotency_keys import repeatable_in_doubt
-from claykiln.actors.jobs import Job
+from claykiln.actors.jobs import Job, JobState
 from claykiln.actors.jobs_policy import OutboxSettings, Verdict, apply_judgement, judge
 from claykiln.actors.jobs_quota import QuotaTally
+from claykiln.actors.jobs_store import alert_dead
+from claykiln.actors.log import get_logger
 from claykiln.actors.pipeline import CallPipeline
 
-__all__ = ["breaker_refusing", "settle"]
+__all__ = ["breaker_refusing", "settle", "settled"]
+
+log = get_logger("claykiln.outbox")
 
 
 def breaker_refusing(pipeline: CallPipeline, key: str) -> bool:
@@ -64,3 +68,38 @@ def settle(
             cap = policy.webhook.lifetime_rows
             tally.count(job.source, cap, accepted=not exhausted, now=now)
     return apply_judgement(job, judgement, now), judgement.delay
+
+
+def settled(new: Job, delay: float, now: float, counters: dict[str, int]) -> float | None:
+    """Once ``new`` (a job after its attempt) is written: count and log it (``dlq.dead`` for a
+    move to dead); the trio time its queue needs a look again (None: done or dead)."""
+    if new.state is JobState.DONE:
+        counters["done"] += 1
+        log.debug("job.done", job_id=new.id, operation=new.operation, attempts=new.attempts)
+        return None
+    if new.state is JobState.DEAD:
+        counters["dead"] += 1
+        alert_dead(new)
+        return None
+    wait = round(delay, 3)
+    if new.deferrals == 0:
+        counters["retried"] += 1
+        log.debug(
+            "job.retry",
+            job_id=new.id,
+            operation=new.operation,
+            attempts=new.attempts,
+            delay=wait,
+            error=new.error,
+        )
+    else:
+        counters["deferred"] += 1
+        log.debug(
+            "job.deferred",
+            job_id=new.id,
+            operation=new.operation,
+            attempts=new.attempts,
+            delay=wait,
+            error=new.error,
+        )
+    return now + delay
