@@ -27,22 +27,23 @@ Card
 - on failure: a full store is ``storage_full``, another storage error ``internal``; nothing was
   acknowledged, so nothing is lost. Cancelled while writing, the job may still be committed
   (the writer does not abandon a queued write); it was not acknowledged.
+
+The values it shares with the scheduler (a checked job, what a job keeps of its request, the
+call an attempt makes, a submit's answer) are in actors/outbox_jobs.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import attrs
-import trio
 
 from claykiln.actors.call import CallRequest, Operation
 from claykiln.actors.errors import (
     BadRequestRefusal,
     InternalRefusal,
     Refusal,
-    StorageFullRefusal,
 )
 from claykiln.actors.idempotency_keys import derived_key, fingerprint, stamp_key_field
 from claykiln.actors.idempotency_record import mismatch_refusal
@@ -51,9 +52,18 @@ from claykiln.actors.jobs_policy import RECORD_LIMIT, JobPolicy, OutboxSettings,
 from claykiln.actors.jobs_quota import source_name
 from claykiln.actors.jobs_store import JobStore, alert_dead
 from claykiln.actors.log import get_logger
+from claykiln.actors.outbox_jobs import (
+    PreparedJob,
+    Settle,
+    Writing,
+    attempt_request,
+    job_answer,
+    storage_refusal,
+    stored_request,
+)
 from claykiln.actors.pipeline import CallPipeline
-from claykiln.actors.upstream import NO_JSON, render_path
-from claykiln.storage import Op, StorageError, StoreFull
+from claykiln.actors.upstream import render_path
+from claykiln.storage import Op, StorageError
 
 __all__ = ["Outbox", "PreparedJob", "attempt_request"]
 
@@ -66,102 +76,6 @@ DueNotice = Callable[[str, float], None]
 """Tells the scheduler that ``queue`` holds a job due at wall time ``due_at``."""
 RowCount = Callable[..., None]
 """Tells the scheduler a row reached a webhook source: ``(source, cap, accepted=...)``."""
-
-
-class Settle(Protocol):
-    """What ``submit_later`` settles (the RPC layer's ``Later``): one answer or one refusal."""
-
-    def answer(self, result: Any) -> None: ...
-
-    def refuse(self, error: BaseException) -> None: ...
-
-
-@attrs.define(eq=False)
-class _Writing:
-    """A job being written now under its key: submits of the key that came meanwhile are
-    answered from it once the write ended (``followers``), or wait for ``ended`` in a task."""
-
-    job: Job
-    followers: list[Settle] = attrs.Factory(list)
-    _ended: trio.Event | None = None
-
-    async def wait(self) -> None:
-        if self._ended is None:
-            self._ended = trio.Event()
-        await self._ended.wait()
-
-    def end(self, answer: dict[str, Any] | None, error: Refusal | None) -> int:
-        """Answer the followers (``answer`` with ``existing: true``, else a copy of ``error``)
-        and wake the tasks waiting; returns how many followers got the existing job."""
-        for follower in self.followers:
-            if error is not None:
-                follower.refuse(type(error)(error.message))
-            else:
-                assert answer is not None
-                follower.answer({**answer, "existing": True})
-        if self._ended is not None:
-            self._ended.set()
-        return len(self.followers) if error is None else 0
-
-
-@attrs.frozen
-class PreparedJob:
-    """A checked submit: the job as it will be written (state pending)."""
-
-    job: Job
-
-    @property
-    def key(self) -> str:
-        return self.job.key
-
-
-def _stored_request(request: CallRequest, deadline_ms: float | None) -> dict[str, Any]:
-    """The call arguments a job keeps (what ``attempt_request`` rebuilds a call from)."""
-    out: dict[str, Any] = {}
-    if request.path_params:
-        out["path_params"] = dict(request.path_params)
-    if request.query:
-        out["query"] = dict(request.query)
-    if request.json is not NO_JSON:
-        out["json"] = request.json
-    if request.body is not None:
-        out["body"] = bytes(request.body)
-    if request.headers:
-        out["headers"] = dict(request.headers)
-    if request.lane is not None:
-        out["lane"] = request.lane
-    if deadline_ms is not None:
-        out["deadline_ms"] = deadline_ms
-    return out
-
-
-def attempt_request(job: Job, lane: str, now: float) -> CallRequest:
-    """The call one attempt of ``job`` makes: its stored arguments, in ``lane`` unless the job
-    names its own, with a deadline ``deadline_ms`` after ``now`` (trio time) if it has one."""
-    req = job.request
-    deadline_ms = req.get("deadline_ms")
-    return CallRequest(
-        operation=job.operation,
-        path_params=dict(req.get("path_params") or {}),
-        query=req.get("query"),
-        json=req.get("json", NO_JSON),
-        body=req.get("body"),
-        headers=dict(req.get("headers") or {}),
-        lane=req.get("lane") or lane,
-        deadline=now + deadline_ms / 1000 if deadline_ms else None,
-        idempotency_key=job.key,
-    )
-
-
-def job_answer(job: Job, *, existing: bool) -> dict[str, Any]:
-    """What ``submit`` answers for ``job``."""
-    return {
-        "job_id": job.id,
-        "state": job.state.value,
-        "existing": existing,
-        "idempotency_key": job.key,
-        "due_at": job.due_at,
-    }
 
 
 class Outbox:
@@ -183,7 +97,7 @@ class Outbox:
         self._notify = notify
         self._held = held  # the scheduler's view of held sources (None: read storage)
         self._counted = counted  # where a call's rows are counted (the scheduler)
-        self._writing: dict[str, _Writing] = {}
+        self._writing: dict[str, Writing] = {}
         self._paths: dict[tuple[Any, ...], str] = {}  # rendered paths (``_path``)
         self.accepted = 0  # jobs written since start
         self.existing = 0  # submits answered with the job their key already had
@@ -231,7 +145,7 @@ class Outbox:
         job = Job(
             id=job_id,
             operation=op.name,
-            request=_stored_request(request, deadline_ms),
+            request=stored_request(request, deadline_ms),
             key=key,
             fingerprint=fp,
             queue=source or op.name,
@@ -313,16 +227,16 @@ class Outbox:
         try:
             queued = self.jobs.writer.write_then(transition_ops(None, job), committed)
         except StorageError as exc:
-            raise _storage_refusal(exc) from exc
+            raise storage_refusal(exc) from exc
         if queued and job.indexed:
-            self._writing[job.key] = _Writing(job)
+            self._writing[job.key] = Writing(job)
         return queued
 
     def _committed(self, job: Job, later: Settle, error: StorageError | None) -> None:
         """The writer's end of ``submit_later`` (in its task): acknowledge or refuse."""
         writing = self._writing.pop(job.key, None) if job.indexed else None
         if error is not None:
-            refusal = _storage_refusal(error)
+            refusal = storage_refusal(error)
             later.refuse(refusal)
             if writing is not None:
                 writing.end(None, refusal)
@@ -389,7 +303,7 @@ class Outbox:
             answers.append(job_answer(job, existing=False))
         if not ops:
             return answers
-        mine = {key: _Writing(job) for key, job in claimed.items()}
+        mine = {key: Writing(job) for key, job in claimed.items()}
         self._writing.update(mine)
         error: Refusal = InternalRefusal("the job's write was interrupted; submit it again")
         saved = False
@@ -397,7 +311,7 @@ class Outbox:
             await self.jobs.write(ops)
             saved = True
         except StorageError as exc:
-            error = _storage_refusal(exc)
+            error = storage_refusal(exc)
             for index, _ in written:
                 answers[index] = type(error)(error.message)
         finally:
@@ -468,9 +382,3 @@ class Outbox:
     def policy_lane(op: Operation, policy: JobPolicy) -> str:
         """The lane a job of ``op`` runs in: the policy's, else the operation's."""
         return policy.lane or op.lane
-
-
-def _storage_refusal(exc: StorageError) -> Refusal:
-    if isinstance(exc, StoreFull):
-        return StorageFullRefusal(f"the job was not saved: {exc}")
-    return InternalRefusal(f"the job was not saved: {exc}")
