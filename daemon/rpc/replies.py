@@ -1,8 +1,9 @@
 """One connection's outgoing replies: the queue, the one writer, and what the peer owes us.
 
 Promises:
-- ``queue(frame)`` never blocks; whoever finds replies queued and nobody writing flushes them in
-  one ``os.write`` batch (the connection's reader right after a chunk, else the writer task).
+- ``queue(frame)`` never blocks; a lone reply with nothing owed goes to the kernel at once;
+  whoever finds replies queued and nobody writing flushes them in one ``os.write`` batch (the
+  connection's reader right after a chunk, else the writer task).
 - ``unsent`` counts the bytes queued or half written: the connection stops reading a peer that
   leaves more than ``[daemon.limits] max_reply_backlog`` unread, so unread replies are bounded
   in bytes, not only in count.
@@ -115,11 +116,25 @@ class Replies:
         self._progress = trio.current_time()  # the last time the peer took bytes
 
     def queue(self, frame: bytes) -> None:
-        """Queue a reply (dropped once closed: its connection is going away)."""
+        """Queue a reply (dropped once closed: its connection is going away). With nothing
+        owed, nobody writing and no reader batching (``hold``), the reply goes to the kernel
+        at once (a non-blocking write): no writer wake-up for the common lone reply."""
         if self.closed or self.broken:
             return
         if not self.unsent:
             self._progress = trio.current_time()  # the wait for the peer starts now
+            if not self.hold and not self.writing:
+                try:
+                    sent = os.write(self._fd, frame)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:  # the peer went away
+                    self.broken = True
+                    self._on_sent()
+                    return
+                if sent == len(frame):
+                    return
+                frame = frame[sent:]  # the rest waits for room, with the writer
         self.pending.append(frame)
         self.unsent += len(frame)
         if not self.writing and not self.hold:
