@@ -129,3 +129,26 @@ async def test_a_later_settled_after_its_peer_left_is_dropped(sock_dir: Path) ->
             parked.waiting[1].answer({"n": 1})
             assert server.counters.in_flight == 0
             assert server.counters.connections == 0
+
+
+async def test_a_large_later_reply_the_kernel_takes_in_part_arrives_whole(
+    sock_dir: Path,
+) -> None:
+    """A reply larger than the socket buffer, settled outside any task: the kernel takes part
+    of it at once, the connection's writer sends the rest, the peer gets it whole and in
+    order with the next one."""
+    parked = Parked()
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(Server(table(parked)), sock_dir) as running:
+            peer = await Peer.connect(running.path)
+            await peer.send(
+                encode_request(1, "park", {"n": 1}), encode_request(2, "park", {"n": 2})
+            )
+            await settle()
+            big = b"\xab" * (4 << 20)
+            parked.waiting[1].answer({"blob": big})
+            parked.waiting[2].answer({"n": 2})
+            first, second = await peer.receive(), await peer.receive()
+            await peer.aclose()
+    assert first[1] == 1 and first[3] == {"blob": big}
+    assert second[1] == 2 and second[3] == {"n": 2}
