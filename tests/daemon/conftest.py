@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from claykiln.daemon.start import start_runtime
 from claykiln.daemon.config import load_config
 from claykiln.daemon.config.credentials import CredentialStore
 from claykiln.daemon.runtime import Runtime
+from claykiln.daemon.start import start_runtime
 from claykiln.storage import Store
 
 START_TIMEOUT = 10.0  # seconds; a hang fails instead of stalling CI
