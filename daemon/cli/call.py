@@ -12,7 +12,6 @@ hint naming the file.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,9 +22,7 @@ from claykiln.daemon.cli.common import (
     EXIT_CLIENT_ERROR,
     EXIT_REFUSED,
     EXIT_SERVER_ERROR,
-    EXIT_USAGE,
-    fail,
-    pairs,
+    call_args,
     print_json,
     request,
 )
@@ -85,24 +82,16 @@ def call(
     check_status: bool,
 ) -> None:
     """Make one call through the daemon and print the result as JSON."""
-    args: dict[str, Any] = {"operation": operation}
-    if param:
-        args["path_params"] = pairs(param, "--param")
-    if query:
-        args["query"] = pairs(query, "--query")
-    if header:
-        args["headers"] = pairs(header, "--header", header=True)
-    if json_body is not None:
-        try:
-            args["json"] = json.loads(json_body)
-        except ValueError as exc:
-            fail(f"--json is not valid JSON: {exc}", EXIT_USAGE)
-    if lane:
-        args["lane"] = lane
-    if deadline_ms is not None:
-        args["deadline_ms"] = deadline_ms
-    if idempotency_key:
-        args["idempotency_key"] = idempotency_key
+    args = call_args(
+        operation,
+        param=param,
+        query=query,
+        header=header,
+        json_body=json_body,
+        lane=lane,
+        deadline_ms=deadline_ms,
+        idempotency_key=idempotency_key,
+    )
     timeout = (deadline_ms / 1000 + 5) if deadline_ms else 600.0
     result = request(ctx, "call", args, timeout=timeout, refusal_exit=_refusal_exit(check_status))
     print_json(result)

@@ -33,6 +33,7 @@ __all__ = [
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
     "SYSTEM_CONFIG",
+    "call_args",
     "client_socket",
     "error_line",
     "fail",
@@ -176,3 +177,37 @@ def pairs(values: tuple[str, ...], option: str, *, header: bool = False) -> dict
             fail(f"{option} takes {form}, got {item!r}", EXIT_USAGE)
         out[key] = value
     return out
+
+
+def call_args(
+    operation: str,
+    *,
+    param: tuple[str, ...],
+    query: tuple[str, ...],
+    header: tuple[str, ...],
+    json_body: str | None,
+    lane: str | None,
+    deadline_ms: int | None,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    """The ``call`` / ``submit`` arguments the shared options give (only those set); exits 2
+    naming the option for a malformed ``--param``/``--query``/``--header`` or ``--json``."""
+    args: dict[str, Any] = {"operation": operation}
+    if param:
+        args["path_params"] = pairs(param, "--param")
+    if query:
+        args["query"] = pairs(query, "--query")
+    if header:
+        args["headers"] = pairs(header, "--header", header=True)
+    if json_body is not None:
+        try:
+            args["json"] = json.loads(json_body)
+        except ValueError as exc:
+            fail(f"--json is not valid JSON: {exc}", EXIT_USAGE)
+    if lane:
+        args["lane"] = lane
+    if deadline_ms is not None:
+        args["deadline_ms"] = deadline_ms
+    if idempotency_key:
+        args["idempotency_key"] = idempotency_key
+    return args

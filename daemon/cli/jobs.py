@@ -19,7 +19,14 @@ from typing import IO, Any, Final
 
 import click
 
-from claykiln.daemon.cli.common import EXIT_REFUSED, EXIT_USAGE, fail, pairs, print_json, request
+from claykiln.daemon.cli.common import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    call_args,
+    fail,
+    print_json,
+    request,
+)
 
 __all__ = ["BATCH", "jobs", "parse_when", "submit", "submit_args"]
 
@@ -100,7 +107,7 @@ def _submit_file(ctx: click.Context, source: Path) -> None:
 @click.argument("operation", required=False)
 @click.option("--param", "-p", multiple=True, help="Path parameter key=value.")
 @click.option("--query", "-q", multiple=True, help="Query parameter key=value.")
-@click.option("--header", "-H", multiple=True, help="Extra header key=value.")
+@click.option("--header", "-H", multiple=True, help='Extra header "Name: value" (or name=value).')
 @click.option("--json", "json_body", help="JSON request body (the row).")
 @click.option("--lane", help="Lane override.")
 @click.option("--deadline-ms", type=int, help="Budget of each attempt.")
@@ -134,24 +141,16 @@ def submit(
         return
     if operation is None:
         fail("give the OPERATION to submit (or --from FILE)", EXIT_USAGE)
-    args: dict[str, Any] = {"operation": operation}
-    if param:
-        args["path_params"] = pairs(param, "--param")
-    if query:
-        args["query"] = pairs(query, "--query")
-    if header:
-        args["headers"] = pairs(header, "--header")
-    if json_body is not None:
-        try:
-            args["json"] = json.loads(json_body)
-        except ValueError as exc:
-            fail(f"--json is not valid JSON: {exc}", EXIT_USAGE)
-    if lane:
-        args["lane"] = lane
-    if deadline_ms is not None:
-        args["deadline_ms"] = deadline_ms
-    if idempotency_key:
-        args["idempotency_key"] = idempotency_key
+    args = call_args(
+        operation,
+        param=param,
+        query=query,
+        header=header,
+        json_body=json_body,
+        lane=lane,
+        deadline_ms=deadline_ms,
+        idempotency_key=idempotency_key,
+    )
     if not_before:
         args["not_before"] = parse_when(not_before)
     print_json(request(ctx, "submit", args))

@@ -24,11 +24,12 @@ def rows(webhook: str, *numbers: int) -> list[tuple[str, ...]]:
 
 
 async def test_submit_and_look_at_the_job(kiln: Factory, simulator: RunningSimulator) -> None:
-    """kiln submit prints the job on disk; jobs show and jobs list find it done."""
+    """kiln submit prints the job on disk (-H in curl's form); jobs show and jobs list find it
+    done."""
     proc = kiln(outbox_config(simulator.url))
     await proc.start()
     (args,) = rows("w1", 1)
-    job = ok(await kiln_cli(proc.socket, *args, "--idempotency-key", "order-1"))
+    job = ok(await kiln_cli(proc.socket, *args, "--idempotency-key", "order-1", "-H", "x-n: 1"))
     async with TrioClient(str(proc.socket)) as client:
         await wait_for(client, lambda s: s["done"] == 1)
     shown = ok(await kiln_cli(proc.socket, "jobs", "show", job["job_id"]))
@@ -37,6 +38,7 @@ async def test_submit_and_look_at_the_job(kiln: Factory, simulator: RunningSimul
     later = ok(await kiln_cli(proc.socket, *args, "--not-before", "+1h"))
     assert (job["state"], job["idempotency_key"]) == ("pending", "order-1")
     assert (shown["state"], shown["attempts"]) == ("done", 1)
+    assert shown["request"]["headers"] == {"x-n": "1"}  # -H "Name: value", as kiln call takes it
     assert [item["job_id"] for item in listed["items"]] == [job["job_id"]]
     assert missing.returncode == 1 and b"no job" in missing.stderr
     assert later["existing"] is False and later["due_at"] > job["due_at"] + 3000

@@ -36,6 +36,29 @@ def test_a_header_without_a_name_or_separator_exits_2(
     assert 'takes key=value or "Name: value"' in capsys.readouterr().err
 
 
+def test_call_args_carry_only_the_options_given() -> None:
+    """kiln call and kiln submit build their arguments in one place: only the options given,
+    -H in either form, a deadline of 0 kept (it is given)."""
+    given = common.call_args(
+        "push_row",
+        param=("webhook_id=w1",),
+        query=(),
+        header=("x-trace: 1", "x-b=2"),
+        json_body='{"a": 1}',
+        lane=None,
+        deadline_ms=0,
+        idempotency_key="k",
+    )
+    assert given == {
+        "operation": "push_row",
+        "path_params": {"webhook_id": "w1"},
+        "headers": {"x-trace": "1", "x-b": "2"},
+        "json": {"a": 1},
+        "deadline_ms": 0,
+        "idempotency_key": "k",
+    }
+
+
 def test_answer_status_follows_httpies_check_status() -> None:
     """2xx and 3xx exit 0, 4xx exit 4, 5xx exit 5."""
     assert [answer_status(s) for s in (200, 204, 302, 400, 401, 499, 500, 503)] == [
