@@ -160,8 +160,11 @@ def catalog() -> dict[str, CatalogRow]:
 
 
 def planned_events() -> set[str]:
-    """Event names listed under "## Planned events"."""
-    rows = _table_rows(DOC.read_text(encoding="utf-8"), "Planned events")
+    """Event names listed under "## Planned events" (none when there is no such section)."""
+    text = DOC.read_text(encoding="utf-8")
+    if "\n## Planned events\n" not in text:
+        return set()
+    rows = _table_rows(text, "Planned events")
     return {cells[0].strip("`") for cells in rows}
 
 
@@ -226,9 +229,7 @@ def test_call_site_fields_are_documented(calls: list[LogCall], doc: dict[str, Ca
 
 def test_planned_events_are_not_logged(calls: list[LogCall]) -> None:
     """An event listed as planned is not logged yet (once it is, it moves to the catalog)."""
-    planned = planned_events()
-    assert planned, "the planned-events table was not found"
-    assert sorted(planned & {c.event for c in calls}) == []
+    assert sorted(planned_events() & {c.event for c in calls}) == []
 
 
 @pytest.fixture

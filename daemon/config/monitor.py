@@ -1,5 +1,5 @@
 """The ``[daemon]`` keys of what watches the daemon: the stats tick of ``subscribe`` (``kiln
-top``) and the Prometheus textfile (docs/configuration.md, "Monitoring").
+top``) and the Prometheus textfile (docs/configuration.md, ``[daemon]``).
 
 - ``tick_interval`` (default 1 s, from 100 ms to 60 s): how often subscribers get a tick;
 - ``metrics_textfile`` (default unset): a file the daemon rewrites atomically in the Prometheus
