@@ -1,33 +1,70 @@
 """Value and key codecs: values are msgpack, keys are bytes ordered bytewise by LMDB.
 
 ``pack`` / ``unpack`` use one fixed msgpack profile (bin type on, str as str, any map key) so
-every table decodes the same way. The key helpers build keys whose byte order is the order a
-scan wants: ``uint_key`` is big-endian so integers (e.g. due times in microseconds) sort
-numerically, and ``join_key`` separates parts with a NUL byte.
+every table decodes the same way; ``packer()`` is the same profile for code that packs many
+values (``Store.prepare``: one reusable packer per thread, not one built per value as ``pack``
+does). The key helpers build keys whose byte order is the order a scan wants: ``uint_key`` is
+big-endian so integers (e.g. due times in microseconds) sort numerically, and ``join_key``
+separates parts with a NUL byte.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from claykiln.storage.errors import StorageError
 
-__all__ = ["join_key", "pack", "text_key", "uint_key", "unpack"]
+__all__ = [
+    "PACKING_ERRORS",
+    "join_key",
+    "not_encodable",
+    "pack",
+    "packer",
+    "text_key",
+    "uint_key",
+    "unpack",
+]
 
 _KEY_SEPARATOR = b"\x00"
+PACKING_ERRORS = (TypeError, ValueError, OverflowError)
+"""What msgpack raises for a value it cannot encode."""
+
+
+class _ThreadPackers(threading.local):
+    """One reusable ``Packer`` per thread (a packer keeps a buffer: never share it between
+    threads); building one costs about as much as packing a small record with it."""
+
+    def __init__(self) -> None:
+        self.pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+
+
+_packers = _ThreadPackers()
 
 
 def pack(value: Any) -> bytes:
     """Encode ``value`` as msgpack; raise StorageError if it holds a type msgpack cannot encode."""
     try:
         return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
-    except (TypeError, ValueError, OverflowError) as exc:
-        msg = (
-            f"value is not msgpack-encodable ({exc}); store plain dicts, lists, str, bytes, numbers"
-        )
-        raise StorageError(msg) from exc
+    except PACKING_ERRORS as exc:
+        raise not_encodable(exc) from exc
+
+
+def packer() -> Callable[[Any], bytes]:
+    """The calling thread's reusable ``pack``: the same bytes as ``pack`` (msgpack's packer
+    resets itself after a failure), but raising what msgpack raises (``PACKING_ERRORS``; turn
+    it into pack's StorageError with ``not_encodable``). Ask for it in each call of yours, never
+    once per module: the packer belongs to the thread that asked."""
+    return _packers.pack
+
+
+def not_encodable(exc: Exception) -> StorageError:
+    """The StorageError ``pack`` raises for a value msgpack could not encode (``exc``)."""
+    msg = f"value is not msgpack-encodable ({exc}); store plain dicts, lists, str, bytes, numbers"
+    return StorageError(msg)
 
 
 def unpack(raw: bytes) -> Any:

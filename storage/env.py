@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import lmdb
 
-from claykiln.storage.codec import pack, unpack
+from claykiln.storage.codec import PACKING_ERRORS, not_encodable, packer, unpack
 from claykiln.storage.errors import RecordDamaged, StorageClosed, StorageError, StoreFull
 from claykiln.storage.integrity import check_files, walk_in_child
 from claykiln.storage.ops import Delete, Op, PreparedOp, Put
@@ -315,25 +315,31 @@ class Store:
         """
         env = self._live_env()
         max_key = env.max_key_size()
+        dbs = self._dbs
+        pack = packer()  # one reusable packer for every value (``pack`` builds one per value)
         prepared = []
         for op in ops:
-            if op.table not in self._dbs:
-                msg = f"unknown table {op.table!r} in {op!r}; tables are {', '.join(TABLES)}"
+            table, key = op.table, op.key
+            if table not in dbs:
+                msg = f"unknown table {table!r} in {op!r}; tables are {', '.join(TABLES)}"
                 raise StorageError(msg)
-            if not isinstance(op.key, bytes) or not 0 < len(op.key) <= max_key:
-                msg = f"key must be 1..{max_key} bytes, got {op.key!r:.80} in table {op.table!r}"
+            if not isinstance(key, bytes) or not 0 < len(key) <= max_key:
+                msg = f"key must be 1..{max_key} bytes, got {key!r:.80} in table {table!r}"
                 raise StorageError(msg)
-            if op.table == "meta" and op.key in RESERVED_META_KEYS:
-                msg = f"meta key {op.key!r} is the store's own; pick another key"
+            if table == "meta" and key in RESERVED_META_KEYS:
+                msg = f"meta key {key!r} is the store's own; pick another key"
                 raise StorageError(msg)
             if isinstance(op, Put):
-                value: bytes | None = pack(op.value)
+                try:
+                    value: bytes | None = pack(op.value)
+                except PACKING_ERRORS as exc:
+                    raise not_encodable(exc) from exc
             elif isinstance(op, Delete):
                 value = None
             else:
                 msg = f"not a storage op: {op!r:.80}; use Put or Delete"
                 raise StorageError(msg)
-            prepared.append(PreparedOp(op.table, op.key, value))
+            prepared.append(PreparedOp(table, key, value))
         return tuple(prepared)
 
     def full_error(self) -> StoreFull:

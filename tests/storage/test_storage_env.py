@@ -84,6 +84,17 @@ def test_invalid_ops_are_refused_before_queueing(store: Store) -> None:
         store.prepare([Put("meta", b"schema_version", 99)])
 
 
+def test_prepare_encodes_each_value_as_pack_does(store: Store) -> None:
+    """Prepared values are pack's bytes, deletes carry None, also after a refused value."""
+    values = [{"state": "completed", "result": {"status": 200}}, [1, b"\x00"], "x", 7]
+    with pytest.raises(StorageError, match="not msgpack-encodable"):
+        store.prepare([Put("jobs", b"a", {"half": "packed", "bad": object()})])
+    ops = [Put("jobs", bytes([65 + i]), v) for i, v in enumerate(values)]
+    prepared = store.prepare([*ops, Delete("jobs_due", b"k")])
+    assert [p.value for p in prepared] == [pack(v) for v in values] + [None]
+    assert [(p.table, p.key) for p in prepared][-1] == ("jobs_due", b"k")
+
+
 def test_boot_count_and_id_change_on_every_open(store_path: Path) -> None:
     """Each open records a fresh boot id and a boot count one higher than the last."""
     metas = []
