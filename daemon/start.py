@@ -64,6 +64,7 @@ def server_limits(config: KilnConfig) -> ServerLimits:
         reply_timeout=lim.reply_timeout,
         max_reply_backlog=lim.max_reply_backlog,
         shared_answer_age=lim.status_max_age,
+        share_window=lim.share_window,
     )
 
 

@@ -130,6 +130,7 @@ def _limits(t: Table) -> LimitsConfig:
         status_max_age=t.get(
             "status_max_age", duration(example="100ms", allow_zero=True), d.status_max_age
         ),
+        share_window=t.get("share_window", duration(example="1s", allow_zero=True), d.share_window),
     )
     t.finish()
     return limits

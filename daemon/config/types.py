@@ -55,7 +55,8 @@ BreakerScope = str  # "upstream", "operation" or a [breakers] name
 class LimitsConfig:
     """What one client may send and hold (``[daemon.limits]``); durations in seconds, sizes in
     bytes. ``status_max_age``: a ``status`` answer is computed at most once per this interval
-    and shared (0: every request computes its own)."""
+    and shared (0: every request computes its own). ``share_window``: each peer's work on the
+    loop is counted over this window for its fair share of a busy daemon (0: shares off)."""
 
     max_frame: int = 1024 * 1024
     max_array_len: int = 10_000
@@ -70,6 +71,7 @@ class LimitsConfig:
     reply_timeout: float = 30.0
     max_reply_backlog: int = 4 * 1024 * 1024
     status_max_age: float = 0.1
+    share_window: float = 1.0
 
 
 @attrs.frozen

@@ -12,7 +12,10 @@ Promises:
   answer reused by every connection.
 - Fairness: a reader gives the other connections a turn after ``TURN_BUDGET`` seconds of work
   (decoding and inline methods counted), so a peer that pipelines expensive or hostile frames
-  cannot hold the loop; decoding happens in slices of ``FEED_SLICE`` bytes.
+  cannot hold the loop; decoding happens in slices of ``FEED_SLICE`` bytes. Over time, the work
+  of each turn is charged to the peer's share of the loop (``share.py``): while the loop is busy
+  with others, a peer over its share waits before its connections read or work again (a new
+  connection too), so a flood gets a bounded share per second whatever its rate.
 - Backpressure: the reader stops reading while ``max_in_flight`` requests are unanswered or
   ``max_reply_backlog`` bytes of replies are unread (nothing is dropped).
 - Hostile input: a violation with a readable msgid gets an error reply and the connection stays;
@@ -27,10 +30,11 @@ Promises:
   ``CURRENT_CONNECTION``; ``send`` queues a frame, ``wait_drained`` returns once everything queued
   has gone to the kernel (so a pusher never piles frames up behind a peer that does not read),
   and a connection with ``streams`` open is not idle.
-- Errors: a ``Refusal`` from a method becomes its error reply; ``StoreFull`` from an async
-  handler becomes ``storage_full``; anything else is logged (``server.handler_crashed``) and
-  answered with ``internal``. A result msgpack cannot encode is answered with ``internal``; an
-  error map it cannot encode keeps its code with a generic message.
+- Errors (``answers.py`` for tasks and ``Later``): a ``Refusal`` from a method becomes its error
+  reply; ``StoreFull`` from an async handler becomes ``storage_full``; anything else is logged
+  (``server.handler_crashed``) and answered with ``internal``. A result msgpack cannot encode
+  is answered with ``internal``; an error map it cannot encode keeps its code with a generic
+  message.
 
 The server (``server.py``) accepts connections, closes idle, stalled and drip-fed ones and
 drains; a connection reports what the sweeper needs (``idle_for``, ``frame_age``,
@@ -43,7 +47,6 @@ import time
 from contextvars import ContextVar
 from typing import Any, Final
 
-import structlog
 import trio
 
 from claykiln.actors.errors import (
@@ -51,9 +54,9 @@ from claykiln.actors.errors import (
     InternalRefusal,
     Refusal,
     ShuttingDownRefusal,
-    StorageFullRefusal,
 )
 from claykiln.daemon.logs import get_logger
+from claykiln.daemon.rpc.answers import await_later, run_request
 from claykiln.daemon.rpc.dispatch import Dispatch
 from claykiln.daemon.rpc.inbound import HANGUP_POLL, Inbound
 from claykiln.daemon.rpc.listener import PeerCred
@@ -68,9 +71,8 @@ from claykiln.daemon.rpc.protocol import (
     error_map,
     excerpt,
 )
-from claykiln.daemon.rpc.replies import Replies, later_reply, pack_error, pack_reply, stopped_reply
-from claykiln.daemon.rpc.types import Answered, Handler, Later, Method, RequestContext, ServerLimits
-from claykiln.storage import StoreFull
+from claykiln.daemon.rpc.replies import Replies, pack_error, pack_reply
+from claykiln.daemon.rpc.types import Answered, Later, Method, RequestContext, ServerLimits
 
 __all__ = [
     "CURRENT_CONNECTION",
@@ -114,8 +116,9 @@ class Connection:
         self._requests: trio.CancelScope | None = None
         self._all: trio.CancelScope | None = None
         self.streams = 0  # open subscriptions pushing notifications: the connection is not idle
-        self._later: set[Later] = set()  # requests a ``Later`` answers, not settled yet
+        self.laters: set[Later] = set()  # requests a ``Later`` answers, not settled yet
         self._output_idle = trio.lowlevel.ParkingLot()  # wait_drained's waiters
+        self._owed = 0.0  # seconds to wait before the next turn: the peer is over its share
 
     @property
     def flushed(self) -> trio.Event:
@@ -174,7 +177,7 @@ class Connection:
         self.scope.cancel()
         if self._requests is not None:
             self._requests.cancel()
-        for later in list(self._later):
+        for later in list(self.laters):
             later.refuse(ShuttingDownRefusal("the daemon stopped before this request finished"))
 
     # -- running ---------------------------------------------------------------------------------
@@ -194,6 +197,7 @@ class Connection:
                 # cancelled (lane slots and probes are freed), what is queued is still flushed.
                 requests.cancel_scope.cancel()
             self.close_output()
+            self.dispatch.shares.release(self.peer.pid, self.conn_id)
             outer.cancel_scope.deadline = trio.current_time() + WRITER_FLUSH_TIMEOUT
 
     def _backlogged(self, limits: ServerLimits) -> bool:
@@ -229,7 +233,11 @@ class Connection:
     async def _read_loop(self, nursery: trio.Nursery, limits: ServerLimits) -> None:
         parser = self.parser
         replies = self.replies
+        # A peer that reconnects still owes what it took: a new connection waits its turn too.
+        self._owed = self.dispatch.shares.wait(self.peer.pid, trio.current_time())
         while not self.closing:
+            if self._owed:  # over its peer's share of a busy loop: wait before reading on
+                await self._hold_back()
             await self._wait_for_room(limits)
             if self.closing:
                 return
@@ -250,7 +258,9 @@ class Connection:
                         # One chunk can hold thousands of small frames: apply the limits per
                         # request, so replies never pile up (backpressure, nothing dropped).
                         if self._backlogged(limits):
+                            self._charge(turn_began)
                             await self._wait_for_room(limits)
+                            turn_began = time.perf_counter()
                         if self.closing:
                             return
                         if isinstance(event, Request):
@@ -259,13 +269,14 @@ class Connection:
                             return
                         # Responses and notifications from a client are ignored.
                         if time.perf_counter() - turn_began > TURN_BUDGET:
-                            await self._give_turn()
+                            await self._give_turn(turn_began)
                             turn_began = time.perf_counter()
                     if time.perf_counter() - turn_began > TURN_BUDGET:
-                        await self._give_turn()
+                        await self._give_turn(turn_began)
                         turn_began = time.perf_counter()
             finally:
                 replies.hold = False
+                self._charge(turn_began)
             if not parser.partial_bytes:
                 self.frame_started = None
             elif self.frame_started is None or parser.frames != frames_before:
@@ -275,11 +286,28 @@ class Connection:
                 if replies.broken:
                     return
 
-    async def _give_turn(self) -> None:
-        """Send what this turn answered, then let every other runnable task run once."""
+    def _charge(self, turn_began: float) -> None:
+        """Charge the work since ``turn_began`` to the peer's share (``share.py``)."""
+        spent = time.perf_counter() - turn_began
+        now = trio.current_time()
+        self._owed = self.dispatch.shares.charge(self.peer.pid, self.conn_id, spent, now)
+
+    async def _give_turn(self, turn_began: float) -> None:
+        """Send what this turn answered, then let every other runnable task run once, or wait
+        while the peer is over its share of a busy loop."""
+        self._charge(turn_began)
         if self.replies.pending:
             await self.replies.flush()
-        await trio.lowlevel.checkpoint()
+        if self._owed:
+            await self._hold_back()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def _hold_back(self) -> None:
+        """Wait what the peer owes (``_owed``): it took more than its share of a busy loop."""
+        self.dispatch.counters.held_back += 1
+        await trio.sleep(self._owed)
+        self._owed = 0.0
 
     async def _peer_stopped_sending(self) -> None:
         """EOF: a peer that closed is gone (its in-flight work is cancelled by the caller); one
@@ -345,7 +373,7 @@ class Connection:
                     self.send(pack_reply(req.msgid, prepared.result))
                     return
                 if isinstance(prepared, Later):
-                    self._await_later(prepared, req)
+                    await_later(self, prepared, req)
                     return
         except Refusal as exc:
             self.send(pack_error(req.msgid, exc.to_wire()))
@@ -358,25 +386,15 @@ class Connection:
         assert method.handler is not None
         self.in_flight += 1
         dispatch.begin_request()
-        nursery.start_soon(self._run_request, method.handler, ctx, req, prepared)
+        nursery.start_soon(run_request, self, method.handler, ctx, req, prepared)
 
-    def _await_later(self, later: Later, req: Request) -> None:
-        """Count a request a ``Later`` answers in flight, as a running task is; its outcome
-        becomes the reply as a handler's would (``shutting_down`` once the drain aborted)."""
-        self.in_flight += 1
-        self.dispatch.begin_request()
-        self._later.add(later)
-        msgid, method = req.msgid, req.method
-
-        def deliver(result: Any, error: BaseException | None) -> None:
-            self._later.discard(later)
-            self.send(later_reply(msgid, method, result, error, aborting=self.aborting))
-            self.in_flight -= 1
-            self.last_active = trio.current_time()
-            self.room.set()
-            self.dispatch.end_request()
-
-        later.bind(deliver)
+    def finish_request(self) -> None:
+        """A request handed to a task or a ``Later`` has its reply queued: it is no longer in
+        flight (``answers.py``)."""
+        self.in_flight -= 1
+        self.last_active = trio.current_time()
+        self.room.set()
+        self.dispatch.end_request()
 
     def _inline_reply(self, method: Method, ctx: RequestContext, req: Request) -> bytes:
         """An inline method's reply; a shared one (no arguments) comes from the dispatch's
@@ -386,37 +404,3 @@ class Connection:
             return self.dispatch.shared_reply(method, ctx, req.msgid)
         self.dispatch.note_activity()
         return pack_reply(req.msgid, method.inline(ctx, req.args))
-
-    async def _run_request(
-        self, handler: Handler, ctx: RequestContext, req: Request, prepared: Any
-    ) -> None:
-        structlog.contextvars.bind_contextvars(msgid=req.msgid, method=req.method)
-        try:
-            result = await handler(ctx, prepared)
-        except trio.Cancelled:
-            if self.aborting:
-                self._send_stopped(req.msgid)
-            raise
-        except Refusal as exc:
-            if self.aborting:
-                self._send_stopped(req.msgid)
-            else:
-                self.send(pack_error(req.msgid, exc.to_wire()))
-        except StoreFull as exc:
-            wire = StorageFullRefusal(f"storage is full: {exc}").to_wire()
-            self.send(pack_error(req.msgid, wire))
-        except Exception:
-            log.exception("server.handler_crashed")
-            wire = InternalRefusal("internal error; see the daemon log").to_wire()
-            self.send(pack_error(req.msgid, wire))
-        else:
-            self.send(pack_reply(req.msgid, result))
-        finally:
-            self.in_flight -= 1
-            self.last_active = trio.current_time()
-            self.room.set()
-            self.dispatch.end_request()
-
-    def _send_stopped(self, msgid: int) -> None:
-        """The daemon stopped this request part way: it may have had effects (started=true)."""
-        self.send(stopped_reply(msgid))

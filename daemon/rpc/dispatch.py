@@ -35,6 +35,7 @@ from claykiln.daemon.rpc.protocol import (
     encode_response_body,
     error_map,
 )
+from claykiln.daemon.rpc.share import WorkShares
 from claykiln.daemon.rpc.types import Method, RequestContext, ServerLimits
 
 __all__ = ["PEER_LOG_EVERY", "Dispatch", "PeerLog", "ServerCounters"]
@@ -79,6 +80,7 @@ class ServerCounters:
     protocol_errors: int = 0
     refused: int = 0  # connections refused (not allowed, too many, too many for the uid)
     cut_off: int = 0  # connections closed for a frame too slow or replies left unread
+    held_back: int = 0  # waits of a connection whose peer took more than its share of the loop
     draining: bool = False  # set once by ``Server.drain``: new requests get ``shutting_down``
 
     def view(self) -> dict[str, Any]:
@@ -91,6 +93,7 @@ class ServerCounters:
             "protocol_errors": self.protocol_errors,
             "refused": self.refused,
             "cut_off": self.cut_off,
+            "held_back": self.held_back,
             "draining": self.draining,
         }
 
@@ -119,6 +122,8 @@ class Dispatch:
         self._shared: dict[str, tuple[float, int, bytes]] = {}
         self.activity = 0  # requests started or ended, but shared answers reused
         self.peer_log = PeerLog()
+        # each peer's recent work on the loop (``share.py``)
+        self.shares = WorkShares(limits.share_window, limits.share_busy, limits.share_max_wait)
 
     def note_activity(self) -> None:
         """A request other than a reused shared answer ran: shared answers are stale now."""

@@ -44,7 +44,8 @@ class ServerLimits:
     ``reply_timeout``: a connection whose replies have waited this long with not one byte read
     by the peer is cut off. ``max_reply_backlog``: unread reply bytes past which the server
     stops reading the connection. ``shared_answer_age``: how long a ``shared`` method's answer
-    is reused.
+    is reused. ``share_window``, ``share_busy``, ``share_max_wait``: each peer's fair share of
+    a busy loop (``share.py``; a ``share_window`` of 0 turns shares off).
     """
 
     protocol: Limits = attrs.field(factory=_server_protocol_limits)
@@ -56,6 +57,9 @@ class ServerLimits:
     reply_timeout: float = 30.0
     max_reply_backlog: int = 4 * 1024 * 1024
     shared_answer_age: float = 0.1
+    share_window: float = 1.0
+    share_busy: float = 0.02
+    share_max_wait: float = 0.5
 
 
 @attrs.define

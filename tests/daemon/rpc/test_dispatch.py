@@ -59,5 +59,6 @@ def test_counters_view_is_the_status_server_section() -> None:
         "protocol_errors": 0,
         "refused": 0,
         "cut_off": 0,
+        "held_back": 0,
         "draining": True,
     }
