@@ -119,6 +119,7 @@ class Connection:
         self.laters: set[Later] = set()  # requests a ``Later`` answers, not settled yet
         self._output_idle = trio.lowlevel.ParkingLot()  # wait_drained's waiters
         self._owed = 0.0  # seconds to wait before the next turn: the peer is over its share
+        self.held_for = 0.0  # seconds this connection waited for its peer's share, in all
 
     @property
     def flushed(self) -> trio.Event:
@@ -249,7 +250,7 @@ class Connection:
                 await self._peer_stopped_sending()
                 return
             now = self.last_active = trio.current_time()
-            frames_before = parser.frames
+            frames_before, held_before = parser.frames, self.held_for
             replies.hold = True
             turn_began = time.perf_counter()
             try:
@@ -280,7 +281,7 @@ class Connection:
             if not parser.partial_bytes:
                 self.frame_started = None
             elif self.frame_started is None or parser.frames != frames_before:
-                self.frame_started = now
+                self.frame_started = now + self.held_for - held_before
             if replies.pending:
                 await replies.flush()  # inline replies leave now, without waking the writer
                 if replies.broken:
@@ -307,6 +308,9 @@ class Connection:
         """Wait what the peer owes (``_owed``): it took more than its share of a busy loop."""
         self.dispatch.counters.held_back += 1
         await trio.sleep(self._owed)
+        self.held_for += self._owed  # the frame deadline is the peer's: our waits do not count
+        if self.frame_started is not None:
+            self.frame_started += self._owed
         self._owed = 0.0
 
     async def _peer_stopped_sending(self) -> None:

@@ -1,9 +1,11 @@
 """The server against hostile peers, in process over real sockets: per-uid cap, frame deadline,
 unread replies bounded in bytes and cut off, shared answers, turns between connections,
-half-close, the drain's shutting_down, ignored notifications (issue 12)."""
+half-close, the drain's shutting_down, ignored notifications, fair shares of a busy loop
+(issue 12)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -338,3 +340,77 @@ async def test_client_notifications_are_ignored(sock_dir: Path) -> None:
             )
             assert (await peer.read(1))[0][1] == 5
     assert srv.counters.protocol_errors == 0
+
+
+OTHERS = 1  # a pid no test peer has (init): the busy "other peers"
+OTHER_CONNECTIONS = 200  # their working connections: this process's share is 1/201 s a second
+
+
+async def keep_others_busy(srv: Server, task_status: trio.TaskStatus[None]) -> None:
+    """Every quarter second, 200 connections of another peer each do 1 ms of work."""
+    task_status.started()
+    while True:
+        now = trio.current_time()
+        for conn in range(OTHER_CONNECTIONS):
+            srv.dispatch.shares.charge(OTHERS, 10_000 + conn, 0.001, now)
+        await trio.sleep(0.25)
+
+
+async def test_a_peer_over_its_share_is_held_back_and_answered_in_full(
+    sock_dir: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """60 pipelined requests of 0.2 ms each (12 ms) against a share of 5 ms: the connection
+    waits for its share (held_back counted, time passes) and every request is answered."""
+    calls = Calls()
+    srv = server(calls)
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(srv, sock_dir) as path, trio.open_nursery() as nursery:
+            await nursery.start(keep_others_busy, srv)
+            peer = await Peer.connect(path)
+            start = trio.current_time()
+            await peer.send(*(encode_request(n, "costly") for n in range(60)))
+            replies = await peer.read(60)
+            assert trio.current_time() - start > 0.1  # it waited: virtual seconds
+            nursery.cancel_scope.cancel()
+    assert [r[1] for r in replies] == list(range(60)) and all(r[2] is None for r in replies)
+    assert srv.counters.held_back > 0
+    assert srv.dispatch.shares.accounts[os.getpid()].work > 0
+
+
+async def test_the_frame_deadline_does_not_count_the_daemons_waits(
+    sock_dir: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A peer in debt sends work and half a frame, and the rest 0.8 s after its work was
+    answered: the daemon's waits for its share meanwhile (about a second) are not the peer's,
+    so the frame is answered, not expired at frame_timeout (1 s)."""
+    calls = Calls()
+    srv = server(calls, frame_timeout=1.0)
+    frame = encode_request(99, "hello")
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(srv, sock_dir) as path, trio.open_nursery() as nursery:
+            await nursery.start(keep_others_busy, srv)
+            peer = await Peer.connect(path)
+            start = trio.current_time()
+            await peer.send(*(encode_request(n, "costly") for n in range(60)), frame[:3])
+            assert len(await peer.read(60)) == 60
+            assert trio.current_time() - start > 0.2  # it was held back meanwhile
+            await trio.sleep(0.8)
+            await peer.send(frame[3:])
+            replies = await peer.read(1)
+            nursery.cancel_scope.cancel()
+    assert replies[0][1] == 99 and replies[0][3] == {"protocol": 1}
+    assert srv.counters.held_back > 0 and srv.counters.cut_off == 0
+
+
+async def test_shares_off_never_hold_back(sock_dir: Path, autojump_clock: trio.abc.Clock) -> None:
+    """``share_window = 0``: the same work beside the same busy peer is never held back."""
+    calls = Calls()
+    srv = server(calls, share_window=0.0)
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(srv, sock_dir) as path, trio.open_nursery() as nursery:
+            await nursery.start(keep_others_busy, srv)
+            peer = await Peer.connect(path)
+            await peer.send(*(encode_request(n, "costly") for n in range(60)))
+            assert len(await peer.read(60)) == 60
+            nursery.cancel_scope.cancel()
+    assert srv.counters.held_back == 0
