@@ -163,10 +163,11 @@ _frozen: list[int] = [0]  # objects frozen by freeze_heap (gc.get_freeze_count w
 GC_THRESHOLD: Final = (20_000, 20, 20)
 """The collector's thresholds once the daemon serves (``gc.set_threshold``; Python's are
 (700, 10, 10)). A generation is collected when the objects it gained since its last collection
-pass the threshold; with Python's, a loaded daemon collected its youngest generation every ~20
-calls and its oldest (every object made since start) every ~3,000, about 60-100 us of CPU per
-call in all (docs/performance.md). What the higher threshold costs is memory: garbage held in
-reference cycles lives until the next collection, up to 20,000 young objects (a few MB)."""
+pass the threshold: with Python's, a loaded daemon collected its youngest generation every ~20
+calls and its oldest (every object made since start) every ~3,000; with these, almost never
+under the bench's loads (the CPU this saves is in docs/performance.md). What it costs is memory:
+garbage held in reference cycles lives until the next collection, up to 20,000 young objects
+(a few MB)."""
 
 
 def freeze_heap() -> int:
