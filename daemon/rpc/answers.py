@@ -10,27 +10,38 @@ with ``details.started = true``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 import trio
 
 from claykiln.actors.errors import InternalRefusal, Refusal, StorageFullRefusal
 from claykiln.daemon.logs import get_logger
+from claykiln.daemon.rpc.dispatch import Dispatch
 from claykiln.daemon.rpc.protocol import Request
 from claykiln.daemon.rpc.replies import later_reply, pack_error, pack_reply, stopped_reply
 from claykiln.daemon.rpc.types import Handler, Later, RequestContext
 from claykiln.storage import StoreFull
 
-if TYPE_CHECKING:
-    from claykiln.daemon.rpc.connection import Connection
-
-__all__ = ["await_later", "run_request"]
+__all__ = ["Answering", "await_later", "run_request"]
 
 log = get_logger("claykiln.server")  # the server's logger: a crashed handler is a server event
 
 
-def await_later(conn: Connection, later: Later, req: Request) -> None:
+class Answering(Protocol):
+    """What answering needs of a connection (``Connection``, without importing it back)."""
+
+    dispatch: Dispatch
+    in_flight: int
+    aborting: bool
+    laters: set[Later]
+
+    def send(self, frame: bytes) -> None: ...
+
+    def finish_request(self) -> None: ...
+
+
+def await_later(conn: Answering, later: Later, req: Request) -> None:
     """Count a request a ``Later`` answers in flight, as a running task is; its outcome
     becomes the reply as a handler's would (``shutting_down`` once the drain aborted)."""
     conn.in_flight += 1
@@ -47,7 +58,7 @@ def await_later(conn: Connection, later: Later, req: Request) -> None:
 
 
 async def run_request(
-    conn: Connection, handler: Handler, ctx: RequestContext, req: Request, prepared: Any
+    conn: Answering, handler: Handler, ctx: RequestContext, req: Request, prepared: Any
 ) -> None:
     """Run ``handler`` for ``req`` (already counted in flight) and queue its reply."""
     structlog.contextvars.bind_contextvars(msgid=req.msgid, method=req.method)
