@@ -169,14 +169,7 @@ class Writer:
         is not reported to the caller: it is logged (``storage.write_failed``) and counted in
         ``stats().nowait_failed``. Raises StorageError for an invalid op, StorageClosed if closed.
         """
-        ask = self._ask(ops, waited=False)
-        try:
-            self._mailbox.post_nowait(ask)
-        except trio.WouldBlock:
-            return False
-        except ActorStopped:
-            raise self._closed_error() from None
-        return True
+        return self._post_nowait(self._ask(ops, waited=False))
 
     def write_then(self, ops: Sequence[Op], done: Callable[[StorageError | None], None]) -> bool:
         """Queue ``ops`` like ``write``, without waiting: ``done(None)`` is called once they are
@@ -187,7 +180,10 @@ class Writer:
         is full (nothing queued: use ``write``). Raises StorageError for an invalid op,
         StorageClosed once the writer is closed."""
         # The actor fails asks with StorageError only (StorageClosed included).
-        ask = _Write(self._prepared(ops), True, Then(cast(_AnyDone, done)))
+        return self._post_nowait(_Write(self._prepared(ops), True, Then(cast(_AnyDone, done))))
+
+    def _post_nowait(self, ask: _Write) -> bool:
+        """Queue ``ask`` without waiting: False when the inbox is full (nothing queued)."""
         try:
             self._mailbox.post_nowait(ask)
         except trio.WouldBlock:

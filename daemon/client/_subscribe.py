@@ -32,7 +32,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +39,7 @@ from claykiln.daemon.client._subscribe_core import (
     RECV_SIZE,
     Attempts,
     Notification,
-    SubscriptionStream,
+    SubscriptionBase,
     subscribe_args,
     timeout_error,
 )
@@ -51,23 +50,10 @@ if TYPE_CHECKING:
 __all__ = ["Notification", "Subscription", "subscribe_args", "subscription_for"]
 
 
-class Subscription:
+class Subscription(SubscriptionBase):
     """A blocking subscription (see the module docstring)."""
 
-    def __init__(
-        self,
-        socket_path: Path,
-        args: dict[str, Any],
-        *,
-        timeout: float,
-        connect_timeout: float,
-    ) -> None:
-        self.socket_path = socket_path
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.info: dict[str, Any] = {}
-        self._stream = SubscriptionStream(args, socket_path)
-        self._sock: socket.socket | None = None
+    _sock: socket.socket | None = None
 
     def open(self) -> Subscription:
         attempts = Attempts(self.socket_path, self.connect_timeout, time.monotonic())

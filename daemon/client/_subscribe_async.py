@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from claykiln.daemon.client._subscribe_core import (
     RECV_SIZE,
     Attempts,
     Notification,
-    SubscriptionStream,
+    SubscriptionBase,
     timeout_error,
 )
 
@@ -28,18 +27,10 @@ if TYPE_CHECKING:
 __all__ = ["AsyncioSubscription", "TrioSubscription"]
 
 
-class TrioSubscription:
+class TrioSubscription(SubscriptionBase):
     """A trio subscription (see the module docstring); ``async with`` opens it."""
 
-    def __init__(
-        self, socket_path: Path, args: dict[str, Any], *, timeout: float, connect_timeout: float
-    ) -> None:
-        self.socket_path = socket_path
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.info: dict[str, Any] = {}
-        self._stream = SubscriptionStream(args, socket_path)
-        self._sock: trio.SocketStream | None = None
+    _sock: trio.SocketStream | None = None
 
     async def open(self) -> TrioSubscription:
         import trio
@@ -106,19 +97,11 @@ class TrioSubscription:
         await self.aclose()
 
 
-class AsyncioSubscription:
+class AsyncioSubscription(SubscriptionBase):
     """An asyncio subscription (see the module docstring); ``async with`` opens it."""
 
-    def __init__(
-        self, socket_path: Path, args: dict[str, Any], *, timeout: float, connect_timeout: float
-    ) -> None:
-        self.socket_path = socket_path
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.info: dict[str, Any] = {}
-        self._stream = SubscriptionStream(args, socket_path)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+    _reader: asyncio.StreamReader | None = None
+    _writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> AsyncioSubscription:
         import asyncio

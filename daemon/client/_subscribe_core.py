@@ -31,6 +31,7 @@ __all__ = [
     "RECV_SIZE",
     "Attempts",
     "Notification",
+    "SubscriptionBase",
     "SubscriptionStream",
     "subscribe_args",
     "timeout_error",
@@ -132,3 +133,17 @@ class SubscriptionStream:
             raise error_from_wire(self.reply.error)
         result: dict[str, Any] = self.reply.result
         return result
+
+
+class SubscriptionBase:
+    """What every flavor's subscription holds: where it connects, its two timeouts, the
+    ``subscribe`` answer (``info``, once open) and the sans-I/O stream it reads through."""
+
+    def __init__(
+        self, socket_path: Path, args: dict[str, Any], *, timeout: float, connect_timeout: float
+    ) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.info: dict[str, Any] = {}
+        self._stream = SubscriptionStream(args, socket_path)
