@@ -194,6 +194,7 @@ class Connection:
                     requests.cancel_scope.cancel()
                 with self.scope:
                     await self._read_loop(requests, limits)
+                self.parser.close()  # nothing more is read: free a half-built frame now
                 # The peer is gone, idle, or broke the protocol: its in-flight work is
                 # cancelled (lane slots and probes are freed), what is queued is still flushed.
                 requests.cancel_scope.cancel()
