@@ -3,6 +3,7 @@ flight meanwhile, over a real Unix socket and server."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -76,6 +77,34 @@ async def test_a_later_answers_out_of_order_without_a_task(sock_dir: Path) -> No
             assert (await peer.receive())[1:] == [1, None, {"n": 1}]
             await settle()
             assert server.counters.in_flight == 0
+            await peer.aclose()
+
+
+async def test_an_answered_later_leaves_no_garbage_for_the_collector(sock_dir: Path) -> None:
+    """Once answered, a Later and its connection's delivery are freed by reference counting:
+    a cycle per request (one per durable submit) made the collector run every half second
+    under load, for 5-21 ms each time."""
+    parked = Parked()
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(Server(table(parked)), sock_dir) as running:
+            peer = await Peer.connect(running.path)
+            gc.collect()
+            gc.disable()
+            try:
+                for n in range(20):
+                    await peer.send(encode_request(n, "park", {"n": n}))
+                await settle()
+                for n in range(20):
+                    parked.waiting.pop(n).answer({"n": n})
+                    assert ok(await peer.receive()) == {"n": n}
+                gc.set_debug(gc.DEBUG_SAVEALL)
+                gc.collect()
+                cyclic = [obj for obj in gc.garbage if isinstance(obj, Later)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            assert cyclic == []
             await peer.aclose()
 
 
