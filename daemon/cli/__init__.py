@@ -49,10 +49,17 @@ _FACTORIES: Final = frozenset({"demo", "bench"})
 _GLOBAL_OPTIONS: Final = (
     ("--socket", "Daemon socket (client commands; also accepted before the command)."),
     ("--config", "Config file (TOML; also accepted before the command)."),
+    (
+        "--connect-timeout",
+        "Seconds a client command waits for a daemon that is not answering yet (restarting); "
+        "0 tries once (also accepted before the command).",
+    ),
 )
+CONNECT_TIMEOUT_ENV: Final = "KILN_CONNECT_TIMEOUT"
+CONNECT_TIMEOUT_TYPE: Final = click.FloatRange(0.0, 3600.0)
 
 
-def _remember(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+def _remember(ctx: click.Context, param: click.Parameter, value: Path | float | None) -> None:
     if value is not None and param.name is not None:
         ctx.find_root().ensure_object(dict)[param.name] = value
 
@@ -68,7 +75,9 @@ def _take_global_options(command: click.Command) -> None:
             command.params.append(
                 click.Option(
                     [opt],
-                    type=click.Path(path_type=Path),
+                    type=CONNECT_TIMEOUT_TYPE
+                    if opt == "--connect-timeout"
+                    else click.Path(path_type=Path),
                     expose_value=False,
                     callback=_remember,
                     help=help_text,
@@ -101,11 +110,23 @@ class _KilnGroup(click.Group):
 @click.group(cls=_KilnGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", type=click.Path(path_type=Path), help="Daemon socket (client commands).")
 @click.option("--config", type=click.Path(path_type=Path), help="Config file (TOML).")
+@click.option(
+    "--connect-timeout",
+    type=CONNECT_TIMEOUT_TYPE,
+    envvar=CONNECT_TIMEOUT_ENV,
+    help=(
+        "Seconds a client command waits for a daemon that is not answering yet (a restart); "
+        f"0 tries once.  [default: 5; env: {CONNECT_TIMEOUT_ENV}]"
+    ),
+)
 @click.version_option(package_name="claykiln", prog_name="kiln")
 @click.pass_context
-def main(ctx: click.Context, socket: Path | None, config: Path | None) -> None:
+def main(
+    ctx: click.Context, socket: Path | None, config: Path | None, connect_timeout: float | None
+) -> None:
     """claykiln: reliable calls to Clay and other HTTP APIs through a local daemon."""
     obj = ctx.ensure_object(dict)
-    # The command's own --socket / --config, parsed after this runs, overrides (``_remember``).
+    # The command's own options, parsed after this runs, override (``_remember``).
     obj["socket"] = socket
     obj["config"] = config
+    obj["connect_timeout"] = connect_timeout

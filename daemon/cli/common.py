@@ -35,6 +35,7 @@ __all__ = [
     "SYSTEM_CONFIG",
     "call_args",
     "client_socket",
+    "connect_timeout",
     "error_line",
     "fail",
     "load_config",
@@ -42,6 +43,7 @@ __all__ = [
     "print_json",
     "request",
     "system_config_socket",
+    "unreachable",
 ]
 
 EXIT_REFUSED: Final = 1
@@ -49,6 +51,7 @@ EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 EXIT_CLIENT_ERROR: Final = 4  # kiln call: the upstream answered 4xx (httpie's --check-status)
 EXIT_SERVER_ERROR: Final = 5  # kiln call: the upstream answered 5xx
+CONNECT_TIMEOUT: Final = 5.0  # seconds a client command waits for a restarting daemon
 # The config file kiln.service runs with (systemd/kiln.service, ExecStart=).
 SYSTEM_CONFIG: Final = Path("/etc/claykiln/kiln.toml")
 
@@ -133,17 +136,35 @@ def request(
 
     path, origin = client_socket(ctx.obj["socket"], ctx.obj["config"])
     try:
-        with Client(path, timeout=timeout) as client:
+        with Client(path, timeout=timeout, connect_timeout=connect_timeout(ctx)) as client:
             return client.request(method, args)
     except DaemonUnavailable as exc:
-        reason = exc.details.get("reason", "no answer")
-        fail(
-            f"{exc.code}: no claykiln daemon answers at {path} ({origin}: {reason}); start one "
-            f"with `kiln serve`, or name its socket with --socket PATH or {SOCKET_ENV}=PATH",
-            EXIT_UNREACHABLE,
-        )
+        unreachable(exc, path, origin)
     except KilnError as exc:
         fail(error_line(exc), refusal_exit(exc) if refusal_exit is not None else EXIT_REFUSED)
+
+
+def unreachable(exc: DaemonUnavailable, path: Path, origin: str) -> NoReturn:
+    """Exit 3 for ``exc``: the socket, where its path came from, how long a daemon that looked
+    like it was restarting was waited for, and how to name another socket."""
+    reason = exc.details.get("reason", "no answer")
+    waited = exc.details.get("waited_s")
+    if isinstance(waited, int | float):
+        tried = "tried once" if waited <= 0.001 else f"retried for {waited:g} s"
+        reason = f"{reason}; {tried}, --connect-timeout SECONDS waits longer"
+    fail(
+        f"{exc.code}: no claykiln daemon answers at {path} ({origin}: {reason}); start one "
+        f"with `kiln serve`, or name its socket with --socket PATH or {SOCKET_ENV}=PATH",
+        EXIT_UNREACHABLE,
+    )
+
+
+def connect_timeout(ctx: click.Context) -> float:
+    """How long a client command waits for a daemon not answering yet: ``--connect-timeout``
+    (or ``KILN_CONNECT_TIMEOUT``), else ``CONNECT_TIMEOUT``; 0 is one attempt, no waiting (the
+    client's own minimum, 1 ms)."""
+    value = (ctx.obj or {}).get("connect_timeout")
+    return CONNECT_TIMEOUT if value is None else max(float(value), 0.001)
 
 
 def print_json(value: Any) -> None:

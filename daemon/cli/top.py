@@ -32,10 +32,11 @@ import trio
 
 from claykiln.daemon.cli.common import (
     EXIT_REFUSED,
-    EXIT_UNREACHABLE,
     client_socket,
+    connect_timeout,
     error_line,
     fail,
+    unreachable,
 )
 from claykiln.daemon.cli.top_view import (
     TopModel,
@@ -44,7 +45,7 @@ from claykiln.daemon.cli.top_view import (
     plain_tick,
     screen_lines,
 )
-from claykiln.daemon.client import SOCKET_ENV, ConnectionLost, DaemonUnavailable, KilnError
+from claykiln.daemon.client import ConnectionLost, DaemonUnavailable, KilnError
 from claykiln.daemon.client._subscribe_async import TrioSubscription
 
 __all__ = ["top"]
@@ -64,7 +65,7 @@ def top(ctx: click.Context, once: bool, plain: bool) -> None:
     path, origin = client_socket(ctx.obj["socket"], ctx.obj["config"])
     tty_out = sys.stdout.isatty() and not plain
     try:
-        trio.run(_until_interrupted, path, once, tty_out)
+        trio.run(_until_interrupted, path, once, tty_out, connect_timeout(ctx))
     except BaseException as exc:
         _exit_for(_leaf(exc), path, origin)
 
@@ -81,18 +82,13 @@ def _exit_for(exc: BaseException, path: Path, origin: str) -> None:
     if isinstance(exc, KeyboardInterrupt):
         return
     if isinstance(exc, DaemonUnavailable):
-        reason = exc.details.get("reason", "no answer")
-        fail(
-            f"{exc.code}: no claykiln daemon answers at {path} ({origin}: {reason}); start one "
-            f"with `kiln serve`, or name its socket with --socket PATH or {SOCKET_ENV}=PATH",
-            EXIT_UNREACHABLE,
-        )
+        unreachable(exc, path, origin)
     if isinstance(exc, KilnError):
         fail(error_line(exc), EXIT_REFUSED)
     raise exc
 
 
-async def _until_interrupted(path: Path, once: bool, tty_out: bool) -> None:
+async def _until_interrupted(path: Path, once: bool, tty_out: bool, waiting: float) -> None:
     """``_main`` until it returns or SIGINT (Ctrl-C) comes, which ends it like q does."""
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -103,13 +99,13 @@ async def _until_interrupted(path: Path, once: bool, tty_out: bool) -> None:
                     return
 
             nursery.start_soon(interrupt)
-            await _main(path, once, tty_out)
+            await _main(path, once, tty_out, waiting)
             nursery.cancel_scope.cancel()
 
 
-def _subscription(path: Path, connect_timeout: float = 5.0) -> TrioSubscription:
+def _subscription(path: Path, waiting: float) -> TrioSubscription:
     args = {"topics": TOPICS, "buffer": BUFFER}
-    return TrioSubscription(path, args, timeout=10.0, connect_timeout=connect_timeout)
+    return TrioSubscription(path, args, timeout=10.0, connect_timeout=waiting)
 
 
 async def _first_tick(sub: TrioSubscription) -> dict[str, Any]:
@@ -121,8 +117,8 @@ async def _first_tick(sub: TrioSubscription) -> dict[str, Any]:
     return dict(tick)
 
 
-async def _main(path: Path, once: bool, tty_out: bool) -> None:
-    sub = await _subscription(path).open()
+async def _main(path: Path, once: bool, tty_out: bool, waiting: float) -> None:
+    sub = await _subscription(path, waiting).open()
     try:
         if once:
             tick = await _first_tick(sub)
@@ -169,7 +165,7 @@ async def _reconnect(path: Path, old: TrioSubscription) -> TrioSubscription:
     await old.aclose()
     while True:
         try:
-            return await _subscription(path, connect_timeout=RECONNECT).open()
+            return await _subscription(path, RECONNECT).open()
         except (DaemonUnavailable, ConnectionLost, OSError):
             await trio.sleep(RECONNECT)
 

@@ -201,14 +201,20 @@ class DaemonUnavailable(KilnError, ConnectionError):
     CODE = "daemon_unavailable"
 
     @classmethod
-    def at(cls, path: object, reason: str) -> DaemonUnavailable:
-        """The error for a failed connect to ``path``, with the hint that fixes it."""
+    def at(cls, path: object, reason: str, *, waited: float | None = None) -> DaemonUnavailable:
+        """The error for a failed connect to ``path``, with the hint that fixes it; ``waited``:
+        the ``connect_timeout`` spent retrying a daemon that looked like it was restarting
+        (``details["waited_s"]``), None when the failure was not worth waiting for."""
+        tried = "" if waited is None else f", retried for {waited:g} s"
         msg = (
-            f"cannot connect to the claykiln daemon at {path} ({reason}); start it with "
+            f"cannot connect to the claykiln daemon at {path} ({reason}{tried}); start it with "
             f"`kiln serve`, or point the client at its socket with KILN_SOCKET=/path/to/kiln.sock "
             f"or socket_path=..."
         )
-        return cls(msg, details={"path": str(path), "reason": reason})
+        details: dict[str, Any] = {"path": str(path), "reason": reason}
+        if waited is not None:
+            details["waited_s"] = waited
+        return cls(msg, details=details)
 
     @property
     def path(self) -> str | None:

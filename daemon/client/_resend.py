@@ -157,6 +157,7 @@ class ReconnectBackoff:
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self._path = path
+        self._connect_timeout = connect_timeout
         self._deadline = now + connect_timeout
         self._wait = RECONNECT_FIRST
         self._jitter = jitter
@@ -176,8 +177,10 @@ class ReconnectBackoff:
         else:
             reason = exc.strerror or type(exc).__name__
         left = self._deadline - now
-        if exc.errno not in _RESTARTING_ERRNOS or left <= 0:
+        if exc.errno not in _RESTARTING_ERRNOS:
             raise DaemonUnavailable.at(self._path, reason) from None
+        if left <= 0:
+            raise DaemonUnavailable.at(self._path, reason, waited=self._connect_timeout) from None
         wait = min(self._wait * (0.5 + self._jitter()), left)
         self._wait = min(self._wait * 2, RECONNECT_CAP)
         return wait

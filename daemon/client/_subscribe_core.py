@@ -55,6 +55,7 @@ class Attempts:
 
     def __init__(self, path: Path, connect_timeout: float, now: float) -> None:
         self.path = path
+        self.connect_timeout = connect_timeout
         self.deadline = now + connect_timeout
 
     def left(self, now: float) -> float:
@@ -63,7 +64,7 @@ class Attempts:
     def wait(self, exc: OSError, now: float) -> float:
         if now >= self.deadline:
             reason = exc.strerror or type(exc).__name__
-            raise DaemonUnavailable.at(self.path, reason) from None
+            raise DaemonUnavailable.at(self.path, reason, waited=self.connect_timeout) from None
         return min(CONNECT_RETRY, self.deadline - now)
 
 

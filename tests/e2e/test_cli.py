@@ -242,8 +242,37 @@ async def test_an_unreachable_daemon_is_reported_like_every_other_error(tmp_path
     assert line.startswith(f"kiln: daemon_unavailable: no claykiln daemon answers at {missing}")
     assert "(--socket: " in line
     assert "--socket PATH or KILN_SOCKET=PATH" in line
+    assert "retried for 5 s, --connect-timeout SECONDS waits longer" in line  # the default
     done = await kiln_cli(missing, "status")
     assert f"({'KILN_SOCKET'}: " in _err(done)
+
+
+async def test_connect_timeout_sets_how_long_a_command_waits_for_a_daemon(tmp_path: Path) -> None:
+    """--connect-timeout (before or after the command) and KILN_CONNECT_TIMEOUT set how long a
+    client command retries a socket nobody answers on (a restart); 0 tries once. The wait
+    says what it was; a value out of range is a usage error."""
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(stale))  # bound, never listening: connection refused, as mid-restart
+    once = await kiln_cli(stale, "hello", "--connect-timeout", "0")
+    assert once.returncode == EXIT_UNREACHABLE
+    assert "Connection refused; tried once" in _err(once)
+    before = await kiln_cli(stale, "--connect-timeout", "0.2", "top", "--once")
+    assert before.returncode == EXIT_UNREACHABLE
+    assert "retried for 0.2 s" in _err(before)
+    env = dict(os.environ, KILN_SOCKET=str(stale), KILN_CONNECT_TIMEOUT="0.3")
+    with trio.fail_after(CLI_TIMEOUT):
+        by_env = await trio.run_process(
+            [sys.executable, "-m", "claykiln.daemon", "status"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
+    assert by_env.returncode == EXIT_UNREACHABLE
+    assert "retried for 0.3 s" in _err(by_env)
+    bad = await kiln_cli(stale, "hello", "--connect-timeout", "-1")
+    assert bad.returncode == EXIT_USAGE and "--connect-timeout" in _err(bad)
 
 
 async def test_refusals_say_when_to_retry_once(kiln: Factory, simulator: RunningSimulator) -> None:

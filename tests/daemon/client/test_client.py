@@ -353,6 +353,8 @@ async def test_daemon_unavailable_names_the_path(tmp_path: Path) -> None:
         assert str(missing) in str(err)
         assert "kiln serve" in str(err)
         assert "KILN_SOCKET" in str(err)
+        assert err.details["waited_s"] == brief  # it waited its connect_timeout, and says so
+        assert f"retried for {brief:g} s" in str(err)
 
 
 # -- asyncio flavor (asyncio.run in a worker thread) -------------------------------------------

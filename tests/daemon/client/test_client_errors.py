@@ -107,6 +107,9 @@ def test_client_side_errors() -> None:
     assert err.path == "/run/claykiln/kiln.sock"
     for hint in ("/run/claykiln/kiln.sock", "kiln serve", "KILN_SOCKET", "No such file"):
         assert hint in str(err)
+    assert "waited_s" not in err.details and "retried" not in str(err)
+    waited = DaemonUnavailable.at("/tmp/k.sock", "Connection refused", waited=5.0)
+    assert waited.details["waited_s"] == 5.0 and "retried for 5 s" in str(waited)
     assert isinstance(ConnectionLost("gone"), ConnectionError)
     assert ConnectionLost("gone").code == "connection_lost"
 
