@@ -136,8 +136,12 @@ class Connection:
         self._output_idle.unpark_all()
 
     def _room_changed(self) -> None:
-        self.room.set()
-        self._output_idle.unpark_all()
+        """After every batch of replies left: wake the reader and ``wait_drained``'s waiters,
+        if any (this runs per write: an empty parking lot is not walked)."""
+        if not self.room.is_set():
+            self.room.set()
+        if self._output_idle:
+            self._output_idle.unpark_all()
 
     async def wait_drained(self) -> None:
         """Return once every frame queued so far has gone to the kernel, or at once when the
