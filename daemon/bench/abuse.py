@@ -14,7 +14,8 @@ so that what the honest callers lose is what the daemon gives away:
 - ``worst-frames``: sends 1 MiB frames of about a million empty arrays, again and again (each
   refused at ``max_containers``; the daemon closes the connection, it connects again).
 
-Measured A-B-B-A (without, with, with, without the hostile process), twice: closed loop for
+Measured A-B-B-A (without, with, with, without the hostile process), ``ROUNDS`` times over in
+shorter runs (the machine's speed swings within seconds), twice: closed loop for
 the honest throughput with them as a ratio of the throughput without (target >= 0.8), then
 paced (open loop, ``PACED_RATE`` requests/s over the same connections) for the honest p99 with
 them (target < 10 ms): a closed loop's latency is mostly its own queue (callers / throughput),
@@ -50,6 +51,7 @@ DRIP_EVERY: Final = 0.5  # seconds between two bytes of the drip-fed frame
 WARM_UP: Final = 0.5  # seconds the hostile clients run before the honest ones are measured
 LIMITS: Final = 'frame_timeout = "2s"\nreply_timeout = "2s"\n'  # cut-offs within a run
 PACED_RATE: Final = 2000.0  # honest requests/s offered in the latency runs
+ROUNDS: Final = 2  # A-B-B-A rounds per figure: this 2-core machine's speed swings within seconds
 
 
 def _status_frames(count: int) -> bytes:
@@ -221,11 +223,13 @@ def bench_abuse(options: BenchOptions) -> dict[str, Any]:
             _honest(options, sock, d.pid, hostile=False),
             _honest(options, sock, d.pid, hostile=True),
             options.duration,
+            rounds=ROUNDS,
         )
         paced_alone, paced_beside = abba(
             _honest(options, sock, d.pid, hostile=False, mode="paced"),
             _honest(options, sock, d.pid, hostile=True, mode="paced"),
             options.duration,
+            rounds=ROUNDS,
         )
     ratio = beside["rps"] / alone["rps"] if alone["rps"] else 0.0
     p99 = paced_beside["p99_ms"]

@@ -138,13 +138,19 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def abba(first: Measure, second: Measure, seconds: float) -> tuple[dict[str, Any], ...]:
-    """Measure ``first`` and ``second`` in the order A, B, B, A, each run ``seconds / 2`` long,
-    and return the two sides combined (``combine``): a load that drifts linearly over the run
-    weighs on both alike."""
-    half = seconds / 2
-    a1 = first(half)
-    b1 = second(half)
-    b2 = second(half)
-    a2 = first(half)
-    return combine([a1, a2]), combine([b1, b2])
+def abba(
+    first: Measure, second: Measure, seconds: float, *, rounds: int = 1
+) -> tuple[dict[str, Any], ...]:
+    """Measure ``first`` and ``second`` in the order A, B, B, A (``rounds`` times over), each
+    side ``seconds`` in all, and return the two sides combined (``combine``): a load that
+    drifts linearly over a round weighs on both alike, and more rounds of shorter runs average
+    out a machine whose speed swings within seconds."""
+    slice_s = seconds / (2 * rounds)
+    firsts: list[dict[str, Any]] = []
+    seconds_: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        firsts.append(first(slice_s))
+        seconds_.append(second(slice_s))
+        seconds_.append(second(slice_s))
+        firsts.append(first(slice_s))
+    return combine(firsts), combine(seconds_)

@@ -294,7 +294,9 @@ class Connection:
 
     def _charge(self, turn_began: float) -> None:
         """Charge the work since ``turn_began`` to the peer's share (``share.py``)."""
-        spent = time.perf_counter() - turn_began
+        # The turn's decoding and inline work, and every write of replies since the last charge
+        # (a flood's replies are most of its cost: 3.5 KB per ``status``).
+        spent = time.perf_counter() - turn_began + self.replies.take_write_seconds()
         now = trio.current_time()
         self._owed = self.dispatch.shares.charge(self.peer.pid, self.conn_id, spent, now)
 

@@ -20,6 +20,7 @@ returns, the peer gets a frame; an error message is cut to ``MAX_MESSAGE_CHARS``
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -114,6 +115,7 @@ class Replies:
         self.flushed = trio.Event()
         self._wake = trio.Event()
         self._progress = trio.current_time()  # the last time the peer took bytes
+        self.write_seconds = 0.0  # time spent in writes since the owner last took it
 
     def queue(self, frame: bytes) -> None:
         """Queue a reply (dropped once closed: its connection is going away). With nothing
@@ -124,6 +126,7 @@ class Replies:
         if not self.unsent:
             self._progress = trio.current_time()  # the wait for the peer starts now
             if not self.hold and not self.writing:
+                began = time.perf_counter()
                 try:
                     sent = os.write(self._fd, frame)
                 except BlockingIOError:
@@ -132,6 +135,8 @@ class Replies:
                     self.broken = True
                     self._on_sent()
                     return
+                finally:
+                    self.write_seconds += time.perf_counter() - began
                 if sent == len(frame):
                     return
                 frame = frame[sent:]  # the rest waits for room, with the writer
@@ -139,6 +144,11 @@ class Replies:
         self.unsent += len(frame)
         if not self.writing and not self.hold:
             self._wake.set()
+
+    def take_write_seconds(self) -> float:
+        """The time spent in writes since the last call (the peer's share is charged it)."""
+        spent, self.write_seconds = self.write_seconds, 0.0
+        return spent
 
     def stalled_for(self, now: float) -> float:
         """Seconds replies have waited with nothing taken by the peer (0: nothing owed)."""
@@ -189,11 +199,14 @@ class Replies:
         waiting for room. Raises OSError (a peer that went away) or ClosedResourceError."""
         view = memoryview(data)
         while view:
+            began = time.perf_counter()
             try:
                 sent = os.write(self._fd, view)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(self._fd)
                 continue
+            finally:
+                self.write_seconds += time.perf_counter() - began
             if sent:
                 self._progress = trio.current_time()
                 self.unsent -= sent

@@ -1,7 +1,7 @@
 """Fair shares of the event loop between peers: how much work each peer made the loop do lately,
 and how long one that took more than its share waits before its next turn (sans-I/O).
 
-A connection's reader charges the seconds its decoding, inline methods and reply flushes took
+A connection's reader charges the seconds its decoding, inline methods and reply writes took
 (``charge``) to its peer's account, keyed by the peer's pid (``SO_PEERCRED``): a process that
 reconnects for every frame keeps what it owes. Each account decays with time constant
 ``window``, so it reads as the peer's recent work per ``window`` seconds.

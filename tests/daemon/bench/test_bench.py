@@ -21,7 +21,7 @@ from claykiln.daemon.bench import command as bench_mod
 from claykiln.daemon.bench import scenarios as bench_scenarios
 from claykiln.daemon.bench.command import SCENARIOS, bench_command, run_bench
 from claykiln.daemon.bench.load import LoadSpec, run_load
-from claykiln.daemon.bench.measure import BenchOptions
+from claykiln.daemon.bench.measure import BenchOptions, abba
 from claykiln.daemon.bench.naive import naive_retry_load
 from claykiln.daemon.bench.procs import EchoProcess
 from claykiln.daemon.simulator import Faults, open_simulator
@@ -234,3 +234,23 @@ async def test_naive_client_tries_each_call_three_times_against_a_dead_upstream(
         # Every finished call made 3 tries, except one per worker cut short by the time bound.
         assert 3 * (figures["calls"] - 2) <= figures["requests"] <= 3 * figures["calls"]
         assert figures["statuses"] == {"503": figures["requests"]}
+
+
+def test_abba_alternates_in_rounds_and_gives_each_side_the_same_time() -> None:
+    """A, B, B, A per round, each run an equal slice; each side's runs add up to ``seconds``."""
+    order: list[tuple[str, float]] = []
+
+    def side(name: str) -> Any:
+        def measure(seconds: float) -> dict[str, Any]:
+            order.append((name, seconds))
+            return {"requests": 10, "seconds": seconds, "p99_ms": 1.0}
+
+        return measure
+
+    a, b = abba(side("a"), side("b"), 4.0, rounds=2)
+    assert [name for name, _ in order] == list("abbaabba")
+    assert {seconds for _, seconds in order} == {1.0}
+    assert a["seconds"] == b["seconds"] == 4.0 and a["requests"] == b["requests"] == 40
+    order.clear()
+    abba(side("a"), side("b"), 4.0)
+    assert order == [("a", 2.0), ("b", 2.0), ("b", 2.0), ("a", 2.0)]
