@@ -257,7 +257,9 @@ class Connection:
             now = self.last_active = trio.current_time()
             frames_before, held_before = parser.frames, self.held_for
             replies.hold = True
-            turn_began = time.perf_counter()
+            # The work since ``turn_began`` is charged once, before each wait (``in_turn``
+            # False while waiting: a wait cut short by a cancellation is not work).
+            turn_began, in_turn = time.perf_counter(), True
             try:
                 for start in range(0, len(data), FEED_SLICE):
                     for event in parser.feed(data[start : start + FEED_SLICE]):
@@ -265,8 +267,9 @@ class Connection:
                         # request, so replies never pile up (backpressure, nothing dropped).
                         if self._backlogged(limits):
                             self._charge(turn_began)
+                            in_turn = False
                             await self._wait_for_room(limits)
-                            turn_began = time.perf_counter()
+                            turn_began, in_turn = time.perf_counter(), True
                         if self.closing:
                             return
                         if isinstance(event, Request):
@@ -275,14 +278,17 @@ class Connection:
                             return
                         # Responses and notifications from a client are ignored.
                         if time.perf_counter() - turn_began > TURN_BUDGET:
+                            in_turn = False
                             await self._give_turn(turn_began)
-                            turn_began = time.perf_counter()
+                            turn_began, in_turn = time.perf_counter(), True
                     if time.perf_counter() - turn_began > TURN_BUDGET:
+                        in_turn = False
                         await self._give_turn(turn_began)
-                        turn_began = time.perf_counter()
+                        turn_began, in_turn = time.perf_counter(), True
             finally:
                 replies.hold = False
-                self._charge(turn_began)
+                if in_turn:
+                    self._charge(turn_began)
             if not parser.partial_bytes:
                 self.frame_started = None
             elif self.frame_started is None or parser.frames != frames_before:

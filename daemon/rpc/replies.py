@@ -203,10 +203,12 @@ class Replies:
             try:
                 sent = os.write(self._fd, view)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self._fd)
-                continue
+                sent = -1  # the kernel's buffer is full: wait below, untimed
             finally:
                 self.write_seconds += time.perf_counter() - began
+            if sent < 0:
+                await trio.lowlevel.wait_writable(self._fd)
+                continue
             if sent:
                 self._progress = trio.current_time()
                 self.unsent -= sent

@@ -5,6 +5,7 @@ half-close, the drain's shutting_down, ignored notifications, fair shares of a b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -211,6 +212,33 @@ async def test_unread_replies_stop_the_reading_in_bytes_then_cut_off(
     # The kernel's buffers hold a few replies; the backlog at most 256 KiB more.
     assert calls.counts["blob"] < 30
     assert srv.counters.connections == 0
+
+
+async def test_a_peer_cut_off_while_unread_is_not_charged_its_stall(sock_dir: Path) -> None:
+    """The time a connection waited for its peer to read (then cut off at reply_timeout) is
+    not work charged to the peer's share: only its decoding and writes are (real clock: the
+    shares count real seconds)."""
+    calls = Calls()
+    stall = 0.6
+    srv = server(calls, max_reply_backlog=64 * 1024, reply_timeout=stall)
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(srv, sock_dir) as path:
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            raw.connect(str(path))
+            raw.setblocking(False)
+            frames = b"".join(encode_request(n, "blob") for n in range(100))
+            sock = trio.socket.from_stdlib_socket(raw)
+            sent = 0
+            with trio.move_on_after(IO_TIMEOUT / 2):
+                while srv.counters.cut_off == 0:
+                    with contextlib.suppress(OSError), trio.move_on_after(0.05):
+                        if sent < len(frames):
+                            sent += await sock.send(frames[sent:])
+                    await trio.sleep(0.01)
+            assert srv.counters.cut_off == 1
+            raw.close()
+            account = srv.dispatch.shares.accounts[os.getpid()]
+    assert account.work < stall / 3  # its work, not the stall (which was charged before)
 
 
 async def test_a_shared_answer_is_computed_once_per_interval(
