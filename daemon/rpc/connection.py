@@ -162,18 +162,25 @@ class Connection:
         return 0.0 if self.frame_started is None else now - self.frame_started
 
     def expire_frame(self, timeout: float) -> None:
-        """A frame took longer than ``timeout`` to arrive: say so and close."""
+        """A frame took longer than ``timeout`` to arrive: say so and close (and penalize)."""
         msg = f"a frame must arrive whole within {timeout:g} s of its first byte"
         self.send(encode_notification("protocol_error", error_map("frame_timeout", msg)))
         self.closing = True
+        self._penalize()
         self.scope.cancel()
 
     def cut_off(self) -> None:
-        """Close now, dropping unsent replies (a peer that stopped reading them)."""
+        """Close now, dropping unsent replies (a peer that stopped reading them; penalized)."""
         self.closing = True
         self.replies.broken = True
+        self._penalize()
         if self._all is not None:
             self._all.cancel()
+
+    def _penalize(self) -> None:
+        """The peer misbehaved: it owes a share window (``share.py``, "Penalty")."""
+        shares = self.dispatch.shares
+        shares.penalize(self.peer.pid, shares.window, trio.current_time())
 
     def abort(self) -> None:
         """The drain's end: cancel in-flight requests (each answers ``shutting_down``), stop
@@ -358,6 +365,7 @@ class Connection:
             self.send(encode_response(v.msgid, error_map(v.code, v.message), None))
         self.send(encode_notification("protocol_error", {"code": v.code, "message": v.message}))
         self.closing = True
+        self._penalize()
         return True
 
     def _dispatch(self, nursery: trio.Nursery, req: Request) -> None:

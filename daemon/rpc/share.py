@@ -16,6 +16,11 @@ reconnects for every frame keeps what it owes. Each account decays with time con
 - **Wait.** A peer over its share waits until its decayed work has fallen back to the share,
   ``window * ln(work / share)``, at most ``max_wait`` seconds, before its connection reads or
   works again; so a peer that always has input gets its share per ``window`` whatever its rate.
+- **Penalty.** A peer whose connection was closed for misbehaving (a fatal protocol error such
+  as a refused frame, a frame not finished within ``frame_timeout``, replies left unread past
+  ``reply_timeout``) owes one ``window`` on top of its work (``penalize``), decaying alike: its
+  connections wait while others keep the loop busy. A peer that reconnects to misbehave again
+  and again is held back nearly all the time; the penalty never counts as work others see.
 
 The three figures are ``ServerLimits.share_window`` (1 s), ``share_busy`` (0.02) and
 ``share_max_wait`` (0.5 s); a ``window`` of 0 turns shares off.
@@ -44,6 +49,7 @@ class Account:
     work: float = 0.0
     stamp: float = 0.0
     connections: dict[int, float] = attrs.field(factory=dict)  # conn id -> when it last worked
+    penalty: float = 0.0  # decayed seconds owed for misbehaving (``penalize``), as of ``stamp``
 
 
 class WorkShares:
@@ -75,8 +81,8 @@ class WorkShares:
         account = self.accounts.get(peer)
         if account is None:
             account = self.accounts[peer] = Account(stamp=now)
-        account.work = self._decayed(account.work, account.stamp, now) + seconds
-        account.stamp = now
+        self._age(account, now)
+        account.work += seconds
         self.total = self._decayed(self.total, self.total_stamp, now) + seconds
         self.total_stamp = now
         if conn_id not in account.connections:
@@ -91,11 +97,27 @@ class WorkShares:
         account = self.accounts.get(peer)
         if account is None:
             return 0.0
-        account.work = self._decayed(account.work, account.stamp, now)
-        account.stamp = now
+        self._age(account, now)
         self.total = self._decayed(self.total, self.total_stamp, now)
         self.total_stamp = now
         return self._wait(account)
+
+    def penalize(self, peer: int, seconds: float, now: float) -> None:
+        """``peer`` misbehaved (a connection cut off at a timeout, a frame refused): it owes
+        ``seconds`` more than its work, decaying like it, so its connections wait while others
+        keep the loop busy. The loop's total is not changed: a penalty is not work others see."""
+        if self.window <= 0:
+            return
+        account = self.accounts.get(peer)
+        if account is None:
+            account = self.accounts[peer] = Account(stamp=now)
+        self._age(account, now)
+        account.penalty += seconds
+
+    def _age(self, account: Account, now: float) -> None:
+        account.work = self._decayed(account.work, account.stamp, now)
+        account.penalty = self._decayed(account.penalty, account.stamp, now)
+        account.stamp = now
 
     def _wait(self, account: Account) -> float:
         """The wait of ``account``, its work and the total both decayed to the same time."""
@@ -103,9 +125,10 @@ class WorkShares:
         if others < self.busy * self.window or self.working <= len(account.connections):
             return 0.0
         share = self.window * max(len(account.connections), 1) / self.working
-        if account.work <= share:
+        owed = account.work + account.penalty
+        if owed <= share:
             return 0.0
-        return min(self.max_wait, self.window * math.log(account.work / share))
+        return min(self.max_wait, self.window * math.log(owed / share))
 
     def release(self, peer: int, conn_id: int) -> None:
         """Connection ``conn_id`` of ``peer`` ended: it no longer counts as working (the peer's
@@ -123,7 +146,8 @@ class WorkShares:
             for conn_id in [c for c, t in connections.items() if t < horizon]:
                 del connections[conn_id]
             working += len(connections)
-            if not connections and self._decayed(account.work, account.stamp, now) < FORGET_BELOW:
+            left = self._decayed(account.work + account.penalty, account.stamp, now)
+            if not connections and left < FORGET_BELOW:
                 del self.accounts[peer]
         self.working = working
         self._recount_at = now + self.window / 4

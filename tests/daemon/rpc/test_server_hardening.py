@@ -241,6 +241,36 @@ async def test_a_peer_cut_off_while_unread_is_not_charged_its_stall(sock_dir: Pa
     assert account.work < stall / 3  # its work, not the stall (which was charged before)
 
 
+async def test_a_peer_refused_a_frame_or_cut_off_owes_a_penalty(
+    sock_dir: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A connection closed for a fatal protocol error (undecodable msgpack) or a frame left
+    unfinished past frame_timeout puts a share window's penalty on its peer's account (it
+    waits while others keep the loop busy); a well-behaved connection puts none."""
+    calls = Calls()
+    srv = server(calls, frame_timeout=2.0)
+    pid = os.getpid()
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(srv, sock_dir) as path:
+            good = await Peer.connect(path)
+            await good.send(encode_request(1, "hello"))
+            await good.read(1)
+            account = srv.dispatch.shares.accounts[pid]
+            assert account.penalty == 0.0
+            bad = await Peer.connect(path)
+            await bad.send(b"\xc1")  # a byte msgpack never uses
+            closing = await bad.until_closed()
+            assert closing[-1][1] == "protocol_error"
+            refused = account.penalty
+            assert refused == pytest.approx(srv.dispatch.shares.window, rel=0.05)
+            drip = await Peer.connect(path)
+            await drip.send(encode_request(2, "hello")[:3])  # never finished
+            closing = await drip.until_closed()
+            assert closing[-1][1] == "protocol_error" and "frame_timeout" in str(closing[-1][2])
+            assert account.penalty > refused * 0.5  # a second window, the first decaying
+            await good.stream.aclose()
+
+
 async def test_a_shared_answer_is_computed_once_per_interval(
     sock_dir: Path, autojump_clock: trio.abc.Clock
 ) -> None:

@@ -119,3 +119,27 @@ def test_a_window_of_zero_turns_shares_off() -> None:
     busy_honest(s)
     assert s.charge(FLOOD, 1, 5.0, 0.0) == 0.0
     assert s.wait(FLOOD, 0.0) == 0.0
+
+
+def test_a_penalized_peer_waits_while_others_are_busy_and_the_penalty_decays() -> None:
+    """A peer penalized one window (a connection cut off or refused a frame) waits before its
+    next turn although its own work is light; the debt decays like work (after a few windows
+    it is gone), it holds nobody back while the loop is otherwise idle, and others do not see
+    it as work."""
+    s = shares(max_wait=10.0)
+    s.penalize(FLOOD, 1.0, 0.0)
+    assert s.wait(FLOOD, 0.0) == 0.0  # nobody else busy: no wait
+    assert s.total == 0.0  # a penalty is not work
+    busy_honest(s)
+    wait = s.charge(FLOOD, 1, 0.001, 0.0)
+    share = 1.0 / 17
+    assert wait == pytest.approx(math.log(1.001 / share))
+    busy_honest(s, now=3.0)
+    assert s.wait(FLOOD, 3.0) == 0.0  # decayed below the share after 3 windows
+    assert s.accounts[FLOOD].penalty == pytest.approx(math.exp(-3.0))
+
+
+def test_penalties_are_off_with_shares() -> None:
+    s = shares(window=0.0)
+    s.penalize(FLOOD, 1.0, 0.0)
+    assert FLOOD not in s.accounts
