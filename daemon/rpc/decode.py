@@ -7,7 +7,10 @@ Decoding is bounded in work as well as in bytes: besides the frame size and the 
 array and map, ``Limits.max_containers`` bounds the arrays and maps of one frame (a 1 MiB frame
 of a million empty arrays is refused after about that many, not decoded whole and walked), the
 collector is paused while a chunk decodes (it would walk the half-built frame again and again),
-and ``nesting`` walks the containers a level at a time in C-level iterators.
+and ``nesting`` walks the containers a level at a time in C-level iterators. A request whose
+arguments hold a few nested values (a row, path parameters) is checked by a short walk of at
+most ``SMALL_WALK`` values first (``_small_within``); anything it cannot admit goes to
+``nesting``, which names what is wrong.
 """
 
 from __future__ import annotations
@@ -70,6 +73,33 @@ def nesting(obj: Any, max_depth: int, max_containers: int | None = None) -> str 
     return None
 
 
+SMALL_WALK: Final = 256  # values ``_small_within`` visits before leaving it to ``nesting``
+
+
+def _small_within(args: dict[str, Any], max_depth: int, max_containers: int | None) -> bool:
+    """True when ``args`` is known to be within both limits after visiting at most
+    ``SMALL_WALK`` values (a row of a few fields: ~1 us, against ~5 us for ``nesting``'s
+    level walk, whose C iterators pay off on big frames). False decides nothing: the caller
+    runs ``nesting``, which names what is wrong."""
+    budget = SMALL_WALK
+    containers = 1
+    stack: list[tuple[Any, int]] = [(args, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > max_depth:
+            return False
+        values = obj.values() if type(obj) is dict else obj
+        budget -= len(values)
+        if budget < 0:
+            return False
+        for value in values:
+            kind = type(value)
+            if kind is dict or kind is list:
+                containers += 1
+                stack.append((value, depth + 1))
+    return max_containers is None or containers <= max_containers
+
+
 def _msgid_of(frame: list[Any], index: int) -> int | None:
     if len(frame) > index:
         value = frame[index]
@@ -107,11 +137,15 @@ def classify(frame: Any, limits: Limits) -> Event:
         ):
             args = raw[0]
             if type(args) is dict:
+                nested = False
                 for key, value in args.items():
-                    if type(key) is not str or isinstance(value, list | dict):
-                        break  # a nested or odd map: the full checks decide
+                    if type(key) is not str:
+                        break  # an odd map: the full checks decide
+                    if not nested and isinstance(value, list | dict):
+                        nested = True
                 else:
-                    return Request(msgid, method, args)
+                    if not nested or _small_within(args, limits.max_depth, limits.max_containers):
+                        return Request(msgid, method, args)
     if not isinstance(frame, list) or not frame:
         return Violation("bad_request", "a frame must be a msgpack array [type, ...]", fatal=False)
     kind = frame[0]

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from claykiln.daemon.rpc.decode import SMALL_WALK, _small_within
 from claykiln.daemon.rpc.protocol import (
     EXCERPT_CHARS,
     FEED_SLICE,
@@ -62,6 +63,44 @@ def test_nesting_agrees_with_a_recursive_walk(obj: Any) -> None:
             too_deep = depth > max_depth
             too_many = max_containers is not None and count > max_containers
             assert (why is None) == (not too_deep and not too_many), (obj, max_depth, why)
+
+
+@given(st.dictionaries(st.text(max_size=4), values, max_size=6))
+@settings(max_examples=300)
+def test_the_small_walk_never_admits_what_the_level_walk_refuses(args: dict[str, Any]) -> None:
+    """``_small_within`` (classify's fast path) says yes only where ``nesting`` does, and for a
+    map of fewer than ``SMALL_WALK`` values it says exactly what ``nesting`` says."""
+    _, count = reference(args)
+    for max_depth in (1, 2, 3, 32):
+        for max_containers in (1, 3, 10, None):
+            fast = _small_within(args, max_depth, max_containers)
+            full = nesting(args, max_depth, max_containers) is None
+            assert not fast or full, (args, max_depth, max_containers)
+            if count < SMALL_WALK // 4:  # few containers, few values: decided here
+                small = sum(1 for _ in _values(args)) < SMALL_WALK
+                assert not small or fast == full, (args, max_depth, max_containers)
+
+
+def _values(obj: Any) -> Any:
+    """Every value under ``obj`` (what the small walk visits)."""
+    for value in obj.values() if isinstance(obj, dict) else obj:
+        yield value
+        if isinstance(value, list | dict):
+            yield from _values(value)
+
+
+def test_a_nested_request_is_refused_by_the_full_checks_after_the_fast_path() -> None:
+    """A row nested past max_depth, or with more containers than allowed, still gets the precise
+    refusal; a row within both is a request (the fast path)."""
+    limits = Limits(max_depth=3, max_containers=5)
+    ok_frame = [0, 1, "call", [{"json": {"a": {"b": 1}}, "q": [1, 2]}]]
+    assert isinstance(classify(ok_frame, limits), Request)
+    deep = classify([0, 2, "call", [{"json": {"a": {"b": {"c": 1}}}}]], limits)
+    assert isinstance(deep, Violation) and "deeper than 3" in deep.message and deep.msgid == 2
+    many = classify([0, 3, "call", [{"rows": [[], [], [], [], [], []]}]], limits)
+    assert isinstance(many, Violation) and many.code == "frame_too_large"
+    long = {"rows": list(range(SMALL_WALK + 10)), "json": {"a": 1}}  # past the small walk
+    assert isinstance(classify([0, 4, "call", [long]], Limits()), Request)
 
 
 def empty_arrays_frame(rows: int, per_row: int) -> bytes:
