@@ -138,8 +138,7 @@ class Connection:
     def _room_changed(self) -> None:
         """After every batch of replies left: wake the reader and ``wait_drained``'s waiters,
         if any (this runs per write: an empty parking lot is not walked)."""
-        if not self.room.is_set():
-            self.room.set()
+        self.room.set()
         if self._output_idle:
             self._output_idle.unpark_all()
 
