@@ -6,7 +6,8 @@
 - ``server``: accept loop, connection limits (in all and per uid), the sweeper (idle,
   drip-fed and stalled connections), drain.
 - ``connection``: one connection's reader, backpressure, fairness and dispatch; ``replies``
-  its reply writer; ``inbound`` its socket reads and hangup checks.
+  its reply writer; ``inbound`` its socket reads and hangup checks; ``poller`` the one epoll
+  every idle reader parks in, whose task runs each reader's fast path without a task switch.
 - ``dispatch``: what a connection needs of its server (method table, limits, admin check,
   counters, in-flight bookkeeping, shared answers, the damped peer log), so ``connection``
   never imports ``server``.

@@ -10,6 +10,11 @@ Promises:
   runs in a task per request inside the connection's nursery. An inline method marked
   ``shared`` (``status``) is computed at most once per ``shared_answer_age`` and its packed
   answer reused by every connection.
+- The reader parks in the server's poller (``poller.py``) while it waits for bytes; the poller
+  runs its fast path (``on_readable``: read, decode, dispatch, write the replies) with the
+  reader's task left parked, and wakes the task only for what must wait: backpressure, a peer
+  over its share, a used-up turn, EOF or a closing connection, a chunk over ``FEED_SLICE``.
+  The task then goes on from where the fast path stopped, with the same rules.
 - Fairness: a reader gives the other connections a turn after ``TURN_BUDGET`` seconds of work
   (decoding and inline methods counted), so a peer that pipelines expensive or hostile frames
   cannot hold the loop; decoding happens in slices of ``FEED_SLICE`` bytes. Over time, the work
@@ -43,10 +48,15 @@ drains; a connection reports what the sweeper needs (``idle_for``, ``frame_age``
 
 from __future__ import annotations
 
+import contextvars
+import errno
+import os
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any, Final
 
+import outcome
 import trio
 
 from claykiln.actors.errors import (
@@ -58,10 +68,12 @@ from claykiln.actors.errors import (
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.answers import await_later, run_request
 from claykiln.daemon.rpc.dispatch import Dispatch
-from claykiln.daemon.rpc.inbound import HANGUP_POLL, Inbound
+from claykiln.daemon.rpc.inbound import HANGUP_POLL, RECV_SIZE, Inbound
 from claykiln.daemon.rpc.listener import PeerCred
+from claykiln.daemon.rpc.poller import STOPPED
 from claykiln.daemon.rpc.protocol import (
     FEED_SLICE,
+    Event,
     FrameParser,
     Request,
     Violation,
@@ -104,6 +116,9 @@ class Connection:
         self.admin = dispatch.is_admin(peer)
         self.parser = FrameParser(dispatch.limits.protocol)
         self.inbound = Inbound(stream.socket)
+        self.fd = stream.socket.fileno()
+        self._context = contextvars.copy_context()  # set in ``run``: the fast path runs in it
+        self._nursery: trio.Nursery | None = None  # the requests' nursery, while reading
         self.replies = Replies(stream.socket.fileno(), self._room_changed)
         self.in_flight = 0
         self.room = trio.Event()
@@ -194,6 +209,7 @@ class Connection:
     # -- running ---------------------------------------------------------------------------------
     async def run(self) -> None:
         CURRENT_CONNECTION.set(self)  # this task's context: its requests see their connection
+        self._context = contextvars.copy_context()  # the fast path's (poller.py): the same
         limits = self.dispatch.limits
         async with trio.open_nursery() as outer:
             self._all = outer.cancel_scope
@@ -245,6 +261,7 @@ class Connection:
     async def _read_loop(self, nursery: trio.Nursery, limits: ServerLimits) -> None:
         parser = self.parser
         replies = self.replies
+        self._nursery = nursery
         # A peer that reconnects still owes what it took: a new connection waits its turn too.
         self._owed = self.dispatch.shares.wait(self.peer.pid, trio.current_time())
         while not self.closing:
@@ -254,12 +271,20 @@ class Connection:
             if self.closing:
                 return
             try:
-                data = await self.inbound.receive()
+                got = await self._receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
-            if not data:
+            if isinstance(got, list):  # what the fast path left undone, decoded already
+                batches: Iterable[list[Event]] = (got,)
+            elif not got:
                 await self._peer_stopped_sending()
                 return
+            else:
+                data = got
+                batches = (
+                    parser.feed(data[start : start + FEED_SLICE])
+                    for start in range(0, len(data), FEED_SLICE)
+                )
             now = self.last_active = trio.current_time()
             frames_before, held_before = parser.frames, self.held_for
             replies.hold = True
@@ -267,8 +292,8 @@ class Connection:
             # False while waiting: a wait cut short by a cancellation is not work).
             turn_began, in_turn = time.perf_counter(), True
             try:
-                for start in range(0, len(data), FEED_SLICE):
-                    for event in parser.feed(data[start : start + FEED_SLICE]):
+                for events in batches:
+                    for event in events:
                         # One chunk can hold thousands of small frames: apply the limits per
                         # request, so replies never pile up (backpressure, nothing dropped).
                         if self._backlogged(limits):
@@ -303,6 +328,77 @@ class Connection:
                 await replies.flush()  # inline replies leave now, without waking the writer
                 if replies.broken:
                     return
+
+    async def _receive(self) -> bytes | list[Event]:
+        """The next chunk (b"" at EOF), or the events the fast path left to this task.
+
+        With the server's poller running, the reader parks there: while it stays parked, the
+        poller runs its fast path (``on_readable``) for every chunk that needs no wait."""
+        poller = self.dispatch.poller
+        while poller.running:
+            got = await poller.wait(self.fd, self)
+            if got is not STOPPED:
+                return got  # type: ignore[no-any-return]
+        return await self.inbound.receive()
+
+    # -- the fast path, run by the poller while the reader is parked ----------------------------
+    def on_readable(self) -> None:
+        """The poller found this parked reader's socket readable: read and answer here, in the
+        connection's context, or hand the reader task what needs a wait (``poller.py``)."""
+        try:
+            left = self._context.run(self._fast_read)
+        except Exception as exc:  # raised in the reader task, as if it had happened there
+            self.dispatch.poller.wake(self.fd, self, outcome.Error(exc))
+            return
+        if left is not None:
+            self.dispatch.poller.wake(self.fd, self, outcome.Value(left))
+
+    def _fast_read(self) -> bytes | list[Event] | None:
+        """One chunk read and dispatched without a wait: None when done (the reader stays
+        parked), else what the reader task must do: bytes to work through (EOF: b"", or a chunk
+        larger than one slice), the events left undone (possibly none: a wait comes first)."""
+        limits = self.dispatch.limits
+        if self._owed or self.closing or self._backlogged(limits):
+            return []  # the task holds back, waits for room or ends, then reads
+        try:
+            data = os.read(self.fd, RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                return b""
+            raise
+        if not data or len(data) > FEED_SLICE:
+            return data
+        parser, replies, nursery = self.parser, self.replies, self._nursery
+        assert nursery is not None  # parked only inside ``_read_loop``
+        now = self.last_active = trio.current_time()
+        frames_before = parser.frames
+        replies.hold = True
+        turn_began = time.perf_counter()
+        try:
+            events = parser.feed(data)
+            if not parser.partial_bytes:
+                self.frame_started = None
+            elif self.frame_started is None or parser.frames != frames_before:
+                self.frame_started = now
+            for i, event in enumerate(events):
+                if self._backlogged(limits) or self.closing:
+                    return events[i:]
+                if isinstance(event, Request):
+                    self._dispatch(nursery, event)
+                elif isinstance(event, Violation) and self._violation(event):
+                    return []  # closing: the task ends the connection
+                if time.perf_counter() - turn_began > TURN_BUDGET:
+                    return events[i + 1 :]  # the task goes on in its own turn
+        finally:
+            replies.hold = False
+            self._charge(turn_began)
+            if replies.pending:
+                replies.send_now()  # what is left waits for the writer task
+        if replies.broken:
+            return b""  # the peer went away: the task ends the connection
+        return [] if self._owed else None
 
     def _charge(self, turn_began: float) -> None:
         """Charge the work since ``turn_began`` to the peer's share (``share.py``)."""

@@ -145,6 +145,34 @@ class Replies:
         if not self.writing and not self.hold:
             self._wake.set()
 
+    def send_now(self) -> None:
+        """Write what is queued without blocking (the poller's fast path): what the kernel does
+        not take now waits for the writer task, which is woken for it."""
+        if self.writing or not self.pending:
+            return
+        batch = self._next_batch()
+        began = time.perf_counter()
+        try:
+            sent = os.write(self._fd, batch)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the peer went away
+            self.broken = True
+            self.pending.clear()
+            self.unsent = 0
+            self._on_sent()
+            return
+        finally:
+            self.write_seconds += time.perf_counter() - began
+        if sent:
+            self._progress = trio.current_time()
+            self.unsent -= sent
+            self._on_sent()
+        if sent < len(batch):
+            self.pending.insert(0, batch[sent:])
+        if self.pending:
+            self._wake.set()
+
     def take_write_seconds(self) -> float:
         """The time spent in writes since the last call (the peer's share is charged it)."""
         spent, self.write_seconds = self.write_seconds, 0.0

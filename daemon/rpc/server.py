@@ -100,6 +100,7 @@ class Server:
         with self._conn_scope:
             async with trio.open_nursery() as conns:
                 conns.start_soon(self._sweep)
+                conns.start_soon(self.dispatch.poller.run)
                 with trio.CancelScope() as accept_scope:
                     self._accept_scope = accept_scope
                     task_status.started()

@@ -1,0 +1,129 @@
+"""One epoll for every idle connection reader: most requests are answered without a task switch.
+
+Why: a reader task per connection, each waiting in trio's ``wait_readable``, costs every request a
+registration, a wake-up and a task switch. On the 2-core machine of docs/performance.md a bare
+trio msgpack server spent 28-30 us of CPU per ``hello`` round trip at 64 connections, the same
+frames answered by a plain Python epoll loop 10 us: most of a replay's or a rejection's cost was
+that machinery, not the daemon's work (docs/performance.md, "The shared poller").
+
+Promises:
+- A connection's reader with nothing left to do but wait for bytes parks here (``wait``): its
+  descriptor is registered in the poller's own epoll (level-triggered) for as long as it is
+  parked, and only then.
+- One poller task waits in trio for that epoll to have events, then calls each ready reader's
+  ``on_readable`` synchronously: the reader's fast path reads, decodes and dispatches there,
+  and stays parked. So a request costs one read, its work and one write.
+- Whatever must wait (backpressure, a peer over its share, a used-up turn, EOF, a closing
+  connection, a large chunk) the fast path hands to the parked reader task with ``wake``: the
+  descriptor leaves the epoll and the task resumes with what was left (bytes or decoded
+  events). An exception in a fast path is raised in the reader task, as if it had happened there.
+- A reader cancelled while parked leaves the epoll at once (trio's abort), so a closed or cut-off
+  connection is never polled again; a pass skips readers that left meanwhile.
+- The poller's own turn: after ``POLLER_TURN`` seconds of fast paths in one pass it lets every
+  other runnable task run once (request tasks it started, the storage writer's completions)
+  before the next ready reader.
+- A poller that stops (its task cancelled) wakes every parked reader with ``STOPPED``; readers
+  then read for themselves (``Inbound.receive``), as they do when no poller runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import time
+from typing import Any, Final, Protocol
+
+import outcome
+import trio
+
+__all__ = ["MAX_EVENTS", "POLLER_TURN", "STOPPED", "Parked", "Poller"]
+
+POLLER_TURN: Final = 0.001  # seconds of fast paths in one pass before the others get a turn
+MAX_EVENTS: Final = 256  # ready descriptors taken from the epoll per system call
+
+
+class _Stopped:
+    def __repr__(self) -> str:
+        return "STOPPED"
+
+
+STOPPED: Final = _Stopped()  # what a parked reader is woken with when the poller stops
+
+
+class Parked(Protocol):
+    """A parked reader: its fast path, run by the poller when its descriptor is readable."""
+
+    def on_readable(self) -> None: ...
+
+
+class Poller:
+    """The shared epoll of the parked readers and the task that serves it (``run``)."""
+
+    def __init__(self) -> None:
+        self._epoll: Any = None  # select.epoll while running
+        self._parked: dict[int, tuple[Parked, trio.lowlevel.Task]] = {}
+        self.running = False
+        self.passes = 0  # wake-ups with at least one ready reader (for tests and probes)
+        self.handed = 0  # readers woken with something to do (``wake``)
+
+    @property
+    def parked(self) -> int:
+        """Readers parked now."""
+        return len(self._parked)
+
+    async def run(self) -> None:
+        """Serve the parked readers until cancelled (one ``run`` at a time)."""
+        if self.running:
+            raise RuntimeError("the poller already runs")
+        epoll = self._epoll = select.epoll()
+        parked = self._parked
+        self.running = True
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                ready = epoll.poll(0, MAX_EVENTS)
+                if ready:
+                    self.passes += 1
+                began = time.perf_counter()
+                for fd, _events in ready:
+                    entry = parked.get(fd)
+                    if entry is not None:
+                        entry[0].on_readable()
+                    if time.perf_counter() - began > POLLER_TURN:
+                        await trio.lowlevel.checkpoint()
+                        began = time.perf_counter()
+        finally:
+            self.running = False
+            for fd in list(parked):
+                self._release(fd, outcome.Value(STOPPED))
+            epoll.close()
+
+    async def wait(self, fd: int, reader: Parked) -> Any:
+        """Park the current task as ``reader`` of ``fd`` until its fast path hands it something
+        (``wake``); raises what the fast path raised, or Cancelled (the descriptor leaves)."""
+        self._epoll.register(fd, select.EPOLLIN)
+        self._parked[fd] = (reader, trio.lowlevel.current_task())
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            self._forget(fd)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def wake(self, fd: int, reader: Parked, result: outcome.Outcome[Any]) -> None:
+        """Resume ``reader``'s parked task with ``result`` (nothing when it is not parked: it
+        was cancelled, or woken already)."""
+        entry = self._parked.get(fd)
+        if entry is not None and entry[0] is reader:
+            self.handed += 1
+            self._release(fd, result)
+
+    def _release(self, fd: int, result: outcome.Outcome[Any]) -> None:
+        _reader, task = self._parked[fd]
+        self._forget(fd)
+        trio.lowlevel.reschedule(task, result)
+
+    def _forget(self, fd: int) -> None:
+        del self._parked[fd]
+        with contextlib.suppress(OSError, ValueError):  # closed already: the kernel dropped it
+            self._epoll.unregister(fd)

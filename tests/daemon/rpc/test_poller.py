@@ -1,0 +1,288 @@
+"""The shared poller (daemon/rpc/poller.py) over real sockets: parking, fast paths, hand-overs,
+cancellation and a stopped poller; then the same through a real server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import outcome
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+from test_server import IO_TIMEOUT, Peer, SlowWork, serving
+
+from claykiln.daemon.rpc.poller import STOPPED, Poller
+from claykiln.daemon.rpc.protocol import encode_request
+from claykiln.daemon.rpc.server import Method, RequestContext, Server, ServerLimits
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short temp dir under /tmp (AF_UNIX paths must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="kiln-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Reader:
+    """A parked reader whose fast path reads what came and hands it over when told to."""
+
+    def __init__(self, poller: Poller, sock: socket.socket, *, hand_over: bool = True) -> None:
+        self.poller = poller
+        self.sock = sock
+        self.hand_over = hand_over
+        self.read: list[bytes] = []
+        self.error: BaseException | None = None
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(4096)
+        except BlockingIOError:
+            return
+        self.read.append(data)
+        if self.error is not None:
+            self.poller.wake(self.sock.fileno(), self, outcome.Error(self.error))
+        elif self.hand_over:
+            self.poller.wake(self.sock.fileno(), self, outcome.Value(data))
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+@asynccontextmanager
+async def polling() -> AsyncIterator[tuple[Poller, trio.Nursery]]:
+    poller = Poller()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poller.run)
+        await trio.testing.wait_all_tasks_blocked()
+        yield poller, nursery
+        nursery.cancel_scope.cancel()
+
+
+async def test_fast_path_runs_while_the_task_stays_parked(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Each chunk is read by the fast path in the poller; the task is not woken for it."""
+    ours, theirs = pair
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling() as (poller, nursery):
+            reader = Reader(poller, ours, hand_over=False)
+            woken: list[Any] = []
+
+            async def park() -> None:
+                woken.append(await poller.wait(ours.fileno(), reader))
+
+            nursery.start_soon(park)
+            await trio.testing.wait_all_tasks_blocked()
+            assert poller.parked == 1
+            for n in range(5):
+                theirs.send(b"chunk %d" % n)
+                while len(reader.read) <= n:
+                    await trio.lowlevel.checkpoint()
+                    await trio.testing.wait_all_tasks_blocked()
+            assert reader.read == [b"chunk %d" % n for n in range(5)]
+            assert woken == [] and poller.parked == 1 and poller.handed == 0
+            assert poller.passes >= 5
+            reader.hand_over = True
+            theirs.send(b"last")
+            await trio.testing.wait_all_tasks_blocked()
+            assert woken == [b"last"] and poller.parked == 0 and poller.handed == 1
+
+
+async def test_hand_over_unregisters_until_parked_again(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Once woken, the reader's descriptor is not polled: bytes that arrive meanwhile wait in
+    the socket (level-triggered) and are seen when the reader parks again."""
+    ours, theirs = pair
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling() as (poller, _nursery):
+            reader = Reader(poller, ours)
+            theirs.send(b"one")
+            assert await poller.wait(ours.fileno(), reader) == b"one"
+            theirs.send(b"two")
+            await trio.testing.wait_all_tasks_blocked()
+            assert reader.read == [b"one"]  # not parked: not read
+            assert await poller.wait(ours.fileno(), reader) == b"two"
+
+
+async def test_an_error_in_the_fast_path_is_raised_in_the_task(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling() as (poller, _nursery):
+            reader = Reader(poller, ours)
+            reader.error = ValueError("broken in the fast path")
+            theirs.send(b"x")
+            with pytest.raises(ValueError, match="broken in the fast path"):
+                await poller.wait(ours.fileno(), reader)
+            assert poller.parked == 0
+
+
+async def test_a_cancelled_reader_leaves_the_epoll(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Cancelled while parked: it is forgotten at once and its bytes are never read for it;
+    a ``wake`` for it afterwards does nothing."""
+    ours, theirs = pair
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling() as (poller, nursery):
+            reader = Reader(poller, ours)
+            with trio.CancelScope() as scope:
+                nursery.start_soon(lambda: _cancel_soon(scope))
+                await poller.wait(ours.fileno(), reader)
+            assert scope.cancelled_caught and poller.parked == 0
+            theirs.send(b"after")
+            await trio.testing.wait_all_tasks_blocked()
+            assert reader.read == []
+            poller.wake(ours.fileno(), reader, outcome.Value(b"late"))  # not parked: ignored
+            assert poller.handed == 0
+
+
+async def _cancel_soon(scope: trio.CancelScope) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
+
+
+async def test_a_stopped_poller_wakes_its_readers(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """The poller's task ends: every parked reader resumes with STOPPED (it then reads itself)."""
+    ours, _theirs = pair
+    poller = Poller()
+    got: list[Any] = []
+    poller_scope = trio.CancelScope()
+
+    async def serve() -> None:
+        with poller_scope:
+            await poller.run()
+
+    async def park() -> None:
+        got.append(await poller.wait(ours.fileno(), Reader(poller, ours)))
+
+    with trio.fail_after(IO_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(park)
+            await trio.testing.wait_all_tasks_blocked()
+            assert poller.parked == 1
+            poller_scope.cancel()
+    assert got == [STOPPED]
+    assert not poller.running and poller.parked == 0
+
+
+async def test_one_poller_runs_at_a_time() -> None:
+    poller = Poller()
+    with trio.fail_after(IO_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poller.run)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(RuntimeError, match="already runs"):
+                await poller.run()
+            nursery.cancel_scope.cancel()
+
+
+# -- through a real server ----------------------------------------------------------------------
+def echo(ctx: RequestContext, args: Any) -> Any:
+    return args
+
+
+def table(work: SlowWork) -> dict[str, Method]:
+    methods = [Method("echo", inline=echo), Method("slow", handler=work.handler)]
+    return {m.name: m for m in methods}
+
+
+async def test_server_answers_small_requests_in_the_fast_path(sock_dir: Path) -> None:
+    """A connection's requests are answered while its reader stays parked: no hand-over."""
+    server = Server(table(SlowWork()))
+    poller = server.dispatch.poller
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(server, sock_dir) as running:
+            peer = await Peer.connect(running.path)
+            for n in range(50):
+                reply = await peer.call(n, "echo", {"n": n})
+                assert reply == [1, n, None, {"n": n}]
+            assert poller.handed == 0 and poller.passes >= 50
+            assert poller.parked == 1
+            await peer.stream.aclose()
+
+
+async def test_large_chunks_and_backpressure_go_to_the_reader_task(sock_dir: Path) -> None:
+    """A chunk over one decoding slice, and requests over max_in_flight, are the reader task's:
+    every request is still answered, in full."""
+    work = SlowWork()
+    server = Server(table(work), ServerLimits(max_in_flight=2))
+    poller = server.dispatch.poller
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(server, sock_dir) as running:
+            peer = await Peer.connect(running.path)
+            big = {"blob": "x" * 20_000}
+            assert await peer.call(1, "echo", big) == [1, 1, None, big]
+            assert poller.handed >= 1
+            handed = poller.handed
+            await peer.send(*(encode_request(10 + n, "slow", {"n": n}) for n in range(5)))
+            await trio.testing.wait_all_tasks_blocked()
+            assert sorted(work.started) == [0, 1]  # two in flight; the rest wait unread
+            assert poller.handed > handed
+            work.release(0, 1, 2, 3, 4)
+            replies = [await peer.receive() for _ in range(5)]
+            assert sorted(r[1] for r in replies) == [10, 11, 12, 13, 14]
+            assert all(r[2] is None for r in replies)
+            await peer.stream.aclose()
+
+
+async def test_a_closed_connection_leaves_the_poller(sock_dir: Path) -> None:
+    """A peer that hangs up while its reader is parked: the connection ends and nothing of it
+    stays parked."""
+    server = Server(table(SlowWork()))
+    poller = server.dispatch.poller
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(server, sock_dir) as running:
+            peers = [await Peer.connect(running.path) for _ in range(3)]
+            for n, peer in enumerate(peers):
+                assert (await peer.call(n, "echo", {"n": n}))[3] == {"n": n}
+            assert poller.parked == 3
+            await peers[0].stream.aclose()
+            while server.connections != 2:
+                await trio.sleep(0.001)
+            assert poller.parked == 2
+            await peers[1].send(msgpack.packb([0, 9, "echo", [{"n": 9}]]))
+            assert (await peers[1].receive())[3] == {"n": 9}
+            for peer in peers[1:]:
+                await peer.stream.aclose()
+
+
+async def test_without_a_running_poller_readers_read_for_themselves(sock_dir: Path) -> None:
+    """A connection whose dispatch has no running poller reads with its own task (the path a
+    reader takes after STOPPED): requests are answered the same."""
+    server = Server(table(SlowWork()))
+    with trio.fail_after(IO_TIMEOUT):
+        async with serving(server, sock_dir) as running:
+            server.dispatch.poller = idle = Poller()  # never run
+            peer = await Peer.connect(running.path)
+            big = {"blob": "y" * 20_000}
+            for n in range(5):
+                assert await peer.call(n, "echo", {"n": n}) == [1, n, None, {"n": n}]
+            assert await peer.call(9, "echo", big) == [1, 9, None, big]
+            assert idle.passes == idle.parked == 0
+            await peer.stream.aclose()
