@@ -126,18 +126,8 @@ class Replies:
         if not self.unsent:
             self._progress = trio.current_time()  # the wait for the peer starts now
             if not self.hold and not self.writing:
-                began = time.perf_counter()
-                try:
-                    sent = os.write(self._fd, frame)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:  # the peer went away
-                    self.broken = True
-                    self._on_sent()
-                    return
-                finally:
-                    self.write_seconds += time.perf_counter() - began
-                if sent == len(frame):
+                sent = self._write_now(frame)
+                if sent < 0 or sent == len(frame):
                     return
                 frame = frame[sent:]  # the rest waits for room, with the writer
         self.pending.append(frame)
@@ -151,19 +141,11 @@ class Replies:
         if self.writing or not self.pending:
             return
         batch = self._next_batch()
-        began = time.perf_counter()
-        try:
-            sent = os.write(self._fd, batch)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # the peer went away
-            self.broken = True
+        sent = self._write_now(batch)
+        if sent < 0:
             self.pending.clear()
             self.unsent = 0
-            self._on_sent()
             return
-        finally:
-            self.write_seconds += time.perf_counter() - began
         if sent:
             self._progress = trio.current_time()
             self.unsent -= sent
@@ -172,6 +154,21 @@ class Replies:
             self.pending.insert(0, batch[sent:])
         if self.pending:
             self._wake.set()
+
+    def _write_now(self, data: bytes) -> int:
+        """One non-blocking write, timed: the bytes the kernel took (0: its buffer is full), or
+        -1 when the peer went away (``broken`` is set and the waiters told)."""
+        began = time.perf_counter()
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            self.broken = True
+            self._on_sent()
+            return -1
+        finally:
+            self.write_seconds += time.perf_counter() - began
 
     def take_write_seconds(self) -> float:
         """The time spent in writes since the last call (the peer's share is charged it)."""

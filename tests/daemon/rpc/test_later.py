@@ -4,13 +4,9 @@ flight meanwhile, over a real Unix socket and server."""
 from __future__ import annotations
 
 import gc
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from test_server import Peer, err, ok, serving, settle
 
@@ -21,16 +17,6 @@ from claykiln.daemon.rpc.types import Later
 from claykiln.storage import StoreFull
 
 IO_TIMEOUT = 10.0  # seconds; a hang fails instead of stalling CI
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short temp dir under /tmp (AF_UNIX paths must stay under 108 bytes)."""
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="kiln-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Parked:

@@ -3,9 +3,7 @@ cancellation and a stopped poller; then the same through a real server."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,16 +20,6 @@ from test_server import IO_TIMEOUT, Peer, SlowWork, serving
 from claykiln.daemon.rpc.poller import STOPPED, Poller
 from claykiln.daemon.rpc.protocol import encode_request
 from claykiln.daemon.rpc.server import Method, RequestContext, Server, ServerLimits
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short temp dir under /tmp (AF_UNIX paths must stay under 108 bytes)."""
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="kiln-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Reader:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import struct
-import tempfile
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -117,16 +115,6 @@ def methods(slow: SlowWork, prechecked: list[Any] | None = None) -> dict[str, Me
 
 
 # -- harness ----------------------------------------------------------------------------------
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short temp dir under /tmp (AF_UNIX paths must stay under 108 bytes)."""
-    path = Path(tempfile.mkdtemp(dir="/tmp", prefix="kiln-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 class Running:
     """A server serving on ``path``; ``stopped`` is set when ``serve`` returns by itself."""
 
