@@ -37,14 +37,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Final, cast
 
 import attrs
+import outcome
 import trio
 
 from claykiln.actors.log import get_logger
 from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply, Then
 from claykiln.storage import Op, StorageClosed, StorageError, Store, StoreFull
+from claykiln.storage.handoff import HANDOFF
 from claykiln.storage.ops import PreparedOp
 
 __all__ = ["HELD_RETRY", "MAX_HELD", "WRITER_INBOX", "HeldOps", "Writer", "WriterStats"]
@@ -264,9 +267,7 @@ class Writer:
         """Commit ``batch`` in one transaction, growing the map as needed; isolate on failure."""
         groups = [ask.ops for ask in batch]
         while True:
-            error = await trio.to_thread.run_sync(
-                self._store.commit_group, groups, limiter=self._limiter
-            )
+            error = await _commit_in_thread(self._store, groups)
             if error is None:
                 self._state.transactions += 1
                 for ask in batch:
@@ -384,3 +385,28 @@ class Writer:
 def _copy_error(error: StorageError) -> StorageError:
     """A fresh instance per ask: one exception object must not be raised in several tasks."""
     return type(error)(*error.args)
+
+
+async def _commit_in_thread(
+    store: Store, groups: Sequence[Sequence[PreparedOp]]
+) -> StorageError | None:
+    """``store.commit_group(groups)`` in a worker thread, the trio thread handing it the GIL
+    for its puts (storage/handoff.py). Like ``trio.to_thread.run_sync`` without a limiter (one
+    writer, one commit at a time) and with the hand-over asked only once the job is started:
+    asked before, the trio thread would wait for a worker that has not begun. Not cancellable
+    while the thread runs: a commit in progress completes, as with ``to_thread.run_sync``.
+    """
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: outcome.Outcome[StorageError | None]) -> None:
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(partial(store.commit_group, groups), deliver)
+    HANDOFF.request()
+    # A cancellation asked meanwhile is delivered at the writer's next checkpoint, after the
+    # batch's asks are completed: a write that was committed is never reported lost.
+    error: StorageError | None = await trio.lowlevel.wait_task_rescheduled(
+        lambda _raise_cancel: trio.lowlevel.Abort.FAILED
+    )
+    return error

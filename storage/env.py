@@ -27,6 +27,7 @@ import lmdb
 
 from claykiln.storage.codec import PACKING_ERRORS, not_encodable, packer, unpack
 from claykiln.storage.errors import RecordDamaged, StorageClosed, StorageError, StoreFull
+from claykiln.storage.handoff import HANDOFF
 from claykiln.storage.integrity import check_files, walk_in_child
 from claykiln.storage.ops import Delete, Op, PreparedOp, Put
 from claykiln.storage.schema import RESERVED_META_KEYS, StoreMeta, initialize
@@ -371,12 +372,20 @@ class Store:
 
         None when committed (durable if sync); otherwise nothing was committed and the result is
         StoreFull (the map is full: grow and retry) or another StorageError."""
-        with self._write_lock:
-            if self._env is None:
-                return StorageClosed(f"the store at {self.path} is closed")
-            return commit_group(
-                self._env, self._dbs, batch, path=self.path, full_error=self.full_error
-            )
+        try:
+            with self._write_lock:
+                if self._env is None:
+                    return StorageClosed(f"the store at {self.path} is closed")
+                return commit_group(
+                    self._env,
+                    self._dbs,
+                    batch,
+                    path=self.path,
+                    full_error=self.full_error,
+                    applied=HANDOFF.release,
+                )
+        finally:
+            HANDOFF.release()  # whatever happened: the trio thread never waits on a failure
 
     def commit_isolated(self, batch: Sequence[Sequence[PreparedOp]]) -> list[StorageError | None]:
         """Apply each request of ``batch`` in its own nested transaction under ONE outer write

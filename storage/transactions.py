@@ -42,12 +42,16 @@ def commit_group(
     *,
     path: Path,
     full_error: Callable[[], StoreFull],
+    applied: Callable[[], None] | None = None,
 ) -> StorageError | None:
-    """Apply every request of ``batch`` in one transaction; None once committed."""
+    """Apply every request of ``batch`` in one transaction; None once committed. ``applied`` is
+    called once the puts are done, before the commit writes and syncs."""
     txn = env.begin(write=True)
     try:
         for ops in batch:
             apply_ops(txn, dbs, ops)
+        if applied is not None:
+            applied()
         txn.commit()
     except lmdb.MapFullError:
         txn.abort()

@@ -36,6 +36,8 @@ from typing import Any, Final, Protocol
 import outcome
 import trio
 
+from claykiln.storage.handoff import HANDOFF
+
 __all__ = ["MAX_EVENTS", "POLLER_TURN", "STOPPED", "Parked", "Poller"]
 
 POLLER_TURN: Final = 0.001  # seconds of fast paths in one pass before the others get a turn
@@ -86,6 +88,8 @@ class Poller:
                     self.passes += 1
                 began = time.perf_counter()
                 for fd, _events in ready:
+                    if HANDOFF.wanted:  # the storage writer's puts first (storage/handoff.py)
+                        HANDOFF.give()
                     entry = parked.get(fd)
                     if entry is not None:
                         entry[0].on_readable()

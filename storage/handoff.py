@@ -1,0 +1,58 @@
+"""Handing the GIL to the storage writer's thread while it applies a transaction's puts.
+
+Why: py-lmdb releases the GIL around every put, so a commit of ~100 puts takes the GIL back
+~100 times. Beside a busy trio thread that itself drops and retakes the GIL at every system
+call, the worker thread loses nearly every one of those races: CPython only forces a switch
+after a whole switch interval with no switch at all, and the busy thread's own drops keep
+resetting it. Measured under the ``submit`` load (docs/performance.md, "The GIL hand-off to
+the commit thread"): a commit's worker waited ~2.3 ms to start and took ~2 ms for puts that
+take ~0.2 ms alone, and the trio thread idled a quarter of the time waiting for commits.
+
+So: the writer asks (``request``) before it hands a transaction to its thread; the trio
+thread, at its next safe point (``give``: the poller between two connections), blocks with
+the GIL released until the worker has applied its puts (``release``, called before the
+commit's fsync, which needs no GIL) or ``HANDOFF_TIMEOUT`` passed. One deliberate hand-over
+per transaction instead of a contested one per put. ``give`` is a no-op when nothing was
+asked, and the worker's ``release`` is idempotent, so a commit that fails early never leaves
+the trio thread waiting past the timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Final
+
+__all__ = ["HANDOFF", "HANDOFF_TIMEOUT", "GilHandoff"]
+
+HANDOFF_TIMEOUT: Final = 0.002  # seconds the trio thread waits for a worker's puts at most
+
+
+class GilHandoff:
+    """One pending request of a worker thread for an uncontested GIL (see the module card)."""
+
+    def __init__(self) -> None:
+        self.wanted = False
+        self._done = threading.Event()
+        self._done.set()
+        self.given = 0  # hand-overs made (for probes and tests)
+
+    def request(self) -> None:
+        """The trio thread is about to hand a transaction to the worker thread."""
+        self._done.clear()
+        self.wanted = True
+
+    def release(self) -> None:
+        """The worker applied its puts (or failed): the trio thread may go on."""
+        self.wanted = False
+        self._done.set()
+
+    def give(self, timeout: float = HANDOFF_TIMEOUT) -> None:
+        """At a safe point of the trio thread: if a worker asked, wait (GIL released) until it
+        released or ``timeout`` passed."""
+        if self.wanted:
+            self.wanted = False  # asked once, given once: a timeout does not make it wait again
+            self.given += 1
+            self._done.wait(timeout)
+
+
+HANDOFF: Final = GilHandoff()
