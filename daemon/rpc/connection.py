@@ -49,8 +49,6 @@ drains; a connection reports what the sweeper needs (``idle_for``, ``frame_age``
 from __future__ import annotations
 
 import contextvars
-import errno
-import os
 import time
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -68,7 +66,7 @@ from claykiln.actors.errors import (
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.answers import await_later, run_request
 from claykiln.daemon.rpc.dispatch import Dispatch
-from claykiln.daemon.rpc.inbound import HANGUP_POLL, RECV_SIZE, Inbound
+from claykiln.daemon.rpc.inbound import HANGUP_POLL, Inbound
 from claykiln.daemon.rpc.listener import PeerCred
 from claykiln.daemon.rpc.poller import STOPPED
 from claykiln.daemon.rpc.protocol import (
@@ -119,7 +117,7 @@ class Connection:
         self.fd = stream.socket.fileno()
         self._context = contextvars.copy_context()  # set in ``run``: the fast path runs in it
         self._nursery: trio.Nursery | None = None  # the requests' nursery, while reading
-        self.replies = Replies(stream.socket.fileno(), self._room_changed)
+        self.replies = Replies(self.fd, self._room_changed)
         self.in_flight = 0
         self.room = trio.Event()
         self.closing = False
@@ -320,14 +318,21 @@ class Connection:
                 replies.hold = False
                 if in_turn:
                     self._charge(turn_began)
-            if not parser.partial_bytes:
-                self.frame_started = None
-            elif self.frame_started is None or parser.frames != frames_before:
-                self.frame_started = now + self.held_for - held_before
+            # The frame deadline is the peer's: our waits for its share do not count.
+            self._track_frame(now + self.held_for - held_before, frames_before)
             if replies.pending:
                 await replies.flush()  # inline replies leave now, without waking the writer
                 if replies.broken:
                     return
+
+    def _track_frame(self, began: float, frames_before: int) -> None:
+        """After a chunk: no frame half-received (None), or when the incomplete one began
+        (``began`` if it is new since ``frames_before``; kept if it is still the same)."""
+        parser = self.parser
+        if not parser.partial_bytes:
+            self.frame_started = None
+        elif self.frame_started is None or parser.frames != frames_before:
+            self.frame_started = began
 
     async def _receive(self) -> bytes | list[Event]:
         """The next chunk (b"" at EOF), or the events the fast path left to this task.
@@ -360,14 +365,9 @@ class Connection:
         limits = self.dispatch.limits
         if self._owed or self.closing or self._backlogged(limits):
             return []  # the task holds back, waits for room or ends, then reads
-        try:
-            data = os.read(self.fd, RECV_SIZE)
-        except BlockingIOError:
+        data = self.inbound.read_now()
+        if data is None:
             return None
-        except OSError as exc:
-            if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
-                return b""
-            raise
         if not data or len(data) > FEED_SLICE:
             return data
         parser, replies, nursery = self.parser, self.replies, self._nursery
@@ -378,10 +378,7 @@ class Connection:
         turn_began = time.perf_counter()
         try:
             events = parser.feed(data)
-            if not parser.partial_bytes:
-                self.frame_started = None
-            elif self.frame_started is None or parser.frames != frames_before:
-                self.frame_started = now
+            self._track_frame(now, frames_before)
             for i, event in enumerate(events):
                 if self._backlogged(limits) or self.closing:
                     return events[i:]

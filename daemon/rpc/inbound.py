@@ -37,23 +37,27 @@ class Inbound:
         """The next chunk from the socket (b"" at EOF or a reset). Waits for readability first
         when the last read drained the socket, which is also the reader's checkpoint; a read that
         filled the buffer is followed by another at once, with an explicit checkpoint."""
-        fd = self._fd
         if self._drained:
-            await trio.lowlevel.wait_readable(fd)
+            await trio.lowlevel.wait_readable(self._fd)
         else:
             await trio.lowlevel.checkpoint()
-        while True:
-            try:
-                data = os.read(fd, RECV_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(fd)
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
-                    return b""
-                raise
-            self._drained = len(data) < RECV_SIZE
-            return data
+        while (data := self.read_now()) is None:
+            await trio.lowlevel.wait_readable(self._fd)
+        return data
+
+    def read_now(self) -> bytes | None:
+        """One non-blocking read: the chunk, b"" at EOF or a reset, None when nothing is there
+        yet (the poller's fast path reads with it too)."""
+        try:
+            data = os.read(self._fd, RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                return b""
+            raise
+        self._drained = len(data) < RECV_SIZE
+        return data
 
     def hung_up(self) -> bool:
         """True when the peer closed its whole end, not only its write side."""
