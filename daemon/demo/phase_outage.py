@@ -80,9 +80,11 @@ async def outage(ctx: DemoContext, phase: Phase) -> None:
             for _ in range(plan.callers):
                 nursery.start_soon(caller)
             await trio.sleep(plan.healthy_lead)
-            marks["outage"] = await sim.counters()
             stage[0] = DURING
             await sim.set_faults(outage="unavailable", path_prefix=PUBLIC_PATHS)
+            # Counted from here: a call that reached Clay between the two control requests
+            # would be a 200 counted as received during the outage.
+            marks["outage"] = await sim.counters()
             if webhook != key:
                 pushes = phase.stage(f"webhook pushes meanwhile (breaker {webhook})")
                 nursery.start_soon(ctx.push_while, pushes, OUTAGE_ROWS, lambda: stage[0] == DURING)
