@@ -16,11 +16,19 @@ reached the upstream and nobody knows the answer: the call timed out after sendi
 daemon died, and the next start converts what it finds in flight), or deletes it (a failure
 that was never sent, or that a retry may simply repeat: a record it re-ran stays as it was).
 Every record expires ``retention`` seconds after its call started.
+
+A completed record keeps its answer packed, as a replay sends it (``answer``: the msgpack map
+of the result with ``replayed: true`` and the key; ``answer_crc``, its CRC-32; ``key_added``
+when the result itself had no ``idempotency_key``, so it reads back as it was): a replay
+frames those bytes without decoding or packing the result (``replay_body``), and a damaged copy
+is never sent. Records written before that layout kept the result as a plain map (``result``);
+they are read the same way.
 """
 
 from __future__ import annotations
 
 import enum
+import zlib
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -31,7 +39,7 @@ from claykiln.actors.errors import (
     IdempotencyInDoubtRefusal,
     IdempotencyMismatchRefusal,
 )
-from claykiln.storage import Delete, Op, Put, join_key, uint_key
+from claykiln.storage import Delete, Op, Put, join_key, pack, uint_key, unpack
 
 __all__ = [
     "EXPIRY_TABLE",
@@ -48,6 +56,7 @@ __all__ = [
     "mismatch_refusal",
     "record_ops",
     "removal_ops",
+    "replay_body",
     "split_expiry_key",
     "storage_key",
 ]
@@ -106,8 +115,8 @@ class IdempotencyRecord:
     """One key's record. Times are wall-clock seconds (they outlive the process).
 
     ``sent`` says what was (or was about to be) sent upstream: ``{"method", "path"}`` and, for a
-    stamped row, ``"key_field"``. ``result`` is the wire result of a completed call. ``doubt``
-    says why a record is in doubt.
+    stamped row, ``"key_field"``. ``result`` is the wire result of a completed call (stored as
+    its replay, see the module docstring). ``doubt`` says why a record is in doubt.
     """
 
     key: str
@@ -155,7 +164,11 @@ class IdempotencyRecord:
         if self.completed_at is not None:
             out["completed"] = self.completed_at
         if self.result is not None:
-            out["result"] = dict(self.result)
+            answer = pack({**self.result, "replayed": True, "idempotency_key": self.key})
+            out["answer"] = answer
+            out["answer_crc"] = zlib.crc32(answer)
+            if "idempotency_key" not in self.result:
+                out["key_added"] = True  # the replay's, not the result's: read back without
         if self.doubt is not None:
             out["doubt"] = self.doubt
         return out
@@ -167,7 +180,7 @@ class IdempotencyRecord:
         if not isinstance(value, Mapping):
             return None
         try:
-            result = value.get("result")
+            result = _stored_result(value)
             return cls(
                 key=key,
                 state=RecordState(value["state"]),
@@ -178,7 +191,7 @@ class IdempotencyRecord:
                 expires_at=float(value["expires"]),
                 sent=dict(value.get("sent") or {}),
                 completed_at=value.get("completed"),
-                result=dict(result) if isinstance(result, Mapping) else None,
+                result=result,
                 doubt=value.get("doubt"),
             )
         except (KeyError, TypeError, ValueError):
@@ -199,6 +212,36 @@ class IdempotencyRecord:
             "doubt": self.doubt,
             "result": dict(self.result) if self.result is not None else None,
         }
+
+
+def replay_body(value: Mapping[str, Any]) -> bytes | None:
+    """The packed replay answer of a stored record map (what ``to_value`` wrote), or None: no
+    packed answer (an intent, a record in doubt, the layout before packed answers) or a damaged
+    one (its CRC-32 differs: sending it could break the caller's stream)."""
+    answer = value.get("answer")
+    if type(answer) is not bytes or zlib.crc32(answer) != value.get("answer_crc"):
+        return None
+    return answer
+
+
+def _stored_result(value: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The result a stored record map holds: its packed answer without the replay marker, or
+    the plain map of the layout before packed answers; None for none. Raises ValueError for a
+    damaged answer (the record is malformed)."""
+    if "answer" in value:
+        body = replay_body(value)
+        try:
+            answer = None if body is None else unpack(body)
+        except Exception as exc:  # msgpack raises several kinds for bad bytes
+            raise ValueError("a damaged stored answer") from exc
+        if not isinstance(answer, dict):
+            raise ValueError("a damaged stored answer")
+        answer.pop("replayed", None)
+        if value.get("key_added"):
+            answer.pop("idempotency_key", None)
+        return answer
+    result = value.get("result")
+    return dict(result) if isinstance(result, Mapping) else None
 
 
 def intent_ops(intent: IdempotencyRecord) -> list[Op]:

@@ -9,7 +9,8 @@ Card
   the pipeline (``fail_fast``, ``call``); tells: the fallback cache (``remember``).
 - ``precheck(request)`` (no await, no task): validates the headers and the key (``required``
   without one is ``bad_request``), derives it, stamps the ``key_field``, and answers at once
-  what needs no upstream: a replay of a completed key (``replayed: true``), a mismatch, a key
+  what needs no upstream: a replay of a completed key (``replayed: true``; a ``PackedAnswer``,
+  the stored bytes sent as they are, for a record holding its packed answer), a mismatch, a key
   in doubt, and, for ``on_failure = "fallback"``, a fail-fast refusal answered from the cache.
   Otherwise it claims the key (lead or follow, decided over the record it just read) and
   returns the ``PreparedCall`` the handler runs; a claimed lead is released by ``call``.
@@ -57,12 +58,14 @@ from claykiln.actors.idempotency_record import (
     RecordState,
     in_doubt_refusal,
     mismatch_refusal,
+    replay_body,
 )
 from claykiln.actors.keyed_call_lead import CLEANUP_TIMEOUT, Leader
 from claykiln.actors.keyed_call_types import (
     NO_GUARD,
     CallGuard,
     IdempotencyMode,
+    PackedAnswer,
     PreparedCall,
     check_caller_headers,
     replayed,
@@ -76,6 +79,7 @@ __all__ = [
     "CallGuard",
     "IdempotencyMode",
     "KeyedCalls",
+    "PackedAnswer",
     "PreparedCall",
 ]
 
@@ -106,9 +110,9 @@ class KeyedCalls:
         self.guards = dict(guards)
 
     # -- on the connection reader ------------------------------------------------------------
-    def precheck(self, request: CallRequest) -> PreparedCall | dict[str, Any]:
-        """A ready answer (a replay, a fallback) or the ``PreparedCall`` to run; raises the
-        refusals that need no upstream (see the module card)."""
+    def precheck(self, request: CallRequest) -> PreparedCall | PackedAnswer | dict[str, Any]:
+        """A ready answer (a replay, packed or not; a fallback) or the ``PreparedCall`` to run;
+        raises the refusals that need no upstream (see the module card)."""
         op = self.pipeline.operation(request.operation)
         check_caller_headers(op, request.headers)
         guard = self.guards.get(op.name, NO_GUARD)
@@ -176,11 +180,12 @@ class KeyedCalls:
 
     def _stored_answer(
         self, key: str, fp: str, repeatable: bool, value: Any
-    ) -> dict[str, Any] | None:
+    ) -> PackedAnswer | dict[str, Any] | None:
         """The replay of the completed key whose stored map is ``value``; raises a mismatch or
         an in-doubt refusal; None when the call must go on (no record, expired, in doubt but
         repeatable, or a malformed record, which ``claim`` reports). Reads the map itself,
-        without building the record: this is the replay's hot path, on the connection reader."""
+        without building the record, and answers with the stored bytes: this is the replay's
+        hot path, on the connection reader."""
         if not isinstance(value, dict):
             return None
         stored_fp, state, expires = value.get("fp"), value.get("state"), value.get("expires")
@@ -196,8 +201,14 @@ class KeyedCalls:
         except Refusal as exc:
             self.idempotency.note_refusal(exc)
             raise
-        result = value.get("result")
-        if state != _COMPLETED or not isinstance(result, dict):
+        if state != _COMPLETED:
+            return None
+        body = replay_body(value)
+        if body is not None:
+            self.idempotency.precheck_replays += 1
+            return PackedAnswer(body)
+        result = value.get("result")  # the layout before packed answers (or a damaged one)
+        if "answer" in value or not isinstance(result, dict):
             return None
         self.idempotency.precheck_replays += 1
         out = dict(result)

@@ -4,7 +4,7 @@ a prepared call, and the checks and answers both its reader and its tasks use.""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 import attrs
 
@@ -13,11 +13,13 @@ from claykiln.actors.errors import BadRequestRefusal
 from claykiln.actors.fallback_policy import CachePolicy
 from claykiln.actors.idempotency_flights import Started
 from claykiln.actors.idempotency_record import IdempotencyRecord
+from claykiln.storage import unpack
 
 __all__ = [
     "NO_GUARD",
     "CallGuard",
     "IdempotencyMode",
+    "PackedAnswer",
     "PreparedCall",
     "check_caller_headers",
     "replayed",
@@ -75,6 +77,22 @@ def check_caller_headers(op: Operation, headers: Mapping[str, str]) -> None:
             if name.lower() == auth:
                 msg = f"header {name!r} is the operation's credential; the daemon sets it"
                 raise BadRequestRefusal(msg)
+
+
+@attrs.frozen
+class PackedAnswer:
+    """A replay the precheck answers with the stored bytes: ``body`` is the answer map
+    (``replayed: true``, its key) packed as msgpack, sent as it is, never decoded on the way
+    (actors/idempotency_record.py ``replay_body``). ``result()`` decodes it, for what must look
+    inside."""
+
+    body: bytes
+    outcome: ClassVar[str] = "replayed"  # what ``kiln top`` and the metrics count it as
+
+    def result(self) -> dict[str, Any]:
+        answer = unpack(self.body)
+        assert isinstance(answer, dict)
+        return answer
 
 
 def replayed(record: IdempotencyRecord) -> dict[str, Any]:

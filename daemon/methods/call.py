@@ -28,7 +28,7 @@ import trio
 from claykiln.actors.call import CallRequest, Operation, check_json
 from claykiln.actors.errors import BadRequestRefusal, Refusal
 from claykiln.actors.idempotency_record import check_key
-from claykiln.actors.keyed_call import PreparedCall
+from claykiln.actors.keyed_call import PackedAnswer, PreparedCall
 from claykiln.actors.upstream import NO_JSON
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.methods.args import check_names, str_map
@@ -169,6 +169,8 @@ def methods(runtime: Runtime) -> list[Method]:
             if op is not None and buries(op, exc):
                 return _Bury(request, exc)
             raise
+        if isinstance(prepared, PackedAnswer):
+            return Answered(prepared, packed=prepared.body)
         return Answered(prepared) if isinstance(prepared, dict) else prepared
 
     async def bury(request: CallRequest, error: Refusal, started: float) -> Refusal:

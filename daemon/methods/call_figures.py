@@ -16,6 +16,7 @@ from typing import Any, Final
 import trio
 
 from claykiln.actors.errors import Refusal
+from claykiln.actors.keyed_call import PackedAnswer
 from claykiln.daemon.rpc.types import Answered, Handler, InlineHandler, RequestContext
 from claykiln.daemon.runtime import Runtime
 
@@ -54,7 +55,11 @@ def counted(
             raise
         if isinstance(prepared, Answered):
             name = args.get("operation") if isinstance(args, dict) else None
-            outcome = answer_outcome(prepared.result) if isinstance(prepared.result, dict) else "ok"
+            result = prepared.result
+            if isinstance(result, PackedAnswer):
+                outcome = result.outcome
+            else:
+                outcome = answer_outcome(result) if isinstance(result, dict) else "ok"
             figures.record(label(name), outcome, trio.current_time() - started)
         return prepared
 

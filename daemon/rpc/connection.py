@@ -78,6 +78,7 @@ from claykiln.daemon.rpc.protocol import (
     clamp,
     encode_notification,
     encode_response,
+    encode_response_body,
     error_map,
     excerpt,
 )
@@ -487,7 +488,11 @@ class Connection:
                 dispatch.note_activity()
                 prepared = method.precheck(ctx, req.args)
                 if isinstance(prepared, Answered):
-                    self.send(pack_reply(req.msgid, prepared.result))
+                    packed = prepared.packed
+                    if packed is not None:
+                        self.send(encode_response_body(req.msgid, packed))
+                    else:
+                        self.send(pack_reply(req.msgid, prepared.result))
                     return
                 if isinstance(prepared, Later):
                     await_later(self, prepared, req)

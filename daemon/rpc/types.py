@@ -83,9 +83,15 @@ InlineHandler = Callable[[RequestContext, Any], Any]
 @attrs.frozen
 class Answered:
     """What a ``precheck`` returns when it answered the request itself (an idempotent replay,
-    a fallback from the cache): the connection sends ``result`` as the reply, no task runs."""
+    a fallback from the cache): the connection sends ``result`` as the reply, no task runs.
+
+    ``packed``: the result already packed as one msgpack object (a stored replay); the
+    connection sends those bytes as the result, unchecked, and ``result`` is only what the
+    precheck's wrappers look at. Pass only bytes this daemon packed and kept intact.
+    """
 
     result: Any
+    packed: bytes | None = None
 
 
 Delivery = Callable[[Any, BaseException | None], None]

@@ -22,9 +22,10 @@ from claykiln.actors.idempotency_record import (
     intent_ops,
     record_ops,
     removal_ops,
+    replay_body,
     split_expiry_key,
 )
-from claykiln.storage import Delete, Put
+from claykiln.storage import Delete, Put, pack, unpack
 
 RECORD = IdempotencyRecord(
     key="order-17",
@@ -47,6 +48,51 @@ def test_a_record_survives_its_storage_form() -> None:
             RECORD, state=state, doubt="why" if state.value == "in_doubt" else None
         )
         assert IdempotencyRecord.from_value(record.key, record.to_value()) == record
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_completed_record_keeps_its_replay_packed(keyed: bool) -> None:
+    """The stored answer is the replay's msgpack map (the result, ``replayed``, the key), and
+    the result reads back exactly as it was, whether or not it carried the key itself."""
+    result = dict(RECORD.result or {})
+    if keyed:
+        result["idempotency_key"] = RECORD.key
+    record = attrs.evolve(RECORD, result=result)
+    value = unpack(pack(record.to_value()))  # what the store gives back
+    body = replay_body(value)
+    assert body is not None
+    assert unpack(body) == {**result, "replayed": True, "idempotency_key": RECORD.key}
+    assert IdempotencyRecord.from_value(record.key, value) == record
+
+
+def test_a_record_of_the_layout_before_packed_answers_reads_the_same() -> None:
+    """A record holding its result as a plain map (no packed answer) still reads whole."""
+    value = RECORD.to_value()
+    for name in ("answer", "answer_crc", "key_added"):
+        value.pop(name, None)
+    value["result"] = dict(RECORD.result or {})
+    assert replay_body(value) is None
+    assert IdempotencyRecord.from_value(RECORD.key, value) == RECORD
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "crc", "no_crc", "not_bytes"])
+def test_a_damaged_packed_answer_is_never_replayed(damage: str) -> None:
+    """An answer whose bytes no longer match their CRC-32 is not sent (it could break the
+    caller's stream) and the record reads as malformed (absent)."""
+    value = RECORD.to_value()
+    answer = value["answer"]
+    if damage == "flip":
+        value["answer"] = answer[:5] + bytes([answer[5] ^ 0x01]) + answer[6:]
+    elif damage == "truncate":
+        value["answer"] = answer[:-3]
+    elif damage == "crc":
+        value["answer_crc"] ^= 1
+    elif damage == "no_crc":
+        del value["answer_crc"]
+    else:
+        value["answer"] = unpack(answer)
+    assert replay_body(value) is None
+    assert IdempotencyRecord.from_value(RECORD.key, value) is None
 
 
 @pytest.mark.parametrize("value", [None, [], {"state": "bogus"}, {"state": "completed"}])

@@ -30,8 +30,8 @@ from claykiln.actors.fallback import CacheBounds, FallbackCache
 from claykiln.actors.fallback_policy import CachePolicy
 from claykiln.actors.gate import GateBoard
 from claykiln.actors.idempotency import IdempotencyStore
-from claykiln.actors.idempotency_record import RecordState
-from claykiln.actors.keyed_call import CallGuard, KeyedCalls, PreparedCall
+from claykiln.actors.idempotency_record import RECORD_TABLE, RecordState
+from claykiln.actors.keyed_call import CallGuard, KeyedCalls, PackedAnswer, PreparedCall
 from claykiln.actors.lanes import LanePolicy, Lanes
 from claykiln.actors.pipeline import CallPipeline, UpstreamRoute
 from claykiln.actors.retry import RetryPolicy
@@ -43,7 +43,7 @@ from claykiln.actors.upstream import (
     UpstreamTimeout,
 )
 from claykiln.actors.writer import Writer
-from claykiln.storage import Store
+from claykiln.storage import Put, Store
 
 JSON = {"content-type": "application/json"}
 
@@ -136,10 +136,13 @@ class Rig:
     cache: FallbackCache
     breakers: BreakerBoard
     store: Store
+    writer: Writer
 
     async def call(self, **kw: Any) -> dict[str, Any]:
         """precheck then, unless it answered, the handler: what a connection does."""
         prepared = self.calls.precheck(CallRequest(**kw))
+        if isinstance(prepared, PackedAnswer):
+            return prepared.result()
         if isinstance(prepared, dict):
             return prepared
         return await self.calls.call(prepared)
@@ -180,7 +183,13 @@ async def rig(
             for actor in (writer, lanes, breakers, gate, idem, cache):
                 await nursery.start(actor.run)
             yield Rig(
-                KeyedCalls(pipeline, idem, cache, GUARDS), exchange, idem, cache, breakers, store
+                KeyedCalls(pipeline, idem, cache, GUARDS),
+                exchange,
+                idem,
+                cache,
+                breakers,
+                store,
+                writer,
             )
             nursery.cancel_scope.cancel()
     finally:
@@ -231,9 +240,47 @@ async def test_a_completed_key_is_replayed_on_the_reader(store_path: Path) -> No
             first = await r.call(**push(idempotency_key="k"))
             replay = r.calls.precheck(CallRequest(**push(idempotency_key="k")))
     assert "replayed" not in first and first["status"] == 201
-    assert isinstance(replay, dict)
-    assert replay["replayed"] is True and replay["body"] == {"id": 5} and replay["status"] == 201
+    assert isinstance(replay, PackedAnswer)  # the stored bytes, sent as they are
+    assert replay.result() == {**first, "replayed": True}
     assert len(exchange.sent) == 1
+
+
+async def test_a_record_of_the_layout_before_packed_answers_replays_as_a_map(
+    store_path: Path,
+) -> None:
+    """A completed record holding its result as a plain map (written before packed answers)
+    is replayed from the map on the reader, the same answer."""
+    exchange = ScriptedExchange(Answer(201, b'{"id": 5}'), default=None)
+    with trio.fail_after(10):
+        async with rig(store_path, exchange) as r:
+            first = await r.call(**push(idempotency_key="k"))
+            value = r.idem.stored_value("k")
+            assert isinstance(value, dict)
+            old = {k: v for k, v in value.items() if k not in ("answer", "answer_crc")}
+            old["result"] = first
+            await r.writer.write([Put(RECORD_TABLE, b"k", old)])
+            replay = r.calls.precheck(CallRequest(**push(idempotency_key="k")))
+    assert replay == {**first, "replayed": True}
+    assert len(exchange.sent) == 1
+
+
+async def test_a_damaged_stored_answer_is_never_sent(store_path: Path) -> None:
+    """A completed record whose packed answer fails its CRC-32 is not replayed: it reads as a
+    malformed record (absent), so the call runs again, and the caller gets a whole answer."""
+    exchange = ScriptedExchange(Answer(201, b'{"id": 5}'), Answer(201, b'{"id": 6}'))
+    with trio.fail_after(10):
+        async with rig(store_path, exchange) as r:
+            await r.call(**push(idempotency_key="k"))
+            value = r.idem.stored_value("k")
+            assert isinstance(value, dict)
+            answer = value["answer"]
+            value["answer"] = answer[:-1] + bytes([answer[-1] ^ 0x20])
+            await r.writer.write([Put(RECORD_TABLE, b"k", value)])
+            again = r.calls.precheck(CallRequest(**push(idempotency_key="k")))
+            assert isinstance(again, PreparedCall)
+            second = await r.calls.call(again)
+    assert second["body"] == {"id": 6} and "replayed" not in second
+    assert len(exchange.sent) == 2
 
 
 async def test_a_key_reused_for_another_request_is_a_mismatch(store_path: Path) -> None:

@@ -10,12 +10,14 @@ import trio
 
 from claykiln.actors.errors import BreakerOpenRefusal
 from claykiln.actors.figures import CallFigures
+from claykiln.actors.keyed_call import PackedAnswer
 from claykiln.daemon.methods.call_figures import UNKNOWN_OPERATION, answer_outcome, counted
 from claykiln.daemon.metrics import parse_metrics, render_metrics
 from claykiln.daemon.rpc.listener import PeerCred
 from claykiln.daemon.rpc.types import Answered, RequestContext
 from claykiln.daemon.runtime import Runtime
 from claykiln.daemon.ticks import RuntimeTicks, configured_gates
+from claykiln.storage import pack
 
 CTX = RequestContext(PeerCred(pid=1, uid=0, gid=0), conn_id=1, msgid=1, admin=False)
 
@@ -120,6 +122,9 @@ async def test_call_answers_are_counted_by_operation_and_outcome(runtime: Runtim
             raise BreakerOpenRefusal("open")
         if args.get("replay"):
             return Answered({"status": 200, "replayed": True})
+        if args.get("packed"):
+            body = pack({"status": 200, "replayed": True})
+            return Answered(PackedAnswer(body), packed=body)
         return args
 
     async def handler(ctx: RequestContext, prepared: Any) -> dict[str, Any]:
@@ -132,6 +137,7 @@ async def test_call_answers_are_counted_by_operation_and_outcome(runtime: Runtim
     with pytest.raises(BreakerOpenRefusal):
         counted_precheck(CTX, {"operation": "no-such-op", "refuse": True})
     counted_precheck(CTX, {"operation": op, "replay": True})
+    counted_precheck(CTX, {"operation": op, "packed": True})  # a stored replay, packed
 
     class Prepared(dict[str, Any]):
         request: Any = None
@@ -143,7 +149,7 @@ async def test_call_answers_are_counted_by_operation_and_outcome(runtime: Runtim
     assert runtime.call_figures.outcomes == {
         (op, "breaker_open"): 1,
         (UNKNOWN_OPERATION, "breaker_open"): 1,
-        (op, "replayed"): 1,
+        (op, "replayed"): 2,
         (op, "ok"): 1,
         (op, "client_error"): 1,
     }

@@ -12,10 +12,12 @@ import trio
 
 from claykiln.actors.errors import BadRequestRefusal, IdempotencyInFlightRefusal
 from claykiln.actors.idempotency_record import IdempotencyRecord, RecordState
+from claykiln.actors.keyed_call import PackedAnswer
 from claykiln.daemon.methods import build_methods
 from claykiln.daemon.rpc.listener import PeerCred
 from claykiln.daemon.rpc.types import Answered, RequestContext
 from claykiln.daemon.runtime import Runtime
+from claykiln.storage import unpack
 
 ADMIN = RequestContext(PeerCred(pid=os.getpid(), uid=os.geteuid(), gid=0), 1, 3, admin=True)
 
@@ -97,4 +99,7 @@ async def test_a_replay_is_answered_by_the_precheck(runtime: Runtime) -> None:
         await runtime.idempotency.save(record)
     answered = precheck(ADMIN, args)
     assert isinstance(answered, Answered)
-    assert answered.result["replayed"] is True and answered.result["body"] == {"status": "ok"}
+    assert isinstance(answered.result, PackedAnswer) and answered.packed is not None
+    replay = unpack(answered.packed)  # the bytes the connection frames as they are
+    assert replay == answered.result.result()
+    assert replay["replayed"] is True and replay["body"] == {"status": "ok"}

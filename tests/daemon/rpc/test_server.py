@@ -21,6 +21,7 @@ from claykiln.actors.errors import BadRequestRefusal, RateLimitedRefusal, Refusa
 from claykiln.daemon.rpc.listener import PeerCred, SocketInUse, bind_unix_listener
 from claykiln.daemon.rpc.protocol import Limits, encode_request
 from claykiln.daemon.rpc.server import Method, RequestContext, Server, ServerLimits
+from claykiln.daemon.rpc.types import Answered
 
 IO_TIMEOUT = 10.0  # seconds (virtual under autojump_clock); a hang fails instead of stalling CI
 INTERNAL_MESSAGE = "internal error; see the daemon log"
@@ -87,6 +88,8 @@ async def refuse_unpackable(ctx: RequestContext, args: Any) -> Any:
 def precheck_refuse(ctx: RequestContext, args: Any) -> Any:
     if "bad" in args:
         raise BadRequestRefusal("bad is not allowed")
+    if "packed" in args:  # answered with bytes packed beforehand (a stored replay)
+        return Answered({"ignored": True}, packed=msgpack.packb({"stored": args["packed"]}))
     return {"checked": True, **args}
 
 
@@ -251,6 +254,10 @@ async def test_precheck_refuses_before_a_task_and_feeds_the_handler(sock_dir: Pa
             assert seen == []
             assert ok(await peer.call(2, "checked", {"x": 1})) == {"checked": True, "x": 1}
             assert seen == [{"checked": True, "x": 1}]
+            # packed bytes are the result, framed with the request's msgid; the stream goes on
+            assert ok(await peer.call(3, "checked", {"packed": [1, "a"]})) == {"stored": [1, "a"]}
+            assert ok(await peer.call(4, "checked", {"x": 2})) == {"checked": True, "x": 2}
+            assert seen == [{"checked": True, "x": 1}, {"checked": True, "x": 2}]
             await peer.aclose()
 
 
