@@ -4,7 +4,8 @@ Card
 - owns: one ``LaneBook`` per lane (holders, the FIFO of waiters, counters, a hold-time average).
 - receives: ``_Enter`` (ask: a slot; the message itself is the caller's ticket), ``_Leave``
   (fire-and-forget: release a slot or withdraw from the queue, with the outcome to count),
-  ``_Refused`` (fire-and-forget: a fast-path rejection to count), ``_Reconfigure`` (ask).
+  ``_Refused`` (fire-and-forget: a fast-path rejection to count; ``stats`` shows it after the
+  actor's next pass, not at once), ``_Reconfigure`` (ask).
 - replies: ``_Enter`` -> None when the slot is the caller's (at once, or when a holder leaves and
   the caller is the oldest live waiter), or ``LaneFullRefusal`` / ``BadRequestRefusal``.
 - sends to: nobody.
