@@ -7,15 +7,18 @@ summary whose every figure was counted during the run. Both processes are always
 the temporary directory removed (``--keep`` keeps it for inspection).
 
 Exit status: 0 when every check passed; 1 when a check failed or the demo could not run;
-130 on Ctrl-C. Wiring: the ``demo`` entry of ``COMMANDS`` in daemon/cli/__init__.py calls
-``demo_command()``. Heavy imports (trio, the simulator, rich) happen only when the command runs.
+130 on Ctrl-C (SIGINT), at any moment: once trio runs, the signal is received by a task and
+cancels the run, so it is never lost (a KeyboardInterrupt raised inside a finalizer would be);
+before that, the KeyboardInterrupt itself. Wiring: the ``demo`` entry of ``COMMANDS`` in
+daemon/cli/__init__.py calls ``demo_command()``. Heavy imports (trio, the simulator, rich)
+happen only when the command runs.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from functools import partial
 from typing import Any, Final
 
 import click
@@ -39,32 +42,64 @@ def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None
     return None
 
 
+def _interrupted() -> int:
+    click.echo("kiln demo: interrupted; the daemon and the simulator were stopped", err=True)
+    return EXIT_INTERRUPTED
+
+
+async def _until_interrupted(plan: Any, view: Any, keep: bool) -> dict[str, Any] | None:
+    """``run_demo``, cancelled by the first SIGINT: its summary, or None when interrupted (the
+    demo's own cleanup, shielded, has stopped both processes by then)."""
+    import trio
+
+    from claykiln.daemon.demo.run import run_demo
+
+    summary: dict[str, Any] | None = None
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def interrupt() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(interrupt)
+            summary = await run_demo(plan, view, keep=keep)
+            nursery.cancel_scope.cancel()
+    return summary
+
+
 def run(duration: float, *, as_json: bool = False, keep: bool = False, quick: bool = False) -> int:
     """Run the demo in a fresh trio run; print the summary; return the exit status.
 
     ``quick`` runs ``DemoPlan.quick`` (the same phases and checks on a faster clock, for tests)
     instead of the tour that ``kiln demo`` shows."""
+    try:
+        return _run(duration, as_json=as_json, keep=keep, quick=quick)
+    except KeyboardInterrupt:  # before trio runs (the imports, the plan)
+        return _interrupted()
+
+
+def _run(duration: float, *, as_json: bool, keep: bool, quick: bool) -> int:
     import trio
 
     from claykiln.daemon.demo.model import DemoError, DemoPlan
     from claykiln.daemon.demo.render import DemoView, QuietView, RichView
-    from claykiln.daemon.demo.run import run_demo
 
     plan = DemoPlan.quick(duration) if quick else DemoPlan.from_budget(duration)
     view: DemoView = QuietView() if as_json else RichView()
     try:
-        summary = trio.run(partial(run_demo, plan, view, keep=keep))
+        summary = trio.run(_until_interrupted, plan, view, keep)
     except BaseException as exc:
         if _find(exc, KeyboardInterrupt) is not None:
-            click.echo(
-                "kiln demo: interrupted; the daemon and the simulator were stopped", err=True
-            )
-            return EXIT_INTERRUPTED
+            return _interrupted()
         found = _find(exc, DemoError)
         if found is None:
             raise
         click.echo(f"kiln demo: {found}", err=True)
         return EXIT_FAILED
+    if summary is None:
+        return _interrupted()
     if as_json:
         main_json(summary)
     else:
