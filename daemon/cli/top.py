@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import termios
 import time
@@ -47,6 +46,7 @@ from claykiln.daemon.cli.top_view import (
 )
 from claykiln.daemon.client import ConnectionLost, DaemonUnavailable, KilnError
 from claykiln.daemon.client._subscribe_async import TrioSubscription
+from claykiln.daemon.interrupt import until_sigint
 
 __all__ = ["top"]
 
@@ -90,17 +90,7 @@ def _exit_for(exc: BaseException, path: Path, origin: str) -> None:
 
 async def _until_interrupted(path: Path, once: bool, tty_out: bool, waiting: float) -> None:
     """``_main`` until it returns or SIGINT (Ctrl-C) comes, which ends it like q does."""
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def interrupt() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(interrupt)
-            await _main(path, once, tty_out, waiting)
-            nursery.cancel_scope.cancel()
+    await until_sigint(_main, path, once, tty_out, waiting)
 
 
 def _subscription(path: Path, waiting: float) -> TrioSubscription:

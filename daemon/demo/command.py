@@ -17,8 +17,8 @@ happen only when the command runs.
 from __future__ import annotations
 
 import json
-import signal
 import sys
+from functools import partial
 from typing import Any, Final
 
 import click
@@ -50,23 +50,11 @@ def _interrupted() -> int:
 async def _until_interrupted(plan: Any, view: Any, keep: bool) -> dict[str, Any] | None:
     """``run_demo``, cancelled by the first SIGINT: its summary, or None when interrupted (the
     demo's own cleanup, shielded, has stopped both processes by then)."""
-    import trio
-
     from claykiln.daemon.demo.run import run_demo
+    from claykiln.daemon.interrupt import until_sigint
 
-    summary: dict[str, Any] | None = None
-    with trio.open_signal_receiver(signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def interrupt() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(interrupt)
-            summary = await run_demo(plan, view, keep=keep)
-            nursery.cancel_scope.cancel()
-    return summary
+    summary, interrupted = await until_sigint(partial(run_demo, keep=keep), plan, view)
+    return None if interrupted else summary
 
 
 def run(duration: float, *, as_json: bool = False, keep: bool = False, quick: bool = False) -> int:
