@@ -65,6 +65,7 @@ def server_limits(config: KilnConfig) -> ServerLimits:
         max_reply_backlog=lim.max_reply_backlog,
         shared_answer_age=lim.status_max_age,
         share_window=lim.share_window,
+        busy_poll=lim.busy_poll,
     )
 
 

@@ -58,11 +58,15 @@ def daemon_config(
     auth_credential: str | None = None,
     attempts: int = 1,
     reset_timeout: str = "30s",
+    busy_poll: str | None = None,
 ) -> str:
     """A daemon config: upstream ``bench`` at ``base_url`` (no rate pacing), one lane ``bench``
-    of ``concurrency`` slots and one GET operation ``ping`` on ``path``."""
+    of ``concurrency`` slots and one GET operation ``ping`` on ``path`` (``busy_poll``: that
+    ``[daemon.limits]`` key, when given)."""
     limits = f"max_connections = {max(256, concurrency + 16)}\n"
     limits += f"max_in_flight = {max(128, concurrency + 16)}\n"
+    if busy_poll is not None:
+        limits += f'busy_poll = "{busy_poll}"\n'
     auth = (
         f'auth = {{ header = "clay-api-key", credential = "{auth_credential}" }}\n'
         if auth_credential

@@ -12,7 +12,7 @@ import pwd
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from claykiln.actors.fallback import CacheBounds
 from claykiln.daemon.client._paths import default_socket_path, default_state_dir
@@ -131,9 +131,21 @@ def _limits(t: Table) -> LimitsConfig:
             "status_max_age", duration(example="100ms", allow_zero=True), d.status_max_age
         ),
         share_window=t.get("share_window", duration(example="1s", allow_zero=True), d.share_window),
+        busy_poll=t.get("busy_poll", _busy_poll, d.busy_poll),
     )
     t.finish()
     return limits
+
+
+MAX_BUSY_POLL: Final = 0.01  # seconds: a longer spin would hold the loop past its turns
+
+
+def _busy_poll(raw: object) -> float:
+    seconds = duration(example="0.5ms", allow_zero=True)(raw)
+    if seconds > MAX_BUSY_POLL:
+        msg = f"must be at most {MAX_BUSY_POLL * 1000:g}ms (0 turns busy polling off), e.g. '0.5ms'"
+        raise Invalid(msg)
+    return seconds
 
 
 def _storage(t: Table) -> StorageConfig:

@@ -123,7 +123,7 @@ class Dispatch:
         self._shared: dict[str, tuple[float, int, bytes]] = {}
         self.activity = 0  # requests started or ended, but shared answers reused
         self.peer_log = PeerLog()
-        self.poller = Poller()  # the idle readers' shared epoll; the server runs it
+        self.poller = Poller(limits.busy_poll)  # the idle readers' shared epoll; the server runs it
         # each peer's recent work on the loop (``share.py``)
         self.shares = WorkShares(limits.share_window, limits.share_busy, limits.share_max_wait)
 

@@ -22,6 +22,14 @@ Promises:
 - The poller's own turn: after ``POLLER_TURN`` seconds of fast paths in one pass it lets every
   other runnable task run once (request tasks it started, the storage writer's completions)
   before the next ready reader.
+- Busy polling (``busy_poll`` seconds, 0: off, the default): after a pass that served a reader,
+  the poller polls its epoll without blocking for up to ``busy_poll`` seconds before it goes
+  back to trio's wait, and serves what arrives meanwhile at once. The core stays busy instead
+  of idling between requests that come a few tens of microseconds apart: a woken idle core runs
+  the next request several times slower on a virtual machine (docs/performance.md, "Busy
+  polling"). Bounded: the spin counts toward the poller's turn, so the other tasks still run
+  at least once per ``POLLER_TURN``, and the storage writer's hand-over is given while it spins.
+  It costs CPU: up to one core while requests keep arriving, ``busy_poll`` per quiet pass.
 - A poller that stops (its task cancelled) wakes every parked reader with ``STOPPED``; readers
   then read for themselves (``Inbound.receive``), as they do when no poller runs.
 """
@@ -61,12 +69,14 @@ class Parked(Protocol):
 class Poller:
     """The shared epoll of the parked readers and the task that serves it (``run``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, busy_poll: float = 0.0) -> None:
+        self.busy_poll = busy_poll
         self._epoll: Any = None  # select.epoll while running
         self._parked: dict[int, tuple[Parked, trio.lowlevel.Task]] = {}
         self.running = False
         self.passes = 0  # wake-ups with at least one ready reader (for tests and probes)
         self.handed = 0  # readers woken with something to do (``wake``)
+        self.spun = 0  # passes whose readers busy polling found (no wait in trio before them)
 
     @property
     def parked(self) -> int:
@@ -84,23 +94,44 @@ class Poller:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 ready = epoll.poll(0, MAX_EVENTS)
-                if ready:
-                    self.passes += 1
                 began = time.perf_counter()
-                for fd, _events in ready:
-                    if HANDOFF.wanted:  # the storage writer's puts first (storage/handoff.py)
-                        HANDOFF.give()
-                    entry = parked.get(fd)
-                    if entry is not None:
-                        entry[0].on_readable()
+                while ready:
+                    self.passes += 1
+                    for fd, _events in ready:
+                        if HANDOFF.wanted:  # the storage writer's puts first (storage/handoff.py)
+                            HANDOFF.give()
+                        entry = parked.get(fd)
+                        if entry is not None:
+                            entry[0].on_readable()
+                        if time.perf_counter() - began > POLLER_TURN:
+                            await trio.lowlevel.checkpoint()
+                            began = time.perf_counter()
+                    if not self.busy_poll:
+                        break
                     if time.perf_counter() - began > POLLER_TURN:
                         await trio.lowlevel.checkpoint()
                         began = time.perf_counter()
+                    ready = self._spin(epoll)
         finally:
             self.running = False
             for fd in list(parked):
                 self._release(fd, outcome.Value(STOPPED))
             epoll.close()
+
+    def _spin(self, epoll: Any) -> list[tuple[int, int]]:
+        """Busy polling: poll without blocking until a descriptor is ready (returned) or
+        ``busy_poll`` seconds passed (an empty list); the storage writer's hand-over is given
+        meanwhile."""
+        until = time.perf_counter() + self.busy_poll
+        while True:
+            ready: list[tuple[int, int]] = epoll.poll(0, MAX_EVENTS)
+            if ready:
+                self.spun += 1
+                return ready
+            if HANDOFF.wanted:
+                HANDOFF.give()
+            if time.perf_counter() >= until:
+                return ready
 
     async def wait(self, fd: int, reader: Parked) -> Any:
         """Park the current task as ``reader`` of ``fd`` until its fast path hands it something

@@ -45,7 +45,8 @@ class ServerLimits:
     by the peer is cut off. ``max_reply_backlog``: unread reply bytes past which the server
     stops reading the connection. ``shared_answer_age``: how long a ``shared`` method's answer
     is reused. ``share_window``, ``share_busy``, ``share_max_wait``: each peer's fair share of
-    a busy loop (``share.py``; a ``share_window`` of 0 turns shares off).
+    a busy loop (``share.py``; a ``share_window`` of 0 turns shares off). ``busy_poll``: how
+    long the shared poller polls without blocking after serving a reader (``poller.py``; 0: off).
     """
 
     protocol: Limits = attrs.field(factory=_server_protocol_limits)
@@ -60,6 +61,7 @@ class ServerLimits:
     share_window: float = 1.0
     share_busy: float = 0.02
     share_max_wait: float = 0.5
+    busy_poll: float = 0.0
 
 
 @attrs.define

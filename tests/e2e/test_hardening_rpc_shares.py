@@ -125,6 +125,28 @@ async def test_a_flooding_peer_is_held_back_while_honest_callers_are_answered(
     assert await proc.stop() == 0
 
 
+async def test_busy_polling_keeps_every_caller_answered_and_the_flood_held_back(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """``busy_poll = "0.5ms"``: the loop polls between requests instead of sleeping (the
+    spin counts toward its turns); the flood is still held back to its share and every honest
+    caller answered."""
+    proc = await _started(kiln, simulator, 'busy_poll = "0.5ms"')
+    flooder = _flooder(proc)
+    try:
+        with trio.fail_after(60):
+            honest = await _beside_flood(proc, flooder)
+            server = await _server_status(proc)
+            flood = await _flood_answers(flooder)
+    finally:
+        flooder.terminate()
+        await trio.to_thread.run_sync(flooder.communicate)
+    assert len(honest) == HONEST_CONNECTIONS * HONEST_CALLS
+    assert all(frame[2] is None and frame[3]["protocol"] == 1 for frame in honest)
+    assert server["held_back"] > 0 and flood > 0
+    assert await proc.stop() == 0
+
+
 async def test_shares_off_never_hold_a_flood_back(
     kiln: Factory, simulator: RunningSimulator
 ) -> None:

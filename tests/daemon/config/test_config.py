@@ -26,6 +26,8 @@ from claykiln.daemon.config import (
 )
 from claykiln.daemon.config.types import LimitsConfig
 from claykiln.daemon.reload import pool_changes
+from claykiln.daemon.rpc.dispatch import Dispatch, ServerCounters
+from claykiln.daemon.start import server_limits
 
 FULL = """
 [embedded_default]
@@ -58,6 +60,7 @@ frame_timeout = "3s"
 reply_timeout = "15s"
 max_reply_backlog = "1MiB"
 status_max_age = "0s"
+busy_poll = "0.5ms"
 [daemon.storage]
 map_size = "128MiB"
 max_map_size = "1GiB"
@@ -222,6 +225,7 @@ def test_full_file_round_trips_every_key(tmp_path: Path) -> None:
         reply_timeout=15.0,
         max_reply_backlog=1 << 20,
         status_max_age=0.0,
+        busy_poll=0.0005,
     )
     assert attrs.astuple(d.storage) == (128 << 20, 1 << 30, False)
     clay = config.upstreams["clay"]
@@ -265,6 +269,16 @@ def test_full_file_round_trips_every_key(tmp_path: Path) -> None:
     assert config.auth_for(ping) is None
     assert config.credential_names() == {"clay-api-key", "clay-webhook-token"}
     assert load_config(path, env={}) == config
+
+
+def test_limits_reach_the_server_and_its_poller(tmp_path: Path) -> None:
+    """``[daemon.limits]`` as the server gets it: ``busy_poll`` ends up in the shared poller."""
+    config = load_config(write(tmp_path, FULL), env={})
+    limits = server_limits(config)
+    assert (limits.max_in_flight, limits.shared_answer_age, limits.busy_poll) == (8, 0.0, 0.0005)
+    dispatch = Dispatch({}, limits, lambda _peer: False, ServerCounters())
+    assert dispatch.poller.busy_poll == 0.0005
+    assert server_limits(load_config(None, env={})).busy_poll == 0.0  # off by default
 
 
 def test_cli_overrides_win_over_the_file(tmp_path: Path) -> None:

@@ -118,6 +118,16 @@ def test_wrong_types_name_the_key_value_and_rule(tmp_path: Path, text: str, expe
             '"20s" (units ms, s, m, h, d; a bare number means seconds)',
         ),
         (
+            '[daemon.limits]\nbusy_poll = "20ms"\n',
+            'daemon.limits.busy_poll = "20ms": must be at most 10ms (0 turns busy polling off), '
+            "e.g. '0.5ms'",
+        ),
+        (
+            '[daemon.limits]\nbusy_poll = "-1ms"\n',
+            'daemon.limits.busy_poll = "-1ms": must be a duration >= 0 like "0.5ms" '
+            "(units ms, s, m, h, d; a bare number means seconds)",
+        ),
+        (
             '[daemon.limits]\nidle_timeout = "5 minutes"\n',
             'daemon.limits.idle_timeout = "5 minutes": must be a duration > 0 like "5m" '
             "(units ms, s, m, h, d; a bare number means seconds)",

@@ -20,6 +20,7 @@ from test_server import IO_TIMEOUT, Peer, SlowWork, serving
 from claykiln.daemon.rpc.poller import STOPPED, Poller
 from claykiln.daemon.rpc.protocol import encode_request
 from claykiln.daemon.rpc.server import Method, RequestContext, Server, ServerLimits
+from claykiln.storage.handoff import HANDOFF
 
 
 class Reader:
@@ -56,8 +57,8 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 @asynccontextmanager
-async def polling() -> AsyncIterator[tuple[Poller, trio.Nursery]]:
-    poller = Poller()
+async def polling(busy_poll: float = 0.0) -> AsyncIterator[tuple[Poller, trio.Nursery]]:
+    poller = Poller(busy_poll)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(poller.run)
         await trio.testing.wait_all_tasks_blocked()
@@ -93,6 +94,99 @@ async def test_fast_path_runs_while_the_task_stays_parked(
             theirs.send(b"last")
             await trio.testing.wait_all_tasks_blocked()
             assert woken == [b"last"] and poller.parked == 0 and poller.handed == 1
+
+
+class Relay:
+    """A parked reader whose peer sends its next chunk the moment one is read (``follow`` more
+    times): what a busy poll finds without a wait in trio."""
+
+    def __init__(self, sock: socket.socket, theirs: socket.socket, follow: int) -> None:
+        self.sock = sock
+        self.theirs = theirs
+        self.follow = follow
+        self.read = 0
+
+    def on_readable(self) -> None:
+        try:
+            self.sock.recv(4096)
+        except BlockingIOError:
+            return
+        self.read += 1
+        if self.follow > 0:
+            self.follow -= 1
+            self.theirs.send(b"next")
+
+
+async def _relay(poller: Poller, nursery: trio.Nursery, relay: Relay) -> None:
+    async def park() -> None:
+        await poller.wait(relay.sock.fileno(), relay)
+
+    nursery.start_soon(park)
+    await trio.testing.wait_all_tasks_blocked()
+    relay.theirs.send(b"first")
+
+
+@pytest.mark.parametrize("busy_poll", [0.0, 0.01])
+async def test_busy_polling_serves_what_comes_next_without_a_wait_in_trio(
+    pair: tuple[socket.socket, socket.socket], busy_poll: float
+) -> None:
+    """With ``busy_poll``, a chunk that arrives after a pass is served by the same spin of the
+    poller (``spun``), not after a wait in trio; without it, every pass starts from a wait. The
+    spin ends: with nothing more to read, the poller waits in trio again, the reader parked."""
+    ours, theirs = pair
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling(busy_poll) as (poller, nursery):
+            relay = Relay(ours, theirs, follow=4)
+            await _relay(poller, nursery, relay)
+            while relay.read < 5:
+                await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()  # returns: the spin ended
+            assert poller.passes == 5 and poller.parked == 1 and poller.handed == 0
+            assert poller.spun == (4 if busy_poll else 0)
+
+
+async def test_busy_polling_still_gives_the_other_tasks_their_turns(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A peer that always has the next chunk ready keeps a busy-polling poller serving; other
+    tasks still run (the spin counts toward the poller's turn) long before the flood ends."""
+    ours, theirs = pair
+    flood = 200_000
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling(0.01) as (poller, nursery):
+            relay = Relay(ours, theirs, follow=flood)
+            await _relay(poller, nursery, relay)
+            for _ in range(20):
+                await trio.lowlevel.checkpoint()
+            assert relay.read < flood  # we ran while the flood went on
+            relay.follow = 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert poller.spun >= 1 and poller.parked == 1
+
+
+async def test_busy_polling_gives_the_storage_writer_its_hand_over(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A hand-over the storage writer asks for while the poller spins is given in the spin
+    (the writer's puts need the GIL; storage/handoff.py)."""
+    ours, theirs = pair
+
+    class Asks(Relay):
+        def on_readable(self) -> None:
+            super().on_readable()
+            HANDOFF.request()  # as the writer does before it hands a transaction to its thread
+
+    given = HANDOFF.given
+    try:
+        with trio.fail_after(IO_TIMEOUT):
+            async with polling(0.01) as (poller, nursery):
+                relay = Asks(ours, theirs, follow=0)
+                await _relay(poller, nursery, relay)
+                await trio.testing.wait_all_tasks_blocked()
+                assert relay.read == 1 and poller.spun == 0
+                assert HANDOFF.given == given + 1 and not HANDOFF.wanted
+    finally:
+        HANDOFF.release()
 
 
 async def test_hand_over_unregisters_until_parked_again(
@@ -200,9 +294,13 @@ def table(work: SlowWork) -> dict[str, Method]:
     return {m.name: m for m in methods}
 
 
-async def test_server_answers_small_requests_in_the_fast_path(sock_dir: Path) -> None:
-    """A connection's requests are answered while its reader stays parked: no hand-over."""
-    server = Server(table(SlowWork()))
+@pytest.mark.parametrize("busy_poll", [0.0, 0.0005])
+async def test_server_answers_small_requests_in_the_fast_path(
+    sock_dir: Path, busy_poll: float
+) -> None:
+    """A connection's requests are answered while its reader stays parked: no hand-over (with
+    busy polling too: ``[daemon.limits] busy_poll`` reaches the server's poller)."""
+    server = Server(table(SlowWork()), ServerLimits(busy_poll=busy_poll))
     poller = server.dispatch.poller
     with trio.fail_after(IO_TIMEOUT):
         async with serving(server, sock_dir) as running:
@@ -211,7 +309,7 @@ async def test_server_answers_small_requests_in_the_fast_path(sock_dir: Path) ->
                 reply = await peer.call(n, "echo", {"n": n})
                 assert reply == [1, n, None, {"n": n}]
             assert poller.handed == 0 and poller.passes >= 50
-            assert poller.parked == 1
+            assert poller.parked == 1 and poller.busy_poll == busy_poll
             await peer.stream.aclose()
 
 
