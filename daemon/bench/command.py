@@ -3,6 +3,7 @@
     kiln bench [--scenario writes|hello|call|breaker-open|outage|outage-peers|replay|
                            call-idempotent|submit|drain|outbox-scale|subscribe|all|quick]...
                [--duration S] [--concurrency N] [--json] [--compare FILE.json [--threshold F]]
+               [--cpu-latency US]
 
 Scenarios (docs/performance.md has the budget, the method and measured figures):
 
@@ -32,14 +33,18 @@ never assertions about speed in the test suite.
 (``SLOW_SCENARIOS``: minutes even at a tiny ``--duration``), which is what CI runs.
 
 Output: a rich table on a terminal; JSON with ``--json`` or when stdout is not a terminal.
-``--compare FILE.json`` then prints the change against a previous ``--json`` run (on stderr
-when the report goes to stdout as JSON; ``compare.py`` says what is judged).
+``--cpu-latency US`` holds a CPU latency request for the whole run (``host.py``: 0 keeps idle
+CPUs polling instead of halting, as a latency-tuned host does); every report records how the
+CPUs idled (``machine.cpu_idle``). ``--compare FILE.json`` then prints the change against a
+previous ``--json`` run (on stderr when the report goes to stdout as JSON; ``compare.py`` says
+what is judged).
 Exit status 0 when every scenario ran (whether or not it met its target), 1 when one failed,
 3 when ``--compare`` found a regression past ``--threshold``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -61,6 +66,12 @@ from claykiln.daemon.bench.compare import (
     compare_reports,
     load_report,
     render,
+)
+from claykiln.daemon.bench.host import (
+    MAX_CPU_LATENCY_US,
+    CpuLatencyUnavailable,
+    cpu_idle,
+    hold_cpu_latency,
 )
 from claykiln.daemon.bench.keyed import bench_call_idempotent, bench_replay
 from claykiln.daemon.bench.measure import BenchOptions
@@ -124,11 +135,12 @@ def scenario_names(chosen: Sequence[str]) -> list[str]:
     return [name for name in SCENARIOS if name in wanted]
 
 
-def _machine() -> dict[str, Any]:
+def _machine(cpu_latency: int | None) -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "cpu_idle": cpu_idle(cpu_latency),
     }
 
 
@@ -137,8 +149,10 @@ def run_bench(
     options: BenchOptions,
     *,
     progress: Callable[[str], None] | None = None,
+    cpu_latency: int | None = None,
 ) -> dict[str, Any]:
-    """Run the named scenarios in order; return ``{date, machine, options, results}``.
+    """Run the named scenarios in order; return ``{date, machine, options, results}``
+    (``cpu_latency``: the CPU latency request the caller holds meanwhile, for the report).
 
     A scenario that raises becomes ``{"scenario", "error", "traceback"}`` and the next one runs.
     Each result gets ``load_average`` (1-minute load before and after it) and ``wall_s``.
@@ -166,7 +180,7 @@ def run_bench(
         results.append(outcome)
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": _machine(cpu_latency),
         "options": {"duration": options.duration, "concurrency": options.concurrency},
         "results": results,
     }
@@ -206,6 +220,13 @@ def _render(report: dict[str, Any]) -> None:
                 end_section=index == len(rows) - 1,
             )
     console.print(table)
+    idle = machine.get("cpu_idle") or {}
+    held = idle.get("cpu_latency_held_us")
+    console.print(
+        f"idle CPUs: cpuidle {idle.get('driver')}, guest_halt_poll_ns "
+        f"{idle.get('guest_halt_poll_ns')}, "
+        + ("no CPU latency request held" if held is None else f"CPU latency held at {held} us")
+    )
 
 
 def bench_command() -> click.Command:
@@ -248,6 +269,15 @@ def bench_command() -> click.Command:
         show_default=True,
         help="With --compare: how much worse (a fraction) a judged figure may get.",
     )
+    @click.option(
+        "--cpu-latency",
+        type=click.IntRange(0, MAX_CPU_LATENCY_US),
+        default=None,
+        metavar="US",
+        help="Hold a CPU latency request (/dev/cpu_dma_latency, needs root) for the run: 0 "
+        "keeps idle CPUs polling instead of halting, as a latency-tuned host does "
+        "(docs/operations.md, Latency-critical hosts).",
+    )
     def bench(
         scenarios: tuple[str, ...],
         duration: float,
@@ -255,6 +285,7 @@ def bench_command() -> click.Command:
         concurrency: int,
         previous: Path | None,
         threshold: float,
+        cpu_latency: int | None,
     ) -> None:
         """Measure the daemon against its performance budget (docs/performance.md)."""
         names = scenario_names(scenarios)
@@ -262,14 +293,21 @@ def bench_command() -> click.Command:
             baseline = load_report(previous) if previous is not None else None
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--compare") from None
+        held: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if cpu_latency is not None:
+            held = hold_cpu_latency(cpu_latency)
         workdir = Path(tempfile.mkdtemp(prefix="kiln-bench-", dir="/tmp"))  # short socket paths
         try:
-            options = BenchOptions(duration=duration, concurrency=concurrency, workdir=workdir)
-            report = run_bench(
-                names,
-                options,
-                progress=lambda name: click.echo(f"kiln bench: running {name}...", err=True),
-            )
+            with held:
+                options = BenchOptions(duration=duration, concurrency=concurrency, workdir=workdir)
+                report = run_bench(
+                    names,
+                    options,
+                    progress=lambda name: click.echo(f"kiln bench: running {name}...", err=True),
+                    cpu_latency=cpu_latency,
+                )
+        except CpuLatencyUnavailable as exc:
+            raise click.BadParameter(str(exc), param_hint="--cpu-latency") from None
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         to_json = as_json or not sys.stdout.isatty()

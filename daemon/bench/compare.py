@@ -11,7 +11,10 @@ Each scenario present in both runs is compared figure by figure:
   why every scenario reports a ratio of two measurements made in the same run.
 
 A scenario in only one of the runs, or one that failed, is listed as such and judged neither
-way. ``compare_reports`` is pure (the tests feed it doctored reports); ``render`` makes the lines
+way. Two runs whose CPUs idled differently (``machine.cpu_idle``: the cpuidle driver, its
+polling, a CPU latency request held by ``--cpu-latency``) are still compared, with a warning: on
+a virtual machine that alone moves the paced tail several-fold (``host.py``).
+``compare_reports`` is pure (the tests feed it doctored reports); ``render`` makes the lines
 ``kiln bench`` prints.
 """
 
@@ -88,6 +91,7 @@ class Comparison:
     only_after: list[str]
     failed: list[str]  # in both, but failed in one of them
     threshold: float
+    idle_differs: str | None = None  # how the CPUs idled in each run, when not alike
 
     @property
     def regressions(self) -> list[Change]:
@@ -149,7 +153,28 @@ def compare_reports(
         only_after=[str(n) for n in new if n not in old],
         failed=failed,
         threshold=threshold,
+        idle_differs=_idle_differs(before, after),
     )
+
+
+IDLE_KEYS: Final = ("driver", "guest_halt_poll_ns", "cpu_latency_held_us")
+
+
+def _idle(report: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    machine = report.get("machine")
+    idle = machine.get("cpu_idle") if isinstance(machine, Mapping) else None
+    return idle if isinstance(idle, Mapping) else None
+
+
+def _idle_differs(before: Mapping[str, Any], after: Mapping[str, Any]) -> str | None:
+    """A line saying how the two runs' CPUs idled, when both reports say and they differ."""
+    a, b = _idle(before), _idle(after)
+    if a is None or b is None:
+        return None
+    moved = [f"{k} {a.get(k)} -> {b.get(k)}" for k in IDLE_KEYS if a.get(k) != b.get(k)]
+    if not moved:
+        return None
+    return "the runs' CPUs idled differently (" + ", ".join(moved) + "): compare with care"
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -176,6 +201,8 @@ def render(comparison: Comparison, *, previous: str) -> list[str]:
     past the threshold, and a verdict."""
     threshold = comparison.threshold
     lines = [f"compared with {previous} (threshold {threshold:.0%})"]
+    if comparison.idle_differs is not None:
+        lines.append(f"  warning: {comparison.idle_differs}")
     for change in comparison.changes:
         worse = change.worse_by()
         moved = worse is not None and abs(worse) > threshold

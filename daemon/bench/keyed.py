@@ -7,7 +7,9 @@
   default, it costs CPU). Baseline in the same run, same daemon, same operation's path:
   fail-fast ``breaker_open`` rejections (the breaker is forced open, which a replay does not
   look at), interleaved A-B-B-A. Target: >= 20k replays/s closed loop, p99 under 1 ms paced at
-  15k/s (judged on the busy-polling daemon; the default's p99 is reported beside it).
+  15k/s, judged on the default daemon (the busy-polling one is reported beside it). On a
+  virtual machine whose idle vCPUs halt, the paced tail is mostly the host's wake-ups
+  (``host.py``; ``kiln bench --cpu-latency 0`` measures the same on a latency-tuned host).
 - ``call-idempotent``: ``call`` with durable idempotency records (an intent committed before the
   request goes upstream, the outcome committed before the reply; every call has a fresh key)
   against the same calls on an operation that keeps no records (the key is sent and ignored,
@@ -108,8 +110,9 @@ def bench_replay(options: BenchOptions) -> dict[str, Any]:
                 d.socket, d.pid, options, replay_args, mode="paced", rate=REPLAY_PACED_PER_S
             )(options.duration)
     capacity = replays["codes"].get("ok", 0) / replays["seconds"] if replays["seconds"] else 0.0
-    offered_ok = paced["behind"] == 0 and paced["rps"] >= 0.95 * REPLAY_PACED_PER_S
-    meets = capacity >= REPLAY_TARGET_PER_S and offered_ok and paced["p99_ms"] < REPLAY_P99_MS
+    judged = paced_default  # the shipped default; busy polling is an operator's choice
+    offered_ok = judged["behind"] == 0 and judged["rps"] >= 0.95 * REPLAY_PACED_PER_S
+    meets = capacity >= REPLAY_TARGET_PER_S and offered_ok and judged["p99_ms"] < REPLAY_P99_MS
     for name, run in (("replays", replays), ("paced", paced), ("paced_default", paced_default)):
         if set(run["codes"]) - {"ok"}:
             notes.append(f"{name}: not every reply was a replay: {run['codes']}")
@@ -120,7 +123,7 @@ def bench_replay(options: BenchOptions) -> dict[str, Any]:
         "replay",
         target=(
             f">= {REPLAY_TARGET_PER_S:,}/s closed loop, p99 < {REPLAY_P99_MS} ms paced at "
-            f"{REPLAY_PACED_PER_S:,}/s (busy_poll = {REPLAY_BUSY_POLL})"
+            f"{REPLAY_PACED_PER_S:,}/s (default daemon)"
         ),
         ratio=capacity / REPLAY_TARGET_PER_S,
         meets_target=meets,
@@ -136,16 +139,16 @@ def bench_replay(options: BenchOptions) -> dict[str, Any]:
                 else "none",
             ),
             (
+                f"replays paced at {REPLAY_PACED_PER_S:,}/s, default daemon (judged)",
+                f"{paced_default['rps']:,.0f}/s answered, p50 {paced_default['p50_ms']} ms, "
+                f"p99 {paced_default['p99_ms']} ms, behind {paced_default['behind']}; "
+                f"{paced_default.get('server_cpu_us')} us of daemon CPU each",
+            ),
+            (
                 f"replays paced at {REPLAY_PACED_PER_S:,}/s, busy_poll {REPLAY_BUSY_POLL}",
                 f"{paced['rps']:,.0f}/s answered, p50 {paced['p50_ms']} ms, "
                 f"p99 {paced['p99_ms']} ms, behind {paced['behind']}; "
                 f"{paced.get('server_cpu_us')} us of daemon CPU each",
-            ),
-            (
-                f"replays paced at {REPLAY_PACED_PER_S:,}/s, default (no busy polling)",
-                f"{paced_default['rps']:,.0f}/s answered, p50 {paced_default['p50_ms']} ms, "
-                f"p99 {paced_default['p99_ms']} ms, behind {paced_default['behind']}; "
-                f"{paced_default.get('server_cpu_us')} us of daemon CPU each",
             ),
             (
                 "daemon CPU per reply",

@@ -66,6 +66,29 @@ def test_a_target_missed_now_is_a_regression_whatever_the_threshold() -> None:
     assert [c.figure for c in comparison.regressions] == ["meets_target"]
 
 
+def _idling(report: dict[str, Any], **idle: Any) -> dict[str, Any]:
+    base = {"driver": "haltpoll", "governor": "haltpoll", "guest_halt_poll_ns": 0}
+    report["machine"] = {"cpu_idle": {**base, "cpu_latency_held_us": None, **idle}}
+    return report
+
+
+def test_runs_whose_cpus_idled_differently_are_compared_with_a_warning() -> None:
+    """A CPU latency held in one run only is named in a warning; nothing else changes."""
+    before = _idling(_report(replay=1.0))
+    after = _idling(_report(replay=1.0), cpu_latency_held_us=0)
+    comparison = compare_reports(before, after)
+    assert comparison.idle_differs == (
+        "the runs' CPUs idled differently (cpu_latency_held_us None -> 0): compare with care"
+    )
+    assert comparison.regressions == []
+    assert f"  warning: {comparison.idle_differs}" in render(comparison, previous="a.json")
+    alike = compare_reports(before, _idling(_report(replay=1.0), governor="menu"))
+    assert alike.idle_differs is None  # the governor alone is not judged a difference
+    older = compare_reports(_report(replay=1.0), after)  # a report from before cpu_idle
+    assert older.idle_differs is None
+    assert not any("warning" in line for line in render(older, previous="a.json"))
+
+
 def test_details_are_reported_but_never_judged() -> None:
     """A p99 twice as high is printed as worse but fails nothing (absolute figures are noisy)."""
     after = _report(call=1.5)
