@@ -10,6 +10,7 @@ call is two clock reads and a dict increment.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -46,12 +47,13 @@ def counted(
         return UNKNOWN_OPERATION
 
     def counted_precheck(ctx: RequestContext, args: Any) -> Any:
-        started = trio.current_time()
+        # A precheck never waits: its duration is real time (one C call, not trio's clock).
+        started = time.perf_counter()
         try:
             prepared = precheck(ctx, args)
         except Refusal as exc:
             name = args.get("operation") if isinstance(args, dict) else None
-            figures.record(label(name), exc.code, trio.current_time() - started)
+            figures.record(label(name), exc.code, time.perf_counter() - started)
             raise
         if isinstance(prepared, Answered):
             name = args.get("operation") if isinstance(args, dict) else None
@@ -60,7 +62,7 @@ def counted(
                 outcome = result.outcome
             else:
                 outcome = answer_outcome(result) if isinstance(result, dict) else "ok"
-            figures.record(label(name), outcome, trio.current_time() - started)
+            figures.record(label(name), outcome, time.perf_counter() - started)
         return prepared
 
     async def counted_handler(ctx: RequestContext, prepared: Any) -> Any:

@@ -65,6 +65,7 @@ from claykiln.actors.errors import (
 )
 from claykiln.daemon.logs import get_logger
 from claykiln.daemon.rpc.answers import await_later, run_request
+from claykiln.daemon.rpc.clock import run_clock
 from claykiln.daemon.rpc.dispatch import Dispatch
 from claykiln.daemon.rpc.inbound import HANGUP_POLL, Inbound
 from claykiln.daemon.rpc.listener import PeerCred
@@ -124,7 +125,8 @@ class Connection:
         self.closing = False
         self.aborting = False
         self.half_closed = False
-        self.last_active = trio.current_time()
+        self._now = run_clock()  # trio.current_time in one call (clock.py)
+        self.last_active = self._now()
         self.frame_started: float | None = None  # when the incomplete frame's bytes began
         self.scope = trio.CancelScope()  # the reader
         self._requests: trio.CancelScope | None = None
@@ -262,7 +264,7 @@ class Connection:
         replies = self.replies
         self._nursery = nursery
         # A peer that reconnects still owes what it took: a new connection waits its turn too.
-        self._owed = self.dispatch.shares.wait(self.peer.pid, trio.current_time())
+        self._owed = self.dispatch.shares.wait(self.peer.pid, self._now())
         while not self.closing:
             if self._owed:  # over its peer's share of a busy loop: wait before reading on
                 await self._hold_back()
@@ -284,7 +286,7 @@ class Connection:
                     parser.feed(data[start : start + FEED_SLICE])
                     for start in range(0, len(data), FEED_SLICE)
                 )
-            now = self.last_active = trio.current_time()
+            now = self.last_active = self._now()
             frames_before, held_before = parser.frames, self.held_for
             replies.hold = True
             # The work since ``turn_began`` is charged once, before each wait (``in_turn``
@@ -373,7 +375,7 @@ class Connection:
             return data
         parser, replies, nursery = self.parser, self.replies, self._nursery
         assert nursery is not None  # parked only inside ``_read_loop``
-        now = self.last_active = trio.current_time()
+        now = self.last_active = self._now()
         frames_before = parser.frames
         replies.hold = True
         turn_began = time.perf_counter()
@@ -403,7 +405,7 @@ class Connection:
         # The turn's decoding and inline work, and every write of replies since the last charge
         # (a flood's replies are most of its cost: 3.5 KB per ``status``).
         spent = time.perf_counter() - turn_began + self.replies.take_write_seconds()
-        now = trio.current_time()
+        now = self._now()
         self._owed = self.dispatch.shares.charge(self.peer.pid, self.conn_id, spent, now)
 
     async def _give_turn(self, turn_began: float) -> None:
@@ -514,7 +516,7 @@ class Connection:
         """A request handed to a task or a ``Later`` has its reply queued: it is no longer in
         flight (``answers.py``)."""
         self.in_flight -= 1
-        self.last_active = trio.current_time()
+        self.last_active = self._now()
         self.room.set()
         self.dispatch.end_request()
 

@@ -33,6 +33,7 @@ from claykiln.actors.errors import (
     StorageFullRefusal,
 )
 from claykiln.daemon.logs import get_logger
+from claykiln.daemon.rpc.clock import run_clock
 from claykiln.daemon.rpc.protocol import MAX_MESSAGE_CHARS, clamp, encode_response, error_map
 from claykiln.storage import StoreFull
 
@@ -114,7 +115,8 @@ class Replies:
         self.broken = False
         self.flushed = trio.Event()
         self._wake = trio.Event()
-        self._progress = trio.current_time()  # the last time the peer took bytes
+        self._now = run_clock()  # trio.current_time in one call (clock.py)
+        self._progress = self._now()  # the last time the peer took bytes
         self.write_seconds = 0.0  # time spent in writes since the owner last took it
 
     def queue(self, frame: bytes) -> None:
@@ -124,7 +126,7 @@ class Replies:
         if self.closed or self.broken:
             return
         if not self.unsent:
-            self._progress = trio.current_time()  # the wait for the peer starts now
+            self._progress = self._now()  # the wait for the peer starts now
             if not self.hold and not self.writing:
                 sent = self._write_now(frame)
                 if sent < 0 or sent == len(frame):
@@ -147,7 +149,7 @@ class Replies:
             self.unsent = 0
             return
         if sent:
-            self._progress = trio.current_time()
+            self._progress = self._now()
             self.unsent -= sent
             self._on_sent()
         if sent < len(batch):
@@ -235,7 +237,7 @@ class Replies:
                 await trio.lowlevel.wait_writable(self._fd)
                 continue
             if sent:
-                self._progress = trio.current_time()
+                self._progress = self._now()
                 self.unsent -= sent
             view = view[sent:]
 
