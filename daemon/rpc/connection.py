@@ -195,7 +195,7 @@ class Connection:
     def _penalize(self) -> None:
         """The peer misbehaved: it owes a share window (``share.py``, "Penalty")."""
         shares = self.dispatch.shares
-        shares.penalize(self.peer.pid, shares.window, trio.current_time())
+        shares.penalize(self.peer.pid, shares.window, self._now())
 
     def abort(self) -> None:
         """The drain's end: cancel in-flight requests (each answers ``shutting_down``), stop
@@ -227,7 +227,7 @@ class Connection:
                 requests.cancel_scope.cancel()
             self.close_output()
             self.dispatch.shares.release(self.peer.pid, self.conn_id)
-            outer.cancel_scope.deadline = trio.current_time() + WRITER_FLUSH_TIMEOUT
+            outer.cancel_scope.deadline = self._now() + WRITER_FLUSH_TIMEOUT
 
     def _backlogged(self, limits: ServerLimits) -> bool:
         return (
