@@ -11,10 +11,11 @@ Promises:
   ``shared`` (``status``) is computed at most once per ``shared_answer_age`` and its packed
   answer reused by every connection.
 - The reader parks in the server's poller (``poller.py``) while it waits for bytes; the poller
-  runs its fast path (``on_readable``: read, decode, dispatch, write the replies) with the
-  reader's task left parked, and wakes the task only for what must wait: backpressure, a peer
-  over its share, a used-up turn, EOF or a closing connection, a chunk over ``FEED_SLICE``.
-  The task then goes on from where the fast path stopped, with the same rules.
+  runs its fast path (``on_readable``: read, decode, dispatch, queue the replies, which the
+  poller writes with the others of its pass) with the reader's task left parked, and wakes
+  the task only for what must wait: backpressure, a peer over its share, a used-up turn, EOF
+  or a closing connection, a chunk over ``FEED_SLICE``. The task then goes on from where the
+  fast path stopped, with the same rules.
 - Fairness: a reader gives the other connections a turn after ``TURN_BUDGET`` seconds of work
   (decoding and inline methods counted), so a peer that pipelines expensive or hostile frames
   cannot hold the loop; decoding happens in slices of ``FEED_SLICE`` bytes. Over time, the work
@@ -395,7 +396,7 @@ class Connection:
             replies.hold = False
             self._charge(turn_began)
             if replies.pending:
-                replies.send_now()  # what is left waits for the writer task
+                self.dispatch.poller.send_after_pass(replies)  # with the pass's others
         if replies.broken:
             return b""  # the peer went away: the task ends the connection
         return [] if self._owed else None

@@ -284,6 +284,157 @@ async def test_one_poller_runs_at_a_time() -> None:
             nursery.cancel_scope.cancel()
 
 
+# -- replies written per pass ------------------------------------------------------------------
+class Answering:
+    """A parked reader whose fast path reads a chunk and hands the poller a reply to write
+    (``send_after_pass``), as a connection does; every event goes to the shared ``log``."""
+
+    def __init__(self, poller: Poller, sock: socket.socket, name: str, log: list[str]) -> None:
+        self.poller = poller
+        self.sock = sock
+        self.name = name
+        self.log = log
+        self.fail = False
+
+    def on_readable(self) -> None:
+        try:
+            self.sock.recv(4096)
+        except BlockingIOError:
+            return
+        self.log.append(f"read {self.name}")
+        self.poller.send_after_pass(self)
+        if self.fail:
+            raise RuntimeError(f"{self.name} failed after handing over its reply")
+
+    def send_now(self) -> None:
+        self.log.append(f"sent {self.name}")
+        self.sock.send(b"reply " + self.name.encode())
+
+
+@pytest.fixture
+def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    made = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
+    for ours, _theirs in made:
+        ours.setblocking(False)
+    try:
+        yield made
+    finally:
+        for ours, theirs in made:
+            ours.close()
+            theirs.close()
+
+
+async def _answering(
+    poller: Poller, nursery: trio.Nursery, pairs: list[tuple[socket.socket, socket.socket]]
+) -> tuple[list[Answering], list[str]]:
+    log: list[str] = []
+    readers = [Answering(poller, ours, str(n), log) for n, (ours, _) in enumerate(pairs)]
+    for reader in readers:
+        nursery.start_soon(poller.wait, reader.sock.fileno(), reader)
+    await trio.testing.wait_all_tasks_blocked()
+    assert poller.parked == len(readers)
+    return readers, log
+
+
+async def test_the_replies_of_a_pass_are_written_when_it_ends(
+    pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four readers ready at once are served in one pass; their replies are written after the
+    last of them ran, each once, in the order they were handed over, and every peer gets its
+    own. A later pass writes its own replies again."""
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 60.0)
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 60.0)
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling() as (poller, nursery):
+            readers, log = await _answering(poller, nursery, pairs)
+            for _ours, theirs in pairs:
+                theirs.send(b"request")  # all readable before the poller runs again
+            await trio.testing.wait_all_tasks_blocked()
+            reads = [entry for entry in log if entry.startswith("read")]
+            assert len(reads) == 4 and poller.passes == 1 and poller.flushes == 1
+            assert log == reads + [entry.replace("read", "sent") for entry in reads]
+            for n, (_ours, theirs) in enumerate(pairs):
+                assert theirs.recv(100) == b"reply %d" % n
+            log.clear()
+            pairs[2][1].send(b"again")
+            await trio.testing.wait_all_tasks_blocked()
+            assert log == ["read 2", "sent 2"] and poller.flushes == 2
+            assert pairs[2][1].recv(100) == b"reply 2"
+            assert poller.parked == len(readers)
+
+
+async def test_a_reply_waits_at_most_flush_after(
+    pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``FLUSH_AFTER`` spent (0 here: any wait is too long), each reply is written right
+    after its reader ran, before the next reader of the same pass."""
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 0.0)
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 60.0)
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling() as (poller, nursery):
+            _readers, log = await _answering(poller, nursery, pairs)
+            for _ours, theirs in pairs:
+                theirs.send(b"request")
+            await trio.testing.wait_all_tasks_blocked()
+            assert poller.passes == 1 and poller.flushes == 4
+            names = [entry.split()[1] for entry in log[::2]]
+            assert sorted(names) == ["0", "1", "2", "3"]
+            assert log == [f"{verb} {name}" for name in names for verb in ("read", "sent")]
+
+
+async def test_replies_are_written_before_the_poller_gives_a_turn(
+    pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass that uses up ``POLLER_TURN`` writes what it holds before the other tasks run:
+    a reply is never left waiting on a task that does not know of it."""
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 60.0)
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 0.0)
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling() as (poller, nursery):
+            _readers, log = await _answering(poller, nursery, pairs)
+            seen: list[list[str]] = []
+
+            async def other_task() -> None:
+                for _ in range(1000):
+                    seen.append(list(log))
+                    if len(log) == 8:
+                        return
+                    await trio.lowlevel.checkpoint()
+
+            for _ours, theirs in pairs:
+                theirs.send(b"request")
+            nursery.start_soon(other_task)
+            await trio.testing.wait_all_tasks_blocked()
+            assert poller.passes == 1 and poller.flushes == 4 and len(seen) > 1
+            for snapshot in seen:  # whenever another task ran, every reply read was written
+                assert len([e for e in snapshot if e.startswith("read")]) == len(
+                    [e for e in snapshot if e.startswith("sent")]
+                )
+            for n, (_ours, theirs) in enumerate(pairs):
+                assert theirs.recv(100) == b"reply %d" % n
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_poller_that_fails_part_way_still_writes_what_it_holds(
+    pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast path that raises ends the poller (a connection's never does: it hands the error
+    to its reader task); the replies handed over before are written all the same."""
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 60.0)
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 60.0)
+    poller = Poller()
+    with trio.fail_after(IO_TIMEOUT):
+        with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="failed")):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poller.run)
+                await trio.testing.wait_all_tasks_blocked()
+                readers, log = await _answering(poller, nursery, pairs[:1])
+                readers[0].fail = True
+                pairs[0][1].send(b"request")
+    assert log == ["read 0", "sent 0"]
+    assert pairs[0][1].recv(100) == b"reply 0"
+
+
 # -- through a real server ----------------------------------------------------------------------
 def echo(ctx: RequestContext, args: Any) -> Any:
     return args
