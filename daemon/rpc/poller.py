@@ -24,8 +24,9 @@ Promises:
   before the next ready reader.
 - Replies are written per pass, not per reader: a fast path hands the replies it answered to
   the poller (``send_after_pass``), which writes them, one write per connection, when the
-  pass ends, when ``FLUSH_AFTER`` seconds went by since the pass's first reply waited, and
-  always before it yields to another task or stops (nothing is left unsent). Why: each write
+  pass ends, when ``FLUSH_AFTER`` seconds went by since the pass's first reply waited, before
+  it gives the storage writer its hand-over, and always before it yields to another task or
+  stops (nothing is left unsent). Why: each write
   to a sleeping peer wakes it, and on a virtual machine that wake-up (an idle vCPU halted,
   woken by the host) is paid by the writer's system call. Written one after another, the
   replies of a pass wake a client process once, and it finds the others already there; spread
@@ -118,6 +119,7 @@ class Poller:
                     self.passes += 1
                     for fd, _events in ready:
                         if HANDOFF.wanted:  # the storage writer's puts first (storage/handoff.py)
+                            self._flush()  # what is answered does not wait for them
                             HANDOFF.give()
                         entry = parked.get(fd)
                         if entry is not None:

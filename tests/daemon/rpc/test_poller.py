@@ -415,6 +415,42 @@ async def test_replies_are_written_before_the_poller_gives_a_turn(
             nursery.cancel_scope.cancel()
 
 
+async def test_replies_are_written_before_the_storage_writer_gets_its_hand_over(
+    pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-over asked for in the middle of a pass (storage/handoff.py) blocks the loop for
+    up to ``HANDOFF_TIMEOUT``: the replies answered before it are written first."""
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 60.0)
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 60.0)
+
+    class AsksForTheHandOver(Answering):
+        def on_readable(self) -> None:
+            super().on_readable()
+            if len(self.log) == 1:  # the first reader of the pass
+                HANDOFF.request()  # as the writer does before its thread applies the puts
+
+    given = HANDOFF.given
+    try:
+        with trio.fail_after(IO_TIMEOUT):
+            async with polling() as (poller, nursery):
+                log: list[str] = []
+                readers = [
+                    AsksForTheHandOver(poller, ours, str(n), log)
+                    for n, (ours, _) in enumerate(pairs[:2])
+                ]
+                for reader in readers:
+                    nursery.start_soon(poller.wait, reader.sock.fileno(), reader)
+                await trio.testing.wait_all_tasks_blocked()
+                for _ours, theirs in pairs[:2]:
+                    theirs.send(b"request")
+                await trio.testing.wait_all_tasks_blocked()
+                first, second = log[0].split()[1], log[2].split()[1]
+                assert log == [f"read {first}", f"sent {first}", f"read {second}", f"sent {second}"]
+                assert HANDOFF.given == given + 1 and poller.passes == 1
+    finally:
+        HANDOFF.release()
+
+
 async def test_a_poller_that_fails_part_way_still_writes_what_it_holds(
     pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
