@@ -325,15 +325,41 @@ def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
 
 
 async def _answering(
-    poller: Poller, nursery: trio.Nursery, pairs: list[tuple[socket.socket, socket.socket]]
+    poller: Poller,
+    nursery: trio.Nursery,
+    pairs: list[tuple[socket.socket, socket.socket]],
+    kind: type[Answering] = Answering,
 ) -> tuple[list[Answering], list[str]]:
     log: list[str] = []
-    readers = [Answering(poller, ours, str(n), log) for n, (ours, _) in enumerate(pairs)]
+    readers = [kind(poller, ours, str(n), log) for n, (ours, _) in enumerate(pairs)]
     for reader in readers:
         nursery.start_soon(poller.wait, reader.sock.fileno(), reader)
     await trio.testing.wait_all_tasks_blocked()
     assert poller.parked == len(readers)
     return readers, log
+
+
+@asynccontextmanager
+async def answering_pass(
+    monkeypatch: pytest.MonkeyPatch,
+    pairs: list[tuple[socket.socket, socket.socket]],
+    *,
+    flush_after: float = 60.0,
+    turn: float = 60.0,
+    kind: type[Answering] = Answering,
+) -> AsyncIterator[tuple[Poller, trio.Nursery, list[Answering], list[str]]]:
+    """A poller with these bounds and an ``Answering`` reader parked on each pair."""
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", flush_after)
+    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", turn)
+    with trio.fail_after(IO_TIMEOUT):
+        async with polling() as (poller, nursery):
+            readers, log = await _answering(poller, nursery, pairs, kind)
+            yield poller, nursery, readers, log
+
+
+def send_requests(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    for _ours, theirs in pairs:
+        theirs.send(b"request")  # all readable before the poller runs again
 
 
 async def test_the_replies_of_a_pass_are_written_when_it_ends(
@@ -342,25 +368,20 @@ async def test_the_replies_of_a_pass_are_written_when_it_ends(
     """Four readers ready at once are served in one pass; their replies are written after the
     last of them ran, each once, in the order they were handed over, and every peer gets its
     own. A later pass writes its own replies again."""
-    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 60.0)
-    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 60.0)
-    with trio.fail_after(IO_TIMEOUT):
-        async with polling() as (poller, nursery):
-            readers, log = await _answering(poller, nursery, pairs)
-            for _ours, theirs in pairs:
-                theirs.send(b"request")  # all readable before the poller runs again
-            await trio.testing.wait_all_tasks_blocked()
-            reads = [entry for entry in log if entry.startswith("read")]
-            assert len(reads) == 4 and poller.passes == 1 and poller.flushes == 1
-            assert log == reads + [entry.replace("read", "sent") for entry in reads]
-            for n, (_ours, theirs) in enumerate(pairs):
-                assert theirs.recv(100) == b"reply %d" % n
-            log.clear()
-            pairs[2][1].send(b"again")
-            await trio.testing.wait_all_tasks_blocked()
-            assert log == ["read 2", "sent 2"] and poller.flushes == 2
-            assert pairs[2][1].recv(100) == b"reply 2"
-            assert poller.parked == len(readers)
+    async with answering_pass(monkeypatch, pairs) as (poller, _nursery, readers, log):
+        send_requests(pairs)
+        await trio.testing.wait_all_tasks_blocked()
+        reads = [entry for entry in log if entry.startswith("read")]
+        assert len(reads) == 4 and poller.passes == 1 and poller.flushes == 1
+        assert log == reads + [entry.replace("read", "sent") for entry in reads]
+        for n, (_ours, theirs) in enumerate(pairs):
+            assert theirs.recv(100) == b"reply %d" % n
+        log.clear()
+        pairs[2][1].send(b"again")
+        await trio.testing.wait_all_tasks_blocked()
+        assert log == ["read 2", "sent 2"] and poller.flushes == 2
+        assert pairs[2][1].recv(100) == b"reply 2"
+        assert poller.parked == len(readers)
 
 
 async def test_a_reply_waits_at_most_flush_after(
@@ -368,18 +389,13 @@ async def test_a_reply_waits_at_most_flush_after(
 ) -> None:
     """With ``FLUSH_AFTER`` spent (0 here: any wait is too long), each reply is written right
     after its reader ran, before the next reader of the same pass."""
-    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 0.0)
-    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 60.0)
-    with trio.fail_after(IO_TIMEOUT):
-        async with polling() as (poller, nursery):
-            _readers, log = await _answering(poller, nursery, pairs)
-            for _ours, theirs in pairs:
-                theirs.send(b"request")
-            await trio.testing.wait_all_tasks_blocked()
-            assert poller.passes == 1 and poller.flushes == 4
-            names = [entry.split()[1] for entry in log[::2]]
-            assert sorted(names) == ["0", "1", "2", "3"]
-            assert log == [f"{verb} {name}" for name in names for verb in ("read", "sent")]
+    async with answering_pass(monkeypatch, pairs, flush_after=0.0) as (poller, _, _, log):
+        send_requests(pairs)
+        await trio.testing.wait_all_tasks_blocked()
+        assert poller.passes == 1 and poller.flushes == 4
+        names = [entry.split()[1] for entry in log[::2]]
+        assert sorted(names) == ["0", "1", "2", "3"]
+        assert log == [f"{verb} {name}" for name in names for verb in ("read", "sent")]
 
 
 async def test_replies_are_written_before_the_poller_gives_a_turn(
@@ -387,32 +403,26 @@ async def test_replies_are_written_before_the_poller_gives_a_turn(
 ) -> None:
     """A pass that uses up ``POLLER_TURN`` writes what it holds before the other tasks run:
     a reply is never left waiting on a task that does not know of it."""
-    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 60.0)
-    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 0.0)
-    with trio.fail_after(IO_TIMEOUT):
-        async with polling() as (poller, nursery):
-            _readers, log = await _answering(poller, nursery, pairs)
-            seen: list[list[str]] = []
+    async with answering_pass(monkeypatch, pairs, turn=0.0) as (poller, nursery, _, log):
+        seen: list[list[str]] = []
 
-            async def other_task() -> None:
-                for _ in range(1000):
-                    seen.append(list(log))
-                    if len(log) == 8:
-                        return
-                    await trio.lowlevel.checkpoint()
+        async def other_task() -> None:
+            for _ in range(1000):
+                seen.append(list(log))
+                if len(log) == 8:
+                    return
+                await trio.lowlevel.checkpoint()
 
-            for _ours, theirs in pairs:
-                theirs.send(b"request")
-            nursery.start_soon(other_task)
-            await trio.testing.wait_all_tasks_blocked()
-            assert poller.passes == 1 and poller.flushes == 4 and len(seen) > 1
-            for snapshot in seen:  # whenever another task ran, every reply read was written
-                assert len([e for e in snapshot if e.startswith("read")]) == len(
-                    [e for e in snapshot if e.startswith("sent")]
-                )
-            for n, (_ours, theirs) in enumerate(pairs):
-                assert theirs.recv(100) == b"reply %d" % n
-            nursery.cancel_scope.cancel()
+        send_requests(pairs)
+        nursery.start_soon(other_task)
+        await trio.testing.wait_all_tasks_blocked()
+        assert poller.passes == 1 and poller.flushes == 4 and len(seen) > 1
+        for snapshot in seen:  # whenever another task ran, every reply read was written
+            assert len([e for e in snapshot if e.startswith("read")]) == len(
+                [e for e in snapshot if e.startswith("sent")]
+            )
+        for n, (_ours, theirs) in enumerate(pairs):
+            assert theirs.recv(100) == b"reply %d" % n
 
 
 async def test_replies_are_written_before_the_storage_writer_gets_its_hand_over(
@@ -420,8 +430,6 @@ async def test_replies_are_written_before_the_storage_writer_gets_its_hand_over(
 ) -> None:
     """A hand-over asked for in the middle of a pass (storage/handoff.py) blocks the loop for
     up to ``HANDOFF_TIMEOUT``: the replies answered before it are written first."""
-    monkeypatch.setattr("claykiln.daemon.rpc.poller.FLUSH_AFTER", 60.0)
-    monkeypatch.setattr("claykiln.daemon.rpc.poller.POLLER_TURN", 60.0)
 
     class AsksForTheHandOver(Answering):
         def on_readable(self) -> None:
@@ -430,23 +438,14 @@ async def test_replies_are_written_before_the_storage_writer_gets_its_hand_over(
                 HANDOFF.request()  # as the writer does before its thread applies the puts
 
     given = HANDOFF.given
+    two = pairs[:2]
     try:
-        with trio.fail_after(IO_TIMEOUT):
-            async with polling() as (poller, nursery):
-                log: list[str] = []
-                readers = [
-                    AsksForTheHandOver(poller, ours, str(n), log)
-                    for n, (ours, _) in enumerate(pairs[:2])
-                ]
-                for reader in readers:
-                    nursery.start_soon(poller.wait, reader.sock.fileno(), reader)
-                await trio.testing.wait_all_tasks_blocked()
-                for _ours, theirs in pairs[:2]:
-                    theirs.send(b"request")
-                await trio.testing.wait_all_tasks_blocked()
-                first, second = log[0].split()[1], log[2].split()[1]
-                assert log == [f"read {first}", f"sent {first}", f"read {second}", f"sent {second}"]
-                assert HANDOFF.given == given + 1 and poller.passes == 1
+        async with answering_pass(monkeypatch, two, kind=AsksForTheHandOver) as (poller, *_, log):
+            send_requests(two)
+            await trio.testing.wait_all_tasks_blocked()
+            first, second = log[0].split()[1], log[2].split()[1]
+            assert log == [f"read {first}", f"sent {first}", f"read {second}", f"sent {second}"]
+            assert HANDOFF.given == given + 1 and poller.passes == 1
     finally:
         HANDOFF.release()
 
