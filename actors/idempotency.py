@@ -50,9 +50,11 @@ from claykiln.actors.idempotency_record import (
     INFLIGHT_TABLE,
     RECORD_TABLE,
     IdempotencyRecord,
+    RecordState,
     intent_ops,
     record_ops,
     removal_ops,
+    replay_body,
     storage_key,
 )
 from claykiln.actors.idempotency_upkeep import (
@@ -68,6 +70,8 @@ from claykiln.storage import Delete, StorageError, Store
 
 __all__ = [
     "IDEMPOTENCY_INBOX",
+    "REPLAY_CACHE_BYTES",
+    "REPLAY_CACHE_ENTRIES",
     "SWEEP_BATCH",
     "SWEEP_INTERVAL",
     "Follow",
@@ -76,8 +80,14 @@ __all__ = [
     "Replay",
 ]
 
+_COMPLETED: Final = RecordState.COMPLETED.value
 IDEMPOTENCY_INBOX: Final = 64
 SWEEP_INTERVAL: Final = 1.0
+REPLAY_CACHE_ENTRIES: Final = 1024
+"""Completed records kept in memory for replays (``stored_value``), oldest dropped first."""
+REPLAY_CACHE_BYTES: Final = 4 * 1024 * 1024
+"""... and their packed answers' bytes at most; a record whose answer is over a sixteenth of
+this is not kept (it is read from storage each time)."""
 SWEEP_BATCH: Final = 256
 
 log = get_logger("claykiln.idempotency")
@@ -125,6 +135,10 @@ class IdempotencyStore:
         self._started = False
         self._serving = False  # start-up conversion done, not stopped: claims are served
         self.precheck_replays = 0  # replays answered on the connection reader (any task adds)
+        # Completed records as read from storage, for replays: key -> (map, answer bytes).
+        self._replays: dict[str, tuple[dict[str, Any], int]] = {}
+        self._replay_bytes = 0
+        self.replay_cache_hits = 0
 
     @property
     def boot(self) -> int:
@@ -137,8 +151,51 @@ class IdempotencyStore:
 
     # -- reads (any task) ----------------------------------------------------------------
     def stored_value(self, key: str) -> Any:
-        """The stored map of ``key`` as it is in storage (None if absent), read inline."""
-        return self._store.get(RECORD_TABLE, storage_key(key))
+        """The stored map of ``key`` as it is in storage (None if absent), read inline.
+
+        A completed record, unexpired, is kept in memory once read (bounded by
+        ``REPLAY_CACHE_ENTRIES`` and ``REPLAY_CACHE_BYTES``), so a key replayed again and
+        again is not read from storage each time. Nothing else writes the record table (one
+        daemon per store), and every write of a record through this actor drops the key's
+        copy once it is committed: a completed record changes only when it expired and its key
+        ran again (a leader's ``save``), or when it is forgotten or swept. The returned map
+        is shared: read it, never change it."""
+        kept = self._replays.get(key)
+        if kept is not None:
+            if self._wall_clock() < kept[0]["expires"]:
+                self.replay_cache_hits += 1
+                return kept[0]
+            self._drop(key)
+        value = self._store.get(RECORD_TABLE, storage_key(key))
+        if type(value) is dict and value.get("state") == _COMPLETED:
+            self._keep(key, value)
+        return value
+
+    def _keep(self, key: str, value: dict[str, Any]) -> None:
+        body = replay_body(value)
+        expires = value.get("expires")
+        if body is None or not isinstance(expires, int | float) or expires <= self.now():
+            return
+        size = len(body)
+        if size > REPLAY_CACHE_BYTES // 16:
+            return
+        replays = self._replays
+        while replays and (
+            len(replays) >= REPLAY_CACHE_ENTRIES or self._replay_bytes + size > REPLAY_CACHE_BYTES
+        ):
+            self._drop(next(iter(replays)))
+        replays[key] = (value, size)
+        self._replay_bytes += size
+
+    def _drop(self, key: str) -> None:
+        """Forget the in-memory copy of ``key``'s record (its record is being written)."""
+        kept = self._replays.pop(key, None)
+        if kept is not None:
+            self._replay_bytes -= kept[1]
+
+    def _drop_all(self) -> None:
+        self._replays.clear()
+        self._replay_bytes = 0
 
     def lookup(self, key: str) -> IdempotencyRecord | None:
         """The stored record of ``key`` (completed or in doubt, expired ones included), read
@@ -192,6 +249,7 @@ class IdempotencyStore:
         """The leader's end, once its outcome is durable: followers get ``answer`` and the flight
         ends. ``intent_kept``: the outcome could not be written, so the intent stays in flight
         and the key is in doubt from now on."""
+        self._drop(key)
         self._flights.release(key, answer, intent_kept=intent_kept)
 
     async def begin(
@@ -229,14 +287,25 @@ class IdempotencyStore:
         """Queue ``save``'s write without waiting: ``done(None)`` once it is durable,
         ``done(error)`` if it cannot be, in the writer's task (``Writer.write_then``). False
         when the writer's inbox is full (nothing queued: use ``save``)."""
-        return self._writer.write_then(record_ops(record, previous_expiry=previous_expiry), done)
+        key = record.key
+
+        def written(error: StorageError | None) -> None:
+            self._drop(key)  # committed (or not): the next read goes to storage
+            done(error)
+
+        self._drop(key)
+        return self._writer.write_then(record_ops(record, previous_expiry=previous_expiry), written)
 
     async def save(
         self, record: IdempotencyRecord, *, previous_expiry: float | None = None
     ) -> None:
         """Write a completed or in-doubt ``record`` in place of its intent, durably
         (``previous_expiry``: the expiry of the record it replaces). Raises as ``save_intent``."""
-        await self._writer.write(record_ops(record, previous_expiry=previous_expiry))
+        self._drop(record.key)
+        try:
+            await self._writer.write(record_ops(record, previous_expiry=previous_expiry))
+        finally:
+            self._drop(record.key)  # a read meanwhile saw the record as it was
 
     async def end_intent(self, intent: IdempotencyRecord) -> None:
         """Delete the intent of a call that failed before it could matter (a retry runs again);
@@ -265,6 +334,11 @@ class IdempotencyStore:
             "in_doubt_at_start": t.in_doubt_at_start,
             "swept": t.swept,
             "sweeps": t.sweeps,
+            "replay_copies": {
+                "entries": len(self._replays),
+                "bytes": self._replay_bytes,
+                "hits": self.replay_cache_hits,
+            },
             "running": self._serving,
         }
 
@@ -303,6 +377,8 @@ class IdempotencyStore:
                     swept = await sweep_once(
                         self._store, self._writer, self.now, self._flights, self._sweep_batch
                     )
+                    if swept.wrote:  # expired records only, which replays never use; but
+                        self._drop_all()  # nothing kept outlives a write of its table
                     if swept.wrote:
                         self._tallies.sweeps += 1
                         self._tallies.swept += swept.removed
@@ -332,6 +408,8 @@ class IdempotencyStore:
         except StorageError as exc:
             message.reply.fail(exc)
             return
+        finally:
+            self._drop(message.key)
         self._flights.stale_intents.discard(message.key)
         log.info("idempotency.forgotten", key=message.key)
         message.reply.set(True)

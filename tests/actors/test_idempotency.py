@@ -273,3 +273,120 @@ async def test_an_intent_whose_outcome_was_not_saved_is_in_doubt(store_path: Pat
             shown = idem.lookup_current("k")
             assert shown is not None and shown.state is RecordState.IN_FLIGHT
             assert isinstance(await idem.begin("k", FP, repeatable=True, deadline=None), Lead)
+
+
+def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the table of every ``Store.get`` from now on."""
+    reads: list[str] = []
+    get = Store.get
+
+    def counted(self: Store, table: str, key: bytes) -> Any:
+        reads.append(table)
+        return get(self, table, key)
+
+    monkeypatch.setattr(Store, "get", counted)
+    return reads
+
+
+async def test_a_replayed_record_is_read_from_storage_once(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completed record is kept in memory once read: the next reads of the key (a replay
+    each) need no storage read, and give the same map."""
+    clock = WallClock()
+    with trio.fail_after(10):
+        async with running(store_path, clock) as (idem, _, _):
+            record = intent(idem, "k")
+            await idem.save(completed(record, {"status": 200}))
+            reads = _counting_reads(monkeypatch)
+            first = idem.stored_value("k")
+            assert idem.stored_value("k") is first and idem.stored_value("k") is first
+            assert reads == ["idempotency"]
+            assert first["state"] == "completed"
+            copies = idem.stats()["replay_copies"]
+            assert copies["entries"] == 1 and copies["hits"] == 2 and copies["bytes"] > 0
+            assert idem.stored_value("absent") is None and idem.stored_value("absent") is None
+            assert reads == ["idempotency"] * 3  # what is not a completed record is not kept
+
+
+async def test_every_write_of_a_record_replaces_its_kept_copy(store_path: Path) -> None:
+    """A kept record never outlives a write of its key: a save, a save_then, a forget; the
+    next read has what was written, and a forgotten key runs again."""
+    clock = WallClock()
+    with trio.fail_after(10):
+        async with running(store_path, clock) as (idem, _, _):
+            record = intent(idem, "k")
+            await idem.save(completed(record, {"status": 200, "n": 1}))
+            assert idem.stored_value("k")["expires"] == record.expires_at
+            await idem.save(completed(record, {"status": 200, "n": 2}))
+            kept = idem.lookup("k")
+            assert kept is not None and kept.result == {"status": 200, "n": 2}
+            assert idem.stored_value("k") == idem.lookup("k").to_value()  # type: ignore[union-attr]
+            written = trio.Event()
+            assert idem.save_then(
+                completed(record, {"status": 200, "n": 3}), lambda _error: written.set()
+            )
+            await written.wait()
+            value = idem.stored_value("k")
+            assert IdempotencyRecord.from_value("k", value).result == {  # type: ignore[union-attr]
+                "status": 200,
+                "n": 3,
+            }
+            assert await idem.forget("k") is True
+            assert idem.stored_value("k") is None
+            assert isinstance(await idem.begin("k", FP, repeatable=False, deadline=None), Lead)
+
+
+async def test_a_kept_record_is_not_replayed_past_its_expiry(store_path: Path) -> None:
+    """A kept copy past its record's expiry is dropped at its next read: the key leads again,
+    as it does when read from storage."""
+    clock = WallClock()
+    with trio.fail_after(10):
+        async with running(store_path, clock, sweep_interval=3600) as (idem, _, _):
+            record = intent(idem, "k", retention=10)
+            await idem.save(completed(record, {"status": 200}))
+            await idem.finish("k", {"status": 200})
+            assert isinstance(await idem.begin("k", FP, repeatable=False, deadline=None), Replay)
+            assert idem.stats()["replay_copies"]["entries"] == 1
+            clock.now += 10
+            lead = await idem.begin("k", FP, repeatable=False, deadline=None)
+            assert isinstance(lead, Lead) and lead.previous is not None
+            assert idem.stats()["replay_copies"]["entries"] == 0
+
+
+async def test_the_kept_records_are_bounded(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most ``REPLAY_CACHE_ENTRIES`` records and ``REPLAY_CACHE_BYTES`` of answers are
+    kept, the oldest dropped first; an answer over a sixteenth of the bytes is never kept."""
+    monkeypatch.setattr("claykiln.actors.idempotency.REPLAY_CACHE_ENTRIES", 4)
+    clock = WallClock()
+    with trio.fail_after(10):
+        async with running(store_path, clock) as (idem, _, _):
+            for n in range(10):
+                record = intent(idem, f"k{n:02d}")
+                await idem.save(completed(record, {"status": 200, "n": n}))
+                assert idem.stored_value(f"k{n:02d}") is not None
+            copies = idem.stats()["replay_copies"]
+            assert copies["entries"] == 4
+            size = copies["bytes"] // 4  # each record's answer is as long as the others'
+            for n in range(6, 10):  # the four kept are the newest: read without a storage read
+                idem.stored_value(f"k{n:02d}")
+            assert idem.stats()["replay_copies"]["hits"] == 4
+            monkeypatch.setattr("claykiln.actors.idempotency.REPLAY_CACHE_ENTRIES", 100)
+            monkeypatch.setattr("claykiln.actors.idempotency.REPLAY_CACHE_BYTES", size * 20)
+            for n in range(10, 40):
+                record = intent(idem, f"k{n:02d}")
+                await idem.save(completed(record, {"status": 200, "n": n}))
+                idem.stored_value(f"k{n:02d}")
+            copies = idem.stats()["replay_copies"]
+            assert copies["entries"] == 20 and copies["bytes"] == size * 20
+            before = idem.stats()["replay_copies"]["hits"]
+            idem.stored_value("k39")  # the newest stayed
+            assert idem.stats()["replay_copies"]["hits"] == before + 1
+            big = intent(idem, "big")  # over a sixteenth of the bytes: read, never kept
+            await idem.save(completed(big, {"status": 200, "body": "x" * size * 2}))
+            assert idem.stored_value("big") is not None
+            assert idem.stats()["replay_copies"]["entries"] == 20
+            idem.stored_value("big")
+            assert idem.stats()["replay_copies"]["hits"] == before + 1
