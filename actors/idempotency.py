@@ -377,9 +377,10 @@ class IdempotencyStore:
                     swept = await sweep_once(
                         self._store, self._writer, self.now, self._flights, self._sweep_batch
                     )
-                    if swept.wrote:  # expired records only, which replays never use; but
-                        self._drop_all()  # nothing kept outlives a write of its table
                     if swept.wrote:
+                        # Expired records only, which replays never use; but nothing kept
+                        # outlives a write of its table.
+                        self._drop_all()
                         self._tallies.sweeps += 1
                         self._tallies.swept += swept.removed
                         delay = 0.0 if swept.full else delay

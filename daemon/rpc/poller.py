@@ -26,12 +26,12 @@ Promises:
   the poller (``send_after_pass``), which writes them, one write per connection, when the
   pass ends, when ``FLUSH_AFTER`` seconds went by since the pass's first reply waited, before
   it gives the storage writer its hand-over, and always before it yields to another task or
-  stops (nothing is left unsent). Why: each write
-  to a sleeping peer wakes it, and on a virtual machine that wake-up (an idle vCPU halted,
-  woken by the host) is paid by the writer's system call. Written one after another, the
-  replies of a pass wake a client process once, and it finds the others already there; spread
-  between the next readers' work, each woke it again (docs/performance.md, "Replies written
-  per pass": replays 19k/s -> 29k/s, 52 -> 33 us of daemon CPU each).
+  stops (nothing is left unsent). Why: each write to a sleeping peer wakes it, and on a
+  virtual machine that wake-up (an idle vCPU halted, woken by the host) is paid by the
+  writer's system call. Written one after another, the replies of a pass wake a client
+  process once, and it finds the others already there; spread between the next readers'
+  work, each woke it again (docs/performance.md, "Replies written per pass": replays
+  18.3-18.6k/s -> 26.7-26.8k/s, 54 -> 37 us of daemon CPU each).
 - Busy polling (``busy_poll`` seconds, 0: off, the default): after a pass that served a reader,
   the poller polls its epoll without blocking for up to ``busy_poll`` seconds before it goes
   back to trio's wait, and serves what arrives meanwhile at once. The core stays busy instead
