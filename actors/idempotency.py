@@ -47,10 +47,10 @@ from claykiln.actors.idempotency_flights import (
     Started,
 )
 from claykiln.actors.idempotency_record import (
+    COMPLETED,
     INFLIGHT_TABLE,
     RECORD_TABLE,
     IdempotencyRecord,
-    RecordState,
     intent_ops,
     record_ops,
     removal_ops,
@@ -80,7 +80,6 @@ __all__ = [
     "Replay",
 ]
 
-_COMPLETED: Final = RecordState.COMPLETED.value
 IDEMPOTENCY_INBOX: Final = 64
 SWEEP_INTERVAL: Final = 1.0
 REPLAY_CACHE_ENTRIES: Final = 1024
@@ -167,7 +166,7 @@ class IdempotencyStore:
                 return kept[0]
             self._drop(key)
         value = self._store.get(RECORD_TABLE, storage_key(key))
-        if type(value) is dict and value.get("state") == _COMPLETED:
+        if type(value) is dict and value.get("state") == COMPLETED:
             self._keep(key, value)
         return value
 

@@ -42,6 +42,7 @@ from claykiln.actors.errors import (
 from claykiln.storage import Delete, Op, Put, join_key, pack, uint_key, unpack
 
 __all__ = [
+    "COMPLETED",
     "EXPIRY_TABLE",
     "INFLIGHT_TABLE",
     "RECORD_TABLE",
@@ -71,6 +72,10 @@ class RecordState(enum.Enum):
     IN_FLIGHT = "in_flight"
     COMPLETED = "completed"
     IN_DOUBT = "in_doubt"
+
+
+COMPLETED: Final = RecordState.COMPLETED.value
+"""A completed record's stored ``state`` (an enum member's ``.value`` costs a lookup each)."""
 
 
 class BeginDecision(enum.Enum):

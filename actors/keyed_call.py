@@ -54,6 +54,7 @@ from claykiln.actors.idempotency_keys import (
     stamp_key_field,
 )
 from claykiln.actors.idempotency_record import (
+    COMPLETED,
     IdempotencyRecord,
     RecordState,
     in_doubt_refusal,
@@ -83,7 +84,6 @@ __all__ = [
     "PreparedCall",
 ]
 
-_COMPLETED: Final = RecordState.COMPLETED.value  # an enum member's value costs a lookup each
 _IN_DOUBT: Final = RecordState.IN_DOUBT.value
 
 log = get_logger("claykiln.pipeline")
@@ -201,7 +201,7 @@ class KeyedCalls:
         except Refusal as exc:
             self.idempotency.note_refusal(exc)
             raise
-        if state != _COMPLETED:
+        if state != COMPLETED:
             return None
         body = replay_body(value)
         if body is not None:
