@@ -30,6 +30,7 @@ __all__ = [
     "MAX_CPU_LATENCY_US",
     "CpuLatencyUnavailable",
     "cpu_idle",
+    "halting_note",
     "hold_cpu_latency",
 ]
 
@@ -61,6 +62,23 @@ def cpu_idle(held_us: int | None = None) -> dict[str, Any]:
         "guest_halt_poll_ns": int(halt_poll) if halt_poll and halt_poll.isdigit() else None,
         "cpu_latency_held_us": held_us,
     }
+
+
+def halting_note(idle: dict[str, Any]) -> str | None:
+    """What to tell the reader of a report whose targets were missed on a guest whose idle
+    vCPUs halt at once (``haltpoll`` with ``guest_halt_poll_ns = 0``, no latency request held):
+    those wake-ups cost the daemon's figures, and ``--cpu-latency 0`` measures the host tuned.
+    None for any other host (its idle states are not known to cost that much)."""
+    halts = idle.get("driver") == "haltpoll" and idle.get("guest_halt_poll_ns") == 0
+    if not halts or idle.get("cpu_latency_held_us") is not None:
+        return None
+    return (
+        "this guest's idle vCPUs halt at once (haltpoll, guest_halt_poll_ns 0): every wake-up "
+        "between the daemon's threads and its callers exits to the hypervisor, about a fifth of "
+        "a durable submit and most of the paced tail; `sudo kiln bench --cpu-latency 0` measures "
+        'the host with its idle CPUs polling (docs/performance.md, "The host\'s idle CPUs"; '
+        'docs/operations.md, "Latency-critical hosts")'
+    )
 
 
 @contextlib.contextmanager

@@ -118,3 +118,58 @@ def test_bench_without_the_device_is_a_usage_error(
     assert ran == []
     refused = CliRunner().invoke(bench_command(), ["--cpu-latency", "-1"])
     assert refused.exit_code == 2 and "-1 is not in the range" in refused.output
+
+
+HALTING = {
+    "driver": "haltpoll",
+    "governor": "haltpoll",
+    "guest_halt_poll_ns": 0,
+    "cpu_latency_held_us": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("idle", "noted"),
+    [
+        (HALTING, True),
+        ({**HALTING, "cpu_latency_held_us": 0}, False),  # measured with the CPUs polling
+        ({**HALTING, "guest_halt_poll_ns": 200_000}, False),  # the guest polls before halting
+        ({**HALTING, "driver": "intel_idle", "guest_halt_poll_ns": None}, False),
+        ({"driver": None, "governor": None, "guest_halt_poll_ns": None}, False),
+    ],
+)
+def test_a_guest_that_halts_at_once_is_named(idle: dict[str, Any], noted: bool) -> None:
+    note = host.halting_note(idle)
+    assert (note is not None) == noted
+    if noted:
+        assert note is not None and "--cpu-latency 0" in note and "haltpoll" in note
+
+
+def _one_result(met: bool) -> dict[str, Any]:
+    return {
+        "scenario": "writes",
+        "target": ">= 1",
+        "ratio": 1.0,
+        "meets_target": met,
+        "headline": [["writes", "1/s"]],
+        "notes": [],
+        "load_average": [0.1, 0.1],
+    }
+
+
+@pytest.mark.parametrize("met", [True, False])
+def test_a_missed_target_on_a_halting_guest_gets_the_note(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], met: bool
+) -> None:
+    """The report's reader learns why, only when a target was missed on such a host: in the
+    JSON (``host_note``) and under the table."""
+    monkeypatch.setattr(bench_mod, "cpu_idle", lambda held=None: dict(HALTING))
+    monkeypatch.setitem(bench_mod.SCENARIOS, "writes", lambda options: _one_result(met))
+    outcome = CliRunner().invoke(bench_command(), ["--scenario", "writes", "--json"])
+    assert outcome.exit_code == 0, outcome.output
+    report = json.loads(outcome.stdout)
+    assert ("host_note" in report) == (not met)
+    bench_mod._render(report)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "idle CPUs: cpuidle haltpoll, guest_halt_poll_ns 0" in text
+    assert ("note: this guest's idle vCPUs halt at once" in text) == (not met)
