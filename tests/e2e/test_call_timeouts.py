@@ -63,14 +63,22 @@ async def _daemon(kiln: Factory, simulator: RunningSimulator, **kw: Any) -> Kiln
 
 
 async def _released(client: TrioClient, simulator: RunningSimulator) -> dict[str, Any]:
-    """Wait until nothing hangs in the simulator and no upstream connection is in use."""
+    """Wait until no upstream connection is in use, then until nothing is left in the simulator.
+
+    The order matters. A request the daemon wrote just before it gave up may still sit unread
+    in the simulator's socket while the daemon is already idle; the simulator counts it as
+    received when it reads it and as abandoned a moment later, when it reads the close. So the
+    simulator is checked last, and ``wait_until`` returns without a checkpoint once it holds:
+    the caller reads counters in which every received request is settled.
+    """
     with trio.fail_after(WAIT):
-        await simulator.sim.wait_until(lambda s: s.stats.hanging == 0 and s.stats.in_flight == 0)
         while True:
             status = await client.status()
             if status["upstreams"]["clay"]["in_use"] == 0 and status["server"]["in_flight"] == 0:
-                return status
+                break
             await trio.sleep(0.01)
+        await simulator.sim.wait_until(lambda s: s.stats.hanging == 0 and s.stats.in_flight == 0)
+        return status
 
 
 async def test_deadline_shorter_than_the_class_times_out_at_stage_deadline(
