@@ -23,7 +23,7 @@ from claykiln.daemon.rpc.replies import later_reply, pack_error, pack_reply, sto
 from claykiln.daemon.rpc.types import Handler, Later, RequestContext
 from claykiln.storage import StoreFull
 
-__all__ = ["Answering", "await_later", "run_request"]
+__all__ = ["Answering", "await_later", "drop_traceback", "run_request"]
 
 log = get_logger("claykiln.server")  # the server's logger: a crashed handler is a server event
 
@@ -57,6 +57,21 @@ def await_later(conn: Answering, later: Later, req: Request) -> None:
     later.bind(deliver)
 
 
+def drop_traceback(refusal: Refusal) -> None:
+    """Let a refusal that has been answered go without the collector.
+
+    A refusal raised through frames that hold what refers back to it (an actor's ``Reply``
+    holds the error it raised; a function that raises its ``error`` argument holds it as a
+    local) is a reference cycle: the refusal, its traceback, those frames. Each waited for the
+    collector, which a serving daemon runs rarely (``views.GC_THRESHOLD``): under an outage,
+    where most calls end refused, that garbage set the heap's high-water mark, and memory crept
+    up over an hour (docs/performance.md). A refusal is answered, never logged with its
+    traceback, so dropping the traceback once its reply is packed frees the frames and the
+    refusal by reference counting.
+    """
+    refusal.__traceback__ = None
+
+
 async def run_request(
     conn: Answering, handler: Handler, ctx: RequestContext, req: Request, prepared: Any
 ) -> None:
@@ -73,6 +88,7 @@ async def run_request(
             conn.send(stopped_reply(req.msgid))
         else:
             conn.send(pack_error(req.msgid, exc.to_wire()))
+        drop_traceback(exc)
     except StoreFull as exc:
         wire = StorageFullRefusal(f"storage is full: {exc}").to_wire()
         conn.send(pack_error(req.msgid, wire))

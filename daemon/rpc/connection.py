@@ -65,7 +65,7 @@ from claykiln.actors.errors import (
     ShuttingDownRefusal,
 )
 from claykiln.daemon.logs import get_logger
-from claykiln.daemon.rpc.answers import await_later, run_request
+from claykiln.daemon.rpc.answers import await_later, drop_traceback, run_request
 from claykiln.daemon.rpc.clock import run_clock
 from claykiln.daemon.rpc.dispatch import Dispatch
 from claykiln.daemon.rpc.inbound import HANGUP_POLL, Inbound
@@ -502,6 +502,7 @@ class Connection:
                     return
         except Refusal as exc:
             self.send(pack_error(req.msgid, exc.to_wire()))
+            drop_traceback(exc)
             return
         except Exception:
             log.exception("server.handler_crashed", method=req.method, msgid=req.msgid)
