@@ -63,11 +63,10 @@ def drop_traceback(refusal: Refusal) -> None:
     A refusal raised through frames that hold what refers back to it (an actor's ``Reply``
     holds the error it raised; a function that raises its ``error`` argument holds it as a
     local) is a reference cycle: the refusal, its traceback, those frames. Each waited for the
-    collector, which a serving daemon runs rarely (``views.GC_THRESHOLD``): under an outage,
-    where most calls end refused, that garbage set the heap's high-water mark, and memory crept
-    up over an hour (docs/performance.md). A refusal is answered, never logged with its
-    traceback, so dropping the traceback once its reply is packed frees the frames and the
-    refusal by reference counting.
+    collector, which a serving daemon runs rarely (``views.GC_THRESHOLD``), so under an outage,
+    where most calls end refused, thousands of such objects were garbage at any time. A refusal
+    is answered, never logged with its traceback, so dropping the traceback once its reply is
+    packed frees the frames and the refusal by reference counting.
     """
     refusal.__traceback__ = None
 
