@@ -52,6 +52,7 @@ from claykiln.daemon.config import ConfigError, load_config
 from claykiln.daemon.config.credentials import CredentialError, CredentialStore
 from claykiln.daemon.config.types import KilnConfig
 from claykiln.daemon.logs import alert, configure_logging, get_logger
+from claykiln.daemon.malloc import pin_mmap_threshold
 from claykiln.daemon.methods import build_methods
 from claykiln.daemon.reload import reload_config
 from claykiln.daemon.rpc.listener import SocketInUse, adopt_listener, bind_unix_listener
@@ -108,8 +109,10 @@ class Daemon:
         config_path: Path | None = None,
         overrides: dict[str, Path | None] | None = None,
         listener: trio.socket.SocketType | None = None,
+        mmap_threshold: int | None = None,
     ) -> None:
         overrides = overrides or {}
+        self._mmap_threshold = mmap_threshold  # pinned by run_daemon (daemon/malloc.py)
         self._config = config  # the config at start; after it, the running one is runtime.config
         self._load_config = partial(
             load_config,
@@ -145,6 +148,7 @@ class Daemon:
             state_dir=str(d.state_dir),
             boot=store.meta.boot_count,
             store_checked_s=store.meta.integrity_seconds,
+            malloc_mmap_threshold=self._mmap_threshold,
         )
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -337,7 +341,8 @@ def run_daemon(
     """``kiln serve``: configure logging, run until stopped, return the exit code."""
     d = config.daemon
     configure_logging(fmt=d.log_format, level=d.log_level, secrets=d.secrets)
-    daemon = Daemon(config, config_path=config_path, overrides=overrides)
+    pinned = pin_mmap_threshold()
+    daemon = Daemon(config, config_path=config_path, overrides=overrides, mmap_threshold=pinned)
     try:
         trio.run(daemon.run)
     except BaseException as exc:

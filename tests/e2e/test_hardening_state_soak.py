@@ -11,6 +11,7 @@ padded to 4 KiB), enough to walk the old buffers end to end; the hour-long run i
 from __future__ import annotations
 
 import json
+import platform
 from collections.abc import Callable
 
 import attrs
@@ -19,6 +20,7 @@ import trio
 from kiln_harness import KilnProcess
 from soak_load import SoakReport, soak, soak_config
 
+from claykiln.daemon.malloc import MMAP_THRESHOLD
 from claykiln.daemon.simulator import RunningSimulator
 
 Factory = Callable[..., KilnProcess]
@@ -64,6 +66,25 @@ async def test_memory_stays_flat_under_a_mixed_load_slice(
     assert summary["outcomes"].get("ok", 0) > 100, summary
     growth = report.anon_growth_kib(after=10)
     assert growth < 3 * MIB, (growth, [attrs.asdict(s) for s in report.samples])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
+async def test_daemon_pins_the_mmap_threshold_unless_the_operator_did(
+    kiln: Factory, simulator: RunningSimulator
+) -> None:
+    """``daemon.started`` says the threshold ``kiln serve`` pinned (daemon/malloc.py); with the
+    operator's own ``MALLOC_MMAP_THRESHOLD_``, none (glibc applies the operator's)."""
+    with trio.fail_after(60):
+        pinned = kiln(soak_config(simulator.url))
+        await pinned.start()
+        assert await pinned.stop() == 0
+        (started,) = pinned.events("daemon.started")
+        assert started["malloc_mmap_threshold"] == MMAP_THRESHOLD
+        theirs = kiln(soak_config(simulator.url))
+        await theirs.start(env_extra={"MALLOC_MMAP_THRESHOLD_": "131072"})
+        assert await theirs.stop() == 0
+        (started,) = theirs.events("daemon.started")
+        assert started["malloc_mmap_threshold"] is None
 
 
 @pytest.mark.slow
