@@ -199,6 +199,7 @@ async def test_a_storm_of_cancelled_calls_leaves_the_pool_healthy(
         # Every storm call got as far as the upstream pool: it was the pool that was stormed.
         assert storm_status["upstreams"]["clay"]["requests"] == STORM_CALLS
         assert storm_status["lanes"]["lanes"]["critical"]["active"] == 0
+        received_in_storm = stats.received["public"]
         simulator.sim.clear_faults()
         results: list[dict[str, Any]] = []
 
@@ -211,7 +212,17 @@ async def test_a_storm_of_cancelled_calls_leaves_the_pool_healthy(
                     nursery.start_soon(ordinary)
         status = await _released(client, simulator)
     assert [r["status"] for r in results] == [200] * AFTER_STORM_CALLS
-    assert simulator.sim.stats.responses["public", 200] == AFTER_STORM_CALLS
+    # The daemon sent each of the 20 exactly once (no retry, no request lost in the pool).
+    assert status["upstreams"]["clay"]["requests"] == STORM_CALLS + AFTER_STORM_CALLS
+    # A storm request the daemon wrote and gave up on can still wait in the simulator's accept
+    # queue or socket buffer (unseen, so not counted) when the fault is cleared; on a loaded
+    # machine it is read afterwards and answered 200 to a closed socket (seen in CI: 16). So the simulator's count is the 20 plus
+    # those late ones, each of them settled: answered or abandoned, never hanging.
+    stats = simulator.sim.stats
+    assert set(stats.responses) == {("public", 200)}
+    assert stats.responses["public", 200] + stats.abandoned["public"] == stats.received["public"]
+    late = stats.responses["public", 200] - AFTER_STORM_CALLS
+    assert 0 <= late <= STORM_CALLS - received_in_storm
     pool = status["upstreams"]["clay"]
     assert pool["in_use"] == 0
     assert pool["idle"] <= pool["max_connections"]
