@@ -22,10 +22,9 @@ import hashlib
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-import msgpack
-
 from claykiln.actors.errors import BadRequestRefusal, Refusal, TimeoutRefusal, UpstreamRefusal
 from claykiln.actors.upstream_http import NO_JSON
+from claykiln.storage.codec import PACKING_ERRORS, packb
 
 __all__ = [
     "CLAY_DEDUPE_MAX",
@@ -70,9 +69,9 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-# One packer, reused: building a Packer per call cost more than packing a small request.
-# Used on the trio thread only (it resets itself when a pack fails).
-_pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+# The thread's reusable packer (storage/codec.py): building a Packer per call cost more than
+# packing a small request, and a big body must not stay in a module-wide packer's buffer.
+_pack: Callable[[Any], bytes] = packb
 
 
 def canonical(value: Any) -> bytes:
@@ -80,7 +79,7 @@ def canonical(value: Any) -> bytes:
     arrays. Raises BadRequestRefusal for a value msgpack cannot encode."""
     try:
         return _pack(_sorted(value))
-    except (TypeError, ValueError, OverflowError) as exc:
+    except PACKING_ERRORS as exc:
         msg = f"the call's parameters cannot be fingerprinted ({exc}); send plain msgpack values"
         raise BadRequestRefusal(msg) from exc
 
@@ -111,7 +110,7 @@ def fingerprint(
     ]
     try:
         packed = _pack(parts)  # every map in it is sorted already
-    except (TypeError, ValueError, OverflowError) as exc:
+    except PACKING_ERRORS as exc:
         msg = f"the call's parameters cannot be fingerprinted ({exc}); send plain msgpack values"
         raise BadRequestRefusal(msg) from exc
     return hashlib.sha256(packed).hexdigest()

@@ -1,9 +1,13 @@
 """Value and key codecs: values are msgpack, keys are bytes ordered bytewise by LMDB.
 
 ``pack`` / ``unpack`` use one fixed msgpack profile (bin type on, str as str, any map key) so
-every table decodes the same way; ``packer()`` is the same profile for code that packs many
-values (``Store.prepare``: one reusable packer per thread, not one built per value as ``pack``
-does). The key helpers build keys whose byte order is the order a scan wants: ``uint_key`` is
+every table decodes the same way; ``packb`` is ``pack`` raising what msgpack raises, for callers
+with an error of their own. Both pack with the calling thread's reusable ``Packer``, not one
+built per value as ``msgpack.packb`` does: building one costs more than packing a small record,
+and it allocates a 256 KiB buffer, which the daemon's C allocator maps and unmaps each time
+(daemon/malloc.py: 14 us a value instead of 1). A value packed to more than ``RETAIN_LIMIT``
+bytes renews the thread's packer, whose buffer would otherwise stay at the largest size it ever
+needed. The key helpers build keys whose byte order is the order a scan wants: ``uint_key`` is
 big-endian so integers (e.g. due times in microseconds) sort numerically, and ``join_key``
 separates parts with a NUL byte.
 """
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -20,10 +24,11 @@ from claykiln.storage.errors import StorageError
 
 __all__ = [
     "PACKING_ERRORS",
+    "RETAIN_LIMIT",
     "join_key",
     "not_encodable",
     "pack",
-    "packer",
+    "packb",
     "text_key",
     "uint_key",
     "unpack",
@@ -34,31 +39,48 @@ PACKING_ERRORS = (TypeError, ValueError, OverflowError)
 """What msgpack raises for a value it cannot encode."""
 
 
+RETAIN_LIMIT: Final = 64 * 1024
+"""A value packed to more bytes than this renews the thread's packer (msgpack's ``Packer`` keeps
+its buffer at the largest size it ever needed: a thread that once packed a 10 MB answer would
+hold 10 MB for the rest of its life)."""
+
+
+PACKER_BUFFER: Final = 16 * 1024
+"""The bytes a thread's packer starts with (msgpack's default is 256 KiB; it grows as needed)."""
+
+
+def _new_packer() -> Callable[[Any], bytes]:
+    return msgpack.Packer(use_bin_type=True, buf_size=PACKER_BUFFER).pack  # type: ignore[no-any-return]
+
+
 class _ThreadPackers(threading.local):
     """One reusable ``Packer`` per thread (a packer keeps a buffer: never share it between
-    threads); building one costs about as much as packing a small record with it."""
+    threads)."""
 
     def __init__(self) -> None:
-        self.pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
+        self.pack = _new_packer()
 
 
 _packers = _ThreadPackers()
 
 
+def packb(value: Any) -> bytes:
+    """Encode ``value`` as msgpack (``pack``'s bytes) with the calling thread's reusable packer,
+    raising what msgpack raises for a value it cannot encode (``PACKING_ERRORS``; msgpack's
+    packer resets itself after a failure)."""
+    packers = _packers
+    out = packers.pack(value)
+    if len(out) > RETAIN_LIMIT:
+        packers.pack = _new_packer()
+    return out
+
+
 def pack(value: Any) -> bytes:
     """Encode ``value`` as msgpack; raise StorageError if it holds a type msgpack cannot encode."""
     try:
-        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+        return packb(value)
     except PACKING_ERRORS as exc:
         raise not_encodable(exc) from exc
-
-
-def packer() -> Callable[[Any], bytes]:
-    """The calling thread's reusable ``pack``: the same bytes as ``pack`` (msgpack's packer
-    resets itself after a failure), but raising what msgpack raises (``PACKING_ERRORS``; turn
-    it into pack's StorageError with ``not_encodable``). Ask for it in each call of yours, never
-    once per module: the packer belongs to the thread that asked."""
-    return _packers.pack
 
 
 def not_encodable(exc: Exception) -> StorageError:

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import lmdb
 
-from claykiln.storage.codec import PACKING_ERRORS, not_encodable, packer, unpack
+from claykiln.storage.codec import pack, unpack
 from claykiln.storage.errors import RecordDamaged, StorageClosed, StorageError, StoreFull
 from claykiln.storage.handoff import HANDOFF
 from claykiln.storage.integrity import check_files, walk_in_child
@@ -317,7 +317,6 @@ class Store:
         env = self._live_env()
         max_key = env.max_key_size()
         dbs = self._dbs
-        pack = packer()  # one reusable packer for every value (``pack`` builds one per value)
         prepared = []
         for op in ops:
             table, key = op.table, op.key
@@ -331,10 +330,7 @@ class Store:
                 msg = f"meta key {key!r} is the store's own; pick another key"
                 raise StorageError(msg)
             if isinstance(op, Put):
-                try:
-                    value: bytes | None = pack(op.value)
-                except PACKING_ERRORS as exc:
-                    raise not_encodable(exc) from exc
+                value: bytes | None = pack(op.value)
             elif isinstance(op, Delete):
                 value = None
             else:

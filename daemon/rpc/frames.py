@@ -50,6 +50,8 @@ MSGID_MAX: Final = 2**32 - 1
 FEED_SLICE: Final = 4096
 EXCERPT_CHARS: Final = 64  # the most of a peer's value a message repeats
 MAX_MESSAGE_CHARS: Final = 1024  # the longest error message the protocol layer builds
+RETAIN_LIMIT: Final = 64 * 1024  # a frame longer than this renews the thread's packer
+PACKER_BUFFER: Final = 16 * 1024  # the bytes a thread's packer starts with (msgpack's: 256 KiB)
 
 
 @attrs.frozen
@@ -146,12 +148,17 @@ _local = threading.local()
 
 
 def _packb(obj: Any) -> bytes:
-    # One reusable Packer per thread (~0.2 us less than msgpack.packb building one per call;
-    # per thread because sync clients may encode from several threads at once).
+    # One reusable Packer per thread (msgpack.packb builds one per call, with a 256 KiB buffer
+    # the daemon's allocator maps and unmaps each time: daemon/malloc.py; per thread because
+    # sync clients may encode from several threads at once). A frame over RETAIN_LIMIT renews
+    # it: a Packer's buffer stays at the largest size it ever needed.
     packer = getattr(_local, "packer", None)
     if packer is None:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(obj)  # type: ignore[no-any-return]
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, buf_size=PACKER_BUFFER)
+    out: bytes = packer.pack(obj)
+    if len(out) > RETAIN_LIMIT:
+        _local.packer = None
+    return out
 
 
 def encode_request(msgid: int, method: str, args: dict[str, Any] | None = None) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -407,6 +408,25 @@ def test_encoder_shapes() -> None:
         [err],
     ]
     assert msgpack.unpackb(encode_notification("tick")) == [2, "tick", [{}]]
+
+
+def test_encoders_reuse_a_small_packer_and_let_a_big_frame_go() -> None:
+    """The encoders pack with the thread's reusable packer: a small frame allocates no fresh
+    256 KiB buffer (msgpack.packb's), and a frame of megabytes does not stay in the packer's
+    buffer once it is sent (the packer is renewed past RETAIN_LIMIT)."""
+    encode_response(1, None, {"warm": True})
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for msgid in range(10):
+            encode_response(msgid, None, {"status": 200, "body": b"{}"})
+        assert tracemalloc.get_traced_memory()[1] - base < 16 * 1024
+        frame = encode_response(2, None, {"body": b"x" * (4 * 1024 * 1024)})
+        assert msgpack.unpackb(frame)[3]["body"] == b"x" * (4 * 1024 * 1024)
+        del frame
+        assert tracemalloc.get_traced_memory()[0] - base < 256 * 1024
+    finally:
+        tracemalloc.stop()
 
 
 def test_binary_and_text_stay_distinct() -> None:
