@@ -3,10 +3,12 @@ ones of its size to the heap, where they fragmented it over an hour's load."""
 
 from __future__ import annotations
 
+import ast
 import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,27 @@ def test_operator_setting_names_the_variable() -> None:
 
 def test_left_alone_when_the_operator_set_it() -> None:
     assert pin_mmap_threshold(environ={"MALLOC_MMAP_THRESHOLD_": "65536"}) is None
+
+
+def test_the_daemon_never_builds_a_msgpack_packer_per_value() -> None:
+    """With the threshold pinned at 256 KiB, ``msgpack.packb`` (or a ``Packer`` built without a
+    ``buf_size``) maps and unmaps a 256 KiB buffer per call (14 us instead of 1). The daemon's
+    code packs with storage/codec.py's and the frame encoders' per-thread packers; only the
+    bench's load generators, separate processes, may call msgpack.packb."""
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for pkg in ("daemon", "actors", "storage"):
+        for path in (root / pkg).rglob("*.py"):
+            if path.relative_to(root).parts[:2] == ("daemon", "bench"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                    continue
+                owner = node.func.value
+                if not (isinstance(owner, ast.Name) and owner.id == "msgpack"):
+                    continue
+                name = node.func.attr
+                sized = any(kw.arg == "buf_size" for kw in node.keywords)
+                if name == "packb" or (name == "Packer" and not sized):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+    assert offenders == []
