@@ -50,7 +50,8 @@ PACKER_BUFFER: Final = 16 * 1024
 
 
 def _new_packer() -> Callable[[Any], bytes]:
-    return msgpack.Packer(use_bin_type=True, buf_size=PACKER_BUFFER).pack  # type: ignore[no-any-return]
+    packer = msgpack.Packer(use_bin_type=True, buf_size=PACKER_BUFFER)
+    return packer.pack  # type: ignore[no-any-return]
 
 
 class _ThreadPackers(threading.local):
