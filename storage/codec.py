@@ -39,10 +39,11 @@ PACKING_ERRORS = (TypeError, ValueError, OverflowError)
 """What msgpack raises for a value it cannot encode."""
 
 
-RETAIN_LIMIT: Final = 64 * 1024
+RETAIN_LIMIT: Final = 1024 * 1024
 """A value packed to more bytes than this renews the thread's packer (msgpack's ``Packer`` keeps
 its buffer at the largest size it ever needed: a thread that once packed a 10 MB answer would
-hold 10 MB for the rest of its life)."""
+hold 10 MB for the rest of its life). Under it the buffer is kept: a fresh one grown to 100 KB
+costs ~60 us in reallocations and page faults, a kept one ~8 us."""
 
 
 PACKER_BUFFER: Final = 16 * 1024

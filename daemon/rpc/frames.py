@@ -50,7 +50,7 @@ MSGID_MAX: Final = 2**32 - 1
 FEED_SLICE: Final = 4096
 EXCERPT_CHARS: Final = 64  # the most of a peer's value a message repeats
 MAX_MESSAGE_CHARS: Final = 1024  # the longest error message the protocol layer builds
-RETAIN_LIMIT: Final = 64 * 1024  # a frame longer than this renews the thread's packer
+RETAIN_LIMIT: Final = 1024 * 1024  # a frame longer than this renews the thread's packer
 PACKER_BUFFER: Final = 16 * 1024  # the bytes a thread's packer starts with (msgpack's: 256 KiB)
 
 
