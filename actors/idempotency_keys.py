@@ -19,7 +19,7 @@ Used by the idempotency store (actors/idempotency.py), the call coordinator
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from claykiln.actors.errors import BadRequestRefusal, Refusal, TimeoutRefusal, UpstreamRefusal
@@ -61,7 +61,7 @@ def _sorted(value: Any) -> Any:
             return {}
         if all(type(k) is str for k in value):
             return {k: _sorted(value[k]) for k in sorted(value)}
-        items = [(_pack(k), k, _sorted(v)) for k, v in value.items()]
+        items = [(packb(k), k, _sorted(v)) for k, v in value.items()]
         items.sort(key=lambda item: item[0])
         return {k: v for _, k, v in items}
     if isinstance(value, list | tuple):
@@ -69,16 +69,11 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-# The thread's reusable packer (storage/codec.py): building a Packer per call cost more than
-# packing a small request, and a big body must not stay in a module-wide packer's buffer.
-_pack: Callable[[Any], bytes] = packb
-
-
 def canonical(value: Any) -> bytes:
     """The canonical msgpack of ``value``: maps sorted by packed key at every depth, tuples as
     arrays. Raises BadRequestRefusal for a value msgpack cannot encode."""
     try:
-        return _pack(_sorted(value))
+        return packb(_sorted(value))
     except PACKING_ERRORS as exc:
         msg = f"the call's parameters cannot be fingerprinted ({exc}); send plain msgpack values"
         raise BadRequestRefusal(msg) from exc
@@ -109,7 +104,7 @@ def fingerprint(
         *payload,
     ]
     try:
-        packed = _pack(parts)  # every map in it is sorted already
+        packed = packb(parts)  # every map in it is sorted already
     except PACKING_ERRORS as exc:
         msg = f"the call's parameters cannot be fingerprinted ({exc}); send plain msgpack values"
         raise BadRequestRefusal(msg) from exc

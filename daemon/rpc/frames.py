@@ -151,7 +151,9 @@ def _packb(obj: Any) -> bytes:
     # One reusable Packer per thread (msgpack.packb builds one per call, with a 256 KiB buffer
     # the daemon's allocator maps and unmaps each time: daemon/malloc.py; per thread because
     # sync clients may encode from several threads at once). A frame over RETAIN_LIMIT renews
-    # it: a Packer's buffer stays at the largest size it ever needed.
+    # it: a Packer's buffer stays at the largest size it ever needed. The same rule as
+    # storage/codec.py's packers, kept apart because the client library must not import
+    # claykiln.storage (it brings lmdb).
     packer = getattr(_local, "packer", None)
     if packer is None:
         packer = _local.packer = msgpack.Packer(use_bin_type=True, buf_size=PACKER_BUFFER)
