@@ -14,10 +14,11 @@ Contract, for an actor written on it (breaker, gate, lanes, writer, and those to
   queued; ``stop`` (in the actor's ``finally``) refuses new messages, takes what is still
   queued and fails every unanswered reply slot among those and the messages the actor hands
   back, so no asker hangs.
-- ``Reply[T]`` is a one-shot slot: an Event plus a value or an exception. The actor calls
-  ``set`` or ``fail`` once (later calls are ignored, so an asker that gave up can mark its own
-  slot failed and the actor skips it); the asker awaits ``wait``. ``Then(done)`` is a slot
-  nobody awaits: settling it calls ``done(None)`` or ``done(error)`` in the actor's task.
+- ``Reply[T]`` is a one-shot slot: a value or an exception, and the one task awaiting it.
+  The actor calls ``set`` or ``fail`` once (later calls are ignored, so an asker that gave up
+  can mark its own slot failed and the actor skips it); the asker awaits ``wait``.
+  ``Then(done)`` is a slot nobody awaits: settling it calls ``done(None)`` or ``done(error)``
+  in the actor's task.
 - ``drain(receive)`` and ``fail_pending(replies, name)`` are the same two steps for an actor
   that keeps its own channel.
 - ``ping`` is the liveness ask the health monitor makes (docs/alerting.md, "Health"): it
@@ -51,34 +52,56 @@ class ActorStopped(Exception):
 
 
 class Reply(Generic[T]):
-    """A one-shot answer slot; cheaper than a channel per ask."""
+    """A one-shot answer slot; cheaper than a channel per ask, and than an Event: its one
+    asker parks on the slot itself and ``set`` reschedules it directly (no parking lot)."""
 
-    __slots__ = ("_error", "_event", "_value")
+    __slots__ = ("_error", "_ready", "_value", "_waiter")
 
     def __init__(self) -> None:
-        self._event = trio.Event()
+        self._ready = False
         self._value: T | None = None
         self._error: BaseException | None = None
+        self._waiter: trio.lowlevel.Task | None = None
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._ready
 
     def set(self, value: T) -> None:
         """Answer with ``value``; ignored if the slot is already done."""
-        if not self._event.is_set():
+        if not self._ready:
             self._value = value
-            self._event.set()
+            self._settle()
 
     def fail(self, error: BaseException) -> None:
         """Answer by raising ``error`` in the asker; ignored if the slot is already done."""
-        if not self._event.is_set():
+        if not self._ready:
             self._error = error
-            self._event.set()
+            self._settle()
+
+    def _settle(self) -> None:
+        self._ready = True
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter)
 
     async def wait(self) -> T:
-        """The value, or raise what the actor failed the slot with."""
-        await self._event.wait()
+        """The value, or raise what the actor failed the slot with. A checkpoint, as
+        ``trio.Event.wait`` is; one task at a time may wait (RuntimeError for a second)."""
+        if self._ready:
+            await trio.lowlevel.checkpoint()
+        else:
+            if self._waiter is not None:
+                msg = "a Reply has one asker; another task is already waiting on it"
+                raise RuntimeError(msg)
+            self._waiter = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self._waiter = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
         return self.result()
 
     def result(self) -> T:

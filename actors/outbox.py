@@ -35,7 +35,7 @@ call an attempt makes, a submit's answer) are in actors/outbox_jobs.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 import attrs
 
@@ -69,7 +69,6 @@ __all__ = ["Outbox", "PreparedJob", "attempt_request"]
 
 log = get_logger("claykiln.outbox")
 
-PATH_CACHE: Final = 1024
 """Rendered paths the submit side remembers (cleared when full)."""
 
 DueNotice = Callable[[str, float], None]
@@ -98,7 +97,6 @@ class Outbox:
         self._held = held  # the scheduler's view of held sources (None: read storage)
         self._counted = counted  # where a call's rows are counted (the scheduler)
         self._writing: dict[str, Writing] = {}
-        self._paths: dict[tuple[Any, ...], str] = {}  # rendered paths (``_path``)
         self.accepted = 0  # jobs written since start
         self.existing = 0  # submits answered with the job their key already had
 
@@ -117,7 +115,7 @@ class Outbox:
         op = self.pipeline.operation(request.operation)
         settings = self._settings()
         policy = settings.policy(op.name)
-        path = self._path(op.path, request.path_params)
+        path = render_path(op.path, request.path_params)
         check_row(policy, op.name, request.json, request.body, request.headers)
         self._check_lane(request.lane)
         fp = fingerprint(op.name, request.path_params, request.query, request.json, request.body)
@@ -157,20 +155,6 @@ class Outbox:
             indexed=indexed,
         )
         return PreparedJob(job)
-
-    def _path(self, template: str, params: Mapping[str, Any]) -> str:
-        """``render_path``, remembered for string parameters (a webhook id repeats for every
-        row pushed to it); raises what ``render_path`` raises."""
-        if not all(type(v) is str for v in params.values()):
-            return render_path(template, params)
-        key = (template, *params.items())
-        path = self._paths.get(key)
-        if path is None:
-            path = render_path(template, params)
-            if len(self._paths) >= PATH_CACHE:
-                self._paths.clear()
-            self._paths[key] = path
-        return path
 
     def _existing(self, key: str, fp: str) -> dict[str, Any] | None:
         """The answer for a key that already has a job; raises a mismatch for another request."""

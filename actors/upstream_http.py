@@ -178,6 +178,10 @@ class HttpResponse:
         return jsonlib.loads(self.body)
 
 
+RENDERED_PATHS: Final = 1024  # paths ``render_path`` remembers (then it starts over)
+_rendered: dict[Any, str] = {}  # (template, *params.items()), or the template alone
+
+
 def render_path(template: str, params: Mapping[str, Any]) -> str:
     """Fill ``{name}`` placeholders with percent-encoded values (``quote(str(v), safe="")``), so
     no value can add a path segment, a query, a fragment, user info or another host.
@@ -185,7 +189,26 @@ def render_path(template: str, params: Mapping[str, Any]) -> str:
     Raises BadRequestRefusal naming the parameter when one is missing, unused, empty, ``None``,
     ``.`` or ``..``, when the template has a stray brace, and (naming the limit, not the value)
     when the rendered path is longer than MAX_URL_CHARS.
+
+    Remembered for string parameters (``RENDERED_PATHS`` of them; a webhook id or a table id
+    repeats call after call, and a keyed call renders its path twice): three regex passes,
+    ~4 us, become a dict lookup. A refusal is not remembered: it raises.
     """
+    key: Any = template
+    if params:
+        if not all(type(value) is str for value in params.values()):
+            return _render_path(template, params)
+        key = (template, *params.items())
+    path = _rendered.get(key)
+    if path is None:
+        path = _render_path(template, params)
+        if len(_rendered) >= RENDERED_PATHS:
+            _rendered.clear()
+        _rendered[key] = path
+    return path
+
+
+def _render_path(template: str, params: Mapping[str, Any]) -> str:
     names = PLACEHOLDER.findall(template)
     rest = PLACEHOLDER.sub("", template)
     if "{" in rest or "}" in rest:

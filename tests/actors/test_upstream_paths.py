@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from claykiln.actors import upstream_http
 from claykiln.actors.errors import BadRequestRefusal
 from claykiln.actors.upstream import (
     HttpRequest,
@@ -88,6 +89,30 @@ def test_stray_brace_rejected() -> None:
 def test_non_string_values_rendered() -> None:
     """Integers render with str()."""
     assert render_path("/t/{n}/{m}", {"n": 42, "m": "x"}) == "/t/42/x"
+
+
+def test_rendered_paths_are_remembered_and_refusals_are_not() -> None:
+    """A path of string parameters is rendered once and then looked up (the same object
+    comes back); a refusal raises every time; the memory is bounded."""
+    upstream_http._rendered.clear()
+    first = render_path("/sources/webhook/{webhook_id}", {"webhook_id": "wh/1"})
+    assert first == "/sources/webhook/wh%2F1"
+    assert render_path("/sources/webhook/{webhook_id}", {"webhook_id": "wh/1"}) is first
+    assert render_path("/ping", {}) == "/ping"
+    for _ in range(2):
+        with pytest.raises(BadRequestRefusal, match="must not be empty"):
+            render_path("/sources/webhook/{webhook_id}", {"webhook_id": ".."})
+        with pytest.raises(BadRequestRefusal, match="missing path parameter"):
+            render_path("/sources/webhook/{webhook_id}", {})
+    assert len(upstream_http._rendered) == 2
+    # Non-string values are rendered each time, never kept under a key that an equal string
+    # would share.
+    assert render_path("/t/{n}", {"n": 1}) == "/t/1"
+    assert render_path("/t/{n}", {"n": True}) == "/t/True"
+    assert len(upstream_http._rendered) == 2
+    for i in range(upstream_http.RENDERED_PATHS + 5):
+        assert render_path("/t/{n}", {"n": str(i)}) == f"/t/{i}"
+    assert len(upstream_http._rendered) <= upstream_http.RENDERED_PATHS
 
 
 @pytest.mark.parametrize(
