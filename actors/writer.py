@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Final, cast
+from typing import Final, NamedTuple, cast
 
 import attrs
 import outcome
@@ -64,14 +64,14 @@ _log = get_logger("claykiln.actors.writer")
 _AnyDone = Callable[[BaseException | None], None]  # built once: a subscript per call costs ~3 us
 
 
-@attrs.frozen(eq=False)
-class _Write:
+class _Write(NamedTuple):
     """One ask: prepared ops and the slot the actor completes (None once committed, or the
-    error). ``waited``: from ``write`` (the caller hears the outcome), not ``write_nowait``."""
+    error). ``waited``: from ``write`` (the caller hears the outcome), not ``write_nowait``.
+    A named tuple, as the ops are (storage/ops.py): every write makes one."""
 
     ops: tuple[PreparedOp, ...]
     waited: bool
-    reply: Reply[None] = attrs.field(factory=Reply)
+    reply: Reply[None]
 
 
 @attrs.define
@@ -371,7 +371,7 @@ class Writer:
     # ---- helpers ---------------------------------------------------------------------------
 
     def _ask(self, ops: Sequence[Op], *, waited: bool) -> _Write:
-        return _Write(self._prepared(ops), waited)
+        return _Write(self._prepared(ops), waited, Reply())
 
     def _prepared(self, ops: Sequence[Op]) -> tuple[PreparedOp, ...]:
         if self._closed:
