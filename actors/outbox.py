@@ -69,8 +69,6 @@ __all__ = ["Outbox", "PreparedJob", "attempt_request"]
 
 log = get_logger("claykiln.outbox")
 
-"""Rendered paths the submit side remembers (cleared when full)."""
-
 DueNotice = Callable[[str, float], None]
 """Tells the scheduler that ``queue`` holds a job due at wall time ``due_at``."""
 RowCount = Callable[..., None]

@@ -317,9 +317,16 @@ class Store:
         env = self._live_env()
         max_key = env.max_key_size()
         dbs = self._dbs
+        if isinstance(ops, Put | Delete):  # one op, not a list of them (it iterates, a tuple)
+            msg = f"pass a list of ops, not one op: [{ops!r:.80}]"
+            raise StorageError(msg)
         prepared = []
         for op in ops:
-            table, key = op.table, op.key
+            try:
+                table, key = op.table, op.key
+            except AttributeError:
+                msg = f"not a storage op: {op!r:.80}; use Put or Delete"
+                raise StorageError(msg) from None
             if table not in dbs:
                 msg = f"unknown table {table!r} in {op!r}; tables are {', '.join(TABLES)}"
                 raise StorageError(msg)

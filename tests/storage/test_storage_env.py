@@ -82,6 +82,16 @@ def test_invalid_ops_are_refused_before_queueing(store: Store) -> None:
         store.prepare([Put("jobs", b"k", object())])
     with pytest.raises(StorageError, match="store's own"):
         store.prepare([Put("meta", b"schema_version", 99)])
+    # Ops are named tuples: one op where a list belongs, or something else in the list, is
+    # refused by name rather than iterated or failing on an attribute.
+    with pytest.raises(StorageError, match="pass a list of ops, not one op"):
+        store.prepare(Put("jobs", b"k", 1))  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="pass a list of ops, not one op"):
+        store.prepare(Delete("jobs", b"k"))  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="not a storage op"):
+        store.prepare([("jobs", b"k", 1)])  # type: ignore[list-item]
+    with pytest.raises(StorageError, match="not a storage op"):
+        store.prepare([{"table": "jobs"}])  # type: ignore[list-item]
 
 
 def test_prepare_encodes_each_value_as_pack_does(store: Store) -> None:
