@@ -52,3 +52,16 @@ def test_scale_starts_a_daemon_on_each_seeded_store(
     small, big = result["details"]["small"], result["details"]["big"]
     assert (small["pending"], small["dlq"], big["pending"], big["dlq"]) == (50, 5, 500, 50)
     assert small["startup_s"] > 0 and big["rss_mb"] > 0
+    # The integrity walk's time comes from the daemon's own daemon.started event: a store with
+    # records is walked, and the judged start-up is the rest.
+    for run in (small, big):
+        assert 0 < run["store_check_s"] < run["startup_s"]
+        assert run["startup_unchecked_s"] == pytest.approx(
+            run["startup_s"] - run["store_check_s"], abs=0.002
+        )
+    details = result["details"]
+    assert details["startup_ratio"] == pytest.approx(
+        big["startup_unchecked_s"] / small["startup_unchecked_s"]
+    )
+    judged = max(details["startup_ratio"], details["rss_ratio"])
+    assert result["ratio"] == pytest.approx(judged, abs=0.001)  # rounded to 3 places
