@@ -19,7 +19,8 @@ RATIO = 3.0  # generous: the point is "flat", not a speed figure (that is kiln b
 @pytest.mark.timeout(1800)
 def test_a_million_waiting_jobs_start_like_a_thousand(tmp_path: Path) -> None:
     """READY time (without the store's integrity walk) and RSS with 1M waiting (+100k dead)
-    jobs within 3x of 1k (+100); every job counted; a dlq.list page (filtered or not) within 10x of the small store's, plus 5 ms."""
+    jobs within 3x of 1k (+100); every job counted; a dlq.list page (filtered or not) within
+    10x of the small store's, plus 5 ms."""
     small = scale_run(tmp_path / "small", 1_000, 100)
     big = scale_run(tmp_path / "big", 1_000_000, 100_000)
     print(f"\nscale: small {small}\nscale: big {big}")
