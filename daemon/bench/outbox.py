@@ -40,7 +40,13 @@ ROW: Final = {"email": "ada@example.com", "name": "Ada Lovelace", "company": "An
 
 
 def outbox_config(
-    base_url: str, *, sync: bool = True, concurrency: int = 64, rate: str = "", jobs: int = 16
+    base_url: str,
+    *,
+    sync: bool = True,
+    concurrency: int = 64,
+    rate: str = "",
+    jobs: int = 16,
+    log_level: str = "warning",
 ) -> str:
     """A daemon with push_row (Clay's webhook rules, derived keys) on upstream ``clay`` at
     ``base_url``; ``rate``: its gate (``"per_second = 10, burst = 20"``), none when empty."""
@@ -49,7 +55,7 @@ def outbox_config(
     return f"""
 [daemon]
 log_format = "json"
-log_level = "warning"
+log_level = "{log_level}"
 grace_period = "5s"
 
 [daemon.limits]
@@ -282,8 +288,7 @@ def scale_run(root: Path, waiting: int, dead: int, *, pages: int = 20) -> dict[s
     """Seed ``waiting`` + ``dead`` jobs, start a daemon on them: time to READY, RSS, the
     outbox counts and ``dlq.list`` page times (unfiltered, and filtered by reason)."""
     # At info, the log says how long the store's integrity walk took (``daemon.started``).
-    config = outbox_config(DEAD_UPSTREAM).replace('log_level = "warning"', 'log_level = "info"')
-    d = DaemonProcess(root, config, {})
+    d = DaemonProcess(root, outbox_config(DEAD_UPSTREAM, log_level="info"), {})
     with d:
         seeded = seed_jobs(d.state_dir, waiting=waiting, dead=dead)
         began = time.monotonic()
