@@ -44,11 +44,18 @@ class ServerRecord:
     hanging: int = 0
     disconnects: int = 0
     disconnected: trio.Event = attrs.field(factory=trio.Event)
+    held: trio.Event = attrs.field(factory=trio.Event)
 
     async def wait_disconnects(self, count: int) -> None:
         while self.disconnects < count:
             self.disconnected = trio.Event()
             await self.disconnected.wait()
+
+    async def wait_hanging(self, count: int) -> None:
+        """Until ``count`` requests to ``/hang`` have reached the app and are being held."""
+        while self.hanging < count:
+            self.held = trio.Event()
+            await self.held.wait()
 
 
 async def _respond(
@@ -94,6 +101,7 @@ def make_app(record: ServerRecord) -> Any:
             await _respond(send, int(path.rsplit("/", 1)[1]), b'{"status": 1}', plain + extra)
         elif path == "/hang":
             record.hanging += 1
+            record.held.set()
             while (await receive())["type"] != "http.disconnect":
                 pass
             record.disconnects += 1
