@@ -482,10 +482,14 @@ def table(work: SlowWork) -> dict[str, Method]:
 
 @pytest.mark.parametrize("busy_poll", [0.0, 0.0005])
 async def test_server_answers_small_requests_in_the_fast_path(
-    sock_dir: Path, busy_poll: float
+    sock_dir: Path, busy_poll: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection's requests are answered while its reader stays parked: no hand-over (with
     busy polling too: ``[daemon.limits] busy_poll`` reaches the server's poller)."""
+    # A turn is cut after 0.5 ms of real time (fairness), and a loaded machine can hold the
+    # process that long inside one echo: then the reader is handed the (empty) rest, as it should
+    # be. Not what this test is about, so the budget is out of reach here.
+    monkeypatch.setattr("claykiln.daemon.rpc.connection.TURN_BUDGET", 60.0)
     server = Server(table(SlowWork()), ServerLimits(busy_poll=busy_poll))
     poller = server.dispatch.poller
     with trio.fail_after(IO_TIMEOUT):
