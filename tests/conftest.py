@@ -1,4 +1,5 @@
-"""Shared fixtures: a real LMDB store in tmp_path, and a running storage writer on it."""
+"""Shared fixtures: a real LMDB store in tmp_path, and a running storage writer on it; and the
+hypothesis settings every property test runs with."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
 
 from claykiln.actors.writer import Writer
 from claykiln.storage import Store
+
+# Hypothesis times each example in real seconds (a 200 ms deadline by default, and its too_slow
+# health check on generating them): on a loaded machine a scheduling stall fails a property
+# that held. A hang is still bounded by pytest-timeout.
+settings.register_profile("claykiln", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("claykiln")
 
 
 @pytest.fixture

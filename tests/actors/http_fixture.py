@@ -3,6 +3,8 @@
 - ``http_server()``: a tiny ASGI app under hypercorn's trio worker. Routes:
   ``/json`` 200 JSON; ``/status/{code}`` that status (``?retry_after=`` adds Retry-After);
   ``/hang`` never answers and records the client's disconnect; ``/slow?ms=N`` answers after N ms;
+  ``/gate`` answers once the test sets ``record.gate`` (a request held for exactly as long as the
+  test needs, whatever the machine's speed);
   ``/echo/...`` echoes method, raw path, query, headers and body as JSON;
   ``/big?bytes=N[&chunked=1]`` a body of N bytes (with or without Content-Length).
 - ``raw_server()``: a TCP server that misbehaves by path: ``/close`` closes without a response,
@@ -45,6 +47,8 @@ class ServerRecord:
     disconnects: int = 0
     disconnected: trio.Event = attrs.field(factory=trio.Event)
     held: trio.Event = attrs.field(factory=trio.Event)
+    gated: int = 0  # requests to /gate that reached the app
+    gate: trio.Event = attrs.field(factory=trio.Event)  # set: every /gate request answers
 
     async def wait_disconnects(self, count: int) -> None:
         while self.disconnects < count:
@@ -54,6 +58,12 @@ class ServerRecord:
     async def wait_hanging(self, count: int) -> None:
         """Until ``count`` requests to ``/hang`` have reached the app and are being held."""
         while self.hanging < count:
+            self.held = trio.Event()
+            await self.held.wait()
+
+    async def wait_gated(self, count: int) -> None:
+        """Until ``count`` requests to ``/gate`` have reached the app and wait for ``gate``."""
+        while self.gated < count:
             self.held = trio.Event()
             await self.held.wait()
 
@@ -106,6 +116,11 @@ def make_app(record: ServerRecord) -> Any:
                 pass
             record.disconnects += 1
             record.disconnected.set()
+        elif path == "/gate":
+            record.gated += 1
+            record.held.set()
+            await record.gate.wait()
+            await _respond(send, 200, b'{"gated": true}', plain)
         elif path == "/slow":
             await trio.sleep(int(query.get("ms", "100")) / 1000)
             await _respond(send, 200, b'{"slow": true}', plain)

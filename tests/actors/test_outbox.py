@@ -168,8 +168,15 @@ async def test_not_before_delays_the_job(tmp_path: Path) -> None:
             later = rig.jobs.now() + 0.5
             prepared = rig.outbox.prepare(push(), not_before=later)
             answer = await rig.outbox.submit(prepared)  # type: ignore[arg-type]
-            await trio.sleep(0.2)
-            assert sim.sim.stats.clay_requests == 0
+            # Nothing reaches Clay while the job clock is before the due time: checked against
+            # that clock, not after a fixed sleep (a slow submit on a loaded machine can take
+            # the 0.5 s). The count is read first: a request it counts came before `now()`.
+            while True:
+                sent = sim.sim.stats.clay_requests
+                if rig.jobs.now() >= later:
+                    break
+                assert sent == 0
+                await trio.sleep(0.01)
             await rig.until(lambda: rig.counts()["done"] == 1)
             job = rig.jobs.get(answer["job_id"])
     assert answer["due_at"] == later

@@ -39,7 +39,9 @@ from claykiln.actors.upstream import (
 
 SECRET = "sk-live-THE-SECRET-7f3a"
 AUTH = "x-clay-webhook-auth"
-FAST = TimeoutClasses(connect=0.2, request=0.2)
+# The connect class is only a safety net in these tests: a connect to 127.0.0.1 is at once, yet
+# a loaded machine can stall one past 0.2 s (test_connect_timeout_stage sets its own 0.2 s).
+FAST = TimeoutClasses(connect=2.0, request=0.2)
 
 
 HTTP_CLIENT = "h11"  # set per test by the autouse fixture below
@@ -287,12 +289,17 @@ async def test_waiters_queue_for_a_free_connection() -> None:
                     errors.append(exc)
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(call, "slow", "/slow?ms=150", 2.0)
-                await trio.testing.wait_all_tasks_blocked()
+                # The one connection stays taken until the impatient caller has given up, not
+                # for a fixed time (a server answering after 150 ms could be done, on a loaded
+                # machine, before the impatient caller even started its 50 ms).
+                nursery.start_soon(call, "slow", "/gate", 2.0)
+                await server.wait_gated(1)
                 nursery.start_soon(call, "second", "/json", 2.0)
                 await trio.testing.wait_all_tasks_blocked()
                 nursery.start_soon(call, "third", "/json", 2.0)
-                nursery.start_soon(call, "impatient", "/json", 0.05)
+                await trio.testing.wait_all_tasks_blocked()
+                await call("impatient", "/json", 0.05)  # queued last; returns once refused
+                server.gate.set()
             stats = pool.stats()
     assert order == ["slow", "second", "third"]
     assert len(errors) == 1

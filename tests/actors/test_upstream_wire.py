@@ -389,7 +389,10 @@ async def test_an_upstream_dripping_bytes_is_cut_at_the_class_timeout() -> None:
     with trio.fail_after(5):
         async with scripted(dripping) as (script, base), pool_for(base) as pool:
             with pytest.raises(TimeoutRefusal) as info:
-                await pool.execute(HttpRequest("GET", "/"), timeout=0.3)
+                # 1 s: far short of the whole drip, yet long enough for the request to reach
+                # the server and a first byte to come back on a loaded machine (0.3 s could run
+                # out before the drip began, and then there was no drip to cut).
+                await pool.execute(HttpRequest("GET", "/"), timeout=1.0)
             await script.wait_closed(1)  # our side closed the connection: the drip broke off
             stats = pool.stats()
     assert info.value.details is not None

@@ -44,6 +44,17 @@ async def _wait_state(client: TrioClient, state: str, key: str = "clay") -> dict
         await trio.sleep(0.02)
 
 
+async def _view_when(
+    client: TrioClient, ready: Callable[[dict[str, Any]], bool], key: str = "clay"
+) -> dict[str, Any]:
+    """Poll breaker.list until ``ready(view)``: it answers from the board's snapshot, which takes
+    in a call's outcome on the breaker actor's next pass, a moment after the call was answered
+    (bounded by the caller's fail_after)."""
+    while not ready(view := await _view(client, key)):
+        await trio.sleep(0.02)
+    return view
+
+
 async def _wait_event(proc: KilnProcess, name: str, count: int = 1) -> list[dict[str, Any]]:
     while len(proc.events(name)) < count:
         await trio.sleep(0.02)
@@ -69,7 +80,7 @@ async def test_opens_at_volume_and_error_rate_then_fails_fast(
                 assert (await client.call("me"))["status"] == 200
             sim.set_faults(FAILING)
             await _fail_times(client, 2)  # 5 calls, 40 % errors: below the 50 % threshold
-            view = await _view(client)
+            view = await _view_when(client, lambda v: v["calls"] == 5)
             assert (view["state"], view["calls"], view["failures"]) == ("closed", 5, 2)
             await _fail_times(client, 1)  # 6 calls, 50 %: trips
             await _wait_state(client, "open")
@@ -199,7 +210,7 @@ async def test_force_open_closed_reset_via_the_client(
             assert (await client.breaker_force("clay", "closed"))["state"] == "forced_closed"
             sim.set_faults(FAILING)
             await _fail_times(client, 8)  # twice the volume, 100 % errors: still passes
-            view = await _view(client)
+            view = await _view_when(client, lambda v: v["failures"] == 8)
             assert (view["state"], view["failures"]) == ("forced_closed", 8)
             assert sim.stats.clay_requests == seen + 8
 
@@ -292,7 +303,7 @@ async def test_client_errors_never_open_the_breaker(
                 "poll_routine", path_params={"routine_id": "r1", "run_id": "run_nope"}
             )
             assert no_run["status"] == 404
-            view = await _view(client)
+            view = await _view_when(client, lambda v: v["calls"] == 1)
             assert (view["state"], view["calls"], view["failures"]) == ("closed", 1, 0)
             pushes = await _view(client, "clay-webhook")  # the webhook's own breaker
             assert (pushes["state"], pushes["failures"]) == ("closed", 0)
@@ -320,7 +331,7 @@ async def test_rejected_credentials_alert_and_do_not_open_the_breaker(
                 result = await client.call("me")
                 assert result["status"] == 401
                 assert result["attempts"] == 1
-            view = await _view(client)
+            view = await _view_when(client, lambda v: v["calls"] == 6)
             assert (view["state"], view["calls"], view["failures"]) == ("closed", 6, 0)
             alerts = await _wait_event(proc, "upstream.credentials_rejected", 6)
     assert simulator.sim.stats.responses["public", 401] == 6

@@ -27,6 +27,10 @@ async def _close_the_public_gate(client: TrioClient) -> int:
     assert limited["status"] == 429
     retry_after = int(limited["headers"]["retry-after"])
     assert 90 <= retry_after <= 100
+    # The gate actor takes the closure on its next pass, a moment after the 429 was answered:
+    # a call (or a stop) right away could come first.
+    while not (await client.status())["gate"]["upstreams"]["clay-public"]["closed"]:
+        await trio.sleep(0.01)
     return retry_after
 
 

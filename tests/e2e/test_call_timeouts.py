@@ -63,18 +63,27 @@ async def _daemon(kiln: Factory, simulator: RunningSimulator, **kw: Any) -> Kiln
 
 
 async def _released(client: TrioClient, simulator: RunningSimulator) -> dict[str, Any]:
-    """Wait until no upstream connection is in use, then until nothing is left in the simulator.
+    """Wait until no upstream connection or lane slot is in use, then until nothing is left in
+    the simulator.
 
-    The order matters. A request the daemon wrote just before it gave up may still sit unread
-    in the simulator's socket while the daemon is already idle; the simulator counts it as
-    received when it reads it and as abandoned a moment later, when it reads the close. So the
-    simulator is checked last, and ``wait_until`` returns without a checkpoint once it holds:
-    the caller reads counters in which every received request is settled.
+    A lane slot is given back to the lanes actor, which counts it on its next pass: a status
+    can show the call ended (nothing in flight, the connection back) while its lane still counts
+    it active, so the lanes are waited for too. The order matters. A request the daemon wrote
+    just before it gave up may still sit unread in the simulator's socket while the daemon is
+    already idle; the simulator counts it as received when it reads it and as abandoned a
+    moment later, when it reads the close. So the simulator is checked last, and ``wait_until``
+    returns without a checkpoint once it holds: the caller reads counters in which every
+    received request is settled.
     """
     with trio.fail_after(WAIT):
         while True:
             status = await client.status()
-            if status["upstreams"]["clay"]["in_use"] == 0 and status["server"]["in_flight"] == 0:
+            lanes = status["lanes"]["lanes"].values()
+            if (
+                status["upstreams"]["clay"]["in_use"] == 0
+                and status["server"]["in_flight"] == 0
+                and all(lane["active"] == 0 for lane in lanes)
+            ):
                 break
             await trio.sleep(0.01)
         await simulator.sim.wait_until(lambda s: s.stats.hanging == 0 and s.stats.in_flight == 0)
@@ -143,9 +152,12 @@ async def test_deadline_passing_in_the_lane_queue_times_out_at_stage_lane(
         with trio.fail_after(WAIT), pytest.raises(KilnTimeout) as timed_out:
             await client.call("me", lane="single", deadline_ms=200)
         assert timed_out.value.details == {"stage": "lane", "lane": "single"}
-        status = await client.status()
-        assert status["lanes"]["lanes"]["single"]["timeouts"] == 1
-        assert status["lanes"]["lanes"]["single"]["queued"] == 0
+        # The caller left the queue by a message the lanes actor counts on its next pass.
+        with trio.fail_after(WAIT):
+            while (lane := (await client.status())["lanes"]["lanes"]["single"])["timeouts"] < 1:
+                await trio.sleep(0.01)
+        assert lane["timeouts"] == 1
+        assert lane["queued"] == 0
         assert simulator.sim.stats.received["public"] == 1  # the timed-out caller never left
         simulator.sim.clear_faults()
     assert holder[0]["status"] == 200

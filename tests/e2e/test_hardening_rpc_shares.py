@@ -79,11 +79,14 @@ async def _flood_answers(flooder: subprocess.Popen[str]) -> int:
     return int(await trio.to_thread.run_sync(flooder.stdout.readline))
 
 
-async def _honest(peer: RawPeer, answers: list[Any]) -> None:
-    """One honest caller: a hello, wait for its answer, the next one."""
-    for n in range(HONEST_CALLS):
+async def _honest(peer: RawPeer, answers: list[Any], more: Callable[[], bool]) -> None:
+    """One honest caller: a hello, wait for its answer, the next one; HONEST_CALLS of them, then
+    on while ``more()``."""
+    n = 0
+    while n < HONEST_CALLS or more():
         await peer.send(request(n, "hello"))
         answers.extend(await peer.frames(1))
+        n += 1
 
 
 def _flooder(proc: KilnProcess) -> subprocess.Popen[str]:
@@ -92,15 +95,32 @@ def _flooder(proc: KilnProcess) -> subprocess.Popen[str]:
     )
 
 
-async def _beside_flood(proc: KilnProcess, flooder: subprocess.Popen[str]) -> list[Any]:
-    """Once the flood runs, the honest callers' answers (all of them called to the end)."""
+async def _beside_flood(
+    proc: KilnProcess, flooder: subprocess.Popen[str], *, until_held_back: bool = False
+) -> list[Any]:
+    """Once the flood runs, the honest callers' answers (all of them called to the end).
+
+    ``until_held_back``: the callers go on past HONEST_CALLS until the daemon has held the
+    flood back. How soon it does depends on how much CPU the flooder process gets: beside three
+    CPU hogs the same 600 calls each saw it held back anywhere from 2 to 30 times.
+    """
     assert flooder.stdout is not None
     assert await trio.to_thread.run_sync(flooder.stdout.readline) == "ready\n"
     honest: list[Any] = []
+    held = trio.Event()
+
+    async def watch() -> None:
+        while (await _server_status(proc))["held_back"] == 0:
+            await trio.sleep(0.1)
+        held.set()
+
     peers = [await RawPeer.connect(proc.socket) for _ in range(HONEST_CONNECTIONS)]
     async with trio.open_nursery() as nursery:
+        if until_held_back:
+            nursery.start_soon(watch)
+        more = (lambda: not held.is_set()) if until_held_back else (lambda: False)
         for peer in peers:
-            nursery.start_soon(_honest, peer, honest)
+            nursery.start_soon(_honest, peer, honest, more)
     return honest
 
 
@@ -115,13 +135,13 @@ async def test_a_flooding_peer_is_held_back_while_honest_callers_are_answered(
     flooder = _flooder(proc)
     try:
         with trio.fail_after(60):
-            honest = await _beside_flood(proc, flooder)
+            honest = await _beside_flood(proc, flooder, until_held_back=True)
             server = await _server_status(proc)
             flood = await _flood_answers(flooder)
     finally:
         flooder.terminate()
         await trio.to_thread.run_sync(flooder.communicate)
-    assert len(honest) == HONEST_CONNECTIONS * HONEST_CALLS
+    assert len(honest) >= HONEST_CONNECTIONS * HONEST_CALLS
     assert all(frame[2] is None and frame[3]["protocol"] == 1 for frame in honest)
     assert server["held_back"] > 0  # the flood waited for its share
     assert flood > 0  # held back, not starved: the flood was answered too

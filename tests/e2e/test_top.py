@@ -59,6 +59,18 @@ async def _one_dead_job(proc: KilnProcess, simulator: RunningSimulator) -> None:
         await wait_for(client, lambda s: s["dead"] == 1)
 
 
+async def _ticked_dead(proc: KilnProcess, dead: int) -> None:
+    """Until the daemon has published a tick counting ``dead`` dead jobs (ticks come every
+    second; on a loaded machine the one after the job died can come later than that)."""
+    with trio.fail_after(30):
+        async with TrioClient(str(proc.socket)) as client, client.subscribe(["tick"]) as sub:
+            tick = sub.info.get("tick")
+            while tick is None or tick["outbox"]["dead"] != dead:
+                note = await sub.receive()
+                if note.method == "tick":
+                    tick = note.args
+
+
 async def test_top_once_shows_every_lane_upstream_gate_and_the_dlq(
     kiln: Factory, simulator: RunningSimulator
 ) -> None:
@@ -66,7 +78,7 @@ async def test_top_once_shows_every_lane_upstream_gate_and_the_dlq(
     the config and the DLQ count, and exits 0."""
     proc = await _daemon(kiln, simulator)
     await _one_dead_job(proc, simulator)
-    await trio.sleep(1.2)  # the next tick counts the dead job
+    await _ticked_dead(proc, 1)  # top --once shows the latest tick: one that counts the job
     done = await kiln_cli(proc.socket, "top", "--once")
     assert done.returncode == 0, done.stderr.decode()
     lines = done.stdout.decode().splitlines()
@@ -159,7 +171,13 @@ async def test_the_live_view_redraws_under_load_and_quits_on_q(
             for _ in range(2):
                 nursery.start_soon(_load, str(proc.socket), stop)
             await trio.to_thread.run_sync(child.expect, "UPSTREAMS")
-            await trio.sleep(3.0)
+            # Read the frames as they come (each begins with its title), for 3 s and until five
+            # have come: 4 redraws a second make 12, fewer when the view is starved on a loaded
+            # machine. Read, not slept through: a pty nobody reads fills up and blocks the view
+            # mid-frame, and q then ended it with that frame cut short.
+            until = trio.current_time() + 3.0
+            while trio.current_time() < until or len(_screens(_output(child))) < 5:
+                await trio.to_thread.run_sync(child.expect, "kiln top")
             child.send("q")
             await trio.to_thread.run_sync(child.expect, r"TOP-EXIT=(\d+)")
             stop.set()

@@ -84,10 +84,13 @@ def test_tiny_run_reports_consistent_counts_for_both_sides_and_the_restart(
 async def test_direct_peer_opens_after_fail_max_attempts_and_recovers_with_one_trial() -> None:
     """The peer: 5 failed attempts (3 tries, then 2) open its breaker, which stops the requests;
     after the reset timeout one successful trial call closes it."""
-    policy = PeerPolicy(reset_timeout=0.2, backoff_base=0.001, backoff_cap=0.002)
+    # pybreaker's reset timeout is wall-clock: one long enough that the breaker is still open
+    # for the calls after it opened however slow the machine (0.2 s could pass between them).
+    policy = PeerPolicy(reset_timeout=60.0, backoff_base=0.001, backoff_cap=0.002)
     async with open_simulator() as running:
         url = f"http://{running.host}:{running.port}/public/v0/me"
         peer = DirectPeer(url, {"clay-api-key": DEFAULT_API_KEY}, policy)
+        assert peer.breaker.reset_timeout == policy.reset_timeout
         call, close = peer.caller()
         try:
             with trio.fail_after(30):
@@ -95,7 +98,9 @@ async def test_direct_peer_opens_after_fail_max_attempts_and_recovers_with_one_t
                 failing = [await trio.to_thread.run_sync(call) for _ in range(4)]
                 assert running.sim.stats.clay_requests == 5
                 running.sim.clear_faults()
-                await trio.sleep(policy.reset_timeout)  # pybreaker's own wall-clock timeout
+                # The reset timeout passes: shortened to what has already gone by, rather than
+                # waited out.
+                peer.breaker.reset_timeout = 0.0
                 recovered = [await trio.to_thread.run_sync(call) for _ in range(2)]
         finally:
             close()
