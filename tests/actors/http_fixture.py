@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
@@ -57,13 +57,14 @@ class ServerRecord:
 
     async def wait_hanging(self, count: int) -> None:
         """Until ``count`` requests to ``/hang`` have reached the app and are being held."""
-        while self.hanging < count:
-            self.held = trio.Event()
-            await self.held.wait()
+        await self._held_until(lambda: self.hanging >= count)
 
     async def wait_gated(self, count: int) -> None:
         """Until ``count`` requests to ``/gate`` have reached the app and wait for ``gate``."""
-        while self.gated < count:
+        await self._held_until(lambda: self.gated >= count)
+
+    async def _held_until(self, ready: Callable[[], bool]) -> None:
+        while not ready():
             self.held = trio.Event()
             await self.held.wait()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from claykiln.daemon.client import TrioClient
 from claykiln.daemon.launcher import DaemonProcess, DaemonStartError
 
 API_KEY = "sim-api-key-0123456789"  # the simulator's default valid key is set per test
@@ -52,6 +53,14 @@ def clay_config(base_url: str, *, extra: str = "", **kw: Any) -> str:
     values.update(kw)
     daemon = '[daemon]\nlog_format = "json"\nlog_level = "info"\ngrace_period = "5s"\n'
     return daemon + UPSTREAM.format(base_url=base_url, **values) + extra
+
+
+async def wait_gate_closed(client: TrioClient, gate: str) -> None:
+    """Until status shows ``gate`` closed. A 429 closes it by a notice the gate actor takes on
+    its next pass, a moment after the call that met the 429 was answered: a next call or a stop
+    right away could come first (bounded by the caller's fail_after)."""
+    while not (await client.status())["gate"]["upstreams"][gate]["closed"]:
+        await trio.sleep(0.01)
 
 
 class KilnProcess(DaemonProcess):

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from kiln_harness import KilnProcess, clay_config
+from kiln_harness import KilnProcess, clay_config, wait_gate_closed
 
 from claykiln.daemon import RateLimited, TrioClient
 from claykiln.daemon.simulator import RunningSimulator
@@ -34,14 +34,6 @@ async def _started(kiln: Factory, simulator: RunningSimulator, **kw: Any) -> Kil
 
 def _push(webhook_id: str, n: int) -> dict[str, Any]:
     return {"path_params": {"webhook_id": webhook_id}, "json": {"n": n}}
-
-
-async def _gate_closed(client: TrioClient, gate: str) -> None:
-    """Until status shows ``gate`` closed: Clay's 429 closes it by a notice the gate actor takes
-    on its next pass, a moment after the call that met the 429 was answered (a next call or a
-    stop right away could come first)."""
-    while not (await client.status())["gate"]["upstreams"][gate]["closed"]:
-        await trio.sleep(0.01)
 
 
 async def _push_concurrently(proc: KilnProcess) -> list[dict[str, Any]]:
@@ -110,7 +102,7 @@ async def test_a_429_closes_the_gate_for_every_caller_until_retry_after(
             assert limited["status"] == 429
             assert limited["headers"]["retry-after"] == "1"
             assert limited["attempts"] == 1  # a POST push is never repeated blindly
-            await _gate_closed(client, "clay")
+            await wait_gate_closed(client, "clay")
             # Clay has room again; only the daemon's closure can hold the callers now.
             sim.update_settings(attrs.evolve(sim.settings, webhook_rate=1000.0, webhook_burst=1000))
 
@@ -167,7 +159,7 @@ async def test_gate_closure_survives_a_restart(kiln: Factory, simulator: Running
             retry_after = int(limited["headers"]["retry-after"])
             assert 90 <= retry_after <= 100
             closed_at = trio.current_time()
-            await _gate_closed(client, "clay-public")  # then it is also on its way to disk
+            await wait_gate_closed(client, "clay-public")  # then it is also on its way to disk
         assert await proc.stop() == 0
         seen = sim.stats.clay_requests
         await proc.start()

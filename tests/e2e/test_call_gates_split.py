@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from kiln_harness import KilnProcess, clay_config
+from kiln_harness import KilnProcess, clay_config, wait_gate_closed
 
 from claykiln.daemon import RateLimited, TrioClient
 from claykiln.daemon.simulator import RunningSimulator
@@ -27,10 +27,7 @@ async def _close_the_public_gate(client: TrioClient) -> int:
     assert limited["status"] == 429
     retry_after = int(limited["headers"]["retry-after"])
     assert 90 <= retry_after <= 100
-    # The gate actor takes the closure on its next pass, a moment after the 429 was answered:
-    # a call (or a stop) right away could come first.
-    while not (await client.status())["gate"]["upstreams"]["clay-public"]["closed"]:
-        await trio.sleep(0.01)
+    await wait_gate_closed(client, "clay-public")
     return retry_after
 
 

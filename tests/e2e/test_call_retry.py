@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from kiln_harness import KilnProcess, clay_config
+from kiln_harness import KilnProcess, clay_config, wait_gate_closed
 
 from claykiln.daemon import TrioClient, UpstreamError
 from claykiln.daemon.simulator import Faults, RunningSimulator
@@ -158,10 +158,7 @@ async def test_a_retry_that_cannot_finish_before_the_deadline_is_not_made(
             assert (short["status"], short["attempts"]) == (429, 1)
             assert short["headers"]["retry-after"] == "1"
             assert sim.stats.received["public"] == 2  # no retry was started
-            # (The gate actor takes the closure on its next pass, a moment after the 429 was
-            # answered: the next call must not come first.)
-            while not (await client.status())["gate"]["upstreams"]["clay-public"]["closed"]:
-                await trio.sleep(0.01)
+            await wait_gate_closed(client, "clay-public")  # before the next call
             # A caller with time to spare is held by the gate until Retry-After has passed...
             held = await client.call("me", deadline_ms=10_000)
             assert (held["status"], held["attempts"]) == (200, 1)
