@@ -31,7 +31,7 @@ from claykiln.actors.idempotency_record import (
 )
 from claykiln.actors.log import alert, get_logger
 from claykiln.actors.writer import Writer
-from claykiln.storage import Delete, Op, StorageError, Store
+from claykiln.storage import Delete, Encoded, Op, PreparedOp, StorageError, Store
 
 __all__ = ["IN_DOUBT_SAMPLE", "SweepResult", "convert_in_flight", "read_record", "sweep_once"]
 
@@ -61,20 +61,20 @@ async def convert_in_flight(store: Store, writer: Writer, boot: int) -> int:
     entries = store.items(INFLIGHT_TABLE)
     if not entries:
         return 0
-    ops: list[Op] = []
+    ops: list[PreparedOp] = []
     keys: list[str] = []
     for raw_key, value in entries:
         key = raw_key.decode("ascii", "replace")
         intent = decode_record(key, value, INFLIGHT_TABLE)
         if intent is None:
-            ops.append(Delete(INFLIGHT_TABLE, raw_key))
+            ops.append(PreparedOp(INFLIGHT_TABLE, raw_key, None))  # a key that is in storage
             continue
         old = read_record(store, RECORD_TABLE, key)
         doubt = f"the daemon stopped (boot {intent.boot}) before the answer was stored"
         record = attrs.evolve(intent, state=RecordState.IN_DOUBT, doubt=doubt)
-        ops.extend(record_ops(record, previous_expiry=old.expires_at if old else None))
+        ops.extend(record_ops(record, previous_expiry=old.expires_at if old else None).ops)
         keys.append(key)
-    await writer.write(ops)
+    await writer.write(Encoded(tuple(ops)))
     if keys:
         alert(
             log,

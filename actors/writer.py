@@ -46,7 +46,7 @@ import trio
 
 from claykiln.actors.log import get_logger
 from claykiln.actors.mailbox import ActorStopped, Mailbox, Reply, Then
-from claykiln.storage import Op, StorageClosed, StorageError, Store, StoreFull
+from claykiln.storage import Encoded, Op, StorageClosed, StorageError, Store, StoreFull
 from claykiln.storage.handoff import HANDOFF
 from claykiln.storage.ops import PreparedOp
 
@@ -147,8 +147,11 @@ class Writer:
 
     # ---- the callers' side -----------------------------------------------------------------
 
-    async def write(self, ops: Sequence[Op]) -> None:
+    async def write(self, ops: Sequence[Op] | Encoded) -> None:
         """Apply ``ops`` atomically; return once they are committed (durable when sync).
+
+        ``ops``: ``Put`` and ``Delete`` ops, checked and encoded here (``Store.prepare``), or
+        ops their maker already ``Encoded`` (queued as they are; storage/ops.py).
 
         ``write([])`` is a barrier: it returns once everything queued before it is committed.
         Waits for room when the inbox is full. Raises StorageError for an invalid op (nothing
@@ -163,7 +166,7 @@ class Writer:
         except ActorStopped:
             raise self._closed_error() from None
 
-    def write_nowait(self, ops: Sequence[Op]) -> bool:
+    def write_nowait(self, ops: Sequence[Op] | Encoded) -> bool:
         """Queue ``ops`` without waiting for the commit; False (nothing queued) if inbox is full.
 
         Promises: the ops are applied atomically, in order with every other write, by the next
@@ -174,7 +177,9 @@ class Writer:
         """
         return self._post_nowait(self._ask(ops, waited=False))
 
-    def write_then(self, ops: Sequence[Op], done: Callable[[StorageError | None], None]) -> bool:
+    def write_then(
+        self, ops: Sequence[Op] | Encoded, done: Callable[[StorageError | None], None]
+    ) -> bool:
         """Queue ``ops`` like ``write``, without waiting: ``done(None)`` is called once they are
         committed (durable when the store syncs), ``done(error)`` if they cannot be (StoreFull,
         StorageError, StorageClosed when the writer stops first). ``done`` runs in the writer's
@@ -370,12 +375,14 @@ class Writer:
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _ask(self, ops: Sequence[Op], *, waited: bool) -> _Write:
+    def _ask(self, ops: Sequence[Op] | Encoded, *, waited: bool) -> _Write:
         return _Write(self._prepared(ops), waited, Reply())
 
-    def _prepared(self, ops: Sequence[Op]) -> tuple[PreparedOp, ...]:
+    def _prepared(self, ops: Sequence[Op] | Encoded) -> tuple[PreparedOp, ...]:
         if self._closed:
             raise self._closed_error()
+        if isinstance(ops, Encoded):
+            return ops.ops  # encoded by their maker, who answers for them (storage/ops.py)
         return self._store.prepare(ops)
 
     def _closed_error(self) -> StorageClosed:
@@ -391,10 +398,11 @@ async def _commit_in_thread(
     store: Store, groups: Sequence[Sequence[PreparedOp]]
 ) -> StorageError | None:
     """``store.commit_group(groups)`` in a worker thread, the trio thread handing it the GIL
-    for its puts (storage/handoff.py). Like ``trio.to_thread.run_sync`` without a limiter (one
-    writer, one commit at a time) and with the hand-over asked only once the job is started:
-    asked before, the trio thread would wait for a worker that has not begun. Not cancellable
-    while the thread runs: a commit in progress completes, as with ``to_thread.run_sync``.
+    for its puts at once (storage/handoff.py): it blocks, the GIL released, until the worker
+    applied them, then goes on while the worker writes and syncs. Like
+    ``trio.to_thread.run_sync`` without a limiter (one writer, one commit at a time). Not
+    cancellable while the thread runs: a commit in progress completes, as with
+    ``to_thread.run_sync``.
     """
     task = trio.lowlevel.current_task()
     token = trio.lowlevel.current_trio_token()
@@ -402,8 +410,9 @@ async def _commit_in_thread(
     def deliver(result: outcome.Outcome[StorageError | None]) -> None:
         token.run_sync_soon(trio.lowlevel.reschedule, task, result)
 
+    HANDOFF.request()  # before the worker can release it
     trio.lowlevel.start_thread_soon(partial(store.commit_group, groups), deliver)
-    HANDOFF.request()
+    HANDOFF.give()
     # A cancellation asked meanwhile is delivered at the writer's next checkpoint, after the
     # batch's asks are completed: a write that was committed is never reported lost.
     error: StorageError | None = await trio.lowlevel.wait_task_rescheduled(

@@ -20,7 +20,7 @@ from claykiln.storage.errors import (
     StoreDamaged,
     StoreFull,
 )
-from claykiln.storage.ops import Delete, Op, Put
+from claykiln.storage.ops import Delete, Encoded, Op, PreparedOp, Put
 from claykiln.storage.schema import SCHEMA_VERSION, StoreMeta
 
 __all__ = [
@@ -29,7 +29,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "TABLES",
     "Delete",
+    "Encoded",
     "Op",
+    "PreparedOp",
     "Put",
     "RecordDamaged",
     "SchemaError",

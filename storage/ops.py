@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["Delete", "Op", "PreparedOp", "Put"]
+__all__ = ["Delete", "Encoded", "Op", "PreparedOp", "Put"]
 
 
 class Put(NamedTuple):
@@ -37,3 +37,14 @@ class PreparedOp(NamedTuple):
     table: str
     key: bytes
     value: bytes | None
+
+
+class Encoded(NamedTuple):
+    """Ops their maker already encoded (``PreparedOp``: ``pack``ed values, ``None`` to delete),
+    for a hot path that cannot afford ``Store.prepare`` on every write (a keyed call writes
+    twice; docs/performance.md). The writer queues them as they are: the maker answers for
+    what ``prepare`` would check (a known table, a key of 1..511 bytes, LMDB's key limit). An
+    op that breaks that fails in the commit, and only its own write fails (the writer re-runs
+    a failed batch ask by ask)."""
+
+    ops: tuple[PreparedOp, ...]

@@ -24,9 +24,8 @@ Promises:
   before the next ready reader.
 - Replies are written per pass, not per reader: a fast path hands the replies it answered to
   the poller (``send_after_pass``), which writes them, one write per connection, when the
-  pass ends, when ``FLUSH_AFTER`` seconds went by since the pass's first reply waited, before
-  it gives the storage writer its hand-over, and always before it yields to another task or
-  stops (nothing is left unsent). Why: each write to a sleeping peer wakes it, and on a
+  pass ends, when ``FLUSH_AFTER`` seconds went by since the pass's first reply waited, and
+  always before it yields to another task or stops (nothing is left unsent). Why: each write to a sleeping peer wakes it, and on a
   virtual machine that wake-up (an idle vCPU halted, woken by the host) is paid by the
   writer's system call. Written one after another, the replies of a pass wake a client
   process once, and it finds the others already there; spread between the next readers'
@@ -38,7 +37,7 @@ Promises:
   of idling between requests that come a few tens of microseconds apart: a woken idle core runs
   the next request several times slower on a virtual machine (docs/performance.md, "Busy
   polling"). Bounded: the spin counts toward the poller's turn, so the other tasks still run
-  at least once per ``POLLER_TURN``, and the storage writer's hand-over is given while it spins.
+  at least once per ``POLLER_TURN``.
   It costs CPU: up to one core while requests keep arriving, ``busy_poll`` per quiet pass.
 - A poller that stops (its task cancelled) wakes every parked reader with ``STOPPED``; readers
   then read for themselves (``Inbound.receive``), as they do when no poller runs.
@@ -54,7 +53,6 @@ from typing import Any, Final, Protocol
 import outcome
 import trio
 
-from claykiln.storage.handoff import HANDOFF
 
 __all__ = ["FLUSH_AFTER", "MAX_EVENTS", "POLLER_TURN", "STOPPED", "Parked", "Poller", "Unsent"]
 
@@ -118,9 +116,6 @@ class Poller:
                 while ready:
                     self.passes += 1
                     for fd, _events in ready:
-                        if HANDOFF.wanted:  # the storage writer's puts first (storage/handoff.py)
-                            self._flush()  # what is answered does not wait for them
-                            HANDOFF.give()
                         entry = parked.get(fd)
                         if entry is not None:
                             entry[0].on_readable()
@@ -163,16 +158,13 @@ class Poller:
 
     def _spin(self, epoll: Any) -> list[tuple[int, int]]:
         """Busy polling: poll without blocking until a descriptor is ready (returned) or
-        ``busy_poll`` seconds passed (an empty list); the storage writer's hand-over is given
-        meanwhile."""
+        ``busy_poll`` seconds passed (an empty list)."""
         until = time.perf_counter() + self.busy_poll
         while True:
             ready: list[tuple[int, int]] = epoll.poll(0, MAX_EVENTS)
             if ready:
                 self.spun += 1
                 return ready
-            if HANDOFF.wanted:
-                HANDOFF.give()
             if time.perf_counter() >= until:
                 return ready
 

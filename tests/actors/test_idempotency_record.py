@@ -25,7 +25,7 @@ from claykiln.actors.idempotency_record import (
     replay_body,
     split_expiry_key,
 )
-from claykiln.storage import Delete, Put, pack, unpack
+from claykiln.storage import Delete, Encoded, PreparedOp, Put, Store, pack, unpack
 
 RECORD = IdempotencyRecord(
     key="order-17",
@@ -128,16 +128,38 @@ def test_an_intent_is_one_put_and_its_outcome_moves_it() -> None:
     (the replaced record's deleted when it differs), the intent deleted. Removal: the record
     and its expiry entry, and the intent only when asked (forget)."""
     intent = attrs.evolve(RECORD, state=RecordState.IN_FLIGHT, result=None, completed_at=None)
-    assert intent_ops(intent) == [Put("idempotency_inflight", b"order-17", intent.to_value())]
-    ops = record_ops(RECORD, previous_expiry=500.0)
-    assert [type(op).__name__ + ":" + op.table for op in ops] == [
-        "Put:idempotency",
-        "Delete:idempotency_expiry",
-        "Put:idempotency_expiry",
-        "Delete:idempotency_inflight",
-    ]
-    same = record_ops(RECORD, previous_expiry=RECORD.expires_at)
-    assert not any(isinstance(op, Delete) and op.table == "idempotency_expiry" for op in same)
+    assert intent_ops(intent) == Encoded(
+        (PreparedOp("idempotency_inflight", b"order-17", pack(intent.to_value())),)
+    )
+    ops = record_ops(RECORD, previous_expiry=500.0).ops
+    assert ops == (
+        PreparedOp("idempotency", b"order-17", pack(RECORD.to_value())),
+        PreparedOp("idempotency_expiry", expiry_key(500.0, "order-17"), None),
+        PreparedOp("idempotency_expiry", expiry_key(RECORD.expires_at, "order-17"), pack(b"")),
+        PreparedOp("idempotency_inflight", b"order-17", None),
+    )
+    same = record_ops(RECORD, previous_expiry=RECORD.expires_at).ops
+    assert [op.table for op in same if op.value is None] == ["idempotency_inflight"]
+
+
+def test_encoded_ops_are_what_the_store_would_prepare(store: Store) -> None:
+    """The intent and the outcome encode themselves (the writer queues them as they are):
+    the same bytes ``Store.prepare`` makes of the same ops, for the longest key there is."""
+    key = "k" * 255
+    record = attrs.evolve(RECORD, key=key)
+    intent = attrs.evolve(record, state=RecordState.IN_FLIGHT, result=None, completed_at=None)
+    skey = key.encode("ascii")
+    assert intent_ops(intent).ops == store.prepare(
+        [Put("idempotency_inflight", skey, intent.to_value())]
+    )
+    assert record_ops(record, previous_expiry=500.0).ops == store.prepare(
+        [
+            Put("idempotency", skey, record.to_value()),
+            Delete("idempotency_expiry", expiry_key(500.0, key)),
+            Put("idempotency_expiry", expiry_key(record.expires_at, key), b""),
+            Delete("idempotency_inflight", skey),
+        ]
+    )
     assert removal_ops("order-17", 10.0) == [
         Delete("idempotency", b"order-17"),
         Delete("idempotency_expiry", expiry_key(10.0, "order-17")),

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from claykiln.actors.writer import HeldOps, Writer
-from claykiln.storage import Put, StorageClosed, StorageError, Store, text_key
+from claykiln.storage import Encoded, Put, StorageClosed, StorageError, Store, pack, text_key
 from claykiln.storage.ops import PreparedOp
 
 
@@ -158,6 +158,40 @@ async def test_invalid_op_fails_only_its_caller(store: Store) -> None:
     assert store.count("jobs") == 3
     assert store.get("jobs", b"x") is None
     assert writer.stats().transactions == 1
+
+
+async def test_encoded_ops_are_queued_as_they_are(store: Store) -> None:
+    """Ops their maker encoded skip ``Store.prepare``: the writer stores their bytes as they
+    are. One that breaks what ``prepare`` would have checked (a key over LMDB's limit) fails
+    in the commit, and only its own write fails: the batch is re-run ask by ask."""
+    writer = Writer(store)
+    good = Encoded((PreparedOp("jobs", b"enc", pack({"n": 1})), PreparedOp("jobs", b"gone", None)))
+    bad = Encoded((PreparedOp("jobs", b"k" * 600, pack(2)),))
+    failed: list[StorageError] = []
+
+    async def write_bad() -> None:
+        try:
+            await writer.write(bad)
+        except StorageError as exc:
+            failed.append(exc)
+
+    store_ops = store.prepare([Put("jobs", b"gone", 0)])
+    assert store.commit_group([store_ops]) is None
+    with trio.fail_after(10):
+        async with trio.open_nursery() as actors:
+            async with trio.open_nursery() as callers:
+                callers.start_soon(writer.write, good)
+                callers.start_soon(write_bad)
+                callers.start_soon(writer.write, [Put("jobs", b"plain", 3)])
+                await trio.testing.wait_all_tasks_blocked()
+                assert writer.queued == 3
+                await actors.start(writer.run)
+            await writer.aclose()
+    assert store.get("jobs", b"enc") == {"n": 1}
+    assert store.get("jobs", b"gone") is None
+    assert store.get("jobs", b"plain") == 3
+    assert len(failed) == 1 and store.count("jobs") == 2
+    assert writer.stats().failed == 1
 
 
 async def test_cancelled_waiting_caller_does_not_break_the_batch(store: Store) -> None:

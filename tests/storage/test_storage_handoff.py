@@ -90,6 +90,32 @@ async def test_the_writer_commits_through_its_own_thread(store: Store, writer: W
     assert not HANDOFF.wanted
 
 
+async def test_the_writer_gives_the_hand_over_as_it_hands_a_commit_over(
+    store: Store, writer: Writer
+) -> None:
+    """Each transaction the writer hands to its thread is given its hand-over in the same step
+    (not at some later safe point of the loop): one per transaction, none left asked."""
+    given, transactions = HANDOFF.given, writer.stats().transactions
+    asked_between: list[bool] = []
+    original = trio.lowlevel.start_thread_soon
+
+    def start_thread_soon(*args: object, **kwargs: object) -> None:
+        asked_between.append(HANDOFF.wanted)  # asked before the worker can release
+        original(*args, **kwargs)  # type: ignore[arg-type]
+
+    with trio.fail_after(10):
+        trio.lowlevel.start_thread_soon = start_thread_soon  # type: ignore[assignment]
+        try:
+            for n in range(5):
+                await writer.write([Put("jobs", b"given%d" % n, n)])
+                assert not HANDOFF.wanted
+        finally:
+            trio.lowlevel.start_thread_soon = original
+    committed = writer.stats().transactions - transactions
+    assert committed == 5 and HANDOFF.given - given == committed
+    assert asked_between == [True] * committed
+
+
 @pytest.fixture(autouse=True)
 def _clean_handoff() -> None:
     HANDOFF.release()

@@ -20,7 +20,6 @@ from test_server import IO_TIMEOUT, Peer, SlowWork, serving
 from claykiln.daemon.rpc.poller import STOPPED, Poller
 from claykiln.daemon.rpc.protocol import encode_request
 from claykiln.daemon.rpc.server import Method, RequestContext, Server, ServerLimits
-from claykiln.storage.handoff import HANDOFF
 
 
 class Reader:
@@ -162,31 +161,6 @@ async def test_busy_polling_still_gives_the_other_tasks_their_turns(
             relay.follow = 0
             await trio.testing.wait_all_tasks_blocked()
             assert poller.spun >= 1 and poller.parked == 1
-
-
-async def test_busy_polling_gives_the_storage_writer_its_hand_over(
-    pair: tuple[socket.socket, socket.socket],
-) -> None:
-    """A hand-over the storage writer asks for while the poller spins is given in the spin
-    (the writer's puts need the GIL; storage/handoff.py)."""
-    ours, theirs = pair
-
-    class Asks(Relay):
-        def on_readable(self) -> None:
-            super().on_readable()
-            HANDOFF.request()  # as the writer does before it hands a transaction to its thread
-
-    given = HANDOFF.given
-    try:
-        with trio.fail_after(IO_TIMEOUT):
-            async with polling(0.01) as (poller, nursery):
-                relay = Asks(ours, theirs, follow=0)
-                await _relay(poller, nursery, relay)
-                await trio.testing.wait_all_tasks_blocked()
-                assert relay.read == 1 and poller.spun == 0
-                assert HANDOFF.given == given + 1 and not HANDOFF.wanted
-    finally:
-        HANDOFF.release()
 
 
 async def test_hand_over_unregisters_until_parked_again(
@@ -423,31 +397,6 @@ async def test_replies_are_written_before_the_poller_gives_a_turn(
             )
         for n, (_ours, theirs) in enumerate(pairs):
             assert theirs.recv(100) == b"reply %d" % n
-
-
-async def test_replies_are_written_before_the_storage_writer_gets_its_hand_over(
-    pairs: list[tuple[socket.socket, socket.socket]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A hand-over asked for in the middle of a pass (storage/handoff.py) blocks the loop for
-    up to ``HANDOFF_TIMEOUT``: the replies answered before it are written first."""
-
-    class AsksForTheHandOver(Answering):
-        def on_readable(self) -> None:
-            super().on_readable()
-            if len(self.log) == 1:  # the first reader of the pass
-                HANDOFF.request()  # as the writer does before its thread applies the puts
-
-    given = HANDOFF.given
-    two = pairs[:2]
-    try:
-        async with answering_pass(monkeypatch, two, kind=AsksForTheHandOver) as (poller, *_, log):
-            send_requests(two)
-            await trio.testing.wait_all_tasks_blocked()
-            first, second = log[0].split()[1], log[2].split()[1]
-            assert log == [f"read {first}", f"sent {first}", f"read {second}", f"sent {second}"]
-            assert HANDOFF.given == given + 1 and poller.passes == 1
-    finally:
-        HANDOFF.release()
 
 
 async def test_a_poller_that_fails_part_way_still_writes_what_it_holds(
