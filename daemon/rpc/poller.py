@@ -25,12 +25,12 @@ Promises:
 - Replies are written per pass, not per reader: a fast path hands the replies it answered to
   the poller (``send_after_pass``), which writes them, one write per connection, when the
   pass ends, when ``FLUSH_AFTER`` seconds went by since the pass's first reply waited, and
-  always before it yields to another task or stops (nothing is left unsent). Why: each write to a sleeping peer wakes it, and on a
-  virtual machine that wake-up (an idle vCPU halted, woken by the host) is paid by the
-  writer's system call. Written one after another, the replies of a pass wake a client
-  process once, and it finds the others already there; spread between the next readers'
-  work, each woke it again (docs/performance.md, "Replies written per pass": replays
-  18.3-18.6k/s -> 26.7-26.8k/s, 54 -> 37 us of daemon CPU each).
+  always before it yields to another task or stops (nothing is left unsent). Why: each write
+  to a sleeping peer wakes it, and on a virtual machine that wake-up (an idle vCPU halted,
+  woken by the host) is paid by the writer's system call. Written one after another, the
+  replies of a pass wake a client process once, and it finds the others already there;
+  spread between the next readers' work, each woke it again (docs/performance.md, "Replies
+  written per pass": replays 18.3-18.6k/s -> 26.7-26.8k/s, 54 -> 37 us of daemon CPU each).
 - Busy polling (``busy_poll`` seconds, 0: off, the default): after a pass that served a reader,
   the poller polls its epoll without blocking for up to ``busy_poll`` seconds before it goes
   back to trio's wait, and serves what arrives meanwhile at once. The core stays busy instead
@@ -52,7 +52,6 @@ from typing import Any, Final, Protocol
 
 import outcome
 import trio
-
 
 __all__ = ["FLUSH_AFTER", "MAX_EVENTS", "POLLER_TURN", "STOPPED", "Parked", "Poller", "Unsent"]
 
